@@ -1,0 +1,223 @@
+//! The configuration file (JSON, camelCase keys) and command-line overrides, validated into
+//! the settings of each layer. Every error names the key (or flag) it is about.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::http::HttpSettings;
+use crate::oci::manifest::Platform;
+use crate::registry::RegistrySettings;
+use crate::runtime::RuntimeSettings;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+pub const DEFAULT_CACHE_DIR: &str = "./data";
+const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+const DEFAULT_IDLE_TIMEOUT_MS: u64 = 90_000;
+const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
+const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// hyper refuses a read buffer below 8 KiB.
+const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
+
+/// The file as written; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ConfigFile {
+    listen: Option<String>,
+    cores: Option<usize>,
+    cache_dir: Option<PathBuf>,
+    platform: Option<String>,
+    demo_image: Option<bool>,
+    header_read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+    max_header_bytes: Option<usize>,
+    log: Option<LogFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LogFile {
+    format: Option<LogFormat>,
+    level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `registry_facade=debug`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+/// Values given on the command line; they win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub cache_dir: Option<PathBuf>,
+    pub cores: Option<usize>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cache_dir: PathBuf,
+    pub demo_image: bool,
+    pub runtime: RuntimeSettings,
+    pub registry: RegistrySettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{origin}: {key}: {message}")]
+    Invalid { origin: String, key: String, message: String },
+}
+
+impl Config {
+    /// Reads `path` (if any), applies `overrides` and validates.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not valid JSON, has an unknown key or a bad value.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                Config::from_json(&text, &path.display().to_string(), overrides)
+            }
+            None => Config::from_json(b"{}", "defaults", overrides),
+        }
+    }
+
+    /// Parses and validates a config document; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// As `load`, minus reading.
+    pub fn from_json(text: &[u8], origin: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut deserializer = serde_json::Deserializer::from_slice(text);
+        let file: ConfigFile = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(document)".to_owned() } else { key };
+            ConfigError::Invalid { origin: origin.to_owned(), key, message: e.into_inner().to_string() }
+        })?;
+        validate(file, origin, overrides)
+    }
+}
+
+fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid { origin: origin.to_owned(), key: key.to_owned(), message };
+    let flag = |key: &str, message: String| ConfigError::Invalid { origin: "command line".into(), key: key.to_owned(), message };
+
+    let listen = match (&overrides.listen, &file.listen) {
+        (Some(text), _) => parse_listen(text).map_err(|m| flag("--listen", m))?,
+        (None, Some(text)) => parse_listen(text).map_err(|m| invalid("listen", m))?,
+        (None, None) => parse_listen(DEFAULT_LISTEN).map_err(|m| invalid("listen", m))?,
+    };
+    let cores = match (overrides.cores, file.cores) {
+        (Some(0), _) => return Err(flag("--cores", "must be at least 1".into())),
+        (None, Some(0)) => return Err(invalid("cores", "must be at least 1".into())),
+        (flag_cores, file_cores) => flag_cores.or(file_cores),
+    };
+    let platform = match &file.platform {
+        Some(text) => text.parse().map_err(|e| invalid("platform", format!("{e}")))?,
+        None => Platform::host(),
+    };
+    let positive_ms = |key: &str, value: Option<u64>, default: u64| match value {
+        Some(0) => Err(invalid(key, "must be greater than 0".into())),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Ok(Duration::from_millis(default)),
+    };
+    let max_header_bytes = file.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+    if max_header_bytes < MIN_MAX_HEADER_BYTES {
+        return Err(invalid("maxHeaderBytes", format!("must be at least {MIN_MAX_HEADER_BYTES}")));
+    }
+    let http = HttpSettings {
+        header_read_timeout: positive_ms("headerReadTimeoutMs", file.header_read_timeout_ms, DEFAULT_HEADER_READ_TIMEOUT_MS)?,
+        idle_timeout: positive_ms("idleTimeoutMs", file.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS)?,
+        max_header_bytes,
+    };
+    let shutdown_grace = match file.shutdown_grace_ms {
+        Some(ms) => Duration::from_millis(ms),
+        None => Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
+    };
+    let log_file = file.log.unwrap_or_default();
+    let level = log_file.level.unwrap_or_else(|| "info".to_owned());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        return Err(invalid("log.level", format!("`{level}` is not a tracing filter (e.g. info, debug, registry_facade=trace)")));
+    }
+    let cache_dir = overrides.cache_dir.clone().or(file.cache_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
+    if cache_dir.as_os_str().is_empty() {
+        return Err(invalid("cacheDir", "must not be empty".into()));
+    }
+    Ok(Config {
+        cache_dir,
+        demo_image: file.demo_image.unwrap_or(true),
+        runtime: RuntimeSettings { listen, cores, shutdown_grace, http },
+        registry: RegistrySettings { platform },
+        log: LogSettings { format: log_file.format.unwrap_or_default(), level },
+    })
+}
+
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| format!("`{text}` is not an IP address with a port, e.g. 127.0.0.1:5000 or [::]:5000"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(json: &str) -> Result<Config, ConfigError> {
+        Config::from_json(json.as_bytes(), "test.json", &Overrides::default())
+    }
+
+    fn error(json: &str) -> String {
+        load(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let config = load("{}").unwrap();
+        assert_eq!(config.runtime.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.cache_dir, PathBuf::from("./data"));
+        assert!(config.demo_image);
+        assert_eq!(config.runtime.cores, None);
+        assert_eq!(config.registry.platform, Platform::host());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(error(r#"{"listne": "x"}"#).starts_with("test.json: listne: unknown field `listne`"), "{}", error(r#"{"listne": "x"}"#));
+        assert!(error(r#"{"cores": "two"}"#).starts_with("test.json: cores: invalid type"));
+        assert!(error(r#"{"cores": 0}"#).contains("cores: must be at least 1"));
+        assert!(error(r#"{"listen": "localhost"}"#).contains("listen: `localhost` is not an IP address"));
+        assert!(error(r#"{"log": {"format": "xml"}}"#).starts_with("test.json: log.format: unknown variant `xml`"));
+        assert!(error(r#"{"log": {"level": "[["}}"#).contains("log.level"));
+        assert!(error(r#"{"maxHeaderBytes": 100}"#).contains("maxHeaderBytes: must be at least 8192"));
+        assert!(error(r#"{"idleTimeoutMs": 0}"#).contains("idleTimeoutMs: must be greater than 0"));
+        assert!(error(r#"{"platform": "linux"}"#).contains("platform:"));
+        assert!(error("[1]").contains("test.json"));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let overrides = Overrides { listen: Some("127.0.0.1:0".into()), cache_dir: Some("/x".into()), cores: Some(1) };
+        let json = br#"{"listen": "0.0.0.0:80", "cacheDir": "/y", "cores": 2}"#;
+        let config = Config::from_json(json, "f", &overrides).unwrap();
+        assert_eq!(config.runtime.listen.port(), 0);
+        assert_eq!(config.cache_dir, PathBuf::from("/x"));
+        assert_eq!(config.runtime.cores, Some(1));
+        let bad = Overrides { cores: Some(0), ..Overrides::default() };
+        assert!(Config::from_json(b"{}", "f", &bad).unwrap_err().to_string().contains("command line: --cores"));
+    }
+}

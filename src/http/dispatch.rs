@@ -1,0 +1,51 @@
+//! From a request to a response: method check, route parsing, the registry call, and the
+//! response or error document.
+
+use http::{Method, Request, Response};
+
+use super::body::ResponseBody;
+use super::failure::Failure;
+use super::response;
+use super::HttpContext;
+use crate::oci::accept::AcceptList;
+use crate::oci::range::parse_range;
+use crate::oci::route::{self, Route};
+
+pub async fn handle<B>(request: Request<B>, ctx: &HttpContext) -> Response<ResponseBody> {
+    match answer(&request, ctx).await {
+        Ok(response) => response,
+        Err(failure) => response::error(&failure, request.method(), request.uri().path()),
+    }
+}
+
+async fn answer<B>(request: &Request<B>, ctx: &HttpContext) -> Result<Response<ResponseBody>, Failure> {
+    let path = request.uri().path();
+    if !route::is_api_path(path) {
+        return Err(route::RouteError::NotFound.into());
+    }
+    let head = match *request.method() {
+        Method::GET => false,
+        Method::HEAD => true,
+        ref other => return Err(Failure::MethodNotAllowed(other.clone())),
+    };
+    let route = route::parse_path(path)?;
+    let query = route::parse_query(request.uri().query())?;
+    let registry = &ctx.registry;
+    match route {
+        Route::Base => Ok(response::base(head)),
+        Route::Manifest { name, reference } => {
+            let accept = AcceptList::parse(request.headers().get_all(http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok()));
+            let manifest = registry.manifest(&name, &reference, &accept).await?;
+            Ok(response::manifest(&manifest, head))
+        }
+        Route::Blob { name, digest } => {
+            let range = parse_range(request.headers().get(http::header::RANGE).and_then(|v| v.to_str().ok()));
+            let blob = registry.blob(&name, &digest).await?;
+            response::blob(&blob, range, head)
+        }
+        Route::TagsList { name } => {
+            let page = registry.tags(&name, query.n, query.last.as_deref()).await?;
+            Ok(response::tags(&page, query.n, head))
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Everything a request can fail with, and the one place where a failure becomes a wire
+//! error (code, status, message) and where its cause is logged, once, at the level its class
+//! deserves.
+
+use crate::oci::route::RouteError;
+use crate::oci::ErrorCode;
+use crate::registry::{FailureClass, RegistryError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    Route(#[from] RouteError),
+    #[error("method {0} is not supported: this registry is read-only")]
+    MethodNotAllowed(http::Method),
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+    #[error("range not satisfiable for {len} bytes")]
+    RangeNotSatisfiable { len: u64 },
+}
+
+/// The error as it goes on the wire.
+pub struct WireError {
+    pub code: ErrorCode,
+    /// `None`: the table's default text (used for internal errors, whose cause stays in logs).
+    pub message: Option<String>,
+}
+
+impl Failure {
+    fn class(&self) -> FailureClass {
+        match self {
+            Failure::Registry(e) => e.class(),
+            _ => FailureClass::Client,
+        }
+    }
+
+    fn code(&self) -> ErrorCode {
+        match self {
+            Failure::Route(RouteError::NotFound) => ErrorCode::NotFound,
+            Failure::Route(RouteError::NameInvalid(_)) => ErrorCode::NameInvalid,
+            Failure::Route(RouteError::DigestInvalid(_)) => ErrorCode::DigestInvalid,
+            Failure::Route(RouteError::TagInvalid(_)) => ErrorCode::TagInvalid,
+            Failure::Route(RouteError::PaginationNumberInvalid) => ErrorCode::PaginationNumberInvalid,
+            Failure::MethodNotAllowed(_) => ErrorCode::Unsupported,
+            Failure::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
+            Failure::Registry(e) => match e {
+                RegistryError::NameUnknown(_) => ErrorCode::NameUnknown,
+                RegistryError::ManifestUnknown { .. } | RegistryError::NotAcceptable(_) => ErrorCode::ManifestUnknown,
+                RegistryError::BlobUnknown { .. } => ErrorCode::BlobUnknown,
+                RegistryError::MissingContent(_) | RegistryError::Store(_) | RegistryError::CorruptManifest { .. } => {
+                    ErrorCode::Unknown
+                }
+            },
+        }
+    }
+
+    /// Logs the cause and returns what the client is told.
+    pub fn to_wire(&self, method: &http::Method, path: &str) -> WireError {
+        let code = self.code();
+        match self.class() {
+            FailureClass::Client => {
+                tracing::debug!(%method, path, error = %self, "request refused");
+                WireError { code, message: Some(self.to_string()) }
+            }
+            FailureClass::Upstream => {
+                tracing::warn!(%method, path, error = %self, "upstream failure");
+                WireError { code, message: Some(self.to_string()) }
+            }
+            FailureClass::Internal => {
+                tracing::error!(%method, path, error = %self, "internal error");
+                WireError { code, message: None }
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! hyper on glommio: the stream adapter, runtime hooks, connection serving, dispatch of the
+//! pull API to the registry, bodies and responses. Talks to `registry` only; never to the
+//! cache or upstream directly.
+
+mod body;
+mod connection;
+mod dispatch;
+mod failure;
+mod io;
+mod response;
+mod rt;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::server::conn::auto;
+
+pub use connection::serve_tcp;
+
+use crate::registry::Registry;
+use rt::{GlommioTimer, LocalExec};
+
+/// Connection behaviour, from the configuration.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Time allowed for a complete request head; on HTTP/1.1 it also bounds the wait for the
+    /// next request on a kept-alive connection (hyper starts it when it starts reading a head).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress and no I/O for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest request head (HTTP/1.1 read buffer, h2 header list) accepted.
+    pub max_header_bytes: usize,
+}
+
+/// What every connection of one executor shares: the registry and the configured hyper
+/// builder. `!Send`: it lives on its executor.
+pub struct HttpContext {
+    registry: Arc<Registry>,
+    settings: HttpSettings,
+    builder: auto::Builder<LocalExec>,
+}
+
+/// The largest number of request headers accepted on HTTP/1.1.
+const MAX_HEADERS: usize = 100;
+
+impl HttpContext {
+    pub fn new(registry: Arc<Registry>, settings: HttpSettings) -> Rc<HttpContext> {
+        let mut builder = auto::Builder::new(LocalExec);
+        builder
+            .http1()
+            .timer(GlommioTimer)
+            .keep_alive(true)
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(settings.max_header_bytes)
+            .max_headers(MAX_HEADERS);
+        builder
+            .http2()
+            .timer(GlommioTimer)
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        Rc::new(HttpContext { registry, settings, builder })
+    }
+}

@@ -1,0 +1,24 @@
+//! registry-facade: an OCI registry that composes workspace images on the fly and serves
+//! blobs zero-copy from an mmapped local layer cache, one glommio executor per core.
+//!
+//! Layers (DESIGN.md §8); a module imports only from rows below its own, never from a
+//! sibling in the same row (`tests/layering.rs` enforces this):
+//!
+//! ```text
+//! cli, config, app        command line, configuration file, assembly of the parts
+//! runtime                 executors, listeners, shutdown and drain
+//! http                    hyper glue: stream adapter, timer, connections, dispatch, responses
+//! registry                the facade's rules: repositories, manifests, blobs, import, demo
+//! store                   the cache on disk: verified ingest, mmapped blobs, records
+//! oci, table              protocol types (no I/O); the lock-free shared map
+//! ```
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod oci;
+pub mod registry;
+pub mod runtime;
+pub mod store;
+pub mod table;

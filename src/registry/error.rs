@@ -1,0 +1,44 @@
+//! What can go wrong while answering a registry request, classified by whose fault it is.
+
+use crate::oci::{Digest, RepositoryName};
+use crate::store::StoreError;
+
+/// Whose fault a failure is: decides 4xx vs 5xx, whether a retry can help and the log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    Client,
+    Upstream,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("repository `{0}` is not known")]
+    NameUnknown(RepositoryName),
+    #[error("manifest `{reference}` is not known in `{name}`")]
+    ManifestUnknown { name: RepositoryName, reference: String },
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("blob {digest} is not known in `{name}`")]
+    BlobUnknown { name: RepositoryName, digest: Digest },
+    #[error("the cache lost {0}, which a repository record refers to")]
+    MissingContent(Digest),
+    #[error("cache: {0}")]
+    Store(#[from] StoreError),
+    #[error("stored manifest {digest} cannot be used: {reason}")]
+    CorruptManifest { digest: Digest, reason: String },
+}
+
+impl RegistryError {
+    pub fn class(&self) -> FailureClass {
+        match self {
+            RegistryError::NameUnknown(_)
+            | RegistryError::ManifestUnknown { .. }
+            | RegistryError::NotAcceptable(_)
+            | RegistryError::BlobUnknown { .. } => FailureClass::Client,
+            RegistryError::Store(_)
+            | RegistryError::MissingContent(_)
+            | RegistryError::CorruptManifest { .. } => FailureClass::Internal,
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Local repositories (imported OCI layouts, the demo image): their records, cached in a
+//! shared table and re-read from disk so that a separate `import` process is seen by a
+//! running server: at once for a new name, tag or digest, within `REVALIDATE` for a moved tag.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::blocking::run_blocking;
+use super::error::RegistryError;
+use crate::oci::{Digest, RepositoryName, Tag};
+use crate::store::{CacheDir, RepositoryRecord};
+use crate::table::SharedMap;
+
+/// A cached record older than this is re-read in the background when used.
+const REVALIDATE: Duration = Duration::from_secs(1);
+/// On a miss, a record is re-read from disk at most this often (bounds disk reads under a
+/// flood of requests for absent tags).
+const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
+
+pub struct LocalRepository {
+    pub record: RepositoryRecord,
+    loaded_at: Instant,
+    refreshing: AtomicBool,
+}
+
+impl LocalRepository {
+    fn new(record: RepositoryRecord, now: Instant) -> LocalRepository {
+        LocalRepository { record, loaded_at: now, refreshing: AtomicBool::new(false) }
+    }
+
+    pub fn tag(&self, tag: &Tag) -> Option<&Digest> {
+        self.record.tags.get(tag)
+    }
+
+    pub fn manifest_media_type(&self, digest: &Digest) -> Option<&str> {
+        self.record.manifests.get(digest).map(String::as_str)
+    }
+
+    /// Whether `digest` may be fetched from this repository's blob endpoint.
+    pub fn serves_blob(&self, digest: &Digest) -> bool {
+        self.record.blobs.contains(digest) || self.record.manifests.contains_key(digest)
+    }
+
+    fn is_stale(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.loaded_at) >= REVALIDATE
+    }
+
+    fn may_reload(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.loaded_at) >= MIN_RELOAD_INTERVAL
+    }
+}
+
+pub struct LocalRepositories {
+    cache: Arc<CacheDir>,
+    table: SharedMap<RepositoryName, Arc<LocalRepository>>,
+}
+
+impl LocalRepositories {
+    pub fn new(cache: Arc<CacheDir>) -> LocalRepositories {
+        LocalRepositories { cache, table: SharedMap::new() }
+    }
+
+    /// The repository `name`, from the table or from disk; `None` if it does not exist.
+    /// A stale entry is served as is and refreshed in the background.
+    ///
+    /// # Errors
+    /// The record on disk cannot be read.
+    pub async fn get(self: &Arc<Self>, name: &RepositoryName) -> Result<Option<Arc<LocalRepository>>, RegistryError> {
+        let now = Instant::now();
+        match self.table.get(name) {
+            Some(repo) => {
+                if repo.is_stale(now) && !repo.refreshing.swap(true, Ordering::AcqRel) {
+                    let this = Arc::clone(self);
+                    let name = name.clone();
+                    glommio::spawn_local(async move {
+                        if let Err(e) = this.reload(&name).await {
+                            tracing::warn!(repository = %name, error = %e, "cannot refresh repository record");
+                        }
+                    })
+                    .detach();
+                }
+                Ok(Some(repo))
+            }
+            None => self.reload(name).await,
+        }
+    }
+
+    /// Looks `name` up again after a miss inside a known repository (an absent tag or digest),
+    /// in case an import added it since the record was read.
+    ///
+    /// # Errors
+    /// The record on disk cannot be read.
+    pub async fn get_after_miss(
+        self: &Arc<Self>,
+        name: &RepositoryName,
+        seen: &Arc<LocalRepository>,
+    ) -> Result<Option<Arc<LocalRepository>>, RegistryError> {
+        if seen.may_reload(Instant::now()) {
+            self.reload(name).await
+        } else {
+            Ok(Some(Arc::clone(seen)))
+        }
+    }
+
+    async fn reload(&self, name: &RepositoryName) -> Result<Option<Arc<LocalRepository>>, RegistryError> {
+        let cache = Arc::clone(&self.cache);
+        let owned = name.clone();
+        let record = run_blocking(move || cache.read_record(&owned)).await?;
+        let Some(record) = record else {
+            self.table.remove(name);
+            return Ok(None);
+        };
+        let repo = Arc::new(LocalRepository::new(record, Instant::now()));
+        self.table.insert(name.clone(), Arc::clone(&repo));
+        Ok(Some(repo))
+    }
+}

@@ -1,0 +1,240 @@
+//! The executors: one glommio executor per core, pinned, each accepting on its own
+//! SO_REUSEPORT socket and owning its connections; start, graceful drain and stop.
+
+mod listener;
+mod shutdown;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::task::Poll;
+use std::time::Duration;
+
+use glommio::net::TcpListener;
+use glommio::sync::Gate;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+
+pub use shutdown::ShutdownKind;
+
+use crate::http::{self, HttpContext, HttpSettings};
+use crate::registry::Registry;
+use shutdown::{Drain, ShutdownSignal};
+
+/// glommio's DMA buffer pool per executor. We do no O_DIRECT file I/O, and the default
+/// (10 MiB) would not fit an 8 MiB memlock limit once there are two executors.
+const IO_MEMORY_BYTES: usize = 1 << 20;
+/// Back-off after a failed accept (e.g. out of file descriptors), so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    pub listen: SocketAddr,
+    /// Executors to run; `None`: one per CPU this process may use.
+    pub cores: Option<usize>,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    pub http: HttpSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cores: {requested} requested, but this process may only use {available} CPUs")]
+    TooManyCores { requested: usize, available: usize },
+    #[error("executor {core} failed: {reason}")]
+    Executor { core: usize, reason: String },
+}
+
+/// A running server; dropping it does not stop it (use `stopper` and `join`).
+pub struct Server {
+    local_addr: SocketAddr,
+    executors: Vec<ExecutorJoinHandle<()>>,
+    signal: Arc<ShutdownSignal>,
+}
+
+/// Stops a server from any thread.
+#[derive(Clone)]
+pub struct Stopper(Arc<ShutdownSignal>);
+
+impl Stopper {
+    pub fn stop(&self, kind: ShutdownKind) {
+        self.0.trigger(kind);
+    }
+}
+
+impl Server {
+    /// Binds the listen address and starts one pinned executor per core; returns once every
+    /// executor is accepting.
+    ///
+    /// # Errors
+    /// The address cannot be bound, more cores are asked for than exist, or an executor cannot
+    /// start (e.g. RLIMIT_MEMLOCK below glommio's 512 KiB minimum).
+    pub fn start(settings: RuntimeSettings, registry: Arc<Registry>) -> Result<Server, RuntimeError> {
+        let cpus = usable_cpus();
+        let count = settings.cores.unwrap_or(cpus.len()).max(1);
+        if count > cpus.len() {
+            return Err(RuntimeError::TooManyCores { requested: count, available: cpus.len() });
+        }
+        let (sockets, local_addr) = listener::bind_all(settings.listen, count)?;
+        let signal = ShutdownSignal::new(count);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut executors = Vec::with_capacity(count);
+        for (core, (socket, cpu)) in sockets.into_iter().zip(cpus).enumerate() {
+            let shard = Shard {
+                core,
+                socket,
+                registry: Arc::clone(&registry),
+                settings: settings.clone(),
+                signal: Arc::clone(&signal),
+                ready: ready_tx.clone(),
+            };
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .name(&format!("rf-core-{core}"))
+                .io_memory(IO_MEMORY_BYTES)
+                .spawn(move || shard.run())
+                .map_err(|e| RuntimeError::Executor { core, reason: e.to_string() })?;
+            executors.push(handle);
+        }
+        drop(ready_tx);
+        let server = Server { local_addr, executors, signal };
+        server.wait_ready(&ready_rx, count)
+    }
+
+    /// Waits for every executor's readiness; if one exits first, stops the others and returns
+    /// its error.
+    fn wait_ready(mut self, ready: &mpsc::Receiver<usize>, count: usize) -> Result<Server, RuntimeError> {
+        // Each executor sends once and then drops its sender, so `recv` fails only when an
+        // executor exited without becoming ready.
+        if (0..count).all(|_| ready.recv().is_ok()) {
+            return Ok(self);
+        }
+        self.signal.trigger(ShutdownKind::Immediate);
+        let failure = self.executors.drain(..).enumerate().find_map(|(core, handle)| {
+            handle.join().err().map(|e| RuntimeError::Executor { core, reason: e.to_string() })
+        });
+        Err(failure.unwrap_or(RuntimeError::Executor { core: 0, reason: "exited during start".into() }))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        Stopper(Arc::clone(&self.signal))
+    }
+
+    /// Waits until every executor has stopped.
+    ///
+    /// # Errors
+    /// An executor thread failed.
+    pub fn join(self) -> Result<(), RuntimeError> {
+        for (core, handle) in self.executors.into_iter().enumerate() {
+            handle.join().map_err(|e| RuntimeError::Executor { core, reason: e.to_string() })?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything one executor needs, moved onto its thread.
+struct Shard {
+    core: usize,
+    socket: OwnedFd,
+    registry: Arc<Registry>,
+    settings: RuntimeSettings,
+    signal: Arc<ShutdownSignal>,
+    ready: mpsc::Sender<usize>,
+}
+
+impl Shard {
+    async fn run(self) {
+        let Shard { core, socket, registry, settings, signal, ready } = self;
+        // SAFETY: the descriptor is a bound, listening TCP socket we own, handed over once.
+        let listener = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd()) };
+        let ctx = HttpContext::new(registry, settings.http.clone());
+        let connections = Gate::new();
+        let drain = Drain::new();
+        // Sending and dropping the sender is what `Server::wait_ready` counts on.
+        let _ = ready.send(core);
+        drop(ready);
+        let kind = accept_until_stopped(&listener, &ctx, &connections, &drain, &signal, core).await;
+        // Closing our socket refuses new connections; in-flight ones are told to finish.
+        drop(listener);
+        drain.start();
+        if kind == ShutdownKind::Graceful {
+            drain_within_grace(&connections, settings.shutdown_grace, &signal, core).await;
+        }
+    }
+}
+
+/// Waits for open connections to finish, at most `grace`, and less if an immediate stop
+/// follows.
+async fn drain_within_grace(connections: &Gate, grace: Duration, signal: &Arc<ShutdownSignal>, core: usize) {
+    let mut closed = pin!(connections.close());
+    let mut deadline = pin!(glommio::timer::sleep(grace));
+    let mut escalated = pin!(signal.reached(core, ShutdownKind::Immediate));
+    let drained = std::future::poll_fn(|cx| {
+        if closed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        if deadline.as_mut().poll(cx).is_ready() || escalated.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        Poll::Pending
+    })
+    .await;
+    if !drained {
+        tracing::warn!(core, "connections still open at the end of the shutdown grace period are closed");
+    }
+}
+
+async fn accept_until_stopped(
+    listener: &TcpListener,
+    ctx: &Rc<HttpContext>,
+    connections: &Gate,
+    drain: &Rc<Drain>,
+    signal: &Arc<ShutdownSignal>,
+    core: usize,
+) -> ShutdownKind {
+    let mut stop = pin!(signal.reached(core, ShutdownKind::Graceful));
+    loop {
+        let mut accept = pin!(listener.accept());
+        let accepted = std::future::poll_fn(|cx| {
+            if let Poll::Ready(kind) = stop.as_mut().poll(cx) {
+                return Poll::Ready(Err(kind));
+            }
+            accept.as_mut().poll(cx).map(Ok)
+        })
+        .await;
+        match accepted {
+            Err(kind) => return kind,
+            Ok(Ok(stream)) => {
+                let connection = http::serve_tcp(stream, Rc::clone(ctx), drain.notice());
+                // The gate is open until the accept loop ends, so spawning cannot fail here.
+                if let Ok(task) = connections.spawn(connection) {
+                    task.detach();
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(core, error = %e, "accept failed");
+                glommio::timer::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask), lowest first.
+fn usable_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it for pid 0
+    // (this thread) and CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
+    }
+}

@@ -1,0 +1,311 @@
+//! The local layer cache on disk: content-addressed blobs, verified ingest, mmapped reads and
+//! the per-repository records. Synchronous by design: callers on an executor run these calls
+//! on the blocking pool; only `map_blob` of a known-present blob is cheap enough to call inline.
+
+mod error;
+mod ingest;
+mod record;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use memmap2::{Advice, Mmap};
+
+pub use error::StoreError;
+pub use ingest::Ingest;
+pub use record::RepositoryRecord;
+
+use crate::oci::digest::Algorithm;
+use crate::oci::{Digest, RepositoryName};
+
+/// The cache directory: `blobs/sha256/<hex>`, `repos/<name>/_repository.json`,
+/// `tmp/<pid>-<n>/` for ingests in progress.
+#[derive(Debug)]
+pub struct CacheDir {
+    root: PathBuf,
+    blobs: PathBuf,
+    repos: PathBuf,
+    tmp: PathBuf,
+    next_temp: AtomicU64,
+}
+
+impl CacheDir {
+    /// Opens (creating if needed) a cache directory and removes temp files left by processes
+    /// that are gone, e.g. after `kill -9`.
+    ///
+    /// # Errors
+    /// The directories cannot be created or read.
+    pub fn open(root: &Path) -> Result<CacheDir, StoreError> {
+        let blobs = root.join("blobs").join("sha256");
+        let repos = root.join("repos");
+        let tmp_root = root.join("tmp");
+        for dir in [&blobs, &repos, &tmp_root] {
+            std::fs::create_dir_all(dir).map_err(StoreError::io("create directory", dir))?;
+        }
+        remove_stale_temp_dirs(&tmp_root)?;
+        // One temp directory per open cache (per process and instance), so that two users of
+        // one cache directory never delete each other's ingests.
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
+        let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        let tmp = tmp_root.join(format!("{}-{instance}", std::process::id()));
+        std::fs::create_dir_all(&tmp).map_err(StoreError::io("create directory", &tmp))?;
+        Ok(CacheDir { root: root.to_owned(), blobs, repos, tmp, next_temp: AtomicU64::new(0) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob of `digest` lives (whether or not it is there).
+    ///
+    /// # Errors
+    /// `UnsupportedDigest` for anything but sha256.
+    pub fn blob_path(&self, digest: &Digest) -> Result<PathBuf, StoreError> {
+        match digest.algorithm() {
+            Algorithm::Sha256 => Ok(self.blobs.join(digest.hex())),
+            Algorithm::Sha512 => Err(StoreError::UnsupportedDigest(digest.clone())),
+        }
+    }
+
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_ok_and(|p| p.is_file())
+    }
+
+    /// Maps a blob read-only as zero-copy `Bytes`, asking the kernel to read ahead so that
+    /// serving it does not stall on page faults. `None` when the blob is not cached.
+    ///
+    /// # Errors
+    /// The file exists but cannot be opened or mapped.
+    pub fn map_blob(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError> {
+        let Ok(path) = self.blob_path(digest) else { return Ok(None) };
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("open", &path)(e)),
+        };
+        // SAFETY: blob files are immutable once renamed into place and are never truncated or
+        // rewritten (an identical re-publish replaces the directory entry, not the inode), so
+        // the mapping cannot change or shrink under us.
+        let map = unsafe { Mmap::map(&file) }.map_err(StoreError::io("mmap", &path))?;
+        if !map.is_empty() {
+            // Advisory only: a failure just means no readahead.
+            let _ = map.advise(Advice::WillNeed);
+        }
+        Ok(Some(Bytes::from_owner(map)))
+    }
+
+    /// Reads a small blob (a manifest or config) and verifies its digest; a corrupted file is
+    /// reported as an error, never returned.
+    ///
+    /// # Errors
+    /// I/O failure, a blob larger than `max_len`, or a digest mismatch.
+    pub fn read_verified(&self, digest: &Digest, max_len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let Ok(path) = self.blob_path(digest) else { return Ok(None) };
+        let size = match std::fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("stat", &path)(e)),
+        };
+        if size > max_len {
+            return Err(StoreError::SizeMismatch { expected: max_len, actual: size });
+        }
+        let bytes = std::fs::read(&path).map_err(StoreError::io("read", &path))?;
+        let actual = Digest::sha256_of(&bytes);
+        if &actual != digest {
+            return Err(StoreError::DigestMismatch { expected: digest.clone(), actual });
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Starts writing a blob; see `Ingest`.
+    ///
+    /// # Errors
+    /// The temp file cannot be created.
+    pub fn begin_ingest(&self) -> Result<Ingest, StoreError> {
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        Ingest::create(self.tmp.join(format!("ingest-{n}")), self.blobs.clone())
+    }
+
+    /// Stores a whole in-memory blob (small documents; streams use `begin_ingest`).
+    ///
+    /// # Errors
+    /// As `Ingest::commit`.
+    pub fn put_verified(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        if self.contains(digest) {
+            return Ok(());
+        }
+        let mut ingest = self.begin_ingest()?;
+        ingest.write(bytes)?;
+        ingest.commit(digest, Some(bytes.len() as u64)).map(|_| ())
+    }
+
+    /// Lists every cached blob with its size; files whose names are not sha256 digests are junk
+    /// from outside and are removed.
+    ///
+    /// # Errors
+    /// The blob directory cannot be read.
+    pub fn scan_blobs(&self) -> Result<Vec<(Digest, u64)>, StoreError> {
+        let entries = std::fs::read_dir(&self.blobs).map_err(StoreError::io("list", &self.blobs))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io("list", &self.blobs))?;
+            let name = entry.file_name();
+            let digest = name.to_str().and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok());
+            match (digest, entry.metadata()) {
+                (Some(digest), Ok(meta)) if meta.is_file() => found.push((digest, meta.len())),
+                _ => {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The record of a local repository, if one was ever written.
+    ///
+    /// # Errors
+    /// The record exists but cannot be read or parsed.
+    pub fn read_record(&self, name: &RepositoryName) -> Result<Option<RepositoryRecord>, StoreError> {
+        record::read(&self.repos, name)
+    }
+
+    /// Changes a repository record atomically (exclusive across processes) and returns it.
+    ///
+    /// # Errors
+    /// The record cannot be locked, read or written.
+    pub fn update_record(
+        &self,
+        name: &RepositoryName,
+        change: impl FnOnce(&mut RepositoryRecord),
+    ) -> Result<RepositoryRecord, StoreError> {
+        record::update(&self.repos, name, change)
+    }
+}
+
+impl Drop for CacheDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// Removes `tmp/<pid>-<n>` directories whose process no longer runs.
+fn remove_stale_temp_dirs(tmp_root: &Path) -> Result<(), StoreError> {
+    let entries = std::fs::read_dir(tmp_root).map_err(StoreError::io("list", tmp_root))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|s| s.split('-').next()).and_then(|s| s.parse::<u32>().ok());
+        let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let path = entry.path();
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.map_err(StoreError::io("remove stale temp files", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes a directory's entries (a rename, a new file) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io("fsync directory", dir))
+}
+
+/// Replaces `dir/name` with `bytes` so that readers see the old or the new file, never a mix.
+pub(crate) fn write_file_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut file = std::fs::File::create(&temp).map_err(StoreError::io("create", &temp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(StoreError::io("write", &temp))?;
+    let target = dir.join(name);
+    std::fs::rename(&temp, &target).map_err(StoreError::io("rename into place", &target))?;
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache() -> (tempfile::TempDir, CacheDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheDir::open(dir.path()).unwrap();
+        (dir, cache)
+    }
+
+    #[test]
+    fn ingest_verifies_and_publishes() {
+        let (_dir, cache) = cache();
+        let data = b"hello blob";
+        let digest = Digest::sha256_of(data);
+        let mut ingest = cache.begin_ingest().unwrap();
+        let temp = ingest.temp_path().to_owned();
+        ingest.write(&data[..5]).unwrap();
+        ingest.write(&data[5..]).unwrap();
+        ingest.commit(&digest, Some(data.len() as u64)).unwrap();
+        assert!(!temp.exists());
+        assert_eq!(cache.map_blob(&digest).unwrap().unwrap(), &data[..]);
+        assert_eq!(cache.read_verified(&digest, 100).unwrap().unwrap(), data);
+        assert_eq!(cache.scan_blobs().unwrap(), vec![(digest, data.len() as u64)]);
+    }
+
+    #[test]
+    fn ingest_rejects_wrong_content_and_keeps_nothing() {
+        let (_dir, cache) = cache();
+        let wanted = Digest::sha256_of(b"right");
+        let mut ingest = cache.begin_ingest().unwrap();
+        let temp = ingest.temp_path().to_owned();
+        ingest.write(b"wrong").unwrap();
+        assert!(matches!(ingest.commit(&wanted, None), Err(StoreError::DigestMismatch { .. })));
+        assert!(!temp.exists());
+        assert!(!cache.contains(&wanted));
+        let mut short = cache.begin_ingest().unwrap();
+        short.write(b"right").unwrap();
+        assert!(matches!(short.commit(&wanted, Some(6)), Err(StoreError::SizeMismatch { .. })));
+        assert!(cache.map_blob(&wanted).unwrap().is_none());
+    }
+
+    #[test]
+    fn corrupted_small_blob_is_detected() {
+        let (_dir, cache) = cache();
+        let digest = Digest::sha256_of(b"{}");
+        cache.put_verified(&digest, b"{}").unwrap();
+        std::fs::write(cache.blob_path(&digest).unwrap(), b"{ }").unwrap();
+        assert!(matches!(cache.read_verified(&digest, 10), Err(StoreError::DigestMismatch { .. })));
+    }
+
+    #[test]
+    fn stale_temp_files_and_junk_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp/999999999-0")).unwrap();
+        std::fs::write(dir.path().join("tmp/999999999-0/ingest-0"), b"partial").unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        std::fs::write(dir.path().join("blobs/sha256/not-a-digest"), b"x").unwrap();
+        let cache = CacheDir::open(dir.path()).unwrap();
+        assert!(!dir.path().join("tmp/999999999-0").exists());
+        assert!(cache.scan_blobs().unwrap().is_empty());
+        assert!(!dir.path().join("blobs/sha256/not-a-digest").exists());
+    }
+
+    #[test]
+    fn records_merge_and_survive_reopen() {
+        let (dir, cache) = cache();
+        let name: RepositoryName = "a/b".parse().unwrap();
+        assert!(cache.read_record(&name).unwrap().is_none());
+        let d = Digest::sha256_of(b"m");
+        cache
+            .update_record(&name, |r| {
+                r.tags.insert("v1".parse().unwrap(), d.clone());
+                r.manifests.insert(d.clone(), "x".into());
+            })
+            .unwrap();
+        cache.update_record(&name, |r| { r.tags.insert("v2".parse().unwrap(), d.clone()); }).unwrap();
+        drop(cache);
+        let cache = CacheDir::open(dir.path()).unwrap();
+        let record = cache.read_record(&name).unwrap().unwrap();
+        assert_eq!(record.tags.len(), 2);
+        assert!(cache.read_record(&"a".parse().unwrap()).unwrap().is_none());
+    }
+}

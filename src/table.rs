@@ -1,0 +1,66 @@
+//! The lock-free maps that every executor reads: one type, one documented choice.
+//!
+//! Built on `papaya`: reads are lock-free and write nothing shared (epoch guards live in
+//! thread-local state), so two cores reading the same hot manifest never bounce a lock's
+//! cache line. crossbeam-skiplist was considered and not chosen: every lookup bumps a
+//! reference count on the entry it finds, which is a shared write per read on hot keys;
+//! dashmap was not chosen because its shard `RwLock`s can block an executor thread.
+//! Values are cloned out (they are `Arc`s or `Bytes`), so no guard outlives a call.
+
+use std::borrow::Borrow;
+use std::hash::Hash;
+
+pub struct SharedMap<K, V> {
+    inner: papaya::HashMap<K, V>,
+}
+
+impl<K, V> Default for SharedMap<K, V> {
+    fn default() -> Self {
+        SharedMap { inner: papaya::HashMap::new() }
+    }
+}
+
+impl<K, V> SharedMap<K, V>
+where
+    K: Hash + Eq + Send + Sync,
+    V: Clone + Send + Sync,
+{
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.pin().get(key).cloned()
+    }
+
+    /// Inserts or replaces; returns the value that was there.
+    pub fn insert(&self, key: K, value: V) -> Option<V> {
+        self.inner.pin().insert(key, value).cloned()
+    }
+
+    /// Returns the present value, or inserts the one `make` builds. `make` may run and its
+    /// value be dropped if another core inserts first; it must be cheap and side-effect free.
+    pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
+        self.inner.pin().get_or_insert_with(key, make).clone()
+    }
+
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.pin().remove(key).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
