@@ -108,7 +108,8 @@ impl Config {
         let mut deserializer = serde_json::Deserializer::from_slice(text);
         let file: ConfigFile = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." { "(document)".to_owned() } else { key };
+            // A syntax error has no key to name (serde_path_to_error says `.` or `?`).
+            let key = if key == "." || key == "?" { "(document)".to_owned() } else { key };
             ConfigError::Invalid { origin: origin.to_owned(), key, message: e.into_inner().to_string() }
         })?;
         validate(file, origin, overrides)

@@ -12,23 +12,26 @@ use std::time::Duration;
 use hyper::body::Incoming;
 
 use super::dispatch;
-use super::io::{coarse_now_ms, ConnectionActivity, HyperIo};
+use super::io::{coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Timeout};
 use super::HttpContext;
 
 enum Event {
     Closed(Result<(), Box<dyn std::error::Error + Send + Sync>>),
     Drain,
-    IdleCheck,
+    TimeoutCheck,
 }
 
-/// Serves a plain TCP connection until the client leaves, it idles out, or `drain` resolves
-/// (then in-flight requests finish and the connection closes).
+/// Serves a plain TCP connection until the client leaves, a timeout hits (a request head that
+/// takes too long, or no request for too long), or `drain` resolves (then in-flight requests
+/// finish and the connection closes).
 pub async fn serve_tcp(stream: glommio::net::TcpStream, ctx: Rc<HttpContext>, drain: impl Future<Output = ()>) {
     // Small responses must not wait for Nagle; a failure only costs latency.
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
-    let activity = ConnectionActivity::new();
-    let io = HyperIo::new(stream, Some(fd), Rc::clone(&activity));
+    // sendfile has no MSG_DONTWAIT: without O_NONBLOCK it could block the executor.
+    let raw_fd = set_nonblocking(fd).ok().map(|()| fd);
+    let activity = ConnectionState::new();
+    let io = HyperIo::new(stream, raw_fd, Rc::clone(&activity));
     let service_activity = Rc::clone(&activity);
     let service_ctx = Rc::clone(&ctx);
     let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
@@ -43,46 +46,41 @@ pub async fn serve_tcp(stream: glommio::net::TcpStream, ctx: Rc<HttpContext>, dr
     let mut connection = pin!(ctx.builder.serve_connection(io, service));
     let mut drain = pin!(drain);
     let idle_ms = ctx.settings.idle_timeout.as_millis() as u64;
+    let header_ms = ctx.settings.header_read_timeout.as_millis() as u64;
     let mut closing = false;
     loop {
-        let mut idle_timer = pin!(glommio::timer::Timer::new(until_idle(&activity, idle_ms)));
+        let wait = match activity.check(idle_ms, header_ms, coarse_now_ms()) {
+            Timeout::Wait(ms) => ms,
+            Timeout::HeadTooSlow => return tracing::debug!("closing a connection whose request head is too slow"),
+            Timeout::Idle => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+                idle_ms
+            }
+        };
+        // At least a short step, so a busy connection is not re-checked in a tight loop.
+        let mut timer = pin!(glommio::timer::Timer::new(Duration::from_millis(wait.max(10))));
         let event = std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = connection.as_mut().poll(cx) {
                 return Poll::Ready(Event::Closed(result));
             }
-            if !closing {
-                if drain.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Drain);
-                }
-                if idle_timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::IdleCheck);
-                }
+            if !closing && drain.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Drain);
+            }
+            if !closing && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::TimeoutCheck);
             }
             Poll::Pending
         })
         .await;
         match event {
             Event::Closed(Ok(())) => return,
-            Event::Closed(Err(e)) => {
-                tracing::debug!(error = %e, "connection ended with an error");
-                return;
-            }
+            Event::Closed(Err(e)) => return tracing::debug!(error = %e, "connection ended with an error"),
             Event::Drain => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            Event::IdleCheck if activity.idle_for(idle_ms, coarse_now_ms()) => {
-                tracing::trace!("closing idle connection");
-                connection.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            Event::IdleCheck => {}
+            Event::TimeoutCheck => {}
         }
     }
-}
-
-/// How long until the connection could first count as idle; at least a short step, so a
-/// connection that is busy is not re-checked in a tight loop.
-fn until_idle(activity: &ConnectionActivity, idle_ms: u64) -> Duration {
-    Duration::from_millis(activity.ms_until_idle(idle_ms, coarse_now_ms()).max(10))
 }

@@ -1,23 +1,37 @@
 //! The byte-stream adapter between glommio (futures-io) and hyper, and the per-connection
-//! activity clock that the idle timeout reads.
+//! state that timeouts and zero-copy sends read.
 //!
-//! Plain TCP writes are vectored with a raw non-blocking `sendmsg`: glommio's stream has no
-//! `writev`, and without one hyper copies every body chunk into its header buffer (a 16 MiB
-//! memcpy per blob, notes/runtime.md §2a). On `EAGAIN` the write falls back to glommio's own
-//! `poll_write`, which waits for writability through io_uring and registers the waker.
+//! Reads go through glommio into a small per-connection scratch buffer, zeroed once, and are
+//! copied into hyper's buffer (a request head is a few hundred bytes). glommio arms an
+//! io_uring readiness poll after a short read, so waiting for the next request costs no failed
+//! `recv`; reading into hyper's uninitialised buffer through futures-io would instead mean
+//! zeroing it on every read (5% of a manifest profile).
+//!
+//! Plain TCP writes are vectored `sendmsg` (glommio's stream has no `writev`, and without one
+//! hyper copies every body chunk into its header buffer, notes/runtime.md §2a). Body chunks
+//! that are slices of a cached blob file go out with `sendfile(2)` instead: the kernel sends
+//! page-cache pages without copying them. hyper never knows: it sees bytes written. On `EAGAIN`
+//! glommio's own `poll_write` arms the writability poll and the waker.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::fs::File;
 use std::io::IoSlice;
-use std::mem::MaybeUninit;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
+use bytes::Bytes;
 use futures_io::{AsyncRead, AsyncWrite};
 
+/// Bytes read from the socket per read call.
+const SCRATCH_BYTES: usize = 8 * 1024;
+/// The HTTP/2 connection preface; a connection that starts with it is h2.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
 /// Milliseconds on the kernel's coarse monotonic clock (a few ns to read, ~4 ms resolution):
-/// enough for timeouts measured in seconds, cheap enough to read on every read and write.
+/// enough for timeouts measured in seconds.
 pub fn coarse_now_ms() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC_COARSE exists on
@@ -26,50 +40,119 @@ pub fn coarse_now_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
-/// What the idle timeout needs to know about one connection.
-#[derive(Debug)]
-pub struct ConnectionActivity {
-    last_io_ms: Cell<u64>,
-    in_flight: Cell<usize>,
+/// A part of a response body that is a slice of a cached blob file, sendable with sendfile.
+/// It holds the slice, so the mapping (and the address range) stays alive while registered.
+struct FileRegion {
+    data: Bytes,
+    file: Arc<File>,
+    file_offset: u64,
 }
 
-impl ConnectionActivity {
-    pub fn new() -> Rc<ConnectionActivity> {
-        Rc::new(ConnectionActivity { last_io_ms: Cell::new(coarse_now_ms()), in_flight: Cell::new(0) })
-    }
+/// What a connection's watchdog decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// Nothing is due for this many milliseconds.
+    Wait(u64),
+    /// A request head has been arriving for longer than the header-read timeout.
+    HeadTooSlow,
+    /// No request for longer than the idle timeout.
+    Idle,
+}
 
-    fn touch(&self) {
-        self.last_io_ms.set(coarse_now_ms());
-    }
+/// One connection's state shared by its stream adapter, its service and its watchdog.
+#[derive(Default)]
+pub struct ConnectionState {
+    in_flight: Cell<usize>,
+    /// When the last request ended, or the connection began.
+    quiet_since_ms: Cell<u64>,
+    /// When the first byte of a request head arrived (HTTP/1.1, no request in progress).
+    head_started_ms: Cell<Option<u64>>,
+    seen_bytes: Cell<bool>,
+    is_h2: Cell<bool>,
+    regions: RefCell<Vec<FileRegion>>,
+}
 
-    /// Milliseconds until the connection has had no request in progress and no I/O for
-    /// `idle_ms` (0: it has).
-    pub fn ms_until_idle(&self, idle_ms: u64, now_ms: u64) -> u64 {
-        if self.in_flight.get() > 0 {
-            return idle_ms;
-        }
-        self.last_io_ms.get().saturating_add(idle_ms).saturating_sub(now_ms)
-    }
-
-    pub fn idle_for(&self, idle_ms: u64, now_ms: u64) -> bool {
-        self.ms_until_idle(idle_ms, now_ms) == 0
+impl ConnectionState {
+    pub fn new() -> Rc<ConnectionState> {
+        let state = ConnectionState::default();
+        state.quiet_since_ms.set(coarse_now_ms());
+        Rc::new(state)
     }
 
     /// Marks a request as in progress until the returned guard is dropped (with its body).
     pub fn begin_request(self: &Rc<Self>) -> InFlight {
         self.in_flight.set(self.in_flight.get() + 1);
+        self.head_started_ms.set(None);
         InFlight(Rc::clone(self))
+    }
+
+    fn received(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if !self.seen_bytes.replace(true) {
+            self.is_h2.set(bytes.starts_with(H2_PREFACE));
+        }
+        // h2 streams bring their own framing and limits; only HTTP/1.1 heads are timed here.
+        if !self.is_h2.get() && self.in_flight.get() == 0 && self.head_started_ms.get().is_none() {
+            self.head_started_ms.set(Some(coarse_now_ms()));
+        }
+    }
+
+    /// What is due at `now_ms` given the two timeouts. A slow head is cut off at most
+    /// `header_ms` late (the watchdog looks again at least that often).
+    pub fn check(&self, idle_ms: u64, header_ms: u64, now_ms: u64) -> Timeout {
+        if let Some(started) = self.head_started_ms.get() {
+            let due = started.saturating_add(header_ms);
+            return if now_ms >= due { Timeout::HeadTooSlow } else { Timeout::Wait(due - now_ms) };
+        }
+        if self.in_flight.get() > 0 {
+            return Timeout::Wait(header_ms);
+        }
+        let due = self.quiet_since_ms.get().saturating_add(idle_ms);
+        if now_ms >= due {
+            Timeout::Idle
+        } else {
+            // A head may start while we wait; looking again within `header_ms` catches it in
+            // time without waking the watchdog on every read.
+            Timeout::Wait((due - now_ms).min(header_ms))
+        }
+    }
+
+    /// Lets `data` (a slice of `file` starting at `file_offset`) be sent with sendfile.
+    pub fn register_file_region(&self, data: Bytes, file: Arc<File>, file_offset: u64) {
+        self.regions.borrow_mut().push(FileRegion { data, file, file_offset });
+    }
+
+    /// The file descriptor and file offset behind `slice`, if it lies in a registered region.
+    fn file_behind(&self, slice: &[u8]) -> Option<(RawFd, u64)> {
+        let start = slice.as_ptr() as usize;
+        self.regions.borrow().iter().find_map(|region| {
+            let region_start = region.data.as_ptr() as usize;
+            let inside = start >= region_start && start + slice.len() <= region_start + region.data.len();
+            inside.then(|| (region.file.as_raw_fd(), region.file_offset + (start - region_start) as u64))
+        })
+    }
+
+    /// Forgets regions whose last byte has been sent (`end` is one past the last byte sent).
+    fn sent_up_to(&self, end: usize) {
+        self.regions.borrow_mut().retain(|r| r.data.as_ptr() as usize + r.data.len() != end);
     }
 }
 
-/// A request in progress on a connection; see `ConnectionActivity::begin_request`.
-#[derive(Debug)]
-pub struct InFlight(Rc<ConnectionActivity>);
+/// A request in progress on a connection; see `ConnectionState::begin_request`.
+pub struct InFlight(Rc<ConnectionState>);
+
+impl InFlight {
+    pub fn connection(&self) -> &ConnectionState {
+        &self.0
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.set(self.0.in_flight.get().saturating_sub(1));
-        self.0.touch();
+        self.0.quiet_since_ms.set(coarse_now_ms());
     }
 }
 
@@ -79,70 +162,58 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: S,
         raw_fd: Option<RawFd>,
-        activity: Rc<ConnectionActivity>,
+        state: Rc<ConnectionState>,
+        scratch: Box<[u8]>,
+        unread: std::ops::Range<usize>,
     }
 }
 
 impl<S> HyperIo<S> {
-    /// `raw_fd` enables the raw vectored write; pass it only for a plain TCP socket whose
-    /// bytes go to the kernel unchanged (never for TLS).
-    pub fn new(inner: S, raw_fd: Option<RawFd>, activity: Rc<ConnectionActivity>) -> HyperIo<S> {
-        HyperIo { inner, raw_fd, activity }
+    /// `raw_fd` enables raw `sendmsg`/`sendfile` on the socket; pass it only for a plain,
+    /// non-blocking TCP socket (never for TLS, whose bytes must go through rustls).
+    pub fn new(inner: S, raw_fd: Option<RawFd>, state: Rc<ConnectionState>) -> HyperIo<S> {
+        HyperIo { inner, raw_fd, state, scratch: Box::default(), unread: 0..0 }
     }
 }
 
 impl<S: AsyncRead> hyper::rt::Read for HyperIo<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: hyper::rt::ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
         let this = self.project();
-        // SAFETY: the uninitialised tail is zeroed before it is viewed as `[u8]`, and only the
-        // `n` bytes the read reports are marked filled.
-        let slice = unsafe {
-            let uninit = buf.as_mut();
-            std::ptr::write_bytes(uninit.as_mut_ptr(), 0, uninit.len());
-            &mut *(uninit as *mut [MaybeUninit<u8>] as *mut [u8])
-        };
-        match this.inner.poll_read(cx, slice) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.activity.touch();
-                }
-                // SAFETY: `n` bytes were written by the read above.
-                unsafe { buf.advance(n) };
-                Poll::Ready(Ok(()))
+        if this.unread.start >= this.unread.end {
+            if this.scratch.is_empty() {
+                *this.scratch = vec![0u8; SCRATCH_BYTES].into_boxed_slice();
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+            let n = ready!(this.inner.poll_read(cx, this.scratch))?;
+            this.state.received(&this.scratch[..n]);
+            *this.unread = 0..n;
         }
+        let take = (this.unread.end - this.unread.start).min(buf.remaining());
+        buf.put_slice(&this.scratch[this.unread.start..this.unread.start + take]);
+        this.unread.start += take;
+        Poll::Ready(Ok(()))
     }
 }
 
 impl<S: AsyncWrite> hyper::rt::Write for HyperIo<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let this = self.project();
-        let result = this.inner.poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        result
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
         let this = self.project();
-        let result = match *this.raw_fd {
-            Some(fd) => match sendmsg_nonblocking(fd, bufs) {
-                Ok(n) => Poll::Ready(Ok(n)),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {
-                    let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
-                    this.inner.poll_write(cx, first)
-                }
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            None => this.inner.poll_write_vectored(cx, bufs),
+        let Some(fd) = *this.raw_fd else {
+            return this.inner.poll_write_vectored(cx, bufs);
         };
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
+        match write_raw(fd, this.state, bufs) {
+            Ok(0) if bufs.iter().any(|b| !b.is_empty()) => {
+                // Nothing could be written: let glommio wait for writability (it may also send
+                // a little itself, which is fine: it reports how much).
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+                this.inner.poll_write(cx, first)
+            }
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(e) => Poll::Ready(Err(e)),
         }
-        result
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -158,24 +229,159 @@ impl<S: AsyncWrite> hyper::rt::Write for HyperIo<S> {
     }
 }
 
-/// One non-blocking `sendmsg` of up to `IOV_MAX` slices.
-fn sendmsg_nonblocking(fd: RawFd, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+/// Writes as much of `bufs` as the socket takes now, in order: runs of ordinary slices with
+/// one `sendmsg`, slices of registered blob files with `sendfile`. `Ok(0)`: would block.
+fn write_raw(fd: RawFd, state: &ConnectionState, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+    let mut written = 0;
+    let mut index = 0;
+    while index < bufs.len() {
+        let run_end = (index..bufs.len()).find(|&i| state.file_behind(&bufs[i]).is_some()).unwrap_or(bufs.len());
+        if run_end > index {
+            let wanted: usize = bufs[index..run_end].iter().map(|b| b.len()).sum();
+            let more = run_end < bufs.len();
+            let sent = match sendmsg_nonblocking(fd, &bufs[index..run_end], more) {
+                Ok(sent) => sent,
+                Err(e) if would_block(&e) => return Ok(written),
+                Err(e) => return if written > 0 { Ok(written) } else { Err(e) },
+            };
+            written += sent;
+            if sent < wanted {
+                return Ok(written);
+            }
+            index = run_end;
+            continue;
+        }
+        let slice = &bufs[index];
+        let Some((file_fd, offset)) = state.file_behind(slice) else { break };
+        let sent = match sendfile_nonblocking(fd, file_fd, offset, slice.len()) {
+            Ok(sent) => sent,
+            Err(e) if would_block(&e) => return Ok(written),
+            Err(e) => return if written > 0 { Ok(written) } else { Err(e) },
+        };
+        written += sent;
+        if sent == slice.len() {
+            state.sent_up_to(slice.as_ptr() as usize + slice.len());
+        }
+        if sent < slice.len() {
+            return Ok(written);
+        }
+        index += 1;
+    }
+    Ok(written)
+}
+
+fn would_block(error: &std::io::Error) -> bool {
+    matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted)
+}
+
+/// One non-blocking `sendmsg` of up to `IOV_MAX` slices; `more` tells the kernel that more
+/// data follows at once (MSG_MORE), so a response head and its file body share segments.
+fn sendmsg_nonblocking(fd: RawFd, bufs: &[IoSlice<'_>], more: bool) -> std::io::Result<usize> {
     const IOV_MAX: usize = 1024;
     let count = bufs.len().min(IOV_MAX);
     if bufs[..count].iter().all(|b| b.is_empty()) {
         return Ok(0);
     }
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
     // SAFETY: an all-zero msghdr is valid; we then point it at `count` IoSlices, which are
     // ABI-compatible with iovec and outlive the call.
     let sent = unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
         msg.msg_iovlen = count as _;
-        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        libc::sendmsg(fd, &msg, flags)
     };
     if sent < 0 {
         Err(std::io::Error::last_os_error())
     } else {
         Ok(sent as usize)
+    }
+}
+
+/// One `sendfile` of up to `len` bytes from `file_fd` at `offset`; the socket is non-blocking.
+fn sendfile_nonblocking(socket: RawFd, file_fd: RawFd, offset: u64, len: usize) -> std::io::Result<usize> {
+    let mut offset = offset as libc::off_t;
+    // SAFETY: both descriptors are open for the duration of the call (the file is held by a
+    // registered region); sendfile only reads the file and writes the socket.
+    let sent = unsafe { libc::sendfile(socket, file_fd, &mut offset, len) };
+    if sent < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
+
+/// Switches a socket to non-blocking mode, which `sendfile` (it has no flags) relies on.
+///
+/// # Errors
+/// `fcntl` failed.
+pub fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, reading and then setting its status flags.
+    let ok = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_at(now: u64) -> Rc<ConnectionState> {
+        let state = ConnectionState::new();
+        state.quiet_since_ms.set(now);
+        state
+    }
+
+    #[test]
+    fn idle_after_the_idle_timeout_without_requests() {
+        let state = state_at(1_000);
+        assert_eq!(state.check(5_000, 2_000, 1_000), Timeout::Wait(2_000), "waits at most the header timeout");
+        assert_eq!(state.check(5_000, 2_000, 5_500), Timeout::Wait(500));
+        assert_eq!(state.check(5_000, 2_000, 6_000), Timeout::Idle);
+    }
+
+    #[test]
+    fn a_request_in_flight_is_never_idle() {
+        let state = state_at(0);
+        let request = state.begin_request();
+        assert_eq!(state.check(5_000, 2_000, 1_000_000), Timeout::Wait(2_000));
+        drop(request);
+        let quiet = state.quiet_since_ms.get();
+        assert_eq!(state.check(5_000, 2_000, quiet + 5_000), Timeout::Idle);
+    }
+
+    #[test]
+    fn a_slow_http1_head_times_out_but_h2_frames_do_not() {
+        let http1 = state_at(0);
+        http1.received(b"GET / HTTP/1.1\r\n");
+        let started = http1.head_started_ms.get().unwrap();
+        assert_eq!(http1.check(60_000, 2_000, started + 1_500), Timeout::Wait(500));
+        assert_eq!(http1.check(60_000, 2_000, started + 2_000), Timeout::HeadTooSlow);
+        drop(http1.begin_request());
+        assert_eq!(http1.head_started_ms.get(), None, "a complete head clears the clock");
+
+        let h2 = state_at(0);
+        h2.received(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        h2.received(b"frames");
+        assert_eq!(h2.head_started_ms.get(), None);
+    }
+
+    #[test]
+    fn file_regions_are_found_by_address_and_forgotten_when_sent() {
+        let state = state_at(0);
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        let data = Bytes::from(vec![7u8; 100]);
+        state.register_file_region(data.slice(10..90), Arc::clone(&file), 10);
+        let inner = data.slice(20..30);
+        assert_eq!(state.file_behind(&inner), Some((file.as_raw_fd(), 20)));
+        assert_eq!(state.file_behind(&data.slice(0..30)), None, "not wholly inside");
+        state.sent_up_to(data.as_ptr() as usize + 90);
+        assert_eq!(state.file_behind(&inner), None);
     }
 }

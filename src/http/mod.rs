@@ -24,8 +24,7 @@ use rt::{GlommioTimer, LocalExec};
 /// Connection behaviour, from the configuration.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
-    /// Time allowed for a complete request head; on HTTP/1.1 it also bounds the wait for the
-    /// next request on a kept-alive connection (hyper starts it when it starts reading a head).
+    /// Time allowed for a complete HTTP/1.1 request head, from its first byte.
     pub header_read_timeout: Duration,
     /// A connection with no request in progress and no I/O for this long is closed.
     pub idle_timeout: Duration,
@@ -51,7 +50,9 @@ impl HttpContext {
             .http1()
             .timer(GlommioTimer)
             .keep_alive(true)
-            .header_read_timeout(settings.header_read_timeout)
+            // Our connection watchdog times request heads; hyper's own timer would cost a
+            // timer per request.
+            .header_read_timeout(None)
             .max_buf_size(settings.max_header_bytes)
             .max_headers(MAX_HEADERS);
         builder

@@ -36,10 +36,12 @@ impl StoredManifest {
     }
 }
 
-/// A cached blob: the whole file mapped, shared zero-copy by every response.
+/// A cached blob: the whole file mapped, shared zero-copy by every response, and the open
+/// file, from which the same bytes can be sent with sendfile.
 #[derive(Debug)]
 pub struct MappedBlob {
     pub body: Bytes,
+    pub file: Arc<std::fs::File>,
     pub digest_header: HeaderValue,
     pub etag: HeaderValue,
 }
@@ -91,9 +93,9 @@ impl Content {
         let cache = Arc::clone(&self.cache);
         let wanted = digest.clone();
         let mapped = run_blocking(move || cache.map_blob(&wanted)).await?;
-        let Some(body) = mapped else { return Ok(None) };
+        let Some((body, file)) = mapped else { return Ok(None) };
         let (digest_header, etag) = digest_headers(digest);
-        let blob = Arc::new(MappedBlob { body, digest_header, etag });
+        let blob = Arc::new(MappedBlob { body, file: Arc::new(file), digest_header, etag });
         self.blobs.insert(digest.clone(), Arc::clone(&blob));
         Ok(Some(blob))
     }

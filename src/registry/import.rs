@@ -33,8 +33,9 @@ pub struct ImportSummary {
     pub bytes: u64,
 }
 
-/// Imports the layout at `layout` as repository `name`: only the entry tagged `tag` if given,
-/// else every tagged entry (a single untagged entry becomes `latest`).
+/// Imports the layout at `layout` as repository `name`. With `tag`: the entry tagged so, or
+/// the only entry of a one-image layout (re-tagged). Without: every tagged entry, or the
+/// only entry as `latest`.
 ///
 /// # Errors
 /// A missing or malformed layout file, a blob whose size or digest is wrong (naming the file),
@@ -96,8 +97,8 @@ fn select_entries<'a>(index: &'a ImageIndex, tag: Option<&Tag>) -> Result<Vec<(T
     match tag {
         Some(tag) => match tagged.iter().find(|(t, _)| t == tag) {
             Some((_, entry)) => Ok(vec![(tag.clone(), *entry)]),
+            // A layout holding one image is imported under whatever tag the user names.
             None => single
-                .filter(|_| tagged.is_empty())
                 .map(|entry| vec![(tag.clone(), entry)])
                 .ok_or_else(|| format!("no manifest is tagged `{tag}` (tags here: {})", known())),
         },

@@ -14,9 +14,6 @@ use crate::table::SharedMap;
 
 /// A cached record older than this is re-read in the background when used.
 const REVALIDATE: Duration = Duration::from_secs(1);
-/// On a miss, a record is re-read from disk at most this often (bounds disk reads under a
-/// flood of requests for absent tags).
-const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 
 pub struct LocalRepository {
     pub record: RepositoryRecord,
@@ -44,10 +41,6 @@ impl LocalRepository {
 
     fn is_stale(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.loaded_at) >= REVALIDATE
-    }
-
-    fn may_reload(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.loaded_at) >= MIN_RELOAD_INTERVAL
     }
 }
 
@@ -86,24 +79,13 @@ impl LocalRepositories {
         }
     }
 
-    /// Looks `name` up again after a miss inside a known repository (an absent tag or digest),
-    /// in case an import added it since the record was read.
+    /// Reads `name` from disk again, e.g. after a miss inside a known repository (an absent
+    /// tag or digest), in case an import added it since the record was read. Misses are
+    /// answered 404 anyway, so the small read is not on the hot path.
     ///
     /// # Errors
     /// The record on disk cannot be read.
-    pub async fn get_after_miss(
-        self: &Arc<Self>,
-        name: &RepositoryName,
-        seen: &Arc<LocalRepository>,
-    ) -> Result<Option<Arc<LocalRepository>>, RegistryError> {
-        if seen.may_reload(Instant::now()) {
-            self.reload(name).await
-        } else {
-            Ok(Some(Arc::clone(seen)))
-        }
-    }
-
-    async fn reload(&self, name: &RepositoryName) -> Result<Option<Arc<LocalRepository>>, RegistryError> {
+    pub async fn reload(&self, name: &RepositoryName) -> Result<Option<Arc<LocalRepository>>, RegistryError> {
         let cache = Arc::clone(&self.cache);
         let owned = name.clone();
         let record = run_blocking(move || cache.read_record(&owned)).await?;

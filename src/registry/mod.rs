@@ -126,7 +126,7 @@ impl Registry {
         if has(&repo) {
             return Ok(repo);
         }
-        self.local.get_after_miss(name, &repo).await?.ok_or_else(|| RegistryError::NameUnknown(name.clone()))
+        self.local.reload(name).await?.ok_or_else(|| RegistryError::NameUnknown(name.clone()))
     }
 
     async fn stored_manifest(&self, repo: &LocalRepository, digest: &Digest) -> Result<Option<Arc<StoredManifest>>, RegistryError> {

@@ -79,6 +79,7 @@ impl Server {
         if count > cpus.len() {
             return Err(RuntimeError::TooManyCores { requested: count, available: cpus.len() });
         }
+        raise_open_file_limit();
         let (sockets, local_addr) = listener::bind_all(settings.listen, count)?;
         let signal = ShutdownSignal::new(count);
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -221,6 +222,22 @@ async fn accept_until_stopped(
             Ok(Err(e)) => {
                 tracing::warn!(core, error = %e, "accept failed");
                 glommio::timer::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: every connection and every cached
+/// blob (held open for sendfile) is a descriptor, and the usual soft limit of 1024 is far
+/// below what a node daemon needs. Failing to raise it is not fatal.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            let wanted = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!(soft = limit.rlim_cur, "cannot raise the open-file limit");
             }
         }
     }

@@ -73,11 +73,12 @@ impl CacheDir {
     }
 
     /// Maps a blob read-only as zero-copy `Bytes`, asking the kernel to read ahead so that
-    /// serving it does not stall on page faults. `None` when the blob is not cached.
+    /// serving it does not stall on page faults; returns the open file too. `None` when the
+    /// blob is not cached.
     ///
     /// # Errors
     /// The file exists but cannot be opened or mapped.
-    pub fn map_blob(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError> {
+    pub fn map_blob(&self, digest: &Digest) -> Result<Option<(Bytes, std::fs::File)>, StoreError> {
         let Ok(path) = self.blob_path(digest) else { return Ok(None) };
         let file = match std::fs::File::open(&path) {
             Ok(file) => file,
@@ -92,7 +93,7 @@ impl CacheDir {
             // Advisory only: a failure just means no readahead.
             let _ = map.advise(Advice::WillNeed);
         }
-        Ok(Some(Bytes::from_owner(map)))
+        Ok(Some((Bytes::from_owner(map), file)))
     }
 
     /// Reads a small blob (a manifest or config) and verifies its digest; a corrupted file is
@@ -246,7 +247,7 @@ mod tests {
         ingest.write(&data[5..]).unwrap();
         ingest.commit(&digest, Some(data.len() as u64)).unwrap();
         assert!(!temp.exists());
-        assert_eq!(cache.map_blob(&digest).unwrap().unwrap(), &data[..]);
+        assert_eq!(cache.map_blob(&digest).unwrap().unwrap().0, &data[..]);
         assert_eq!(cache.read_verified(&digest, 100).unwrap().unwrap(), data);
         assert_eq!(cache.scan_blobs().unwrap(), vec![(digest, data.len() as u64)]);
     }

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# registry-facade against nginx (sendfile on, one worker per core; and a tuned variant) on
+# loopback, same run:
+# one ~1 KiB manifest and one 16 MiB blob, loaded with wrk, servers alternating each round.
+# Prints req/s, GiB/s, p99 latency and server CPU per unit for each, and the facade/nginx
+# ratios (median over rounds).
+#
+# Usage: bench/vs-nginx.sh [--json FILE]
+# Env: DURATION=10 (s per wrk run)  ROUNDS=3  CORES=$(nproc) (executors / nginx workers)
+#      MANIFEST_CONNS=64  BLOB_CONNS=16  WRK_THREADS=2
+# Needs: wrk, nginx, curl, python3 (apt-get install wrk nginx curl python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-3}"
+CORES="${CORES:-$(nproc)}"
+MANIFEST_CONNS="${MANIFEST_CONNS:-64}"
+BLOB_CONNS="${BLOB_CONNS:-16}"
+WRK_THREADS="${WRK_THREADS:-2}"
+JSON_OUT=""
+[ "${1:-}" = "--json" ] && JSON_OUT="${2:?--json needs a file}"
+for tool in wrk nginx curl python3; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install $tool)" >&2; exit 2; }
+done
+
+cargo build --release --quiet --bin registry-facade --bin rf-bench-image
+WORK="$(mktemp -d /tmp/rf-bench.XXXXXX)"
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() {
+  for _ in $(seq 100); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done
+  echo "bench: $1 never answered" >&2; exit 1
+}
+
+# ---- the image: a 16 MiB layer and four small ones (manifest ~1 KiB)
+target/release/rf-bench-image "$WORK/image" --layers 16M,1K,1K,1K,1K --plain > "$WORK/image.json"
+read -r MDIGEST BDIGEST < <(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(j["manifest"]["digest"], j["largest_layer"]["digest"])' "$WORK/image.json")
+REPO=bench/img
+target/release/registry-facade import "$WORK/image" "$REPO:latest" --cache-dir "$WORK/cache" >/dev/null
+
+# ---- registry-facade
+RF_PORT="$(free_port)"
+RUST_LOG=warn target/release/registry-facade serve --listen "127.0.0.1:$RF_PORT" --cache-dir "$WORK/cache" --cores "$CORES" 2>"$WORK/facade.log" &
+RF_PID=$!
+PIDS+=("$RF_PID")
+wait_http "http://127.0.0.1:$RF_PORT/v2/"
+
+# ---- nginx serving the same files at registry-shaped paths, in two configurations:
+#   nginx       sendfile on, one worker per core: the peer the issue's targets name (the same
+#               settings as ../shared/tools/bench-peers.sh, where the notes' figures come from)
+#   nginx-tuned the same plus SO_REUSEPORT, worker CPU affinity and open_file_cache
+start_nginx() {  # name port extra-listen-flags extra-main extra-http
+  local n="$WORK/$1"
+  mkdir -p "$n/root/v2/$REPO/manifests" "$n/root/v2/$REPO/blobs" "$n/tmp" "$n/logs"
+  cp "$WORK/image/blobs/sha256/${MDIGEST#sha256:}" "$n/root/v2/$REPO/manifests/$MDIGEST"
+  cp "$WORK/image/blobs/sha256/${BDIGEST#sha256:}" "$n/root/v2/$REPO/blobs/$BDIGEST"
+  chmod -R a+rX "$n/root"
+  cat > "$n/nginx.conf" <<NGINX
+worker_processes $CORES;
+$4
+pid $n/nginx.pid;
+error_log $n/logs/error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 1000000;
+  $5
+  client_body_temp_path $n/tmp; proxy_temp_path $n/tmp; fastcgi_temp_path $n/tmp;
+  uwsgi_temp_path $n/tmp; scgi_temp_path $n/tmp;
+  default_type application/octet-stream;
+  server {
+    listen 127.0.0.1:$2 $3;
+    root $n/root;
+    location /v2/$REPO/manifests/ { default_type application/vnd.oci.image.manifest.v1+json; }
+  }
+}
+NGINX
+  nginx -c "$n/nginx.conf" -p "$n" >"$n/logs/stdout" 2>&1 </dev/null &
+  PIDS+=("$!")
+  wait_http "http://127.0.0.1:$2/v2/$REPO/manifests/$MDIGEST"
+}
+NGX_PORT="$(free_port)"
+start_nginx nginx "$NGX_PORT" "" "" ""
+NGX_PID="${PIDS[-1]}"
+TUNED_PORT="$(free_port)"
+start_nginx nginx-tuned "$TUNED_PORT" reuseport "worker_cpu_affinity auto;" "open_file_cache max=64;"
+TUNED_PID="${PIDS[-1]}"
+
+# Both must serve identical bytes before they are compared.
+for url in "http://127.0.0.1:$RF_PORT/v2/$REPO" "http://127.0.0.1:$NGX_PORT/v2/$REPO" "http://127.0.0.1:$TUNED_PORT/v2/$REPO"; do
+  curl -fs "$url/manifests/$MDIGEST" | cmp -s - "$WORK/image/blobs/sha256/${MDIGEST#sha256:}" || { echo "bench: wrong manifest from $url" >&2; exit 1; }
+  curl -fs "$url/blobs/$BDIGEST" | cmp -s - "$WORK/image/blobs/sha256/${BDIGEST#sha256:}" || { echo "bench: wrong blob from $url" >&2; exit 1; }
+done
+
+# CPU seconds (user+system) of a process and its children.
+cpu_seconds() {
+  local total=0 pid
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$pid/stat") ))
+  done
+  python3 -c "print($total / $(getconf CLK_TCK))"
+}
+
+RESULTS="$WORK/results.txt"
+: > "$RESULTS"
+for round in $(seq "$ROUNDS"); do
+  for object in manifest blob; do
+    for server in facade nginx nginx-tuned; do
+      case "$server" in
+        facade) base="http://127.0.0.1:$RF_PORT/v2/$REPO"; pid=$RF_PID ;;
+        nginx) base="http://127.0.0.1:$NGX_PORT/v2/$REPO"; pid=$NGX_PID ;;
+        nginx-tuned) base="http://127.0.0.1:$TUNED_PORT/v2/$REPO"; pid=$TUNED_PID ;;
+      esac
+      if [ "$object" = manifest ]; then url="$base/manifests/$MDIGEST"; conns=$MANIFEST_CONNS; else url="$base/blobs/$BDIGEST"; conns=$BLOB_CONNS; fi
+      before=$(cpu_seconds "$pid")
+      out=$(wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" --timeout 30s --latency \
+              -H 'Accept: application/vnd.oci.image.manifest.v1+json' "$url")
+      after=$(cpu_seconds "$pid")
+      printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$server" "$object" "$(python3 -c "print($after - $before)")" "$(echo "$out" | base64 -w0)" >> "$RESULTS"
+    done
+  done
+done
+
+python3 - "$RESULTS" "$CORES" "$DURATION" "$JSON_OUT" <<'PY'
+import base64, json, re, statistics, sys
+path, cores, duration, json_out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
+def seconds(text):
+    value, unit = re.match(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60}[unit]
+rows = []
+for line in open(path):
+    rnd, server, obj, cpu, raw = line.rstrip("\n").split("\t")
+    out = base64.b64decode(raw).decode()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    num, unit = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out).groups()
+    gib = float(num) * UNITS[unit] / (1 << 30)
+    p99 = seconds(re.search(r"99%\s+(\S+)", out).group(1))
+    bad = int((re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out) or [0, 0])[1])
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    bad += sum(int(x) for x in errors.groups()) if errors else 0
+    requests = rps * duration
+    cpu = float(cpu)
+    rows.append(dict(round=int(rnd), server=server, object=obj, rps=rps, gib_s=gib, p99_ms=p99 * 1e3,
+                     errors=bad, cpu_s=cpu, cpu_us_per_req=cpu / requests * 1e6 if requests else None,
+                     cpu_s_per_gib=cpu / (gib * duration) if gib else None))
+print(f"{'round':>5} {'server':<11} {'object':<9} {'req/s':>10} {'GiB/s':>7} {'p99 ms':>8} {'cpu us/req':>10} {'cpu s/GiB':>9} {'errors':>6}")
+for r in rows:
+    print(f"{r['round']:>5} {r['server']:<11} {r['object']:<9} {r['rps']:>10.0f} {r['gib_s']:>7.2f} {r['p99_ms']:>8.2f} {r['cpu_us_per_req']:>10.1f} {r['cpu_s_per_gib']:>9.3f} {r['errors']:>6}")
+def ratio(obj, key, peer):
+    values = []
+    for rnd in sorted({r["round"] for r in rows}):
+        pick = {r["server"]: r[key] for r in rows if r["round"] == rnd and r["object"] == obj}
+        values.append(pick["facade"] / pick[peer])
+    return statistics.median(values), values
+summary = {}
+for peer in ["nginx", "nginx-tuned"]:
+    for obj, key, label in [("manifest", "rps", "manifest req/s"), ("blob", "gib_s", "blob GiB/s"),
+                            ("manifest", "p99_ms", "manifest p99"), ("blob", "p99_ms", "blob p99"),
+                            ("manifest", "cpu_us_per_req", "manifest CPU/req"), ("blob", "cpu_s_per_gib", "blob CPU/GiB")]:
+        median, values = ratio(obj, key, peer)
+        summary[f"facade/{peer} {label}"] = median
+        print(f"facade/{peer:<11} {label:<17} {median:6.2f}   (rounds: {', '.join(f'{v:.2f}' for v in values)})")
+if any(r["errors"] for r in rows):
+    print("ERRORS seen: the run is not valid"); sys.exit(1)
+if json_out:
+    json.dump({"cores": cores, "duration_s": duration, "rows": rows, "ratios": summary}, open(json_out, "w"), indent=2)
+PY

@@ -1,0 +1,217 @@
+//! Deterministic OCI image layouts, built by the tests themselves (same options, same
+//! digests): layers of pseudo-random bytes (incompressible, so sizes are close to what is
+//! asked), a config, a manifest, optionally an index of several platforms, OCI or Docker
+//! schema2 media types, gzip or plain tar.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use sha2::Digest as _;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
+
+#[derive(Debug, Clone)]
+pub struct ImageOptions {
+    /// Payload size of each layer's single file.
+    pub layers: Vec<usize>,
+    pub seed: u64,
+    pub tag: String,
+    pub gzip: bool,
+    pub docker: bool,
+    /// `os/arch` entries; more than none makes an index.
+    pub platforms: Vec<String>,
+    pub env: Vec<String>,
+    pub labels: Vec<(String, String)>,
+    /// Each layer holds `<prefix><index>/data.bin`.
+    pub file_prefix: String,
+}
+
+impl Default for ImageOptions {
+    fn default() -> Self {
+        ImageOptions {
+            layers: vec![1024, 64 * 1024],
+            seed: 1,
+            tag: "latest".into(),
+            gzip: true,
+            docker: false,
+            platforms: Vec::new(),
+            env: Vec::new(),
+            labels: Vec::new(),
+            file_prefix: "layer".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desc {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+impl Desc {
+    pub fn hex(&self) -> &str {
+        self.digest.trim_start_matches("sha256:")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    pub platform: (String, String),
+    pub manifest: Desc,
+    pub config: Desc,
+    pub layers: Vec<Desc>,
+    pub diff_ids: Vec<String>,
+    /// For each layer: the path of its file and the file's bytes.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub dir: PathBuf,
+    pub tag: String,
+    /// What `index.json` points at: the manifest, or the index for several platforms.
+    pub top: Desc,
+    pub images: Vec<BuiltImage>,
+}
+
+impl Layout {
+    pub fn image(&self) -> &BuiltImage {
+        &self.images[0]
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+    }
+}
+
+/// Writes the layout into `dir` (created if needed).
+pub fn write_layout(dir: &Path, options: &ImageOptions) -> Layout {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dir");
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    let mt = |oci: &'static str, docker: &'static str| if options.docker { docker } else { oci };
+    let (top, images) = if options.platforms.is_empty() {
+        let image = build_image(dir, options, options.seed.to_string(), ("linux".into(), "amd64".into()));
+        (image.manifest.clone(), vec![image])
+    } else {
+        let images: Vec<BuiltImage> = options
+            .platforms
+            .iter()
+            .map(|p| {
+                let (os, arch) = p.split_once('/').expect("os/arch");
+                build_image(dir, options, format!("{}:{p}", options.seed), (os.into(), arch.into()))
+            })
+            .collect();
+        let manifests: Vec<Value> = images
+            .iter()
+            .map(|i| {
+                json!({"mediaType": i.manifest.media_type, "digest": i.manifest.digest, "size": i.manifest.size,
+                       "platform": {"os": i.platform.0, "architecture": i.platform.1}})
+            })
+            .collect();
+        let index_type = mt(OCI_INDEX, DOCKER_LIST);
+        let index = json!({"schemaVersion": 2, "mediaType": index_type, "manifests": manifests});
+        (write_blob(dir, index_type, &to_json(&index)), images)
+    };
+    let layout_index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{
+        "mediaType": top.media_type, "digest": top.digest, "size": top.size,
+        "annotations": {"org.opencontainers.image.ref.name": options.tag}}]});
+    std::fs::write(dir.join("index.json"), to_json(&layout_index)).expect("index.json");
+    Layout { dir: dir.to_owned(), tag: options.tag.clone(), top, images }
+}
+
+fn build_image(dir: &Path, options: &ImageOptions, seed: String, platform: (String, String)) -> BuiltImage {
+    let mt = |oci: &'static str, docker: &'static str| if options.docker { docker } else { oci };
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    let mut files = Vec::new();
+    for (index, &size) in options.layers.iter().enumerate() {
+        let path = format!("{}{index}/data.bin", options.file_prefix);
+        let payload = pseudo_random(&format!("{seed}:{index}"), size);
+        let tar = tar_with_file(&path, &payload);
+        diff_ids.push(format!("sha256:{}", hex::encode(sha2::Sha256::digest(&tar))));
+        let (bytes, media_type) = if options.gzip {
+            (gzip(&tar), mt(OCI_LAYER_GZIP, DOCKER_LAYER_GZIP))
+        } else {
+            (tar, mt(OCI_LAYER_TAR, DOCKER_LAYER_TAR))
+        };
+        layers.push(write_blob(dir, media_type, &bytes));
+        files.push((path, payload));
+    }
+    let mut env: Vec<String> = Vec::new();
+    if !options.env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned());
+    }
+    env.extend(options.env.iter().cloned());
+    let labels: serde_json::Map<String, Value> = options.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let config = json!({
+        "architecture": platform.1, "os": platform.0, "created": "1970-01-01T00:00:00Z",
+        "config": {"Env": env, "Labels": labels, "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": options.layers.iter().enumerate().map(|(i, _)| json!({
+            "created": "1970-01-01T00:00:00Z", "created_by": format!("test image seed={seed} layer={i}")})).collect::<Vec<_>>(),
+    });
+    let config = write_blob(dir, mt(OCI_CONFIG, DOCKER_CONFIG), &to_json(&config));
+    let manifest_type = mt(OCI_MANIFEST, DOCKER_MANIFEST);
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": manifest_type,
+        "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
+        "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
+    });
+    let manifest = write_blob(dir, manifest_type, &to_json(&manifest));
+    BuiltImage { platform, manifest, config, layers, diff_ids, files }
+}
+
+pub fn to_json(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).expect("json")
+}
+
+pub fn write_blob(dir: &Path, media_type: &str, bytes: &[u8]) -> Desc {
+    let hex = hex::encode(sha2::Sha256::digest(bytes));
+    std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).expect("write blob");
+    Desc { media_type: media_type.to_owned(), digest: format!("sha256:{hex}"), size: bytes.len() as u64 }
+}
+
+/// Bytes from a splitmix64 stream seeded by `seed`.
+pub fn pseudo_random(seed: &str, len: usize) -> Vec<u8> {
+    let mut state = u64::from_le_bytes(sha2::Sha256::digest(seed.as_bytes())[..8].try_into().expect("8 bytes"));
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn tar_with_file(path: &str, payload: &[u8]) -> Vec<u8> {
+    let mut header = tar::Header::new_ustar();
+    header.set_size(payload.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append_data(&mut header, path, payload).expect("tar entry");
+    builder.into_inner().expect("tar")
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).expect("gzip");
+    encoder.finish().expect("gzip")
+}

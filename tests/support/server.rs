@@ -1,0 +1,84 @@
+//! The facade started in-process on 127.0.0.1:0 with its own cache directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use registry_facade::config::{Config, Overrides};
+use registry_facade::runtime::{Server, ShutdownKind, Stopper};
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub cache_dir: PathBuf,
+    stopper: Stopper,
+    server: Option<Server>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A server with a fresh cache and the given extra config keys (a JSON object body,
+    /// e.g. `"cores": 1`).
+    pub fn start(extra_config: &str) -> TestServer {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let cache = temp.path().join("cache");
+        let mut server = TestServer::start_on(&cache, extra_config);
+        server._temp = Some(temp);
+        server
+    }
+
+    /// A server on an existing cache directory (which outlives the server).
+    pub fn start_on(cache_dir: &Path, extra_config: &str) -> TestServer {
+        let config = TestServer::config(cache_dir, extra_config);
+        let server = registry_facade::app::start(&config).expect("server starts");
+        TestServer {
+            addr: server.local_addr(),
+            cache_dir: cache_dir.to_owned(),
+            stopper: server.stopper(),
+            server: Some(server),
+            _temp: None,
+        }
+    }
+
+    pub fn config(cache_dir: &Path, extra_config: &str) -> Config {
+        let separator = if extra_config.trim().is_empty() { "" } else { "," };
+        let json = format!(
+            r#"{{"listen": "127.0.0.1:0", "cores": 2, "cacheDir": {:?}{separator}{extra_config}}}"#,
+            cache_dir.display().to_string()
+        );
+        Config::from_json(json.as_bytes(), "test config", &Overrides::default()).expect("valid test config")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Stops the server (graceful or not) and waits for its executors.
+    pub fn stop(mut self, kind: ShutdownKind) {
+        self.stopper.stop(kind);
+        if let Some(server) = self.server.take() {
+            server.join().expect("executors stop cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.stopper.stop(ShutdownKind::Immediate);
+            let _ = server.join();
+        }
+    }
+}
+
+/// Imports a layout into a cache directory through the library (the same code as the
+/// `import` command), as a separate user of the directory would.
+pub fn import(cache_dir: &Path, layout: &Path, name: &str, tag: Option<&str>) {
+    use registry_facade::registry::import::import_layout;
+    let cache = registry_facade::store::CacheDir::open(cache_dir).expect("open cache");
+    let name = name.parse().expect("valid name");
+    let tag = tag.map(|t| t.parse().expect("valid tag"));
+    import_layout(&cache, layout, &name, tag.as_ref()).expect("import succeeds");
+}

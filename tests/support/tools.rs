@@ -1,0 +1,54 @@
+//! Running the real tools the tests use. A missing tool fails the test with a message that
+//! says how to install it: a real client that cannot run is a failure, not a skip.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub fn require(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
+    assert!(found, "`{tool}` is not installed; run tests/run.sh, which installs every tool the tests use");
+}
+
+/// Runs a command and returns its output, failing the test with stderr if it fails.
+pub fn run(command: &mut Command) -> Output {
+    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+pub fn skopeo() -> Command {
+    require("skopeo");
+    let mut command = Command::new("skopeo");
+    // No policy.json may exist on a fresh machine; accept anything for these local copies.
+    command.arg("--insecure-policy");
+    command
+}
+
+/// The sha256 hex of a file.
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The facade's own binary, for tests of the command line.
+pub fn facade_binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_registry-facade"))
+}
+
+/// A child process that is killed when the test ends, pass or fail.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
