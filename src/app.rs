@@ -7,11 +7,14 @@ use crate::config::Config;
 use crate::registry::{demo, Registry};
 use crate::runtime::{RuntimeError, Server};
 use crate::store::{CacheDir, StoreError};
+use crate::upstream::{Upstream, UpstreamError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("cache directory: {0}")]
     Cache(#[from] StoreError),
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
     #[error("{0}")]
     Runtime(#[from] RuntimeError),
 }
@@ -26,7 +29,8 @@ pub fn start(config: &Config) -> Result<Server, AppError> {
         let digest = demo::install(&cache, &config.registry.platform)?;
         tracing::debug!(%digest, "demo image `{}:latest` ready", demo::DEMO_REPOSITORY);
     }
-    let registry = Arc::new(Registry::new(cache, config.registry.clone()));
+    let upstream = Upstream::new(config.upstream.clone())?;
+    let registry = Arc::new(Registry::open(cache, config.registry.clone(), upstream)?);
     let server = Server::start(config.runtime.clone(), registry)?;
     tracing::info!(
         listen = %server.local_addr(),

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use std::collections::BTreeMap;
+
 use crate::http::HttpSettings;
 use crate::oci::manifest::Platform;
-use crate::registry::RegistrySettings;
+use crate::registry::{MirrorSettings, RegistrySettings};
 use crate::runtime::RuntimeSettings;
+use crate::upstream::{RegistryConfig, RetryPolicy, UpstreamSettings};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_CACHE_DIR: &str = "./data";
@@ -18,6 +21,7 @@ const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 90_000;
 const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
 const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+const DEFAULT_MIRROR_TAG_TTL_MS: u64 = 30_000;
 /// hyper refuses a read buffer below 8 KiB.
 const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
 
@@ -35,6 +39,38 @@ struct ConfigFile {
     shutdown_grace_ms: Option<u64>,
     max_header_bytes: Option<usize>,
     log: Option<LogFile>,
+    cache_max_bytes: Option<u64>,
+    registries: Option<BTreeMap<String, RegistryFile>>,
+    mirrors: Option<BTreeMap<String, String>>,
+    mirror_tag_ttl_ms: Option<u64>,
+    docker_config: Option<PathBuf>,
+    upstream: Option<UpstreamFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RegistryFile {
+    endpoint: Option<String>,
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct UpstreamFile {
+    connect_timeout_ms: Option<u64>,
+    tls_timeout_ms: Option<u64>,
+    response_timeout_ms: Option<u64>,
+    read_timeout_ms: Option<u64>,
+    max_connections_per_host: Option<usize>,
+    retry: Option<RetryFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RetryFile {
+    attempts: Option<u32>,
+    initial_delay_ms: Option<u64>,
+    max_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +110,7 @@ pub struct Config {
     pub demo_image: bool,
     pub runtime: RuntimeSettings,
     pub registry: RegistrySettings,
+    pub upstream: UpstreamSettings,
     pub log: LogSettings,
 }
 
@@ -161,12 +198,80 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
     if cache_dir.as_os_str().is_empty() {
         return Err(invalid("cacheDir", "must not be empty".into()));
     }
+    if file.cache_max_bytes == Some(0) {
+        return Err(invalid("cacheMaxBytes", "must be greater than 0 (leave it out for no limit)".into()));
+    }
+    let mirrors = validate_mirrors(file.mirrors.unwrap_or_default()).map_err(|(key, m)| invalid(&key, m))?;
+    let registry = RegistrySettings {
+        platform,
+        cache_max_bytes: file.cache_max_bytes,
+        mirrors: MirrorSettings { aliases: mirrors, tag_ttl: positive_ms("mirrorTagTtlMs", file.mirror_tag_ttl_ms, DEFAULT_MIRROR_TAG_TTL_MS)? },
+    };
+    let upstream = upstream_settings(file.registries.unwrap_or_default(), file.docker_config, file.upstream.unwrap_or_default(), &invalid)?;
     Ok(Config {
         cache_dir,
         demo_image: file.demo_image.unwrap_or(true),
         runtime: RuntimeSettings { listen, cores, shutdown_grace, http },
-        registry: RegistrySettings { platform },
+        registry,
+        upstream,
         log: LogSettings { format: log_file.format.unwrap_or_default(), level },
+    })
+}
+
+/// Mirror aliases become a path segment (`mirror/<alias>/…`) and values are registry hosts.
+fn validate_mirrors(mirrors: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, (String, String)> {
+    for (alias, host) in &mirrors {
+        let key = format!("mirrors.{alias}");
+        if format!("mirror/{alias}/x").parse::<crate::oci::RepositoryName>().is_err() || alias.contains('/') {
+            return Err((key, "an alias must be one lowercase name component, e.g. `hub`".into()));
+        }
+        let bad_host = host.is_empty() || host.contains('/') || host.contains("://") || host.chars().any(char::is_whitespace);
+        if bad_host {
+            return Err((key, format!("`{host}` is not a registry host (host or host:port, no scheme)")));
+        }
+    }
+    Ok(mirrors)
+}
+
+fn upstream_settings(
+    registries: BTreeMap<String, RegistryFile>,
+    docker_config: Option<PathBuf>,
+    file: UpstreamFile,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<UpstreamSettings, ConfigError> {
+    let defaults = UpstreamSettings::default();
+    let ms = |key: &str, value: Option<u64>, default: Duration| match value {
+        Some(0) => Err(invalid(key, "must be greater than 0".into())),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Ok(default),
+    };
+    let retry_file = file.retry.unwrap_or_default();
+    let retry = RetryPolicy {
+        attempts: match retry_file.attempts {
+            Some(0) => return Err(invalid("upstream.retry.attempts", "must be at least 1".into())),
+            Some(n) => n,
+            None => defaults.retry.attempts,
+        },
+        initial_delay: ms("upstream.retry.initialDelayMs", retry_file.initial_delay_ms, defaults.retry.initial_delay)?,
+        max_delay: ms("upstream.retry.maxDelayMs", retry_file.max_delay_ms, defaults.retry.max_delay)?,
+    };
+    if retry.max_delay < retry.initial_delay {
+        return Err(invalid("upstream.retry.maxDelayMs", "must not be below initialDelayMs".into()));
+    }
+    let max_connections_per_host = match file.max_connections_per_host {
+        Some(0) => return Err(invalid("upstream.maxConnectionsPerHost", "must be at least 1".into())),
+        Some(n) => n,
+        None => defaults.max_connections_per_host,
+    };
+    Ok(UpstreamSettings {
+        registries: registries.into_iter().map(|(host, r)| (host, RegistryConfig { endpoint: r.endpoint, ca_file: r.ca_file })).collect(),
+        docker_config,
+        connect_timeout: ms("upstream.connectTimeoutMs", file.connect_timeout_ms, defaults.connect_timeout)?,
+        tls_timeout: ms("upstream.tlsTimeoutMs", file.tls_timeout_ms, defaults.tls_timeout)?,
+        response_timeout: ms("upstream.responseTimeoutMs", file.response_timeout_ms, defaults.response_timeout)?,
+        read_timeout: ms("upstream.readTimeoutMs", file.read_timeout_ms, defaults.read_timeout)?,
+        retry,
+        max_connections_per_host,
     })
 }
 
@@ -208,6 +313,13 @@ mod tests {
         assert!(error(r#"{"idleTimeoutMs": 0}"#).contains("idleTimeoutMs: must be greater than 0"));
         assert!(error(r#"{"platform": "linux"}"#).contains("platform:"));
         assert!(error("[1]").contains("test.json"));
+        assert!(error(r#"{"mirrors": {"Hub": "docker.io"}}"#).contains("mirrors.Hub: an alias must be"));
+        assert!(error(r#"{"mirrors": {"hub": "https://docker.io"}}"#).contains("mirrors.hub: `https://docker.io` is not a registry host"));
+        assert!(error(r#"{"upstream": {"retry": {"attempts": 0}}}"#).contains("upstream.retry.attempts: must be at least 1"));
+        assert!(error(r#"{"upstream": {"retry": {"initialDelayMs": 500, "maxDelayMs": 100}}}"#).contains("upstream.retry.maxDelayMs"));
+        assert!(error(r#"{"upstream": {"readTimeoutMs": 0}}"#).contains("upstream.readTimeoutMs: must be greater than 0"));
+        assert!(error(r#"{"registries": {"r": {"endpiont": "x"}}}"#).contains("registries.r.endpiont: unknown field"));
+        assert!(error(r#"{"cacheMaxBytes": 0}"#).contains("cacheMaxBytes"));
     }
 
     #[test]

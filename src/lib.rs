@@ -9,16 +9,18 @@
 //! runtime                 executors, listeners, shutdown and drain
 //! http                    hyper glue: stream adapter, timer, connections, dispatch, responses
 //! registry                the facade's rules: repositories, manifests, blobs, import, demo
-//! store                   the cache on disk: verified ingest, mmapped blobs, records
-//! oci, table              protocol types (no I/O); the lock-free shared map
+//! store, upstream         the cache on disk; the client of upstream registries
+//! oci, table, hyper_glue  protocol types (no I/O); the lock-free shared map; hyper on glommio
 //! ```
 
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod hyper_glue;
 pub mod oci;
 pub mod registry;
 pub mod runtime;
 pub mod store;
 pub mod table;
+pub mod upstream;

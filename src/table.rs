@@ -60,6 +60,15 @@ where
         self.inner.len()
     }
 
+    /// A copy of every entry, for occasional whole-table work (eviction); not a consistent
+    /// snapshot under concurrent writes.
+    pub fn entries(&self) -> Vec<(K, V)>
+    where
+        K: Clone,
+    {
+        self.inner.pin().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

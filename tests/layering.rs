@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("ipfs", 2),
     ("oci", 1),
     ("table", 1),
+    ("hyper_glue", 1),
 ];
 
 /// Modules of the top layer assemble the rest and may use each other.

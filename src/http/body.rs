@@ -1,39 +1,66 @@
-//! Response bodies: whole `Bytes` (manifests, errors, blobs), optionally marked as a slice of
-//! a cached blob file so the stream adapter can send it with sendfile; or nothing (HEAD).
-//! A body keeps its request counted as in flight until it is dropped.
+//! Response bodies: whole `Bytes` (manifests, errors); a slice of a cached blob file, sent by
+//! sendfile where the stream adapter can; a stream that follows a fill; or nothing (HEAD). A
+//! body keeps its request counted as in flight, and its blob leased, until it is dropped.
 
-use std::convert::Infallible;
 use std::fs::File;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_lite::Stream;
 use hyper::body::{Frame, SizeHint};
 
 use super::io::InFlight;
+use crate::registry::MappedBlob;
 
-#[derive(Default)]
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>>>>;
+
+enum Content {
+    Done,
+    Bytes(Bytes),
+    /// Bytes that are `file` at `offset` (which never changes): they may go out by sendfile.
+    FileSlice(Bytes, Arc<File>, u64),
+    /// A stream of `remaining` bytes (`None`: unknown).
+    Stream(ByteStream, Option<u64>),
+}
+
 pub struct ResponseBody {
-    data: Option<Bytes>,
-    /// The file `data` was mapped from, and the offset of `data` in it.
-    file: Option<(Arc<File>, u64)>,
+    content: Content,
     in_flight: Option<InFlight>,
+    /// While a response holds its blob, the blob counts as in use and is never evicted.
+    _lease: Option<Arc<MappedBlob>>,
 }
 
 impl ResponseBody {
+    fn with(content: Content) -> ResponseBody {
+        ResponseBody { content, in_flight: None, _lease: None }
+    }
+
     pub fn empty() -> ResponseBody {
-        ResponseBody::default()
+        ResponseBody::with(Content::Done)
     }
 
     pub fn bytes(data: Bytes) -> ResponseBody {
-        ResponseBody { data: (!data.is_empty()).then_some(data), ..ResponseBody::default() }
+        ResponseBody::with(if data.is_empty() { Content::Done } else { Content::Bytes(data) })
     }
 
-    /// `data` is the bytes at `offset` of `file` (which never changes): it may go out by
-    /// sendfile.
-    pub fn file_slice(data: Bytes, file: Arc<File>, offset: u64) -> ResponseBody {
-        ResponseBody { file: Some((file, offset)), ..ResponseBody::bytes(data) }
+    /// `data` is `blob`'s bytes at `offset`.
+    pub fn blob_slice(data: Bytes, blob: &Arc<MappedBlob>, offset: u64) -> ResponseBody {
+        let mut body = ResponseBody::with(Content::FileSlice(data, Arc::clone(&blob.file), offset));
+        body._lease = Some(Arc::clone(blob));
+        body
+    }
+
+    /// Leases `blob` for this body's lifetime.
+    pub fn leasing(mut self, blob: &Arc<MappedBlob>) -> ResponseBody {
+        self._lease = Some(Arc::clone(blob));
+        self
+    }
+
+    pub fn stream(stream: ByteStream, len: Option<u64>) -> ResponseBody {
+        ResponseBody::with(Content::Stream(stream, len))
     }
 
     /// Ties the request's in-flight mark to this body's lifetime.
@@ -44,22 +71,48 @@ impl ResponseBody {
 
 impl hyper::body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        let Some(data) = this.data.take() else { return Poll::Ready(None) };
-        if let (Some((file, offset)), Some(in_flight)) = (this.file.take(), &this.in_flight) {
-            in_flight.connection().register_file_region(data.clone(), file, offset);
+        match std::mem::replace(&mut this.content, Content::Done) {
+            Content::Done => Poll::Ready(None),
+            Content::Bytes(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Content::FileSlice(data, file, offset) => {
+                if let Some(in_flight) = &this.in_flight {
+                    in_flight.connection().register_file_region(data.clone(), file, offset);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Content::Stream(mut stream, remaining) => match stream.as_mut().poll_next(cx) {
+                Poll::Pending => {
+                    this.content = Content::Stream(stream, remaining);
+                    Poll::Pending
+                }
+                Poll::Ready(None) if remaining.is_some_and(|r| r > 0) => {
+                    Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob stream ended early"))))
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let left = remaining.map(|r| r.saturating_sub(chunk.len() as u64));
+                    this.content = Content::Stream(stream, left);
+                    Poll::Ready(Some(Ok(Frame::data(chunk))))
+                }
+            },
         }
-        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none()
+        matches!(self.content, Content::Done)
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+        match &self.content {
+            Content::Done => SizeHint::with_exact(0),
+            Content::Bytes(data) | Content::FileSlice(data, ..) => SizeHint::with_exact(data.len() as u64),
+            Content::Stream(_, Some(len)) => SizeHint::with_exact(*len),
+            Content::Stream(_, None) => SizeHint::default(),
+        }
     }
 }

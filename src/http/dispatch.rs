@@ -10,6 +10,7 @@ use super::HttpContext;
 use crate::oci::accept::AcceptList;
 use crate::oci::range::parse_range;
 use crate::oci::route::{self, Route};
+use crate::registry::BlobReply;
 
 pub async fn handle<B>(request: Request<B>, ctx: &HttpContext) -> Response<ResponseBody> {
     match answer(&request, ctx).await {
@@ -35,16 +36,22 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext) -> Result<Response<R
         Route::Base => Ok(response::base(head)),
         Route::Manifest { name, reference } => {
             let accept = AcceptList::parse(request.headers().get_all(http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok()));
-            let manifest = registry.manifest(&name, &reference, &accept).await?;
+            let manifest = registry.manifest(&name, &reference, &accept, query.ns.as_deref()).await?;
             Ok(response::manifest(&manifest, head))
         }
         Route::Blob { name, digest } => {
             let range = parse_range(request.headers().get(http::header::RANGE).and_then(|v| v.to_str().ok()));
-            let blob = registry.blob(&name, &digest).await?;
-            response::blob(&blob, range, head)
+            match registry.blob(&name, &digest, query.ns.as_deref(), head).await? {
+                BlobReply::Cached(blob) => response::blob(&blob, range, head),
+                BlobReply::Remote { size, digest_header, etag } => Ok(response::remote_blob_head(size, &digest_header, &etag)),
+                BlobReply::Filling(filling) => {
+                    let size = filling.size().await?;
+                    response::filling_blob(&filling, size, range, head)
+                }
+            }
         }
         Route::TagsList { name } => {
-            let page = registry.tags(&name, query.n, query.last.as_deref()).await?;
+            let page = registry.tags(&name, query.n, query.last.as_deref(), query.ns.as_deref()).await?;
             Ok(response::tags(&page, query.n, head))
         }
     }

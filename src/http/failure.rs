@@ -4,7 +4,8 @@
 
 use crate::oci::route::RouteError;
 use crate::oci::ErrorCode;
-use crate::registry::{FailureClass, RegistryError};
+use crate::registry::{FailureClass, FillError, RegistryError};
+use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -43,16 +44,40 @@ impl Failure {
             Failure::MethodNotAllowed(_) => ErrorCode::Unsupported,
             Failure::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
             Failure::Registry(e) => match e {
-                RegistryError::NameUnknown(_) => ErrorCode::NameUnknown,
-                RegistryError::ManifestUnknown { .. } | RegistryError::NotAcceptable(_) => ErrorCode::ManifestUnknown,
-                RegistryError::BlobUnknown { .. } => ErrorCode::BlobUnknown,
-                RegistryError::MissingContent(_) | RegistryError::Store(_) | RegistryError::CorruptManifest { .. } => {
-                    ErrorCode::Unknown
+                RegistryError::NameUnknown(_) | RegistryError::UpstreamNameUnknown(_) => ErrorCode::NameUnknown,
+                RegistryError::ManifestUnknown { .. } | RegistryError::NotAcceptable(_) | RegistryError::UpstreamManifestUnknown { .. } => {
+                    ErrorCode::ManifestUnknown
                 }
+                RegistryError::BlobUnknown { .. } => ErrorCode::BlobUnknown,
+                RegistryError::Denied(_) => ErrorCode::Denied,
+                RegistryError::Upstream { error, .. } | RegistryError::Fill(FillError::Upstream(error)) => upstream_code(error),
+                RegistryError::Fill(FillError::Corrupt(_)) => ErrorCode::UpstreamInvalid,
+                RegistryError::Fill(FillError::Cache(_))
+                | RegistryError::MissingContent(_)
+                | RegistryError::Store(_)
+                | RegistryError::CorruptManifest { .. } => ErrorCode::Unknown,
             },
         }
     }
 
+}
+
+/// The client's status for an upstream failure: its refusals pass through (401, 403, 404,
+/// 429); an outage is 503, a timeout 504, anything unusable 502.
+fn upstream_code(error: &UpstreamError) -> ErrorCode {
+    match error {
+        UpstreamError::NotFound { .. } => ErrorCode::BlobUnknown,
+        UpstreamError::Unauthorized { .. } => ErrorCode::Unauthorized,
+        UpstreamError::Denied { .. } => ErrorCode::Denied,
+        UpstreamError::TooManyRequests { .. } => ErrorCode::TooManyRequests,
+        UpstreamError::Unreachable { .. } => ErrorCode::Unavailable,
+        UpstreamError::TimedOut { .. } => ErrorCode::UpstreamTimeout,
+        UpstreamError::BadStatus { .. } | UpstreamError::Invalid { .. } => ErrorCode::UpstreamInvalid,
+        UpstreamError::Config(_) => ErrorCode::Unknown,
+    }
+}
+
+impl Failure {
     /// Logs the cause and returns what the client is told.
     pub fn to_wire(&self, method: &http::Method, path: &str) -> WireError {
         let code = self.code();

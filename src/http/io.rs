@@ -25,20 +25,12 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use futures_io::{AsyncRead, AsyncWrite};
 
+pub use crate::hyper_glue::coarse_now_ms;
+
 /// Bytes read from the socket per read call.
 const SCRATCH_BYTES: usize = 8 * 1024;
 /// The HTTP/2 connection preface; a connection that starts with it is h2.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
-
-/// Milliseconds on the kernel's coarse monotonic clock (a few ns to read, ~4 ms resolution):
-/// enough for timeouts measured in seconds.
-pub fn coarse_now_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC_COARSE exists on
-    // every Linux glommio runs on.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
-}
 
 /// A part of a response body that is a slice of a cached blob file, sendable with sendfile.
 /// It holds the slice, so the mapping (and the address range) stays alive while registered.

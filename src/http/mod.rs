@@ -8,7 +8,6 @@ mod dispatch;
 mod failure;
 mod io;
 mod response;
-mod rt;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use hyper_util::server::conn::auto;
 pub use connection::serve_tcp;
 
 use crate::registry::Registry;
-use rt::{GlommioTimer, LocalExec};
+use crate::hyper_glue::{GlommioTimer, LocalExec};
 
 /// Connection behaviour, from the configuration.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use super::body::ResponseBody;
 use super::failure::{Failure, WireError};
 use crate::oci::error_code::error_body;
 use crate::oci::range::RangeRequest;
-use crate::registry::{MappedBlob, StoredManifest, TagsPage};
+use crate::registry::{FillingBlob, MappedBlob, StoredManifest, TagsPage};
 
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 pub const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
@@ -44,14 +44,12 @@ fn sized(status: StatusCode, len: u64, body: ResponseBody) -> Response<ResponseB
 const SENDFILE_MIN_BYTES: usize = 64 * 1024;
 
 /// Sends `blob.body[range]` (or, for HEAD, only its length), from the file where it pays.
-fn blob_body(status: StatusCode, blob: &MappedBlob, range: std::ops::Range<usize>, head: bool) -> Response<ResponseBody> {
+fn blob_body(status: StatusCode, blob: &Arc<MappedBlob>, range: std::ops::Range<usize>, head: bool) -> Response<ResponseBody> {
     let len = range.len() as u64;
     let body = match head {
         true => ResponseBody::empty(),
-        false if range.len() >= SENDFILE_MIN_BYTES => {
-            ResponseBody::file_slice(blob.body.slice(range.clone()), Arc::clone(&blob.file), range.start as u64)
-        }
-        false => ResponseBody::bytes(blob.body.slice(range)),
+        false if range.len() >= SENDFILE_MIN_BYTES => ResponseBody::blob_slice(blob.body.slice(range.clone()), blob, range.start as u64),
+        false => ResponseBody::bytes(blob.body.slice(range)).leasing(blob),
     };
     sized(status, len, body)
 }
@@ -71,30 +69,75 @@ pub fn manifest(manifest: &StoredManifest, head: bool) -> Response<ResponseBody>
     response
 }
 
-/// A blob, whole or the one range asked for.
+/// The part of a blob of `len` bytes a `Range` header selects: `None` for all of it (200),
+/// `Some` for a part (206).
 ///
 /// # Errors
 /// `RangeNotSatisfiable` when the range selects nothing of the blob.
-pub fn blob(blob: &MappedBlob, range: RangeRequest, head: bool) -> Result<Response<ResponseBody>, Failure> {
+fn select(range: RangeRequest, len: u64) -> Result<Option<std::ops::Range<u64>>, Failure> {
+    match range {
+        RangeRequest::Whole => Ok(None),
+        RangeRequest::Malformed => Err(Failure::RangeNotSatisfiable { len }),
+        RangeRequest::Part(part) => part.resolve(len).map(Some).ok_or(Failure::RangeNotSatisfiable { len }),
+    }
+}
+
+/// A cached blob, whole or the one range asked for.
+///
+/// # Errors
+/// `RangeNotSatisfiable` when the range selects nothing of the blob.
+pub fn blob(blob: &Arc<MappedBlob>, range: RangeRequest, head: bool) -> Result<Response<ResponseBody>, Failure> {
     let len = blob.body.len() as u64;
-    let mut response = match range {
-        RangeRequest::Whole => blob_body(StatusCode::OK, blob, 0..blob.body.len(), head),
-        RangeRequest::Malformed => return Err(Failure::RangeNotSatisfiable { len }),
-        RangeRequest::Part(part) => {
-            let part = part.resolve(len).ok_or(Failure::RangeNotSatisfiable { len })?;
-            let content_range = format!("bytes {}-{}/{len}", part.start, part.end - 1);
-            // Offsets are below `len`, which is a usize-sized mapping.
-            let mut response = blob_body(StatusCode::PARTIAL_CONTENT, blob, part.start as usize..part.end as usize, head);
-            response.headers_mut().insert(header::CONTENT_RANGE, header_value(content_range));
-            response
-        }
+    // Offsets are below `len`, which is a usize-sized mapping.
+    let response = match select(range, len)? {
+        None => blob_body(StatusCode::OK, blob, 0..blob.body.len(), head),
+        Some(part) => with_content_range(blob_body(StatusCode::PARTIAL_CONTENT, blob, part.start as usize..part.end as usize, head), &part, len),
     };
+    Ok(blob_headers(response, &blob.digest_header, &blob.etag))
+}
+
+/// A blob arriving from upstream (`len`: its size, if upstream said it). Without a size, a
+/// `Range` cannot be resolved and the whole blob is sent.
+///
+/// # Errors
+/// `RangeNotSatisfiable` when the range selects nothing of the blob.
+pub fn filling_blob(filling: &FillingBlob, len: Option<u64>, range: RangeRequest, head: bool) -> Result<Response<ResponseBody>, Failure> {
+    let body = |part: std::ops::Range<u64>| match head {
+        true => ResponseBody::empty(),
+        false => ResponseBody::stream(filling.stream(part.clone()), len.map(|_| part.end - part.start)),
+    };
+    let response = match len {
+        None => respond(StatusCode::OK, body(0..u64::MAX)),
+        Some(len) => match select(range, len)? {
+            None => sized(StatusCode::OK, len, body(0..len)),
+            Some(part) => with_content_range(sized(StatusCode::PARTIAL_CONTENT, part.end - part.start, body(part.clone())), &part, len),
+        },
+    };
+    Ok(blob_headers(response, &filling.digest_header, &filling.etag))
+}
+
+/// HEAD of a blob that is not cached: what upstream says of it.
+pub fn remote_blob_head(size: Option<u64>, digest_header: &HeaderValue, etag: &HeaderValue) -> Response<ResponseBody> {
+    let response = match size {
+        Some(size) => sized(StatusCode::OK, size, ResponseBody::empty()),
+        None => respond(StatusCode::OK, ResponseBody::empty()),
+    };
+    blob_headers(response, digest_header, etag)
+}
+
+fn with_content_range(mut response: Response<ResponseBody>, part: &std::ops::Range<u64>, len: u64) -> Response<ResponseBody> {
+    let content_range = format!("bytes {}-{}/{len}", part.start, part.end - 1);
+    response.headers_mut().insert(header::CONTENT_RANGE, header_value(content_range));
+    response
+}
+
+fn blob_headers(mut response: Response<ResponseBody>, digest_header: &HeaderValue, etag: &HeaderValue) -> Response<ResponseBody> {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, OCTET_STREAM);
-    headers.insert(CONTENT_DIGEST, blob.digest_header.clone());
-    headers.insert(header::ETAG, blob.etag.clone());
+    headers.insert(CONTENT_DIGEST, digest_header.clone());
+    headers.insert(header::ETAG, etag.clone());
     headers.insert(header::ACCEPT_RANGES, BYTES);
-    Ok(response)
+    response
 }
 
 pub fn tags(page: &TagsPage, n: Option<usize>, head: bool) -> Response<ResponseBody> {
@@ -123,6 +166,9 @@ pub fn error(failure: &Failure, method: &http::Method, path: &str) -> Response<R
         }
         Failure::RangeNotSatisfiable { len } => {
             headers.insert(header::CONTENT_RANGE, header_value(format!("bytes */{len}")));
+        }
+        _ if status == StatusCode::UNAUTHORIZED => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"registry-facade\""));
         }
         _ => {}
     }

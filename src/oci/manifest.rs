@@ -147,6 +147,26 @@ impl Manifest {
     }
 }
 
+/// The media type of a manifest document read from the document itself: its `mediaType`, or
+/// for documents without one (allowed by the OCI spec) an OCI index or manifest by shape.
+pub fn sniff_media_type(bytes: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<serde::de::IgnoredAny>,
+        config: Option<serde::de::IgnoredAny>,
+        layers: Option<serde::de::IgnoredAny>,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).ok()?;
+    match probe.media_type {
+        Some(media_type) => media_type::manifest_kind(&media_type).map(|_| media_type),
+        None if probe.manifests.is_some() => Some(media_type::OCI_INDEX.to_owned()),
+        None if probe.config.is_some() && probe.layers.is_some() => Some(media_type::OCI_MANIFEST.to_owned()),
+        None => None,
+    }
+}
+
 /// An OS/architecture pair (with optional variant), e.g. `linux/arm64/v8`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Platform {
@@ -288,6 +308,15 @@ mod tests {
         assert_eq!(index.select(&"linux/amd64".parse().unwrap()).unwrap().size, 1);
         assert!(index.select(&"unknown/unknown".parse().unwrap()).is_none());
         assert!(index.select(&"linux/s390x".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn sniffing() {
+        assert_eq!(sniff_media_type(br#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#).as_deref(), Some(media_type::DOCKER_MANIFEST));
+        assert_eq!(sniff_media_type(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(), Some(media_type::OCI_INDEX));
+        assert_eq!(sniff_media_type(br#"{"schemaVersion":2,"config":{},"layers":[]}"#).as_deref(), Some(media_type::OCI_MANIFEST));
+        assert_eq!(sniff_media_type(br#"{"mediaType":"text/plain"}"#), None);
+        assert_eq!(sniff_media_type(b"[]"), None);
     }
 
     #[test]

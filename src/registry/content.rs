@@ -1,5 +1,7 @@
-//! Cached content ready to serve: manifests as verified bytes, blobs as mmapped `Bytes`, each
-//! with its header values computed once. Both tables are shared by every executor.
+//! Cached content ready to serve, and its budget: manifests as verified bytes, blobs as
+//! mmapped `Bytes` with their open file, each with header values computed once. The tables
+//! are shared by every executor; a blob whose `MappedBlob` is held by a response is in use
+//! and is never evicted.
 
 use std::sync::Arc;
 
@@ -7,10 +9,12 @@ use bytes::Bytes;
 use http::HeaderValue;
 
 use super::blocking::run_blocking;
+use super::budget::{Budget, Reservation};
 use super::error::RegistryError;
-use crate::oci::manifest::MAX_MANIFEST_BYTES;
+use crate::hyper_glue::coarse_now_ms;
+use crate::oci::manifest::{sniff_media_type, MAX_MANIFEST_BYTES};
 use crate::oci::Digest;
-use crate::store::CacheDir;
+use crate::store::{CacheDir, StoreError};
 use crate::table::SharedMap;
 
 /// A manifest as it goes on the wire.
@@ -34,6 +38,10 @@ impl StoredManifest {
         let (digest_header, etag) = digest_headers(&digest);
         Ok(StoredManifest { body, media_type, digest, digest_header, etag })
     }
+
+    pub fn media_type_str(&self) -> &str {
+        self.media_type.to_str().unwrap_or("")
+    }
 }
 
 /// A cached blob: the whole file mapped, shared zero-copy by every response, and the open
@@ -47,7 +55,7 @@ pub struct MappedBlob {
 }
 
 /// `Docker-Content-Digest` and `ETag` (the quoted digest) for content of `digest`.
-fn digest_headers(digest: &Digest) -> (HeaderValue, HeaderValue) {
+pub fn digest_headers(digest: &Digest) -> (HeaderValue, HeaderValue) {
     // A digest is `algorithm:hex`: always a valid header value, quoted or not.
     let plain = HeaderValue::from_str(&digest.to_string()).unwrap_or(HeaderValue::from_static(""));
     let quoted = HeaderValue::from_str(&format!("\"{digest}\"")).unwrap_or(HeaderValue::from_static(""));
@@ -58,11 +66,28 @@ pub struct Content {
     cache: Arc<CacheDir>,
     manifests: SharedMap<Digest, Arc<StoredManifest>>,
     blobs: SharedMap<Digest, Arc<MappedBlob>>,
+    budget: Budget,
 }
 
 impl Content {
-    pub fn new(cache: Arc<CacheDir>) -> Content {
-        Content { cache, manifests: SharedMap::new(), blobs: SharedMap::new() }
+    /// Indexes what the cache holds. Blocking (a directory scan): call before serving.
+    ///
+    /// # Errors
+    /// The cache directory cannot be listed.
+    pub fn open(cache: Arc<CacheDir>, max_bytes: Option<u64>) -> Result<Content, StoreError> {
+        let budget = Budget::new(max_bytes, cache.scan_blobs()?, coarse_now_ms());
+        Ok(Content { cache, manifests: SharedMap::new(), blobs: SharedMap::new(), budget })
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Marks content that cannot be fetched again (local repositories) as never evictable.
+    pub fn pin<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) {
+        for digest in digests {
+            self.budget.pin(digest);
+        }
     }
 
     /// The manifest `digest` (of `media_type`) from memory or the cache, verified on load.
@@ -70,6 +95,19 @@ impl Content {
     /// # Errors
     /// The cached file cannot be read or does not match its digest.
     pub async fn manifest(&self, digest: &Digest, media_type: &str) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
+        self.load_manifest(digest, Some(media_type)).await
+    }
+
+    /// Like `manifest`, for content whose media type is not recorded (mirrored manifests): it
+    /// is read from the document itself.
+    ///
+    /// # Errors
+    /// As `manifest`, or a document that is no manifest.
+    pub async fn manifest_sniffed(&self, digest: &Digest) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
+        self.load_manifest(digest, None).await
+    }
+
+    async fn load_manifest(&self, digest: &Digest, media_type: Option<&str>) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
         if let Some(hit) = self.manifests.get(digest) {
             return Ok(Some(hit));
         }
@@ -77,9 +115,36 @@ impl Content {
         let wanted = digest.clone();
         let read = run_blocking(move || cache.read_verified(&wanted, MAX_MANIFEST_BYTES as u64)).await?;
         let Some(bytes) = read else { return Ok(None) };
-        let stored = Arc::new(StoredManifest::new(Bytes::from(bytes), media_type, digest.clone())?);
+        let media_type = match media_type {
+            Some(media_type) => media_type.to_owned(),
+            None => sniff_media_type(&bytes).ok_or_else(|| RegistryError::CorruptManifest {
+                digest: digest.clone(),
+                reason: "not a manifest document".into(),
+            })?,
+        };
+        let stored = Arc::new(StoredManifest::new(Bytes::from(bytes), &media_type, digest.clone())?);
         self.manifests.insert(digest.clone(), Arc::clone(&stored));
+        self.budget.touch(digest, coarse_now_ms());
         Ok(Some(stored))
+    }
+
+    /// Stores a manifest fetched from upstream (already verified against `digest`).
+    ///
+    /// # Errors
+    /// The cache cannot be written.
+    pub async fn store_manifest(&self, digest: &Digest, bytes: Bytes, media_type: &str) -> Result<Arc<StoredManifest>, RegistryError> {
+        let stored = Arc::new(StoredManifest::new(bytes.clone(), media_type, digest.clone())?);
+        let cache = Arc::clone(&self.cache);
+        let wanted = digest.clone();
+        let size = bytes.len() as u64;
+        let written = run_blocking(move || cache.put_verified(&wanted, &bytes)).await;
+        match written {
+            Ok(()) => self.budget.add(digest.clone(), size, coarse_now_ms()),
+            // Serving what we fetched matters more than caching it.
+            Err(e) => tracing::warn!(%digest, error = %e, "manifest served without caching"),
+        }
+        self.manifests.insert(digest.clone(), Arc::clone(&stored));
+        Ok(stored)
     }
 
     /// The blob `digest` mapped from the cache; `None` if it is not cached.
@@ -87,6 +152,7 @@ impl Content {
     /// # Errors
     /// The file exists but cannot be mapped.
     pub async fn blob(&self, digest: &Digest) -> Result<Option<Arc<MappedBlob>>, RegistryError> {
+        self.budget.touch(digest, coarse_now_ms());
         if let Some(hit) = self.blobs.get(digest) {
             return Ok(Some(hit));
         }
@@ -98,5 +164,41 @@ impl Content {
         let blob = Arc::new(MappedBlob { body, file: Arc::new(file), digest_header, etag });
         self.blobs.insert(digest.clone(), Arc::clone(&blob));
         Ok(Some(blob))
+    }
+
+    pub async fn has_blob(&self, digest: &Digest) -> bool {
+        if self.blobs.get(digest).is_some() {
+            return true;
+        }
+        let cache = Arc::clone(&self.cache);
+        let wanted = digest.clone();
+        run_blocking(move || cache.contains(&wanted)).await
+    }
+
+    /// Makes room for `size` bytes (evicting on the blocking pool); see `Budget::reserve`.
+    pub async fn reserve(self: &Arc<Self>, size: u64, cache: &Arc<CacheDir>) -> Reservation {
+        let this = Arc::clone(self);
+        let cache = Arc::clone(cache);
+        let reservation = run_blocking(move || {
+            this.budget.reserve(size, &cache, |digest| this.blobs.get(digest).is_some_and(|b| Arc::strong_count(&b) > 2))
+        })
+        .await;
+        if let Reservation::Granted { evicted } = &reservation {
+            for digest in evicted {
+                self.blobs.remove(digest);
+                self.manifests.remove(digest);
+                tracing::info!(%digest, "evicted from the cache");
+            }
+        }
+        reservation
+    }
+
+    pub fn release(&self, size: u64) {
+        self.budget.release(size);
+    }
+
+    /// Records a blob a fill published (`size` bytes, of which `reserved` were reserved).
+    pub async fn published(&self, digest: &Digest, size: u64, reserved: u64) {
+        self.budget.commit(digest.clone(), size, reserved, coarse_now_ms());
     }
 }

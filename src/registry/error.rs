@@ -1,7 +1,9 @@
 //! What can go wrong while answering a registry request, classified by whose fault it is.
 
+use super::fill::FillError;
 use crate::oci::{Digest, RepositoryName};
 use crate::store::StoreError;
+use crate::upstream::UpstreamError;
 
 /// Whose fault a failure is: decides 4xx vs 5xx, whether a retry can help and the log level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +23,16 @@ pub enum RegistryError {
     NotAcceptable(String),
     #[error("blob {digest} is not known in `{name}`")]
     BlobUnknown { name: RepositoryName, digest: Digest },
+    #[error("{0}")]
+    Denied(String),
+    #[error("repository {0} does not exist upstream")]
+    UpstreamNameUnknown(String),
+    #[error("manifest `{reference}` does not exist in {remote}")]
+    UpstreamManifestUnknown { remote: String, reference: String },
+    #[error("{remote}: {error}")]
+    Upstream { remote: String, error: UpstreamError },
+    #[error("fetching from upstream: {0}")]
+    Fill(FillError),
     #[error("the cache lost {0}, which a repository record refers to")]
     MissingContent(Digest),
     #[error("cache: {0}")]
@@ -35,10 +47,20 @@ impl RegistryError {
             RegistryError::NameUnknown(_)
             | RegistryError::ManifestUnknown { .. }
             | RegistryError::NotAcceptable(_)
-            | RegistryError::BlobUnknown { .. } => FailureClass::Client,
-            RegistryError::Store(_)
-            | RegistryError::MissingContent(_)
-            | RegistryError::CorruptManifest { .. } => FailureClass::Internal,
+            | RegistryError::BlobUnknown { .. }
+            | RegistryError::Denied(_)
+            | RegistryError::UpstreamNameUnknown(_)
+            | RegistryError::UpstreamManifestUnknown { .. } => FailureClass::Client,
+            RegistryError::Upstream { .. } | RegistryError::Fill(_) => FailureClass::Upstream,
+            RegistryError::Store(_) | RegistryError::MissingContent(_) | RegistryError::CorruptManifest { .. } => FailureClass::Internal,
+        }
+    }
+
+    /// The upstream failure behind this error, if there is one.
+    pub fn upstream_error(&self) -> Option<&UpstreamError> {
+        match self {
+            RegistryError::Upstream { error, .. } | RegistryError::Fill(FillError::Upstream(error)) => Some(error),
+            _ => None,
         }
     }
 }

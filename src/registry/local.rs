@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::blocking::run_blocking;
+use super::content::Content;
 use super::error::RegistryError;
 use crate::oci::{Digest, RepositoryName, Tag};
 use crate::store::{CacheDir, RepositoryRecord};
@@ -46,12 +47,13 @@ impl LocalRepository {
 
 pub struct LocalRepositories {
     cache: Arc<CacheDir>,
+    content: Arc<Content>,
     table: SharedMap<RepositoryName, Arc<LocalRepository>>,
 }
 
 impl LocalRepositories {
-    pub fn new(cache: Arc<CacheDir>) -> LocalRepositories {
-        LocalRepositories { cache, table: SharedMap::new() }
+    pub fn new(cache: Arc<CacheDir>, content: Arc<Content>) -> LocalRepositories {
+        LocalRepositories { cache, content, table: SharedMap::new() }
     }
 
     /// The repository `name`, from the table or from disk; `None` if it does not exist.
@@ -93,6 +95,8 @@ impl LocalRepositories {
             self.table.remove(name);
             return Ok(None);
         };
+        // A local image cannot be fetched again: its content is never evicted.
+        self.content.pin(record.blobs.iter().chain(record.manifests.keys()));
         let repo = Arc::new(LocalRepository::new(record, Instant::now()));
         self.table.insert(name.clone(), Arc::clone(&repo));
         Ok(Some(repo))

@@ -1,135 +1,224 @@
-//! The facade's rules for answering pull requests: which repository a name is, which manifest
-//! a tag or digest means for this client (Accept, platform), which blobs a repository may
-//! serve. Knows nothing of HTTP beyond header values; reads storage through `store`.
+//! The facade's rules for answering pull requests: which source a name is (a local
+//! repository or a mirrored upstream), which manifest a tag or digest means for this client
+//! (Accept, platform), which blobs may be served, and filling the cache from upstream.
+//! Knows nothing of HTTP beyond header values.
 
 mod blocking;
+mod budget;
 mod content;
 pub mod demo;
 mod error;
+mod fill;
 pub mod import;
 mod local;
+mod mirror;
+mod remote;
 
+use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_lite::Stream;
+use http::HeaderValue;
 
 pub use content::{MappedBlob, StoredManifest};
 pub use error::{FailureClass, RegistryError};
+pub use fill::FillError;
+pub use mirror::MirrorSettings;
 
 use crate::oci::accept::AcceptList;
 use crate::oci::manifest::{ImageIndex, Platform};
 use crate::oci::media_type::{self, ManifestKind};
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
-use crate::store::CacheDir;
+use crate::store::{CacheDir, StoreError};
+use crate::upstream::{RemoteRepository, Upstream};
 use content::Content;
+use fill::{Fill, FillContext, Fills};
 use local::{LocalRepositories, LocalRepository};
+use mirror::Mirrors;
 
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
     /// The platform an index is resolved to for clients that do not accept indexes.
     pub platform: Platform,
+    /// The cache's size limit; `None`: unlimited.
+    pub cache_max_bytes: Option<u64>,
+    pub mirrors: MirrorSettings,
 }
 
 /// One page of `tags/list`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagsPage {
     pub name: RepositoryName,
-    pub tags: Vec<Tag>,
+    pub tags: Vec<String>,
     /// Set when more tags follow: the `last` of the next page.
-    pub next_last: Option<Tag>,
+    pub next_last: Option<String>,
+}
+
+/// Where a blob comes from for one request.
+pub enum BlobReply {
+    /// In the cache: mapped, zero-copy.
+    Cached(Arc<MappedBlob>),
+    /// Being fetched from upstream; readers follow the fill.
+    Filling(FillingBlob),
+    /// HEAD of a blob not cached: its size as upstream says.
+    Remote { size: Option<u64>, digest_header: HeaderValue, etag: HeaderValue },
+}
+
+/// A blob that a fill is bringing in.
+pub struct FillingBlob {
+    fill: Arc<Fill>,
+    upstream: Upstream,
+    pub digest_header: HeaderValue,
+    pub etag: HeaderValue,
+}
+
+impl FillingBlob {
+    /// The blob's size once upstream answered (`None`: upstream does not say).
+    ///
+    /// # Errors
+    /// The fill failed before upstream answered.
+    pub async fn size(&self) -> Result<Option<u64>, RegistryError> {
+        self.fill.size().await.map_err(RegistryError::Fill)
+    }
+
+    /// `range` of the blob as it arrives; an error ends the stream (and the response).
+    pub fn stream(&self, range: Range<u64>) -> Pin<Box<dyn Stream<Item = std::io::Result<Bytes>>>> {
+        self.fill.reader(range, self.upstream.clone())
+    }
+}
+
+/// Where a name's content comes from.
+enum Source {
+    Local(Arc<LocalRepository>),
+    Mirror(RemoteRepository),
 }
 
 pub struct Registry {
     local: Arc<LocalRepositories>,
-    content: Content,
+    content: Arc<Content>,
+    mirrors: Mirrors,
+    fills: FillContext,
     settings: RegistrySettings,
 }
 
 impl Registry {
-    pub fn new(cache: Arc<CacheDir>, settings: RegistrySettings) -> Registry {
-        Registry {
-            local: Arc::new(LocalRepositories::new(Arc::clone(&cache))),
-            content: Content::new(cache),
-            settings,
-        }
-    }
-
-    /// The manifest `reference` of `name` as this client may receive it. By tag, an index
-    /// the client does not accept is resolved to the configured platform; by digest, the
-    /// exact document is returned.
+    /// Indexes the cache (sizes for the budget; local repositories' content pinned).
+    /// Blocking: call before the executors start.
     ///
     /// # Errors
-    /// Unknown name or manifest, nothing acceptable, or unreadable cache content.
-    pub async fn manifest(
-        &self,
-        name: &RepositoryName,
-        reference: &Reference,
-        accept: &AcceptList,
-    ) -> Result<Arc<StoredManifest>, RegistryError> {
-        let repo = self.repository(name).await?;
-        let unknown = || RegistryError::ManifestUnknown { name: name.clone(), reference: reference.to_string() };
-        let (repo, digest) = match reference {
-            Reference::Tag(tag) => {
-                let repo = self.refresh_unless(name, repo, |r| r.tag(tag).is_some()).await?;
-                let digest = repo.tag(tag).cloned().ok_or_else(unknown)?;
-                (repo, digest)
+    /// The cache cannot be listed or a repository record cannot be read.
+    pub fn open(cache: Arc<CacheDir>, settings: RegistrySettings, upstream: Upstream) -> Result<Registry, StoreError> {
+        let content = Arc::new(Content::open(Arc::clone(&cache), settings.cache_max_bytes)?);
+        for (_, record) in cache.list_records()? {
+            content.pin(record.blobs.iter().chain(record.manifests.keys()));
+        }
+        let fills = FillContext { cache: Arc::clone(&cache), upstream, content: Arc::clone(&content), fills: Arc::new(Fills::default()) };
+        Ok(Registry {
+            local: Arc::new(LocalRepositories::new(cache, Arc::clone(&content))),
+            mirrors: Mirrors::new(&settings.mirrors),
+            content,
+            fills,
+            settings,
+        })
+    }
+
+    /// Bytes the cache holds, and blobs evicted so far.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (self.content.budget().used_bytes(), self.content.budget().evictions())
+    }
+
+    /// The manifest `reference` of `name` as this client may receive it. By tag, an index the
+    /// client does not accept is resolved to the configured platform; by digest, the exact
+    /// document is returned.
+    ///
+    /// # Errors
+    /// Unknown name or manifest, nothing acceptable, a denied mirror, or an upstream failure.
+    pub async fn manifest(&self, name: &RepositoryName, reference: &Reference, accept: &AcceptList, ns: Option<&str>) -> Result<Arc<StoredManifest>, RegistryError> {
+        let source = self.source(name, ns).await?;
+        let manifest = match (&source, reference) {
+            (Source::Mirror(remote), Reference::Tag(tag)) => self.mirror_tag(remote, tag).await?,
+            (Source::Local(repo), Reference::Tag(tag)) => {
+                let repo = self.refresh_unless(name, Arc::clone(repo), |r| r.tag(tag).is_some()).await?;
+                let digest = repo.tag(tag).cloned().ok_or_else(|| manifest_unknown(name, reference))?;
+                self.local_manifest(&repo, &digest).await?.ok_or_else(|| manifest_unknown(name, reference))?
             }
-            Reference::Digest(digest) => {
-                let repo = self.refresh_unless(name, repo, |r| r.manifest_media_type(digest).is_some()).await?;
-                (repo, digest.clone())
-            }
+            (_, Reference::Digest(digest)) => self.manifest_by_digest(name, &source, digest).await?,
         };
-        let manifest = self.stored_manifest(&repo, &digest).await?.ok_or_else(unknown)?;
-        if matches!(reference, Reference::Digest(_)) || accept.accepts(media_type_of(&manifest)) {
+        if matches!(reference, Reference::Digest(_)) || accept.accepts(manifest.media_type_str()) {
             return Ok(manifest);
         }
-        self.negotiate(name, &repo, &manifest, accept).await
+        self.negotiate(name, &source, &manifest, accept).await
     }
 
-    /// The blob `digest` of `name`, mapped and ready to send.
+    /// The blob `digest` of `name`: cached, being filled, or (HEAD of an uncached mirrored
+    /// blob) its upstream size.
     ///
     /// # Errors
-    /// Unknown name, a digest that does not belong to the repository, or a lost cache file.
-    pub async fn blob(&self, name: &RepositoryName, digest: &Digest) -> Result<Arc<MappedBlob>, RegistryError> {
-        let repo = self.repository(name).await?;
-        let repo = self.refresh_unless(name, repo, |r| r.serves_blob(digest)).await?;
-        if !repo.serves_blob(digest) {
-            return Err(RegistryError::BlobUnknown { name: name.clone(), digest: digest.clone() });
+    /// Unknown name, a digest the repository does not have, a denied mirror, or an upstream
+    /// failure before any byte is sent.
+    pub async fn blob(&self, name: &RepositoryName, digest: &Digest, ns: Option<&str>, head: bool) -> Result<BlobReply, RegistryError> {
+        match self.source(name, ns).await? {
+            Source::Local(repo) => {
+                let repo = self.refresh_unless(name, repo, |r| r.serves_blob(digest)).await?;
+                if !repo.serves_blob(digest) {
+                    return Err(RegistryError::BlobUnknown { name: name.clone(), digest: digest.clone() });
+                }
+                let blob = self.content.blob(digest).await?.ok_or_else(|| RegistryError::MissingContent(digest.clone()))?;
+                Ok(BlobReply::Cached(blob))
+            }
+            Source::Mirror(remote) => self.mirror_blob(name, &remote, digest, head).await,
         }
-        self.content.blob(digest).await?.ok_or_else(|| RegistryError::MissingContent(digest.clone()))
     }
 
     /// A page of the tags of `name`, in lexical order, after `last`, at most `n`.
     ///
     /// # Errors
-    /// Unknown name.
-    pub async fn tags(&self, name: &RepositoryName, n: Option<usize>, last: Option<&str>) -> Result<TagsPage, RegistryError> {
-        let repo = self.repository(name).await?;
-        let after = repo.record.tags.keys().filter(|t| last.is_none_or(|last| t.as_str() > last));
+    /// Unknown name, a denied mirror, or an upstream failure.
+    pub async fn tags(&self, name: &RepositoryName, n: Option<usize>, last: Option<&str>, ns: Option<&str>) -> Result<TagsPage, RegistryError> {
+        let all: Vec<String> = match self.source(name, ns).await? {
+            Source::Local(repo) => repo.record.tags.keys().map(Tag::to_string).collect(),
+            Source::Mirror(remote) => self.mirror_tags(name, &remote).await?,
+        };
+        let mut after: Vec<String> = all.into_iter().filter(|t| last.is_none_or(|last| t.as_str() > last)).collect();
+        after.sort();
         let limit = n.unwrap_or(usize::MAX);
-        let tags: Vec<Tag> = after.clone().take(limit).cloned().collect();
-        let more = after.count() > tags.len();
-        let next_last = if more { tags.last().cloned() } else { None };
-        Ok(TagsPage { name: name.clone(), tags, next_last })
+        let more = after.len() > limit;
+        after.truncate(limit);
+        let next_last = if more { after.last().cloned() } else { None };
+        Ok(TagsPage { name: name.clone(), tags: after, next_last })
     }
 
-    async fn repository(&self, name: &RepositoryName) -> Result<Arc<LocalRepository>, RegistryError> {
-        self.local.get(name).await?.ok_or_else(|| RegistryError::NameUnknown(name.clone()))
+    async fn source(&self, name: &RepositoryName, ns: Option<&str>) -> Result<Source, RegistryError> {
+        if let Some(remote) = self.mirrors.route(name, ns)? {
+            return Ok(Source::Mirror(remote));
+        }
+        let repo = self.local.get(name).await?.ok_or_else(|| RegistryError::NameUnknown(name.clone()))?;
+        Ok(Source::Local(repo))
     }
 
     /// Returns `repo` if `has` holds for it, else the record re-read from disk (an import may
     /// have added what is missing).
-    async fn refresh_unless(
-        &self,
-        name: &RepositoryName,
-        repo: Arc<LocalRepository>,
-        has: impl Fn(&LocalRepository) -> bool,
-    ) -> Result<Arc<LocalRepository>, RegistryError> {
+    async fn refresh_unless(&self, name: &RepositoryName, repo: Arc<LocalRepository>, has: impl Fn(&LocalRepository) -> bool) -> Result<Arc<LocalRepository>, RegistryError> {
         if has(&repo) {
             return Ok(repo);
         }
         self.local.reload(name).await?.ok_or_else(|| RegistryError::NameUnknown(name.clone()))
     }
 
-    async fn stored_manifest(&self, repo: &LocalRepository, digest: &Digest) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
+    async fn manifest_by_digest(&self, name: &RepositoryName, source: &Source, digest: &Digest) -> Result<Arc<StoredManifest>, RegistryError> {
+        match source {
+            Source::Mirror(remote) => self.mirror_digest(remote, digest).await,
+            Source::Local(repo) => {
+                let repo = self.refresh_unless(name, Arc::clone(repo), |r| r.manifest_media_type(digest).is_some()).await?;
+                let unknown = || manifest_unknown(name, &Reference::Digest(digest.clone()));
+                self.local_manifest(&repo, digest).await?.ok_or_else(unknown)
+            }
+        }
+    }
+
+    async fn local_manifest(&self, repo: &LocalRepository, digest: &Digest) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
         let Some(media_type) = repo.manifest_media_type(digest) else { return Ok(None) };
         let manifest = self.content.manifest(digest, media_type).await?;
         manifest.map(Some).ok_or_else(|| RegistryError::MissingContent(digest.clone()))
@@ -137,17 +226,9 @@ impl Registry {
 
     /// For a client that does not accept `manifest`'s type: an index is replaced by its entry
     /// for our platform, if the client accepts that.
-    async fn negotiate(
-        &self,
-        name: &RepositoryName,
-        repo: &LocalRepository,
-        manifest: &StoredManifest,
-        accept: &AcceptList,
-    ) -> Result<Arc<StoredManifest>, RegistryError> {
-        let offered = media_type_of(manifest);
-        let not_acceptable = |what: &str| {
-            RegistryError::NotAcceptable(format!("{what} is of type {offered}, which the Accept header does not include"))
-        };
+    async fn negotiate(&self, name: &RepositoryName, source: &Source, manifest: &StoredManifest, accept: &AcceptList) -> Result<Arc<StoredManifest>, RegistryError> {
+        let offered = manifest.media_type_str();
+        let not_acceptable = |what: &str| RegistryError::NotAcceptable(format!("{what} is of type {offered}, which the Accept header does not include"));
         if media_type::manifest_kind(offered) != Some(ManifestKind::Index) {
             return Err(not_acceptable("manifest"));
         }
@@ -159,11 +240,8 @@ impl Registry {
         let entry = index.select(platform).ok_or_else(|| {
             RegistryError::NotAcceptable(format!("index has no manifest for platform {platform} and the client does not accept indexes"))
         })?;
-        let child = self.stored_manifest(repo, &entry.digest).await?.ok_or_else(|| RegistryError::ManifestUnknown {
-            name: name.clone(),
-            reference: entry.digest.to_string(),
-        })?;
-        if accept.accepts(media_type_of(&child)) {
+        let child = self.manifest_by_digest(name, source, &entry.digest).await?;
+        if accept.accepts(child.media_type_str()) {
             Ok(child)
         } else {
             Err(not_acceptable("the platform manifest"))
@@ -171,6 +249,6 @@ impl Registry {
     }
 }
 
-fn media_type_of(manifest: &StoredManifest) -> &str {
-    manifest.media_type.to_str().unwrap_or("")
+fn manifest_unknown(name: &RepositoryName, reference: &Reference) -> RegistryError {
+    RegistryError::ManifestUnknown { name: name.clone(), reference: reference.to_string() }
 }

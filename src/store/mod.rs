@@ -171,6 +171,33 @@ impl CacheDir {
         record::read(&self.repos, name)
     }
 
+    /// Every repository record in the cache (to pin their content at start).
+    ///
+    /// # Errors
+    /// The repository tree cannot be listed, or a record cannot be read.
+    pub fn list_records(&self) -> Result<Vec<(RepositoryName, RepositoryRecord)>, StoreError> {
+        let mut found = Vec::new();
+        let mut pending = vec![self.repos.clone()];
+        while let Some(dir) = pending.pop() {
+            let entries = std::fs::read_dir(&dir).map_err(StoreError::io("list", &dir))?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    pending.push(path);
+                    continue;
+                }
+                let is_record = path.file_name().is_some_and(|n| n == "_repository.json");
+                let name = path.parent().and_then(|p| p.strip_prefix(&self.repos).ok()).and_then(|p| p.to_str()).and_then(|p| p.parse().ok());
+                if let (true, Some(name)) = (is_record, name) {
+                    if let Some(record) = self.read_record(&name)? {
+                        found.push((name, record));
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Changes a repository record atomically (exclusive across processes) and returns it.
     ///
     /// # Errors

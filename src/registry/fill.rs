@@ -1,0 +1,393 @@
+//! Single-flight fills: however many requests, on whichever cores, ask for a blob the cache
+//! lacks, exactly one upstream download runs (on the executor of the first asker, detached, so
+//! no client's disconnect cancels it). It streams into a temp file; every reader follows the
+//! growing file. The blob is published only once its sha256 and size match; a mismatch or a
+//! give-up fails every reader and keeps nothing. When the budget or the disk has no room, the
+//! fill stops and each reader streams straight from upstream instead.
+
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use event_listener::Event;
+use futures_lite::Stream;
+
+use super::blocking::run_blocking;
+use super::budget::Reservation;
+use super::content::Content;
+use crate::oci::Digest;
+use crate::store::{CacheDir, Ingest, StoreError};
+use crate::table::SharedMap;
+use crate::upstream::{BlobDownload, RemoteRepository, Upstream, UpstreamError};
+
+/// Bytes gathered before they are written to the temp file (and shown to readers).
+const WRITE_BATCH: usize = 1 << 20;
+/// Largest chunk a reader sends at a time.
+const READ_CHUNK: u64 = 256 * 1024;
+
+/// Why a fill failed; every reader's response is aborted with it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FillError {
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("content from upstream does not match its digest: {0}")]
+    Corrupt(String),
+    #[error("cache: {0}")]
+    Cache(String),
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Running,
+    Published(PathBuf),
+    /// Not cached (no room); readers stream from upstream themselves.
+    Uncached(String),
+    Failed(FillError),
+}
+
+#[derive(Debug)]
+struct FillState {
+    /// Set once upstream answered: the blob's size, if it said.
+    total: Option<Option<u64>>,
+    temp_path: Option<PathBuf>,
+    outcome: Outcome,
+}
+
+/// One blob being fetched into the cache.
+pub struct Fill {
+    digest: Digest,
+    remote: RemoteRepository,
+    written: AtomicU64,
+    state: Mutex<FillState>,
+    changed: Event,
+}
+
+impl Fill {
+    fn new(digest: Digest, remote: RemoteRepository) -> Fill {
+        Fill {
+            digest,
+            remote,
+            written: AtomicU64::new(0),
+            state: Mutex::new(FillState { total: None, temp_path: None, outcome: Outcome::Running }),
+            changed: Event::new(),
+        }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut FillState)) {
+        if let Ok(mut state) = self.state.lock() {
+            change(&mut state);
+        }
+        self.changed.notify(usize::MAX);
+    }
+
+    fn snapshot(&self) -> (Option<Option<u64>>, Option<PathBuf>, Outcome) {
+        match self.state.lock() {
+            Ok(state) => (state.total, state.temp_path.clone(), state.outcome.clone()),
+            Err(_) => (None, None, Outcome::Failed(FillError::Cache("fill state poisoned".into()))),
+        }
+    }
+
+    /// Waits until upstream answered (or the fill failed first): the blob's size, if known.
+    ///
+    /// # Errors
+    /// The fill failed before it started streaming.
+    pub async fn size(&self) -> Result<Option<u64>, FillError> {
+        loop {
+            let listener = self.changed.listen();
+            match self.snapshot() {
+                (Some(total), _, _) => return Ok(total),
+                (None, _, Outcome::Failed(error)) => return Err(error),
+                _ => listener.await,
+            }
+        }
+    }
+
+    /// A stream of `range` of the blob, following the fill (`..u64::MAX`: to the end, whatever
+    /// the size turns out to be).
+    pub fn reader(self: &Arc<Self>, range: Range<u64>, upstream: Upstream) -> Pin<Box<dyn Stream<Item = io::Result<Bytes>>>> {
+        let reader = FillReader { fill: Arc::clone(self), upstream, file: None, pos: range.start, end: range.end, direct: None };
+        Box::pin(futures_lite::stream::unfold(reader, |mut reader| async move {
+            let item = reader.next().await?;
+            Some((item, reader))
+        }))
+    }
+}
+
+/// The fills in progress, shared by every executor.
+#[derive(Default)]
+pub struct Fills {
+    table: SharedMap<Digest, Arc<Fill>>,
+}
+
+impl Fills {
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        self.table.get(digest)
+    }
+
+    /// The fill of `digest`, and whether this call created it (then the caller starts it).
+    fn join(&self, digest: &Digest, remote: &RemoteRepository) -> (Arc<Fill>, bool) {
+        let mine = Arc::new(Fill::new(digest.clone(), remote.clone()));
+        let fill = self.table.get_or_insert_with(digest.clone(), || Arc::clone(&mine));
+        let created = Arc::ptr_eq(&fill, &mine);
+        (fill, created)
+    }
+}
+
+/// What a fill needs from the registry.
+#[derive(Clone)]
+pub struct FillContext {
+    pub cache: Arc<CacheDir>,
+    pub upstream: Upstream,
+    pub content: Arc<Content>,
+    pub fills: Arc<Fills>,
+}
+
+impl FillContext {
+    /// Joins the fill of `digest` from `remote`, starting it on this executor if none runs.
+    pub fn join_or_start(&self, digest: &Digest, remote: &RemoteRepository) -> Arc<Fill> {
+        let (fill, created) = self.fills.join(digest, remote);
+        if created {
+            let context = self.clone();
+            let running = Arc::clone(&fill);
+            glommio::spawn_local(async move { context.run(running).await }).detach();
+        }
+        fill
+    }
+
+    async fn run(self, fill: Arc<Fill>) {
+        let outcome = if self.content.has_blob(&fill.digest).await {
+            // Published by a fill that ended just before this one was created.
+            match self.cache.blob_path(&fill.digest) {
+                Ok(path) => Outcome::Published(path),
+                Err(e) => Outcome::Failed(FillError::Cache(e.to_string())),
+            }
+        } else {
+            self.fetch(&fill).await
+        };
+        match &outcome {
+            Outcome::Failed(error) => tracing::warn!(digest = %fill.digest, remote = %fill.remote, %error, "fill failed"),
+            Outcome::Uncached(reason) => tracing::warn!(digest = %fill.digest, reason, "blob served without caching"),
+            _ => tracing::debug!(digest = %fill.digest, "fill published"),
+        }
+        // Readers learn the outcome before the fill leaves the table, and new requests find
+        // the published blob in the cache before that, so none starts a second download.
+        fill.update(|state| state.outcome = outcome);
+        self.fills.table.remove(&fill.digest);
+    }
+
+    async fn fetch(&self, fill: &Arc<Fill>) -> Outcome {
+        let mut download = match self.upstream.blob(&fill.remote, &fill.digest.to_string(), 0).await {
+            Ok(download) => download,
+            Err(error) => return Outcome::Failed(error.into()),
+        };
+        let total = download.total();
+        fill.update(|state| state.total = Some(total));
+        let reserved = total.unwrap_or(0);
+        match self.content.reserve(reserved, &self.cache).await {
+            Reservation::Granted { .. } => {}
+            Reservation::Refused => return Outcome::Uncached("the cache budget is full of blobs in use or pinned".into()),
+        }
+        let outcome = self.stream_into_cache(fill, &mut download, total, reserved).await;
+        if !matches!(outcome, Outcome::Published(_)) {
+            self.content.release(reserved);
+        }
+        outcome
+    }
+
+    async fn stream_into_cache(&self, fill: &Arc<Fill>, download: &mut BlobDownload, total: Option<u64>, reserved: u64) -> Outcome {
+        let cache = Arc::clone(&self.cache);
+        let ingest = match run_blocking(move || cache.begin_ingest()).await {
+            Ok(ingest) => ingest,
+            Err(e) => return store_failure(e),
+        };
+        let temp = ingest.temp_path().to_owned();
+        fill.update(|state| state.temp_path = Some(temp));
+        let mut writer = BatchWriter::new(ingest);
+        loop {
+            match download.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    if let Err(e) = writer.push(&chunk, fill).await {
+                        return store_failure(e);
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => return Outcome::Failed(error.into()),
+            }
+        }
+        let ingest = match writer.finish(fill).await {
+            Ok(ingest) => ingest,
+            Err(e) => return store_failure(e),
+        };
+        let digest = fill.digest.clone();
+        let committed = run_blocking(move || ingest.commit(&digest, total)).await;
+        match committed {
+            Ok(path) => {
+                self.content.published(&fill.digest, download.received(), reserved).await;
+                Outcome::Published(path)
+            }
+            Err(e @ (StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. })) => Outcome::Failed(FillError::Corrupt(e.to_string())),
+            Err(e) => store_failure(e),
+        }
+    }
+}
+
+fn store_failure(error: StoreError) -> Outcome {
+    if error.is_disk_full() {
+        Outcome::Uncached(format!("disk full: {error}"))
+    } else {
+        Outcome::Failed(FillError::Cache(error.to_string()))
+    }
+}
+
+type PendingWrite = Pin<Box<dyn Future<Output = (Ingest, Result<u64, StoreError>)>>>;
+
+/// Writes chunks to the ingest in batches on the blocking pool, one batch in flight while the
+/// next is gathered, and advances the fill's visible length after each.
+struct BatchWriter {
+    ingest: Option<Ingest>,
+    in_flight: Option<PendingWrite>,
+    batch: Vec<u8>,
+}
+
+impl BatchWriter {
+    fn new(ingest: Ingest) -> BatchWriter {
+        BatchWriter { ingest: Some(ingest), in_flight: None, batch: Vec::with_capacity(WRITE_BATCH) }
+    }
+
+    async fn push(&mut self, chunk: &[u8], fill: &Fill) -> Result<(), StoreError> {
+        self.batch.extend_from_slice(chunk);
+        if self.batch.len() >= WRITE_BATCH {
+            self.flush(fill).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the write in flight, then starts writing the gathered batch.
+    async fn flush(&mut self, fill: &Fill) -> Result<(), StoreError> {
+        self.settle(fill).await?;
+        let Some(mut ingest) = self.ingest.take() else { return Ok(()) };
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(WRITE_BATCH));
+        self.in_flight = Some(Box::pin(run_blocking(move || {
+            let written = ingest.write(&batch).map(|()| batch.len() as u64);
+            (ingest, written)
+        })));
+        Ok(())
+    }
+
+    async fn settle(&mut self, fill: &Fill) -> Result<(), StoreError> {
+        if let Some(write) = self.in_flight.take() {
+            let (ingest, written) = write.await;
+            self.ingest = Some(ingest);
+            let written = written?;
+            fill.written.fetch_add(written, Ordering::AcqRel);
+            fill.changed.notify(usize::MAX);
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self, fill: &Fill) -> Result<Ingest, StoreError> {
+        self.flush(fill).await?;
+        self.settle(fill).await?;
+        self.ingest.take().ok_or_else(|| StoreError::Io {
+            op: "finish",
+            path: PathBuf::new(),
+            source: io::Error::other("ingest lost"),
+        })
+    }
+}
+
+/// One reader of a fill: reads what the fill has written, waits for more, and switches to its
+/// own upstream stream when the fill stops caching.
+struct FillReader {
+    fill: Arc<Fill>,
+    upstream: Upstream,
+    file: Option<File>,
+    pos: u64,
+    end: u64,
+    direct: Option<BlobDownload>,
+}
+
+impl FillReader {
+    async fn next(&mut self) -> Option<io::Result<Bytes>> {
+        loop {
+            if self.pos >= self.end {
+                return None;
+            }
+            if self.direct.is_some() {
+                return self.next_direct().await;
+            }
+            let listener = self.fill.changed.listen();
+            let written = self.fill.written.load(Ordering::Acquire);
+            if self.pos < written {
+                return Some(self.read_file(written));
+            }
+            match self.fill.snapshot().2 {
+                Outcome::Running => listener.await,
+                // An open-ended read (size unknown at the start) ends where the blob ends.
+                Outcome::Published(_) if self.pos >= written && self.end == u64::MAX => return None,
+                Outcome::Published(_) if self.pos >= written => {
+                    return Some(Err(io::Error::other("blob shorter than the range asked")));
+                }
+                Outcome::Published(_) => {}
+                Outcome::Failed(error) => return Some(Err(io::Error::other(error.to_string()))),
+                Outcome::Uncached(_) => match self.upstream.blob(&self.fill.remote, &self.fill.digest.to_string(), self.pos).await {
+                    Ok(download) => self.direct = Some(download),
+                    Err(error) => return Some(Err(io::Error::other(error.to_string()))),
+                },
+            }
+        }
+    }
+
+    /// Reads the next chunk below `written` from the temp (or published) file. The bytes were
+    /// just written, so this is a page-cache copy, not a disk wait.
+    fn read_file(&mut self, written: u64) -> io::Result<Bytes> {
+        if self.file.is_none() {
+            self.file = Some(self.open_file()?);
+        }
+        let len = READ_CHUNK.min(written - self.pos).min(self.end - self.pos);
+        let mut buffer = vec![0u8; len as usize];
+        let file = self.file.as_ref().ok_or_else(|| io::Error::other("no file"))?;
+        file.read_exact_at(&mut buffer, self.pos)?;
+        self.pos += len;
+        Ok(Bytes::from(buffer))
+    }
+
+    /// The temp file, or the published blob if the fill already renamed it.
+    fn open_file(&self) -> io::Result<File> {
+        let (_, temp, outcome) = self.fill.snapshot();
+        let published = match outcome {
+            Outcome::Published(path) => Some(path),
+            _ => None,
+        };
+        for path in temp.iter().chain(published.iter()) {
+            if let Ok(file) = File::open(path) {
+                return Ok(file);
+            }
+        }
+        match self.fill.snapshot().2 {
+            Outcome::Published(path) => File::open(path),
+            _ => Err(io::Error::other("the fill's file is gone")),
+        }
+    }
+
+    async fn next_direct(&mut self) -> Option<io::Result<Bytes>> {
+        let download = self.direct.as_mut()?;
+        match download.next_chunk().await {
+            Ok(Some(chunk)) => {
+                let take = (self.end - self.pos).min(chunk.len() as u64) as usize;
+                self.pos += take as u64;
+                Some(Ok(chunk.slice(..take)))
+            }
+            Ok(None) if self.end == u64::MAX => None,
+            Ok(None) => Some(Err(io::Error::other("upstream ended before the range"))),
+            Err(error) => Some(Err(io::Error::other(error.to_string()))),
+        }
+    }
+}

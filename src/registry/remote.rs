@@ -1,0 +1,118 @@
+//! Answers for mirrored names: manifests fetched from upstream and verified against their
+//! digest before they are cached (tags for a short TTL, and served stale if upstream fails;
+//! digests for good), blobs through single-flight fills, and tag lists.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::error::RegistryError;
+use super::mirror::{CachedTag, ACCEPT_ALL_MANIFESTS};
+use super::{content, BlobReply, FillingBlob, Registry, StoredManifest};
+use crate::oci::manifest::sniff_media_type;
+use crate::oci::media_type;
+use crate::oci::{Digest, RepositoryName, Tag};
+use crate::upstream::{FetchedManifest, RemoteRepository, UpstreamError};
+
+impl Registry {
+    pub(super) async fn mirror_tag(&self, remote: &RemoteRepository, tag: &Tag) -> Result<Arc<StoredManifest>, RegistryError> {
+        let cached = self.mirrors.cached_tag(remote, tag.as_str(), Instant::now());
+        if let Some(CachedTag::Fresh(digest)) = &cached {
+            return self.mirror_digest(remote, digest).await;
+        }
+        let fetched = match self.fills.upstream.manifest(remote, tag.as_str(), ACCEPT_ALL_MANIFESTS).await {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                if let Some(CachedTag::Stale(digest)) = cached {
+                    // Better an answer that was right a moment ago than none; logged, not silent.
+                    tracing::warn!(remote = %remote, tag = %tag, %error, "upstream unavailable; serving the tag's last known digest");
+                    return self.mirror_digest(remote, &digest).await;
+                }
+                return Err(manifest_error(remote, tag.as_str(), error));
+            }
+        };
+        let digest = Digest::sha256_of(&fetched.bytes);
+        if let Some(claimed) = fetched.claimed_digest.as_deref().filter(|c| *c != digest.to_string()) {
+            return Err(invalid(remote, format!("manifest {tag} claims digest {claimed} but its bytes are {digest}")));
+        }
+        let stored = self.store_fetched(remote, &digest, fetched).await?;
+        self.mirrors.remember_tag(remote, tag.as_str(), digest, Instant::now());
+        Ok(stored)
+    }
+
+    pub(super) async fn mirror_digest(&self, remote: &RemoteRepository, digest: &Digest) -> Result<Arc<StoredManifest>, RegistryError> {
+        if let Some(cached) = self.content.manifest_sniffed(digest).await? {
+            return Ok(cached);
+        }
+        let fetched = self
+            .fills
+            .upstream
+            .manifest(remote, &digest.to_string(), ACCEPT_ALL_MANIFESTS)
+            .await
+            .map_err(|e| manifest_error(remote, &digest.to_string(), e))?;
+        let actual = Digest::sha256_of(&fetched.bytes);
+        if &actual != digest {
+            return Err(invalid(remote, format!("manifest {digest} has the bytes of {actual}")));
+        }
+        self.store_fetched(remote, digest, fetched).await
+    }
+
+    async fn store_fetched(&self, remote: &RemoteRepository, digest: &Digest, fetched: FetchedManifest) -> Result<Arc<StoredManifest>, RegistryError> {
+        let declared = Some(fetched.media_type.as_str()).filter(|t| media_type::manifest_kind(t).is_some()).map(str::to_owned);
+        let media_type = declared
+            .or_else(|| sniff_media_type(&fetched.bytes))
+            .ok_or_else(|| invalid(remote, format!("{digest} is not a manifest (Content-Type {:?})", fetched.media_type)))?;
+        self.content.store_manifest(digest, fetched.bytes, &media_type).await
+    }
+
+    pub(super) async fn mirror_blob(&self, name: &RepositoryName, remote: &RemoteRepository, digest: &Digest, head: bool) -> Result<BlobReply, RegistryError> {
+        if let Some(blob) = self.content.blob(digest).await? {
+            return Ok(BlobReply::Cached(blob));
+        }
+        let (digest_header, etag) = content::digest_headers(digest);
+        if head {
+            let size = match self.fills.fills.get(digest) {
+                Some(fill) => fill.size().await.map_err(RegistryError::Fill)?,
+                None => self.fills.upstream.blob_size(remote, &digest.to_string()).await.map_err(|e| blob_error(name, digest, remote, e))?,
+            };
+            return Ok(BlobReply::Remote { size, digest_header, etag });
+        }
+        let fill = self.fills.join_or_start(digest, remote);
+        // An upstream refusal surfaces here, before any response is sent, as a proper status.
+        if let Err(super::FillError::Upstream(error)) = fill.size().await {
+            return Err(blob_error(name, digest, remote, error));
+        }
+        Ok(BlobReply::Filling(FillingBlob { fill, upstream: self.fills.upstream.clone(), digest_header, etag }))
+    }
+
+    pub(super) async fn mirror_tags(&self, name: &RepositoryName, remote: &RemoteRepository) -> Result<Vec<String>, RegistryError> {
+        self.fills.upstream.tags(remote).await.map_err(|error| match error {
+            UpstreamError::NotFound { .. } => RegistryError::NameUnknown(name.clone()),
+            other => upstream(remote, other),
+        })
+    }
+}
+
+fn upstream(remote: &RemoteRepository, error: UpstreamError) -> RegistryError {
+    RegistryError::Upstream { remote: remote.to_string(), error }
+}
+
+fn invalid(remote: &RemoteRepository, reason: String) -> RegistryError {
+    upstream(remote, UpstreamError::Invalid { host: remote.host.clone(), reason })
+}
+
+/// An upstream 404 for a manifest is the client's `MANIFEST_UNKNOWN` (or `NAME_UNKNOWN` when the
+/// upstream says the repository does not exist); anything else stays an upstream failure.
+fn manifest_error(remote: &RemoteRepository, reference: &str, error: UpstreamError) -> RegistryError {
+    match error {
+        UpstreamError::NotFound { code: Some(code), .. } if code == "NAME_UNKNOWN" => RegistryError::UpstreamNameUnknown(remote.to_string()),
+        UpstreamError::NotFound { .. } => RegistryError::UpstreamManifestUnknown { remote: remote.to_string(), reference: reference.to_owned() },
+        other => upstream(remote, other),
+    }
+}
+
+fn blob_error(name: &RepositoryName, digest: &Digest, remote: &RemoteRepository, error: UpstreamError) -> RegistryError {
+    match error {
+        UpstreamError::NotFound { .. } => RegistryError::BlobUnknown { name: name.clone(), digest: digest.clone() },
+        other => upstream(remote, other),
+    }
+}

@@ -1,0 +1,378 @@
+//! Credentials and the distribution auth flows: docker `config.json` (re-read when it
+//! changes), `WWW-Authenticate` challenges, and bearer tokens cached until they expire.
+//! Secrets live in `Secret`, whose `Debug` prints nothing, so they cannot reach a log line.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use http::HeaderValue;
+use serde::Deserialize;
+
+/// The config file is looked at (one `stat`) at most this often.
+const RELOAD_CHECK_MS: u64 = 1_000;
+/// A token without `expires_in` is good for 60 s (distribution token spec).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// Tokens are dropped this long before they expire, so none expires in flight.
+const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+
+/// A credential or token: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Basic { username: String, password: Secret },
+    /// An OAuth2 refresh token (`identitytoken`), exchanged at the token endpoint.
+    IdentityToken(Secret),
+}
+
+impl Credential {
+    pub fn basic_header(&self) -> Option<HeaderValue> {
+        let Credential::Basic { username, password } = self else { return None };
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose()));
+        let mut value = HeaderValue::try_from(format!("Basic {encoded}")).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+}
+
+#[derive(Deserialize)]
+struct ConfigFile {
+    #[serde(default)]
+    auths: HashMap<String, AuthEntry>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct AuthEntry {
+    auth: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    identitytoken: Option<String>,
+}
+
+/// The registry host a `config.json` key names: `https://index.docker.io/v1/` → `docker.io`,
+/// `https://host:5000/path` → `host:5000`.
+pub fn normalize_host(key: &str) -> String {
+    let without_scheme = key.strip_prefix("https://").or_else(|| key.strip_prefix("http://")).unwrap_or(key);
+    let host = without_scheme.split('/').next().unwrap_or("");
+    match host {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => "docker.io".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// Parses a docker `config.json`; entries that carry no usable credential are skipped with a
+/// warning naming the host (never the secret).
+///
+/// # Errors
+/// The text is not a docker config document.
+pub fn parse_docker_config(text: &[u8]) -> Result<HashMap<String, Credential>, String> {
+    // serde would read a JSON array as a struct too; a config file is an object.
+    let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| format!("not a docker config file: {e}"))?;
+    if !value.is_object() {
+        return Err("not a docker config file: expected a JSON object".into());
+    }
+    let file: ConfigFile = serde_json::from_value(value).map_err(|e| format!("not a docker config file: {e}"))?;
+    if let Some(store) = &file.creds_store {
+        tracing::warn!(store, "credsStore is not supported; put credentials in `auths`");
+    }
+    for host in file.cred_helpers.keys() {
+        tracing::warn!(host, "credHelpers are not supported; put credentials in `auths`");
+    }
+    let mut credentials = HashMap::new();
+    for (key, entry) in file.auths {
+        let host = normalize_host(&key);
+        match credential_of(entry) {
+            Some(credential) => {
+                credentials.insert(host, credential);
+            }
+            None => tracing::warn!(host, "docker config entry has no usable credential"),
+        }
+    }
+    Ok(credentials)
+}
+
+fn credential_of(entry: AuthEntry) -> Option<Credential> {
+    if let Some(token) = entry.identitytoken.filter(|t| !t.is_empty()) {
+        return Some(Credential::IdentityToken(Secret(token)));
+    }
+    if let (Some(username), Some(password)) = (entry.username.clone(), entry.password) {
+        if !username.is_empty() {
+            return Some(Credential::Basic { username, password: Secret(password) });
+        }
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(entry.auth?.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (username, password) = text.split_once(':')?;
+    Some(Credential::Basic { username: username.to_owned(), password: Secret(password.to_owned()) })
+}
+
+struct Loaded {
+    stamp: Option<(SystemTime, u64)>,
+    credentials: Arc<HashMap<String, Credential>>,
+}
+
+/// The credentials of a docker config file, re-read when its modification time or size
+/// changes (pull secrets that rotate, e.g. for ECR).
+pub struct CredentialStore {
+    path: Option<PathBuf>,
+    loaded: RwLock<Loaded>,
+    checked_ms: AtomicU64,
+}
+
+impl CredentialStore {
+    /// # Errors
+    /// The file exists but cannot be read or parsed (a missing file is no credentials).
+    pub fn open(path: Option<&Path>) -> Result<CredentialStore, String> {
+        let store = CredentialStore {
+            path: path.map(Path::to_owned),
+            loaded: RwLock::new(Loaded { stamp: None, credentials: Arc::default() }),
+            checked_ms: AtomicU64::new(0),
+        };
+        store.reload()?;
+        Ok(store)
+    }
+
+    /// The credential for `host`, re-reading the file first if it changed.
+    pub fn get(&self, host: &str, now_ms: u64) -> Option<Credential> {
+        let last = self.checked_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= RELOAD_CHECK_MS && self.checked_ms.compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if let Err(e) = self.reload() {
+                tracing::warn!(error = %e, "keeping the previous credentials");
+            }
+        }
+        let loaded = self.loaded.read().ok()?;
+        loaded.credentials.get(host).cloned()
+    }
+
+    fn reload(&self) -> Result<(), String> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let stamp = std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        if self.loaded.read().map(|l| l.stamp == stamp).unwrap_or(false) {
+            return Ok(());
+        }
+        let credentials = match stamp {
+            None => HashMap::new(),
+            Some(_) => {
+                let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                parse_docker_config(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+        };
+        tracing::info!(path = %path.display(), hosts = credentials.len(), "loaded registry credentials");
+        if let Ok(mut loaded) = self.loaded.write() {
+            *loaded = Loaded { stamp, credentials: Arc::new(credentials) };
+        }
+        Ok(())
+    }
+}
+
+/// A `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    Basic,
+    Bearer { realm: String, service: Option<String>, scope: Option<String> },
+}
+
+/// Reads the first Basic or Bearer challenge of a `WWW-Authenticate` value.
+pub fn parse_challenge(value: &str) -> Option<Challenge> {
+    let value = value.trim();
+    let (scheme, rest) = value.split_once(char::is_whitespace).unwrap_or((value, ""));
+    match scheme.to_ascii_lowercase().as_str() {
+        "basic" => Some(Challenge::Basic),
+        "bearer" => {
+            let params = parse_params(rest);
+            Some(Challenge::Bearer {
+                realm: params.get("realm")?.clone(),
+                service: params.get("service").cloned(),
+                scope: params.get("scope").cloned(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `key=value, key="quoted \" value"` → map (keys lowercased).
+fn parse_params(text: &str) -> HashMap<String, String> {
+    let mut params = HashMap::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect::<String>().trim().to_ascii_lowercase();
+        if key.is_empty() {
+            return params;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    other => value.push(other),
+                }
+            }
+        } else {
+            value = chars.by_ref().take_while(|c| *c != ',').collect::<String>().trim().to_owned();
+        }
+        params.insert(key, value);
+    }
+}
+
+/// Reads a token endpoint's answer: the token and when it stops being usable.
+///
+/// # Errors
+/// Not JSON, or no token in it.
+pub fn parse_token_response(body: &[u8], now: Instant) -> Result<(Secret, Instant), String> {
+    #[derive(Deserialize)]
+    struct TokenResponse {
+        token: Option<String>,
+        access_token: Option<String>,
+        expires_in: Option<u64>,
+    }
+    let response: TokenResponse = serde_json::from_slice(body).map_err(|_| "token endpoint answered something that is not a token document".to_owned())?;
+    let token = response.token.or(response.access_token).filter(|t| !t.is_empty()).ok_or("token endpoint returned no token")?;
+    let lifetime = response.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_TOKEN_LIFETIME);
+    Ok((Secret(token), now + lifetime.saturating_sub(TOKEN_EXPIRY_MARGIN)))
+}
+
+/// Bearer tokens by (host, scope), shared by every executor.
+#[derive(Default)]
+pub struct TokenCache {
+    tokens: Mutex<HashMap<(String, String), (Secret, Instant)>>,
+}
+
+impl TokenCache {
+    pub fn get(&self, host: &str, scope: &str, now: Instant) -> Option<Secret> {
+        let tokens = self.tokens.lock().ok()?;
+        let (token, expires) = tokens.get(&(host.to_owned(), scope.to_owned()))?;
+        (now < *expires).then(|| token.clone())
+    }
+
+    pub fn put(&self, host: &str, scope: &str, token: Secret, expires: Instant) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.retain(|_, (_, e)| *e > Instant::now());
+            tokens.insert((host.to_owned(), scope.to_owned()), (token, expires));
+        }
+    }
+
+    pub fn forget(&self, host: &str, scope: &str) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.remove(&(host.to_owned(), scope.to_owned()));
+        }
+    }
+}
+
+pub fn bearer_header(token: &Secret) -> Option<HeaderValue> {
+    let mut value = HeaderValue::try_from(format!("Bearer {}", token.expose())).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_config_forms() {
+        let json = br#"{"auths": {
+            "https://index.docker.io/v1/": {"auth": "dXNlcjpwYTpzcw=="},
+            "registry.example:5000": {"username": "bob", "password": "secret"},
+            "https://gcr.example/": {"identitytoken": "refresh"},
+            "empty.example": {}
+        }, "credHelpers": {"ecr.example": "ecr-login"}}"#;
+        let creds = parse_docker_config(json).unwrap();
+        assert_eq!(creds.len(), 3);
+        assert_eq!(creds["docker.io"], Credential::Basic { username: "user".into(), password: Secret::new("pa:ss") });
+        assert_eq!(creds["registry.example:5000"].basic_header().unwrap(), "Basic Ym9iOnNlY3JldA==");
+        assert_eq!(creds["gcr.example"], Credential::IdentityToken(Secret::new("refresh")));
+        assert!(parse_docker_config(b"[]").is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let credential = Credential::Basic { username: "bob".into(), password: Secret::new("hunter2") };
+        assert!(!format!("{credential:?}").contains("hunter2"));
+        assert!(credential.basic_header().unwrap().is_sensitive());
+    }
+
+    #[test]
+    fn credentials_are_reloaded_when_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let store = CredentialStore::open(Some(&path)).unwrap();
+        assert_eq!(store.get("h", 0), None, "a missing file is no credentials");
+        std::fs::write(&path, br#"{"auths":{"h":{"username":"a","password":"b"}}}"#).unwrap();
+        assert_eq!(store.get("h", 500), None, "not looked at again within a second");
+        assert!(store.get("h", 1_500).is_some());
+        std::fs::write(&path, br#"{"auths":{"other":{"username":"a","password":"bb"}}}"#).unwrap();
+        assert!(store.get("h", 3_000).is_none());
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(store.get("other", 4_500).is_some(), "a broken file keeps the previous credentials");
+    }
+
+    #[test]
+    fn challenges() {
+        let header = r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#;
+        assert_eq!(
+            parse_challenge(header),
+            Some(Challenge::Bearer {
+                realm: "https://auth.example/token".into(),
+                service: Some("registry.example".into()),
+                scope: Some("repository:a/b:pull,push".into()),
+            })
+        );
+        assert_eq!(parse_challenge(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
+        assert_eq!(parse_challenge(r#"bearer realm=https://a/t , service = "s\"q""#).map(|c| match c {
+            Challenge::Bearer { realm, service, .. } => (realm, service),
+            Challenge::Basic => unreachable!(),
+        }), Some(("https://a/t".into(), Some("s\"q".into()))));
+        assert_eq!(parse_challenge("Bearer service=x"), None, "no realm");
+        assert_eq!(parse_challenge("Negotiate abc"), None);
+    }
+
+    #[test]
+    fn tokens_expire() {
+        let now = Instant::now();
+        let (token, expires) = parse_token_response(br#"{"access_token":"t","expires_in":300}"#, now).unwrap();
+        assert_eq!(token.expose(), "t");
+        assert_eq!(expires, now + Duration::from_secs(295));
+        let (_, short) = parse_token_response(br#"{"token":"u"}"#, now).unwrap();
+        assert_eq!(short, now + Duration::from_secs(55));
+        assert!(parse_token_response(br#"{"token":""}"#, now).is_err());
+        let cache = TokenCache::default();
+        cache.put("h", "s", token, expires);
+        assert!(cache.get("h", "s", now).is_some());
+        assert!(cache.get("h", "s", expires).is_none());
+        cache.forget("h", "s");
+        assert!(cache.get("h", "s", now).is_none());
+    }
+}

@@ -1,0 +1,165 @@
+//! A blob download that survives broken connections: when the body stalls, is cut or reset,
+//! it pauses with backoff and continues with `Range: bytes=<received>-` on a new connection
+//! (skipping what it already has if the server ignores the range). The reader only sees a
+//! pause.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode};
+
+use super::connection::UpstreamBody;
+use super::error::{AttemptError, UpstreamError};
+use super::{content_length, header_str, RemoteRepository, Upstream};
+
+pub struct BlobDownload {
+    upstream: Upstream,
+    repo: RemoteRepository,
+    digest: String,
+    received: u64,
+    total: Option<u64>,
+    body: Option<UpstreamBody>,
+    /// Bytes of the current body to drop: a server that ignored our `Range` resends them.
+    skip: u64,
+    /// Breaks in a row without a byte of progress.
+    failures: u32,
+}
+
+impl BlobDownload {
+    pub(super) async fn start(upstream: Upstream, repo: RemoteRepository, digest: String, offset: u64) -> Result<BlobDownload, UpstreamError> {
+        let mut download = BlobDownload { upstream, repo, digest, received: offset, total: None, body: None, skip: 0, failures: 0 };
+        download.open().await?;
+        Ok(download)
+    }
+
+    /// The blob's whole size (not only from the offset), if the upstream said it.
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The next chunk; `Ok(None)` once all bytes arrived.
+    ///
+    /// # Errors
+    /// The body kept breaking without progress for all the policy's attempts, the upstream
+    /// sent more than it announced, or a resumed response does not fit the first one.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        let stall = self.upstream.settings().read_timeout;
+        loop {
+            if self.total.is_some_and(|total| self.received >= total) {
+                return Ok(None);
+            }
+            let Some(body) = self.body.as_mut() else {
+                self.open().await?;
+                continue;
+            };
+            match body.chunk(stall).await {
+                Ok(Some(chunk)) => {
+                    let chunk = self.drop_skipped(chunk);
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    self.received += chunk.len() as u64;
+                    if self.total.is_some_and(|total| self.received > total) {
+                        return Err(self.invalid("more bytes than the announced length"));
+                    }
+                    self.failures = 0;
+                    return Ok(Some(chunk));
+                }
+                Ok(None) if self.total.is_none() => return Ok(None),
+                Ok(None) => self.broken(AttemptError::Broken("body ended early".into())).await?,
+                Err(error) => self.broken(error).await?,
+            }
+        }
+    }
+
+    fn drop_skipped(&mut self, mut chunk: Bytes) -> Bytes {
+        let dropped = self.skip.min(chunk.len() as u64);
+        self.skip -= dropped;
+        chunk.split_off(dropped as usize)
+    }
+
+    fn invalid(&self, reason: &str) -> UpstreamError {
+        UpstreamError::Invalid { host: self.repo.host.clone(), reason: format!("blob {}: {reason}", self.digest) }
+    }
+
+    /// Forgets the broken body and pauses before the next `open`, or gives up.
+    async fn broken(&mut self, error: AttemptError) -> Result<(), UpstreamError> {
+        self.body = None;
+        self.failures += 1;
+        let policy = self.upstream.settings().retry;
+        tracing::debug!(repo = %self.repo, digest = %self.digest, received = self.received, error = ?error, "upstream blob body broke; resuming");
+        if self.failures >= policy.attempts {
+            return Err(error.into_final(&self.repo.host, self.failures));
+        }
+        glommio::timer::sleep(policy.delay(self.failures, None, fastrand::f64())).await;
+        Ok(())
+    }
+
+    /// Requests the blob from `received` on (with retries) and checks the answer fits.
+    async fn open(&mut self) -> Result<(), UpstreamError> {
+        let path = format!("/v2/{}/blobs/{}", self.repo.path, self.digest);
+        let from = self.received;
+        let mut headers = HeaderMap::new();
+        if from > 0 {
+            let range = HeaderValue::try_from(format!("bytes={from}-")).map_err(|_| self.invalid("range"))?;
+            headers.insert(header::RANGE, range);
+        }
+        let (upstream, repo) = (self.upstream.clone(), self.repo.clone());
+        let exchange = upstream
+            .with_retries(&repo.host, || async {
+                upstream.registry_exchange(&repo, &Method::GET, &path, headers.clone()).await
+            })
+            .await?;
+        let total = match exchange.status {
+            StatusCode::PARTIAL_CONTENT => {
+                let (start, total) = header_str(&exchange.headers, header::CONTENT_RANGE)
+                    .as_deref()
+                    .and_then(parse_content_range)
+                    .ok_or_else(|| self.invalid("206 without a usable Content-Range"))?;
+                if start != from {
+                    return Err(self.invalid(&format!("asked for bytes from {from}, got from {start}")));
+                }
+                self.skip = 0;
+                total
+            }
+            _ => {
+                // The whole blob (first request, or a server that ignores Range): drop what we
+                // already have.
+                self.skip = from;
+                content_length(&exchange.headers)
+            }
+        };
+        match (self.total, total) {
+            (Some(known), Some(now)) if known != now => return Err(self.invalid(&format!("size changed from {known} to {now}"))),
+            (None, _) => self.total = total,
+            _ => {}
+        }
+        self.body = Some(exchange.body);
+        Ok(())
+    }
+}
+
+/// `bytes <start>-<end>/<total>` → (start, total); total `*` → None.
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    let total = if total == "*" { None } else { Some(total.parse().ok()?) };
+    Some((start.parse().ok()?, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("bytes 100-199/1000"), Some((100, Some(1000))));
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(parse_content_range("bytes */1000"), None);
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+}

@@ -1,0 +1,439 @@
+//! The client of upstream registries: endpoints and TLS, pooled HTTP/1.1 and h2 connections
+//! per executor, the distribution auth flows, retries with backoff, redirects, and resumable
+//! blob downloads. Knows nothing of the cache or of our clients.
+
+mod auth;
+mod blob;
+mod connection;
+mod endpoint;
+mod error;
+mod retry;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode};
+
+pub use auth::Secret;
+pub use blob::BlobDownload;
+pub use endpoint::{repository_path, RegistryConfig};
+pub use error::UpstreamError;
+pub use retry::RetryPolicy;
+
+use crate::hyper_glue::within;
+use auth::{Challenge, CredentialStore, TokenCache};
+use connection::{ConnectSettings, RequestBody, UpstreamBody};
+use endpoint::{Endpoint, Endpoints};
+use error::AttemptError;
+
+/// Pages of `tags/list` followed at most (1000 tags each).
+const MAX_TAG_PAGES: usize = 100;
+/// Redirects followed before giving up (registries redirect blobs to object storage).
+const MAX_REDIRECTS: usize = 5;
+/// Error documents and token answers are read up to this size.
+const SMALL_BODY_LIMIT: usize = 64 * 1024;
+const USER_AGENT: HeaderValue = HeaderValue::from_static(concat!("registry-facade/", env!("CARGO_PKG_VERSION")));
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// How each registry host is reached (by host as images name it).
+    pub registries: BTreeMap<String, RegistryConfig>,
+    /// A docker `config.json` with credentials; re-read when it changes.
+    pub docker_config: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub tls_timeout: Duration,
+    /// Time from sending a request to its response head.
+    pub response_timeout: Duration,
+    /// Longest pause within a response body before it counts as broken.
+    pub read_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Requests in flight per executor to one origin.
+    pub max_connections_per_host: usize,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            registries: BTreeMap::new(),
+            docker_config: None,
+            connect_timeout: Duration::from_secs(5),
+            tls_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            max_connections_per_host: 16,
+        }
+    }
+}
+
+/// A repository at an upstream registry, e.g. host `docker.io`, path `library/ubuntu`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RemoteRepository {
+    pub host: String,
+    pub path: String,
+}
+
+impl RemoteRepository {
+    pub fn new(host: &str, repo: &str) -> RemoteRepository {
+        RemoteRepository { host: host.to_owned(), path: repository_path(host, repo) }
+    }
+
+    fn pull_scope(&self) -> String {
+        format!("repository:{}:pull", self.path)
+    }
+}
+
+impl std::fmt::Display for RemoteRepository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.host, self.path)
+    }
+}
+
+/// A manifest as an upstream sent it.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    /// The `Docker-Content-Digest` the upstream claimed, to be checked against the bytes.
+    pub claimed_digest: Option<String>,
+}
+
+/// The shared client; cheap to clone. Connections themselves are per executor.
+#[derive(Clone)]
+pub struct Upstream {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    settings: UpstreamSettings,
+    connect: ConnectSettings,
+    endpoints: Endpoints,
+    credentials: CredentialStore,
+    tokens: TokenCache,
+}
+
+/// A response head and its (still unread) body.
+struct Exchange {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: UpstreamBody,
+}
+
+impl Upstream {
+    /// # Errors
+    /// A bad endpoint, an unreadable CA file or docker config (naming the key).
+    pub fn new(settings: UpstreamSettings) -> Result<Upstream, UpstreamError> {
+        let endpoints = Endpoints::new(&settings.registries)?;
+        let credentials = CredentialStore::open(settings.docker_config.as_deref()).map_err(|e| UpstreamError::Config(format!("dockerConfig: {e}")))?;
+        let connect = ConnectSettings {
+            connect_timeout: settings.connect_timeout,
+            tls_timeout: settings.tls_timeout,
+            max_per_origin: settings.max_connections_per_host,
+        };
+        Ok(Upstream { shared: Arc::new(Shared { settings, connect, endpoints, credentials, tokens: TokenCache::default() }) })
+    }
+
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.shared.settings
+    }
+
+    /// GETs a manifest (by tag or digest) with retries.
+    ///
+    /// # Errors
+    /// The final error once retries are exhausted or a permanent error is met.
+    pub async fn manifest(&self, repo: &RemoteRepository, reference: &str, accept: &str) -> Result<FetchedManifest, UpstreamError> {
+        let path = format!("/v2/{}/manifests/{reference}", repo.path);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::try_from(accept).map_err(|_| UpstreamError::Config("bad Accept".into()))?);
+        let limit = crate::oci::manifest::MAX_MANIFEST_BYTES;
+        let stall = self.shared.settings.read_timeout;
+        self.with_retries(&repo.host, || async {
+            let exchange = self.registry_exchange(repo, &Method::GET, &path, headers.clone()).await?;
+            let media_type = header_str(&exchange.headers, header::CONTENT_TYPE).unwrap_or_default();
+            let claimed_digest = header_str(&exchange.headers, "docker-content-digest");
+            let bytes = exchange.body.collect(limit, stall).await?;
+            Ok(FetchedManifest { bytes, media_type, claimed_digest })
+        })
+        .await
+    }
+
+    /// The size of a blob (HEAD), `None` if the upstream does not say.
+    ///
+    /// # Errors
+    /// As `manifest`.
+    pub async fn blob_size(&self, repo: &RemoteRepository, digest: &str) -> Result<Option<u64>, UpstreamError> {
+        let path = format!("/v2/{}/blobs/{digest}", repo.path);
+        self.with_retries(&repo.host, || async {
+            let exchange = self.registry_exchange(repo, &Method::HEAD, &path, HeaderMap::new()).await?;
+            Ok(content_length(&exchange.headers))
+        })
+        .await
+    }
+
+    /// Every tag of a repository (following `Link` pages, at most `MAX_TAG_PAGES`).
+    ///
+    /// # Errors
+    /// As `manifest`.
+    pub async fn tags(&self, repo: &RemoteRepository) -> Result<Vec<String>, UpstreamError> {
+        let mut tags = Vec::new();
+        let mut path = format!("/v2/{}/tags/list?n=1000", repo.path);
+        for _ in 0..MAX_TAG_PAGES {
+            let stall = self.shared.settings.read_timeout;
+            let (next, body) = self
+                .with_retries(&repo.host, || async {
+                    let exchange = self.registry_exchange(repo, &Method::GET, &path, HeaderMap::new()).await?;
+                    let next = header_str(&exchange.headers, header::LINK).and_then(|link| next_link(&link));
+                    Ok((next, exchange.body.collect(crate::oci::manifest::MAX_MANIFEST_BYTES, stall).await?))
+                })
+                .await?;
+            let page: serde_json::Value = serde_json::from_slice(&body).map_err(|_| UpstreamError::Invalid { host: repo.host.clone(), reason: "tags/list is not JSON".into() })?;
+            tags.extend(page["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)));
+            match next {
+                Some(next) => path = next,
+                None => return Ok(tags),
+            }
+        }
+        Ok(tags)
+    }
+
+    /// Starts downloading a blob from byte `offset` on; see `BlobDownload`.
+    ///
+    /// # Errors
+    /// As `manifest`, for the first response head.
+    pub async fn blob(&self, repo: &RemoteRepository, digest: &str, offset: u64) -> Result<BlobDownload, UpstreamError> {
+        BlobDownload::start(self.clone(), repo.clone(), digest.to_owned(), offset).await
+    }
+
+    /// Runs `attempt` until it succeeds, fails permanently, or the policy's attempts are spent,
+    /// pausing with backoff between attempts.
+    async fn with_retries<T, F, Fut>(&self, host: &str, mut attempt: F) -> Result<T, UpstreamError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, AttemptError>>,
+    {
+        let policy = self.shared.settings.retry;
+        let mut number = 1;
+        loop {
+            let error = match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let retry_after = error.retry_after();
+            let waits_too_long = retry_after.is_some_and(|d| d > retry::MAX_RETRY_AFTER);
+            if !error.is_transient() || number >= policy.attempts || waits_too_long {
+                return Err(error.into_final(host, number));
+            }
+            let pause = policy.delay(number, retry_after, fastrand::f64());
+            tracing::debug!(host, attempt = number, error = ?error, pause_ms = pause.as_millis() as u64, "upstream attempt failed; retrying");
+            glommio::timer::sleep(pause).await;
+            number += 1;
+        }
+    }
+
+    /// One exchange with a registry: cached authorization, one answer to a 401 challenge,
+    /// redirects followed (without credentials across hosts), and non-2xx statuses as errors.
+    async fn registry_exchange(&self, repo: &RemoteRepository, method: &Method, path: &str, headers: HeaderMap) -> Result<Exchange, AttemptError> {
+        let endpoint = self.shared.endpoints.for_registry(&repo.host);
+        let scope = repo.pull_scope();
+        let mut authorization = self.cached_authorization(&repo.host, &scope);
+        let mut challenged = false;
+        loop {
+            let mut request_headers = headers.clone();
+            if let Some(value) = &authorization {
+                request_headers.insert(header::AUTHORIZATION, value.clone());
+            }
+            let exchange = self.exchange(&endpoint, method, path, request_headers, Bytes::new()).await?;
+            match exchange.status {
+                StatusCode::UNAUTHORIZED if !challenged => {
+                    challenged = true;
+                    authorization = Some(self.answer_challenge(repo, &scope, &exchange.headers).await?);
+                }
+                StatusCode::UNAUTHORIZED => {
+                    self.shared.tokens.forget(&repo.host, &scope);
+                    return Err(AttemptError::Unauthorized);
+                }
+                status if status.is_redirection() => return self.follow_redirects(&endpoint, method, exchange, headers).await,
+                _ => return check_status(exchange).await,
+            }
+        }
+    }
+
+    fn cached_authorization(&self, host: &str, scope: &str) -> Option<HeaderValue> {
+        if let Some(token) = self.shared.tokens.get(host, scope, Instant::now()) {
+            return auth::bearer_header(&token);
+        }
+        None
+    }
+
+    /// Turns a 401's challenge into an `Authorization` value: a bearer token fetched from the
+    /// realm (and cached), or our Basic credentials.
+    async fn answer_challenge(&self, repo: &RemoteRepository, scope: &str, headers: &HeaderMap) -> Result<HeaderValue, AttemptError> {
+        let challenge = headers
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(auth::parse_challenge)
+            .ok_or(AttemptError::Unauthorized)?;
+        let credential = self.shared.credentials.get(&repo.host, crate::hyper_glue::coarse_now_ms());
+        match challenge {
+            Challenge::Basic => credential.and_then(|c| c.basic_header()).ok_or(AttemptError::Unauthorized),
+            Challenge::Bearer { realm, service, scope: challenged_scope } => {
+                let scope = challenged_scope.unwrap_or_else(|| scope.to_owned());
+                let (token, expires) = self.fetch_token(&realm, service.as_deref(), &scope, credential.as_ref()).await?;
+                let value = auth::bearer_header(&token).ok_or_else(|| AttemptError::Invalid("unusable token".into()))?;
+                self.shared.tokens.put(&repo.host, &repo.pull_scope(), token, expires);
+                Ok(value)
+            }
+        }
+    }
+
+    /// The distribution token flow: GET the realm with service and scope (Basic credentials if
+    /// we have them), or POST an OAuth2 refresh-token grant for an identity token.
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str, credential: Option<&auth::Credential>) -> Result<(Secret, Instant), AttemptError> {
+        let uri: http::Uri = realm.parse().map_err(|_| AttemptError::Invalid("token realm is not a URL".into()))?;
+        let endpoint = self.shared.endpoints.for_url(&uri).map_err(AttemptError::Invalid)?;
+        let mut query = vec![("scope", scope)];
+        if let Some(service) = service {
+            query.push(("service", service));
+        }
+        let mut headers = HeaderMap::new();
+        let (method, path, body) = match credential {
+            Some(auth::Credential::IdentityToken(token)) => {
+                let mut form = query.clone();
+                form.extend([("grant_type", "refresh_token"), ("refresh_token", token.expose()), ("client_id", "registry-facade")]);
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
+                (Method::POST, uri.path().to_owned(), Bytes::from(form_encode(&form)))
+            }
+            other => {
+                if let Some(basic) = other.and_then(|c| c.basic_header()) {
+                    headers.insert(header::AUTHORIZATION, basic);
+                }
+                let separator = if uri.query().is_some() { '&' } else { '?' };
+                let existing = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+                (Method::GET, format!("{}{existing}{separator}{}", uri.path(), form_encode(&query)), Bytes::new())
+            }
+        };
+        let exchange = self.exchange(&endpoint, &method, &path, headers, body).await?;
+        let status = exchange.status;
+        let bytes = exchange.body.collect(SMALL_BODY_LIMIT, self.shared.settings.read_timeout).await?;
+        match status {
+            s if s.is_success() => auth::parse_token_response(&bytes, Instant::now()).map_err(AttemptError::Invalid),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(AttemptError::Unauthorized),
+            s => Err(AttemptError::Status { status: s.as_u16(), retry_after: None, code: None }),
+        }
+    }
+
+    async fn follow_redirects(&self, origin: &Endpoint, method: &Method, mut exchange: Exchange, headers: HeaderMap) -> Result<Exchange, AttemptError> {
+        let mut current = origin.clone();
+        for _ in 0..MAX_REDIRECTS {
+            let location = header_str(&exchange.headers, header::LOCATION).ok_or_else(|| AttemptError::Invalid("redirect without Location".into()))?;
+            let uri: http::Uri = location.parse().map_err(|_| AttemptError::Invalid("redirect to a bad URL".into()))?;
+            if uri.scheme().is_some() {
+                current = self.shared.endpoints.for_url(&uri).map_err(AttemptError::Invalid)?;
+            }
+            let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+            // Credentials never follow a redirect to another host (distribution spec).
+            let mut next_headers = headers.clone();
+            next_headers.remove(header::AUTHORIZATION);
+            exchange = self.exchange(&current, method, &path, next_headers, Bytes::new()).await?;
+            if !exchange.status.is_redirection() {
+                return check_status(exchange).await;
+            }
+        }
+        Err(AttemptError::Invalid(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    /// One request on a pooled connection, waiting at most the response timeout for its head.
+    async fn exchange(&self, endpoint: &Endpoint, method: &Method, path: &str, mut headers: HeaderMap, body: Bytes) -> Result<Exchange, AttemptError> {
+        let shared = &self.shared;
+        let (sender, permit) = connection::checkout(endpoint, &shared.connect).await?;
+        let uri = if sender.is_h2() { format!("{}{path}", endpoint.key()) } else { path.to_owned() };
+        if !sender.is_h2() {
+            let host = HeaderValue::try_from(endpoint.authority()).map_err(|_| AttemptError::Invalid("bad host".into()))?;
+            headers.insert(header::HOST, host);
+        }
+        headers.insert(header::USER_AGENT, USER_AGENT);
+        let mut request = http::Request::new(RequestBody::new(body));
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri.parse().map_err(|_| AttemptError::Invalid(format!("bad request path {path}")))?;
+        *request.headers_mut() = headers;
+        let response = within(shared.settings.response_timeout, sender.send(request))
+            .await
+            .ok_or(AttemptError::Timeout("response head"))??;
+        let (parts, incoming) = response.into_parts();
+        let body = UpstreamBody::new(incoming, endpoint.clone(), shared.connect, sender, permit);
+        Ok(Exchange { status: parts.status, headers: parts.headers, body })
+    }
+}
+
+/// Passes 2xx through; turns anything else into the attempt error it is (with the upstream's
+/// OCI error code for a 404, and `Retry-After` for 429/503).
+async fn check_status(exchange: Exchange) -> Result<Exchange, AttemptError> {
+    let status = exchange.status;
+    if status.is_success() {
+        return Ok(exchange);
+    }
+    if status == StatusCode::FORBIDDEN {
+        return Err(AttemptError::Denied);
+    }
+    let retry_after = header_str(&exchange.headers, header::RETRY_AFTER)
+        .and_then(|v| retry::parse_retry_after(&v, std::time::SystemTime::now()));
+    let code = if status == StatusCode::NOT_FOUND {
+        let body = exchange.body.collect(SMALL_BODY_LIMIT, Duration::from_secs(5)).await.unwrap_or_default();
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_owned))
+    } else {
+        None
+    };
+    Err(AttemptError::Status { status: status.as_u16(), retry_after, code })
+}
+
+/// The target of `Link: <…>; rel="next"`, as a path.
+fn next_link(link: &str) -> Option<String> {
+    let target = link.split(';').next()?.trim().strip_prefix('<')?.strip_suffix('>')?;
+    let uri: http::Uri = target.parse().ok()?;
+    uri.path_and_query().map(|p| p.as_str().to_owned())
+}
+
+fn header_str(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok())
+}
+
+/// `application/x-www-form-urlencoded` of `pairs`.
+fn form_encode(pairs: &[(&str, &str)]) -> String {
+    let encode = |text: &str| -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                other => format!("%{other:02X}"),
+            })
+            .collect()
+    };
+    pairs.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_headers() {
+        assert_eq!(next_link(r#"</v2/a/tags/list?n=2&last=b>; rel="next""#).as_deref(), Some("/v2/a/tags/list?n=2&last=b"));
+        assert_eq!(next_link(r#"<https://r.example/v2/a/tags/list?last=b>; rel="next""#).as_deref(), Some("/v2/a/tags/list?last=b"));
+        assert_eq!(next_link("garbage"), None);
+    }
+
+    #[test]
+    fn form_encoding() {
+        assert_eq!(form_encode(&[("scope", "repository:a/b:pull"), ("service", "x y")]), "scope=repository%3Aa%2Fb%3Apull&service=x%20y");
+    }
+}
