@@ -8,4 +8,5 @@ pub mod containerd;
 pub mod docker_config;
 pub mod image;
 pub mod server;
+pub mod token;
 pub mod tools;
