@@ -7,6 +7,7 @@ pub mod client;
 pub mod containerd;
 pub mod docker_config;
 pub mod image;
+pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod token;
