@@ -215,3 +215,25 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.write_all(bytes).expect("gzip");
     encoder.finish().expect("gzip")
 }
+
+/// Writes `layout` as a skopeo `dir:` directory at `out` (created if needed), the transport
+/// that pushes Docker schema2 media types as they are (an OCI layout is meant for OCI types).
+/// `manifest.json` is the top manifest (or list); each instance of a list is
+/// `<hex>.manifest.json`; every config and layer blob is a file named by its hex digest.
+pub fn write_dir_layout(layout: &Layout, out: &Path) {
+    std::fs::create_dir_all(out).expect("dir layout");
+    std::fs::write(out.join("version"), "Directory Transport Version: 1.1\n").expect("version file");
+    let copy = |digest: &str, name: String| {
+        std::fs::copy(layout.blob_path(digest), out.join(name)).unwrap_or_else(|e| panic!("copy {digest}: {e}"));
+    };
+    copy(&layout.top.digest, "manifest.json".into());
+    let is_list = layout.top.digest != layout.image().manifest.digest;
+    for image in &layout.images {
+        if is_list {
+            copy(&image.manifest.digest, format!("{}.manifest.json", image.manifest.hex()));
+        }
+        for blob in std::iter::once(&image.config).chain(&image.layers) {
+            copy(&blob.digest, blob.hex().to_owned());
+        }
+    }
+}

@@ -1,10 +1,14 @@
 //! Shared test support: the server started in-process, a raw HTTP/1.1 client, deterministic
-//! OCI image layouts, and harnesses for the real tools (containerd, skopeo). Nothing here
-//! needs `../shared`.
+//! OCI image layouts, and harnesses for the real tools and peers (containerd, skopeo, the
+//! reference registry, its token service, a fault-injecting proxy). Nothing here needs `../shared`.
 #![allow(dead_code)]
 
 pub mod client;
 pub mod containerd;
+pub mod docker_config;
 pub mod image;
+pub mod proxy;
+pub mod registry;
 pub mod server;
+pub mod token;
 pub mod tools;
