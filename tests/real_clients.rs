@@ -3,32 +3,10 @@
 
 mod support;
 
-use std::path::Path;
-
 use support::containerd::Containerd;
-use support::image::{self, ImageOptions, Layout};
+use support::image::{self, ImageOptions};
 use support::server::{import, TestServer};
 use support::tools::{run, sha256_file, skopeo};
-
-/// Checks a skopeo `dir:` copy: the manifest bytes, and every blob file named by its digest.
-fn assert_dir_copy(out: &Path, layout: &Layout) {
-    let image = layout.image();
-    let manifest = std::fs::read(out.join("manifest.json")).unwrap();
-    assert_eq!(manifest, std::fs::read(layout.blob_path(&image.manifest.digest)).unwrap(), "manifest bytes");
-    let mut blobs: Vec<String> = std::fs::read_dir(out)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "manifest.json" && n != "version")
-        .collect();
-    blobs.sort();
-    let mut expected: Vec<String> = image.layers.iter().chain([&image.config]).map(|d| d.hex().to_owned()).collect();
-    expected.sort();
-    assert_eq!(blobs, expected);
-    for blob in blobs {
-        assert_eq!(sha256_file(&out.join(&blob)), blob, "{blob} has the bytes of its digest");
-    }
-}
 
 #[test]
 fn skopeo_copies_oci_and_docker_images_with_every_digest_matching() {
@@ -43,7 +21,7 @@ fn skopeo_copies_oci_and_docker_images_with_every_digest_matching() {
         let source = format!("docker://{}/{name}:v1", server.addr);
         let out = dir.path().join(format!("out-{}", name.replace('/', "-")));
         run(skopeo().args(["copy", "--src-tls-verify=false", &source, &format!("dir:{}", out.display())]));
-        assert_dir_copy(&out, layout);
+        support::image::assert_dir_copy(&out, layout.image());
         let raw = run(skopeo().args(["inspect", "--raw", "--tls-verify=false", &source]));
         assert_eq!(raw.stdout, std::fs::read(layout.blob_path(&layout.image().manifest.digest)).unwrap());
     }

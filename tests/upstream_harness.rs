@@ -274,7 +274,7 @@ fn assert_stalled_then_complete(addr: SocketAddr, path: &str, stall: Duration, b
 }
 
 #[test]
-fn dropping_the_fault_proxy_ends_its_connections_and_frees_its_port() {
+fn dropping_the_fault_proxy_ends_its_connections_at_once() {
     let registry = ReferenceRegistry::start(RegistryAuth::None);
     let proxy = FaultProxy::start(registry.addr(), vec![Fault::StallAfter(10, Duration::from_secs(120))]);
     let addr = proxy.addr();
@@ -287,7 +287,7 @@ fn dropping_the_fault_proxy_ends_its_connections_and_frees_its_port() {
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest);
     assert!(rest.len() < 200, "the stalled connection was closed, not finished");
-    assert!(TcpStream::connect(addr).is_err(), "nothing listens after drop");
+    // Whether the port is free is not asserted: tests running in parallel may reuse it.
 }
 
 #[test]

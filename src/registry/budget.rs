@@ -104,11 +104,12 @@ impl Budget {
             self.used_bytes.fetch_add(size, Ordering::AcqRel);
             return Reservation::Granted { evicted: Vec::new() };
         };
+        let needed = (self.used_bytes() + size).saturating_sub(max);
+        let Some(victims) = self.victims(needed, &in_use) else {
+            return Reservation::Refused;
+        };
         let mut evicted = Vec::new();
-        while self.used_bytes() + size > max {
-            let Some(victim) = self.least_recently_used(&in_use) else {
-                return Reservation::Refused;
-            };
+        for victim in victims {
             if let Some(entry) = self.entries.remove(&victim) {
                 self.used_bytes.fetch_sub(entry.size.min(self.used_bytes()), Ordering::AcqRel);
                 if let Ok(path) = cache.blob_path(&victim) {
@@ -124,13 +125,29 @@ impl Budget {
         Reservation::Granted { evicted }
     }
 
-    fn least_recently_used(&self, in_use: &impl Fn(&Digest) -> bool) -> Option<Digest> {
-        self.entries
+    /// The least-recently-used evictable blobs that free at least `needed` bytes; `None` if
+    /// all of them together do not (then nothing is evicted for nothing).
+    fn victims(&self, needed: u64, in_use: &impl Fn(&Digest) -> bool) -> Option<Vec<Digest>> {
+        if needed == 0 {
+            return Some(Vec::new());
+        }
+        let mut candidates: Vec<(Digest, Arc<Entry>)> = self
+            .entries
             .entries()
             .into_iter()
             .filter(|(digest, entry)| !entry.pinned.load(Ordering::Acquire) && !in_use(digest))
-            .min_by_key(|(_, entry)| entry.last_used_ms.load(Ordering::Relaxed))
-            .map(|(digest, _)| digest)
+            .collect();
+        candidates.sort_by_key(|(_, entry)| entry.last_used_ms.load(Ordering::Relaxed));
+        let mut freed = 0;
+        let mut victims = Vec::new();
+        for (digest, entry) in candidates {
+            if freed >= needed {
+                break;
+            }
+            freed += entry.size;
+            victims.push(digest);
+        }
+        (freed >= needed).then_some(victims)
     }
 }
 

@@ -166,15 +166,6 @@ impl Content {
         Ok(Some(blob))
     }
 
-    pub async fn has_blob(&self, digest: &Digest) -> bool {
-        if self.blobs.get(digest).is_some() {
-            return true;
-        }
-        let cache = Arc::clone(&self.cache);
-        let wanted = digest.clone();
-        run_blocking(move || cache.contains(&wanted)).await
-    }
-
     /// Makes room for `size` bytes (evicting on the blocking pool); see `Budget::reserve`.
     pub async fn reserve(self: &Arc<Self>, size: u64, cache: &Arc<CacheDir>) -> Reservation {
         let this = Arc::clone(self);

@@ -162,14 +162,9 @@ impl FillContext {
     }
 
     async fn run(self, fill: Arc<Fill>) {
-        let outcome = if self.content.has_blob(&fill.digest).await {
-            // Published by a fill that ended just before this one was created.
-            match self.cache.blob_path(&fill.digest) {
-                Ok(path) => Outcome::Published(path),
-                Err(e) => Outcome::Failed(FillError::Cache(e.to_string())),
-            }
-        } else {
-            self.fetch(&fill).await
+        let outcome = match self.already_cached(&fill).await {
+            Some(outcome) => outcome,
+            None => self.fetch(&fill).await,
         };
         match &outcome {
             Outcome::Failed(error) => tracing::warn!(digest = %fill.digest, remote = %fill.remote, %error, "fill failed"),
@@ -180,6 +175,17 @@ impl FillContext {
         // the published blob in the cache before that, so none starts a second download.
         fill.update(|state| state.outcome = outcome);
         self.fills.table.remove(&fill.digest);
+    }
+
+    /// A blob published by a fill that ended just before this one was created: this fill
+    /// ends at once, with the published file's size as what was written.
+    async fn already_cached(&self, fill: &Arc<Fill>) -> Option<Outcome> {
+        let path = self.cache.blob_path(&fill.digest).ok()?;
+        let probe = path.clone();
+        let size = run_blocking(move || std::fs::metadata(&probe).map(|m| m.len())).await.ok()?;
+        fill.written.store(size, Ordering::Release);
+        fill.update(|state| state.total = Some(Some(size)));
+        Some(Outcome::Published(path))
     }
 
     async fn fetch(&self, fill: &Arc<Fill>) -> Outcome {

@@ -237,3 +237,24 @@ pub fn write_dir_layout(layout: &Layout, out: &Path) {
         }
     }
 }
+
+/// Checks a skopeo `dir:` copy of `image`: the manifest bytes, and every blob file named by
+/// its digest holding exactly the bytes of that digest.
+pub fn assert_dir_copy(out: &Path, image: &BuiltImage) {
+    let manifest = std::fs::read(out.join("manifest.json")).expect("manifest.json");
+    assert_eq!(format!("sha256:{}", hex::encode(sha2::Sha256::digest(&manifest))), image.manifest.digest, "manifest bytes");
+    let mut blobs: Vec<String> = std::fs::read_dir(out)
+        .expect("copy dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "manifest.json" && n != "version")
+        .collect();
+    blobs.sort();
+    let mut expected: Vec<String> = image.layers.iter().chain([&image.config]).map(|d| d.hex().to_owned()).collect();
+    expected.sort();
+    assert_eq!(blobs, expected);
+    for blob in blobs {
+        let bytes = std::fs::read(out.join(&blob)).expect("blob file");
+        assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), blob, "{blob} has the bytes of its digest");
+    }
+}
