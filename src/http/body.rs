@@ -13,9 +13,9 @@ use futures_lite::Stream;
 use hyper::body::{Frame, SizeHint};
 
 use super::io::InFlight;
-use crate::registry::MappedBlob;
+use crate::registry::{BlobChunk, MappedBlob};
 
-pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>>>>;
+pub type ChunkStream = Pin<Box<dyn Stream<Item = io::Result<BlobChunk>>>>;
 
 enum Content {
     Done,
@@ -23,7 +23,7 @@ enum Content {
     /// Bytes that are `file` at `offset` (which never changes): they may go out by sendfile.
     FileSlice(Bytes, Arc<File>, u64),
     /// A stream of `remaining` bytes (`None`: unknown).
-    Stream(ByteStream, Option<u64>),
+    Stream(ChunkStream, Option<u64>),
 }
 
 pub struct ResponseBody {
@@ -59,7 +59,7 @@ impl ResponseBody {
         self
     }
 
-    pub fn stream(stream: ByteStream, len: Option<u64>) -> ResponseBody {
+    pub fn stream(stream: ChunkStream, len: Option<u64>) -> ResponseBody {
         ResponseBody::with(Content::Stream(stream, len))
     }
 
@@ -93,11 +93,18 @@ impl hyper::body::Body for ResponseBody {
                     Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob stream ended early"))))
                 }
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
-                Poll::Ready(Some(Ok(chunk))) => {
-                    let left = remaining.map(|r| r.saturating_sub(chunk.len() as u64));
+                Poll::Ready(Some(Err(error))) => {
+                    // The response is cut short here; hyper only reports that the body failed.
+                    tracing::warn!(%error, "aborting a response whose blob stream failed");
+                    Poll::Ready(Some(Err(error)))
+                }
+                Poll::Ready(Some(Ok(BlobChunk { data, file }))) => {
+                    let left = remaining.map(|r| r.saturating_sub(data.len() as u64));
                     this.content = Content::Stream(stream, left);
-                    Poll::Ready(Some(Ok(Frame::data(chunk))))
+                    if let (Some((file, offset)), Some(in_flight)) = (file, &this.in_flight) {
+                        in_flight.connection().register_file_region(data.clone(), file, offset);
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
                 }
             },
         }

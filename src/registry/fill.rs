@@ -9,7 +9,6 @@ use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +28,15 @@ use crate::upstream::{BlobDownload, RemoteRepository, Upstream, UpstreamError};
 
 /// Bytes gathered before they are written to the temp file (and shown to readers).
 const WRITE_BATCH: usize = 1 << 20;
-/// Largest chunk a reader sends at a time.
-const READ_CHUNK: u64 = 256 * 1024;
+/// Largest chunk a reader sends at a time (one mapping of the file each).
+const READ_CHUNK: u64 = 4 << 20;
+
+/// A piece of a blob for a response: bytes, and where they lie in a file that never changes
+/// (so the stream adapter may send them with sendfile) when they come from one.
+pub struct BlobChunk {
+    pub data: Bytes,
+    pub file: Option<(Arc<File>, u64)>,
+}
 
 /// Why a fill failed; every reader's response is aborted with it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,7 +52,7 @@ pub enum FillError {
 #[derive(Debug, Clone)]
 enum Outcome {
     Running,
-    Published(PathBuf),
+    Published,
     /// Not cached (no room); readers stream from upstream themselves.
     Uncached(String),
     Failed(FillError),
@@ -56,7 +62,10 @@ enum Outcome {
 struct FillState {
     /// Set once upstream answered: the blob's size, if it said.
     total: Option<Option<u64>>,
-    temp_path: Option<PathBuf>,
+    /// The file being written, opened once for all readers: the descriptor stays valid when
+    /// the file is renamed into place (or unlinked on failure), so no reader ever races a
+    /// rename by opening a path.
+    file: Option<Arc<File>>,
     outcome: Outcome,
 }
 
@@ -75,7 +84,7 @@ impl Fill {
             digest,
             remote,
             written: AtomicU64::new(0),
-            state: Mutex::new(FillState { total: None, temp_path: None, outcome: Outcome::Running }),
+            state: Mutex::new(FillState { total: None, file: None, outcome: Outcome::Running }),
             changed: Event::new(),
         }
     }
@@ -87,9 +96,9 @@ impl Fill {
         self.changed.notify(usize::MAX);
     }
 
-    fn snapshot(&self) -> (Option<Option<u64>>, Option<PathBuf>, Outcome) {
+    fn snapshot(&self) -> (Option<Option<u64>>, Option<Arc<File>>, Outcome) {
         match self.state.lock() {
-            Ok(state) => (state.total, state.temp_path.clone(), state.outcome.clone()),
+            Ok(state) => (state.total, state.file.clone(), state.outcome.clone()),
             Err(_) => (None, None, Outcome::Failed(FillError::Cache("fill state poisoned".into()))),
         }
     }
@@ -111,7 +120,7 @@ impl Fill {
 
     /// A stream of `range` of the blob, following the fill (`..u64::MAX`: to the end, whatever
     /// the size turns out to be).
-    pub fn reader(self: &Arc<Self>, range: Range<u64>, upstream: Upstream) -> Pin<Box<dyn Stream<Item = io::Result<Bytes>>>> {
+    pub fn reader(self: &Arc<Self>, range: Range<u64>, upstream: Upstream) -> Pin<Box<dyn Stream<Item = io::Result<BlobChunk>>>> {
         let reader = FillReader { fill: Arc::clone(self), upstream, file: None, pos: range.start, end: range.end, direct: None };
         Box::pin(futures_lite::stream::unfold(reader, |mut reader| async move {
             let item = reader.next().await?;
@@ -181,11 +190,14 @@ impl FillContext {
     /// ends at once, with the published file's size as what was written.
     async fn already_cached(&self, fill: &Arc<Fill>) -> Option<Outcome> {
         let path = self.cache.blob_path(&fill.digest).ok()?;
-        let probe = path.clone();
-        let size = run_blocking(move || std::fs::metadata(&probe).map(|m| m.len())).await.ok()?;
+        let file = run_blocking(move || File::open(&path)).await.ok()?;
+        let size = file.metadata().ok()?.len();
         fill.written.store(size, Ordering::Release);
-        fill.update(|state| state.total = Some(Some(size)));
-        Some(Outcome::Published(path))
+        fill.update(|state| {
+            state.total = Some(Some(size));
+            state.file = Some(Arc::new(file));
+        });
+        Some(Outcome::Published)
     }
 
     async fn fetch(&self, fill: &Arc<Fill>) -> Outcome {
@@ -201,7 +213,7 @@ impl FillContext {
             Reservation::Refused => return Outcome::Uncached("the cache budget is full of blobs in use or pinned".into()),
         }
         let outcome = self.stream_into_cache(fill, &mut download, total, reserved).await;
-        if !matches!(outcome, Outcome::Published(_)) {
+        if !matches!(outcome, Outcome::Published) {
             self.content.release(reserved);
         }
         outcome
@@ -209,17 +221,21 @@ impl FillContext {
 
     async fn stream_into_cache(&self, fill: &Arc<Fill>, download: &mut BlobDownload, total: Option<u64>, reserved: u64) -> Outcome {
         let cache = Arc::clone(&self.cache);
-        let ingest = match run_blocking(move || cache.begin_ingest()).await {
-            Ok(ingest) => ingest,
+        let started = run_blocking(move || {
+            let ingest = cache.begin_ingest()?;
+            let file = File::open(ingest.temp_path()).map_err(StoreError::io("open", ingest.temp_path()))?;
+            Ok::<_, StoreError>((ingest, file))
+        });
+        let (ingest, file) = match started.await {
+            Ok(started) => started,
             Err(e) => return store_failure(e),
         };
-        let temp = ingest.temp_path().to_owned();
-        fill.update(|state| state.temp_path = Some(temp));
+        fill.update(|state| state.file = Some(Arc::new(file)));
         let mut writer = BatchWriter::new(ingest);
         loop {
             match download.next_chunk().await {
                 Ok(Some(chunk)) => {
-                    if let Err(e) = writer.push(&chunk, fill).await {
+                    if let Err(e) = writer.push(chunk, fill).await {
                         return store_failure(e);
                     }
                 }
@@ -234,14 +250,25 @@ impl FillContext {
         let digest = fill.digest.clone();
         let committed = run_blocking(move || ingest.commit(&digest, total)).await;
         match committed {
-            Ok(path) => {
+            Ok(_) => {
                 self.content.published(&fill.digest, download.received(), reserved).await;
-                Outcome::Published(path)
+                Outcome::Published
             }
             Err(e @ (StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. })) => Outcome::Failed(FillError::Corrupt(e.to_string())),
             Err(e) => store_failure(e),
         }
     }
+}
+
+/// `len` bytes of `file` from `offset`, mapped read-only (from the page boundary below).
+fn map_range(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
+    const PAGE: u64 = 4096;
+    let start = offset - offset % PAGE;
+    let skip = (offset - start) as usize;
+    // SAFETY: the file is a fill's temp file or a published blob: only ever appended to, never
+    // truncated or rewritten, so the mapped range keeps its bytes for the mapping's life.
+    let map = unsafe { memmap2::MmapOptions::new().offset(start).len(skip + len as usize).map(file)? };
+    Ok(Bytes::from_owner(map).slice(skip..))
 }
 
 fn store_failure(error: StoreError) -> Outcome {
@@ -254,22 +281,25 @@ fn store_failure(error: StoreError) -> Outcome {
 
 type PendingWrite = Pin<Box<dyn Future<Output = (Ingest, Result<u64, StoreError>)>>>;
 
-/// Writes chunks to the ingest in batches on the blocking pool, one batch in flight while the
-/// next is gathered, and advances the fill's visible length after each.
+/// Writes chunks to the ingest in batches on the blocking pool (which also hashes them), one
+/// batch in flight while the next is gathered, and advances the fill's visible length after
+/// each. Chunks are kept as received, never copied into a batch buffer.
 struct BatchWriter {
     ingest: Option<Ingest>,
     in_flight: Option<PendingWrite>,
-    batch: Vec<u8>,
+    batch: Vec<Bytes>,
+    batch_bytes: usize,
 }
 
 impl BatchWriter {
     fn new(ingest: Ingest) -> BatchWriter {
-        BatchWriter { ingest: Some(ingest), in_flight: None, batch: Vec::with_capacity(WRITE_BATCH) }
+        BatchWriter { ingest: Some(ingest), in_flight: None, batch: Vec::new(), batch_bytes: 0 }
     }
 
-    async fn push(&mut self, chunk: &[u8], fill: &Fill) -> Result<(), StoreError> {
-        self.batch.extend_from_slice(chunk);
-        if self.batch.len() >= WRITE_BATCH {
+    async fn push(&mut self, chunk: Bytes, fill: &Fill) -> Result<(), StoreError> {
+        self.batch_bytes += chunk.len();
+        self.batch.push(chunk);
+        if self.batch_bytes >= WRITE_BATCH {
             self.flush(fill).await?;
         }
         Ok(())
@@ -279,9 +309,10 @@ impl BatchWriter {
     async fn flush(&mut self, fill: &Fill) -> Result<(), StoreError> {
         self.settle(fill).await?;
         let Some(mut ingest) = self.ingest.take() else { return Ok(()) };
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(WRITE_BATCH));
+        let batch = std::mem::take(&mut self.batch);
+        let bytes = std::mem::take(&mut self.batch_bytes) as u64;
         self.in_flight = Some(Box::pin(run_blocking(move || {
-            let written = ingest.write(&batch).map(|()| batch.len() as u64);
+            let written = batch.iter().try_for_each(|chunk| ingest.write(chunk)).map(|()| bytes);
             (ingest, written)
         })));
         Ok(())
@@ -314,14 +345,14 @@ impl BatchWriter {
 struct FillReader {
     fill: Arc<Fill>,
     upstream: Upstream,
-    file: Option<File>,
+    file: Option<Arc<File>>,
     pos: u64,
     end: u64,
     direct: Option<BlobDownload>,
 }
 
 impl FillReader {
-    async fn next(&mut self) -> Option<io::Result<Bytes>> {
+    async fn next(&mut self) -> Option<io::Result<BlobChunk>> {
         loop {
             if self.pos >= self.end {
                 return None;
@@ -337,11 +368,11 @@ impl FillReader {
             match self.fill.snapshot().2 {
                 Outcome::Running => listener.await,
                 // An open-ended read (size unknown at the start) ends where the blob ends.
-                Outcome::Published(_) if self.pos >= written && self.end == u64::MAX => return None,
-                Outcome::Published(_) if self.pos >= written => {
+                Outcome::Published if self.pos >= written && self.end == u64::MAX => return None,
+                Outcome::Published if self.pos >= written => {
                     return Some(Err(io::Error::other("blob shorter than the range asked")));
                 }
-                Outcome::Published(_) => {}
+                Outcome::Published => {}
                 Outcome::Failed(error) => return Some(Err(io::Error::other(error.to_string()))),
                 Outcome::Uncached(_) => match self.upstream.blob(&self.fill.remote, &self.fill.digest.to_string(), self.pos).await {
                     Ok(download) => self.direct = Some(download),
@@ -351,45 +382,28 @@ impl FillReader {
         }
     }
 
-    /// Reads the next chunk below `written` from the temp (or published) file. The bytes were
-    /// just written, so this is a page-cache copy, not a disk wait.
-    fn read_file(&mut self, written: u64) -> io::Result<Bytes> {
+    /// Maps the next chunk below `written` of the fill's file. The file is only ever appended
+    /// to and never truncated, so the mapping stays valid; the bytes were just written, so
+    /// they are in the page cache.
+    fn read_file(&mut self, written: u64) -> io::Result<BlobChunk> {
         if self.file.is_none() {
-            self.file = Some(self.open_file()?);
+            self.file = self.fill.snapshot().1;
         }
-        let len = READ_CHUNK.min(written - self.pos).min(self.end - self.pos);
-        let mut buffer = vec![0u8; len as usize];
         let file = self.file.as_ref().ok_or_else(|| io::Error::other("no file"))?;
-        file.read_exact_at(&mut buffer, self.pos)?;
+        let len = READ_CHUNK.min(written - self.pos).min(self.end - self.pos);
+        let data = map_range(file, self.pos, len)?;
+        let chunk = BlobChunk { data, file: Some((Arc::clone(file), self.pos)) };
         self.pos += len;
-        Ok(Bytes::from(buffer))
+        Ok(chunk)
     }
 
-    /// The temp file, or the published blob if the fill already renamed it.
-    fn open_file(&self) -> io::Result<File> {
-        let (_, temp, outcome) = self.fill.snapshot();
-        let published = match outcome {
-            Outcome::Published(path) => Some(path),
-            _ => None,
-        };
-        for path in temp.iter().chain(published.iter()) {
-            if let Ok(file) = File::open(path) {
-                return Ok(file);
-            }
-        }
-        match self.fill.snapshot().2 {
-            Outcome::Published(path) => File::open(path),
-            _ => Err(io::Error::other("the fill's file is gone")),
-        }
-    }
-
-    async fn next_direct(&mut self) -> Option<io::Result<Bytes>> {
+    async fn next_direct(&mut self) -> Option<io::Result<BlobChunk>> {
         let download = self.direct.as_mut()?;
         match download.next_chunk().await {
             Ok(Some(chunk)) => {
                 let take = (self.end - self.pos).min(chunk.len() as u64) as usize;
                 self.pos += take as u64;
-                Some(Ok(chunk.slice(..take)))
+                Some(Ok(BlobChunk { data: chunk.slice(..take), file: None }))
             }
             Ok(None) if self.end == u64::MAX => None,
             Ok(None) => Some(Err(io::Error::other("upstream ended before the range"))),

@@ -18,13 +18,12 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_lite::Stream;
 use http::HeaderValue;
 
 pub use content::{MappedBlob, StoredManifest};
 pub use error::{FailureClass, RegistryError};
-pub use fill::FillError;
+pub use fill::{BlobChunk, FillError};
 pub use mirror::MirrorSettings;
 
 use crate::oci::accept::AcceptList;
@@ -84,7 +83,7 @@ impl FillingBlob {
     }
 
     /// `range` of the blob as it arrives; an error ends the stream (and the response).
-    pub fn stream(&self, range: Range<u64>) -> Pin<Box<dyn Stream<Item = std::io::Result<Bytes>>>> {
+    pub fn stream(&self, range: Range<u64>) -> Pin<Box<dyn Stream<Item = std::io::Result<BlobChunk>>>> {
         self.fill.reader(range, self.upstream.clone())
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use glommio::net::TcpListener;
 use glommio::sync::Gate;
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
 pub use shutdown::ShutdownKind;
 
@@ -26,6 +26,8 @@ use shutdown::{Drain, ShutdownSignal};
 /// glommio's DMA buffer pool per executor. We do no O_DIRECT file I/O, and the default
 /// (10 MiB) would not fit an 8 MiB memlock limit once there are two executors.
 const IO_MEMORY_BYTES: usize = 1 << 20;
+/// Threads in each executor's blocking pool (file I/O, hashing, DNS).
+const BLOCKING_THREADS: usize = 2;
 /// Back-off after a failed accept (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 
@@ -96,6 +98,9 @@ impl Server {
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("rf-core-{core}"))
                 .io_memory(IO_MEMORY_BYTES)
+                // Hashing and writing fills runs on the blocking pool; pinned to the executor's
+                // CPU (glommio's default) it would compete with the executor for one core.
+                .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS))
                 .spawn(move || shard.run())
                 .map_err(|e| RuntimeError::Executor { core, reason: e.to_string() })?;
             executors.push(handle);
