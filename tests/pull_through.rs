@@ -389,3 +389,69 @@ fn an_unreachable_upstream_is_503_after_retries() {
     let blob = get(facade.addr, &mirror_path("blobs", &format!("sha256:{}", "ab".repeat(32))));
     assert_eq!(blob.status, 503);
 }
+
+#[test]
+fn an_https_upstream_with_a_private_ca_is_reached_over_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::tls::TestCa::create(dir.path());
+    let registry = ReferenceRegistry::start(RegistryAuth::None);
+    let layout = push_image(&registry, dir.path(), ImageOptions { layers: vec![2 << 20], seed: 14, ..ImageOptions::default() });
+    let front = support::nginx::Nginx::start(|port, _| {
+        format!(
+            "listen 127.0.0.1:{port} ssl http2;\nssl_certificate {};\nssl_certificate_key {};\n\
+             location / {{ proxy_pass http://{}; proxy_set_header Host $http_host; proxy_buffering off; }}",
+            ca.server_cert.display(),
+            ca.server_key.display(),
+            registry.host()
+        )
+    });
+    let https = |ca_file: Option<&std::path::Path>| {
+        let ca_key = ca_file.map(|p| format!(r#", "caFile": {:?}"#, p.display().to_string())).unwrap_or_default();
+        format!(
+            r#""registries": {{"{h}": {{"endpoint": "https://{h}"{ca_key}}}}}, "mirrors": {{"up": "{h}"}}, "upstream": {{{QUICK_RETRIES}}}"#,
+            h = front.host()
+        )
+    };
+    let facade = TestServer::start(&https(Some(&ca.ca_cert)));
+    let layer = &layout.image().layers[0];
+    let manifest = get(facade.addr, &mirror_path("manifests", "latest"));
+    assert_eq!(manifest.header("docker-content-digest"), Some(layout.top.digest.as_str()));
+    assert_blob(&get(facade.addr, &mirror_path("blobs", &layer.digest)), &layer.digest, layer.size);
+    let log = front.access_log();
+    assert!(!log.is_empty() && log.iter().all(|l| l.starts_with("HTTP/2.0")), "TLS with ALPN h2: {log:#?}");
+
+    let untrusted = TestServer::start(&https(None));
+    let refused = get(untrusted.addr, &mirror_path("manifests", "latest"));
+    assert_eq!(refused.status, 503, "a certificate from an unknown CA is refused");
+    assert!(refused.json()["errors"][0]["message"].as_str().unwrap().contains("TLS"), "{:?}", refused.json());
+}
+
+#[test]
+fn blob_redirects_are_followed_without_sending_credentials_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = ReferenceRegistry::start(RegistryAuth::Htpasswd { user: "alice", password: "s3cret" });
+    let layout = push_image(&registry, dir.path(), ImageOptions { layers: vec![1 << 20], seed: 15, ..ImageOptions::default() });
+    let layer = layout.image().layers[0].clone();
+    let blob_dir = layout.dir.join("blobs/sha256").display().to_string();
+    let storage = support::nginx::Nginx::start(|port, _| format!("listen 127.0.0.1:{port};\nlocation /objects/ {{ alias {blob_dir}/; }}"));
+    let front = support::nginx::Nginx::start(|port, _| {
+        format!(
+            "listen 127.0.0.1:{port};\nlocation ~ ^/v2/.*/blobs/sha256:([0-9a-f]+)$ {{\n\
+               if ($http_authorization = \"\") {{ add_header WWW-Authenticate 'Basic realm=\"r\"' always; return 401; }}\n\
+               return 307 http://{s}/objects/$1; }}\n\
+             location / {{ proxy_pass http://{r}; proxy_set_header Host $http_host; }}",
+            s = storage.host(),
+            r = registry.host()
+        )
+    });
+    let config = write_docker_config(dir.path(), &front.host(), "alice", "s3cret");
+    let extra = format!(r#""dockerConfig": {:?}"#, config.display().to_string());
+    let facade = TestServer::start(&mirror_config(&front.host(), &front.host(), &extra));
+    assert_blob(&get(facade.addr, &mirror_path("blobs", &layer.digest)), &layer.digest, layer.size);
+    let redirects: Vec<String> = front.access_log().into_iter().filter(|l| l.contains(" 307 ")).collect();
+    assert_eq!(redirects.len(), 1, "{:#?}", front.access_log());
+    assert!(redirects[0].contains("auth=\"Basic"), "the registry itself got our credentials: {redirects:?}");
+    let fetched = storage.access_log();
+    assert_eq!(fetched.len(), 1, "{fetched:#?}");
+    assert!(fetched[0].contains(" 200 ") && fetched[0].ends_with("auth=\"-\""), "no credentials to the other host (nginx logs an absent header as -): {fetched:?}");
+}

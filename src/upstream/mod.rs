@@ -114,6 +114,9 @@ struct Shared {
     endpoints: Endpoints,
     credentials: CredentialStore,
     tokens: TokenCache,
+    /// Hosts that answered a Basic challenge: later requests carry Basic at once instead of
+    /// costing a 401 round trip each.
+    basic_hosts: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 /// A response head and its (still unread) body.
@@ -134,7 +137,8 @@ impl Upstream {
             tls_timeout: settings.tls_timeout,
             max_per_origin: settings.max_connections_per_host,
         };
-        Ok(Upstream { shared: Arc::new(Shared { settings, connect, endpoints, credentials, tokens: TokenCache::default() }) })
+        let shared = Shared { settings, connect, endpoints, credentials, tokens: TokenCache::default(), basic_hosts: Default::default() };
+        Ok(Upstream { shared: Arc::new(shared) })
     }
 
     pub fn settings(&self) -> &UpstreamSettings {
@@ -266,6 +270,10 @@ impl Upstream {
         if let Some(token) = self.shared.tokens.get(host, scope, Instant::now()) {
             return auth::bearer_header(&token);
         }
+        let wants_basic = self.shared.basic_hosts.read().is_ok_and(|hosts| hosts.contains(host));
+        if wants_basic {
+            return self.shared.credentials.get(host, crate::hyper_glue::coarse_now_ms()).and_then(|c| c.basic_header());
+        }
         None
     }
 
@@ -280,7 +288,13 @@ impl Upstream {
             .ok_or(AttemptError::Unauthorized)?;
         let credential = self.shared.credentials.get(&repo.host, crate::hyper_glue::coarse_now_ms());
         match challenge {
-            Challenge::Basic => credential.and_then(|c| c.basic_header()).ok_or(AttemptError::Unauthorized),
+            Challenge::Basic => {
+                let header = credential.and_then(|c| c.basic_header()).ok_or(AttemptError::Unauthorized)?;
+                if let Ok(mut hosts) = self.shared.basic_hosts.write() {
+                    hosts.insert(repo.host.clone());
+                }
+                Ok(header)
+            }
             Challenge::Bearer { realm, service, scope: challenged_scope } => {
                 let scope = challenged_scope.unwrap_or_else(|| scope.to_owned());
                 let (token, expires) = self.fetch_token(&realm, service.as_deref(), &scope, credential.as_ref()).await?;
