@@ -455,3 +455,22 @@ fn blob_redirects_are_followed_without_sending_credentials_along() {
     assert_eq!(fetched.len(), 1, "{fetched:#?}");
     assert!(fetched[0].contains(" 200 ") && fetched[0].ends_with("auth=\"-\""), "no credentials to the other host (nginx logs an absent header as -): {fetched:?}");
 }
+
+#[test]
+fn a_client_that_disconnects_does_not_cancel_the_fill_others_wait_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = ReferenceRegistry::start(RegistryAuth::None);
+    let layout = push_image(&registry, dir.path(), ImageOptions { layers: vec![16 << 20], gzip: false, seed: 16, ..ImageOptions::default() });
+    let layer = layout.image().layers[0].clone();
+    let proxy = FaultProxy::start(registry.addr(), vec![Fault::StallAfter(4 << 20, Duration::from_secs(2))]);
+    let facade = TestServer::start(&mirror_config_with(&registry.host(), &proxy.addr().to_string(), &format!(r#""readTimeoutMs": 60000, {QUICK_RETRIES}"#), ""));
+    let path = mirror_path("blobs", &layer.digest);
+    {
+        let mut quitter = support::client::connect(facade.addr);
+        write!(quitter, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut some = [0u8; 64 * 1024];
+        quitter.read_exact(&mut some).unwrap();
+    }
+    assert_blob(&get(facade.addr, &path), &layer.digest, layer.size);
+    assert_eq!(registry.blob_gets(&layer.digest), 1, "the fill went on after its first client left, and was shared");
+}
