@@ -173,18 +173,8 @@ fn serve_refuses_bad_configuration_naming_the_key() {
 #[test]
 fn sigterm_stops_the_server_and_it_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let child = facade_binary()
-        .args(["serve", "--listen", "127.0.0.1:0", "--cores", "1", "--cache-dir"])
-        .arg(dir.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = support::tools::ChildGuard(child);
-    let stderr = child.0.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    let serving = lines.by_ref().map_while(Result::ok).find(|l| l.contains("registry-facade serving")).expect("it starts");
-    let addr = serving.split("listen=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect(&serving);
-    let addr: std::net::SocketAddr = addr.parse().expect(&serving);
+    let args = ["serve", "--listen", "127.0.0.1:0", "--cores", "1", "--cache-dir"].map(std::ffi::OsStr::new);
+    let (mut child, addr) = support::server::spawn_binary(&[&args[..], &[dir.path().as_os_str()]].concat());
     assert_eq!(support::client::get(addr, "/v2/demo/manifests/latest").status, 200);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };

@@ -245,19 +245,7 @@ fn temp_bytes(cache: &std::path::Path) -> u64 {
 }
 
 fn start_facade_process(config: &std::path::Path) -> (support::tools::ChildGuard, std::net::SocketAddr) {
-    let child = support::tools::facade_binary()
-        .arg("--config")
-        .arg(config)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = support::tools::ChildGuard(child);
-    let stderr = child.0.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    let serving = lines.by_ref().map_while(Result::ok).find(|l| l.contains("registry-facade serving")).expect("the facade starts");
-    std::thread::spawn(move || lines.for_each(drop));
-    let addr = serving.split("listen=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().parse().unwrap();
-    (child, addr)
+    support::server::spawn_binary(&[std::ffi::OsStr::new("--config"), config.as_os_str()])
 }
 
 #[test]

@@ -82,3 +82,20 @@ pub fn import(cache_dir: &Path, layout: &Path, name: &str, tag: Option<&str>) {
     let tag = tag.map(|t| t.parse().expect("valid tag"));
     import_layout(&cache, layout, &name, tag.as_ref()).expect("import succeeds");
 }
+
+/// Runs the facade binary with `args` until it logs that it is serving; returns the process
+/// (killed when dropped) and the address it listens on. Its later log lines are drained.
+pub fn spawn_binary(args: &[&std::ffi::OsStr]) -> (super::tools::ChildGuard, SocketAddr) {
+    let child = super::tools::facade_binary()
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the facade binary");
+    let mut child = super::tools::ChildGuard(child);
+    let stderr = child.0.stderr.take().expect("piped stderr");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let serving = lines.by_ref().map_while(Result::ok).find(|l| l.contains("registry-facade serving")).expect("the facade starts");
+    std::thread::spawn(move || lines.for_each(drop));
+    let addr = serving.split("listen=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect(&serving);
+    (child, addr.parse().expect(&serving))
+}
