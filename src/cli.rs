@@ -78,7 +78,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let overrides = Overrides { listen: args.listen, cache_dir: args.cache_dir, cores: args.cores };
     let config = Config::load(args.config.as_deref(), &overrides).map_err(|e| e.to_string())?;
     init_logging(&config.log);
-    let server = app::start(&config).map_err(|e| e.to_string())?;
+    let server = match &args.config {
+        Some(path) => app::start_watching(&config, path, &overrides),
+        None => app::start(&config),
+    }
+    .map_err(|e| e.to_string())?;
     forward_signals(server.stopper())?;
     server.join().map_err(|e| e.to_string())?;
     tracing::info!("stopped");

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::http::HttpSettings;
 use crate::oci::manifest::Platform;
+use crate::registry::static_layers::StaticLayerConfig;
 use crate::registry::{MirrorSettings, RegistrySettings};
 use crate::runtime::RuntimeSettings;
 use crate::upstream::{RegistryConfig, RetryPolicy, UpstreamSettings};
@@ -45,6 +46,38 @@ struct ConfigFile {
     mirror_tag_ttl_ms: Option<u64>,
     docker_config: Option<PathBuf>,
     upstream: Option<UpstreamFile>,
+    admin_listen: Option<String>,
+    specs: Option<SpecsFile>,
+    static_layers: Option<Vec<StaticLayerFile>>,
+    content_layers: Option<ContentLayersFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SpecsFile {
+    fixed_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct StaticLayerFile {
+    #[serde(rename = "type")]
+    kind: StaticLayerKind,
+    #[serde(rename = "ref")]
+    reference: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StaticLayerKind {
+    File,
+    Image,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ContentLayersFile {
+    redirect: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,16 +235,37 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
         return Err(invalid("cacheMaxBytes", "must be greater than 0 (leave it out for no limit)".into()));
     }
     let mirrors = validate_mirrors(file.mirrors.unwrap_or_default()).map_err(|(key, m)| invalid(&key, m))?;
+    let admin_listen = file.admin_listen.as_deref().map(|text| parse_listen(text).map_err(|m| invalid("adminListen", m))).transpose()?;
+    if admin_listen.is_some_and(|admin| admin == listen && admin.port() != 0) {
+        return Err(invalid("adminListen", "must differ from listen: the admin API is never on the public port".into()));
+    }
+    let static_layers = file
+        .static_layers
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(index, layer)| match layer.kind {
+            StaticLayerKind::File if layer.reference.is_empty() => Err(invalid(&format!("staticLayers[{index}].ref"), "must name a .tar.gz file".into())),
+            StaticLayerKind::File => Ok(StaticLayerConfig::File(PathBuf::from(layer.reference))),
+            StaticLayerKind::Image => match layer.reference.parse::<crate::spec::SourceRef>() {
+                Ok(_) => Ok(StaticLayerConfig::Image(layer.reference)),
+                Err(e) => Err(invalid(&format!("staticLayers[{index}].ref"), e)),
+            },
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let registry = RegistrySettings {
         platform,
         cache_max_bytes: file.cache_max_bytes,
         mirrors: MirrorSettings { aliases: mirrors, tag_ttl: positive_ms("mirrorTagTtlMs", file.mirror_tag_ttl_ms, DEFAULT_MIRROR_TAG_TTL_MS)? },
+        fixed_specs: file.specs.and_then(|s| s.fixed_file),
+        static_layers,
+        redirect_content_layers: file.content_layers.and_then(|c| c.redirect).unwrap_or(true),
     };
     let upstream = upstream_settings(file.registries.unwrap_or_default(), file.docker_config, file.upstream.unwrap_or_default(), &invalid)?;
     Ok(Config {
         cache_dir,
         demo_image: file.demo_image.unwrap_or(true),
-        runtime: RuntimeSettings { listen, cores, shutdown_grace, http },
+        runtime: RuntimeSettings { listen, admin_listen, cores, shutdown_grace, http },
         registry,
         upstream,
         log: LogSettings { format: log_file.format.unwrap_or_default(), level },
@@ -320,6 +374,10 @@ mod tests {
         assert!(error(r#"{"upstream": {"readTimeoutMs": 0}}"#).contains("upstream.readTimeoutMs: must be greater than 0"));
         assert!(error(r#"{"registries": {"r": {"endpiont": "x"}}}"#).contains("registries.r.endpiont: unknown field"));
         assert!(error(r#"{"cacheMaxBytes": 0}"#).contains("cacheMaxBytes"));
+        assert!(error(r#"{"staticLayers": [{"type": "tarball", "ref": "x"}]}"#).contains("staticLayers[0].type: unknown variant"));
+        assert!(error(r#"{"staticLayers": [{"type": "image", "ref": "B@D"}]}"#).contains("staticLayers[0].ref:"));
+        assert!(error(r#"{"adminListen": "127.0.0.1:5000"}"#).contains("adminListen: must differ from listen"));
+        assert!(error(r#"{"specs": {"fixedfile": "x"}}"#).contains("specs.fixedfile: unknown field"));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! runtime                 executors, listeners, shutdown and drain
 //! http                    hyper glue: stream adapter, timer, connections, dispatch, responses
 //! registry                the facade's rules: repositories, manifests, blobs, import, demo
-//! store, upstream         the cache on disk; the client of upstream registries
+//! store, spec, upstream   the cache on disk; image specs and their stores; the upstream client
 //! oci, table, hyper_glue  protocol types (no I/O); the lock-free shared map; hyper on glommio
 //! ```
 
@@ -21,6 +21,7 @@ pub mod hyper_glue;
 pub mod oci;
 pub mod registry;
 pub mod runtime;
+pub mod spec;
 pub mod store;
 pub mod table;
 pub mod upstream;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 
-use super::dispatch;
+use super::{admin, dispatch, Role};
 use super::io::{coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Timeout};
 use super::HttpContext;
 
@@ -38,7 +38,10 @@ pub async fn serve_tcp(stream: glommio::net::TcpStream, ctx: Rc<HttpContext>, dr
         let ctx = Rc::clone(&service_ctx);
         let in_flight = service_activity.begin_request();
         async move {
-            let mut response = dispatch::handle(request, &ctx).await;
+            let mut response = match ctx.role {
+                Role::Registry => dispatch::handle(request, &ctx).await,
+                Role::Admin => admin::handle(request, &ctx).await,
+            };
             response.body_mut().track(in_flight);
             Ok::<_, Infallible>(response)
         }

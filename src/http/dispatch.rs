@@ -48,6 +48,8 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext) -> Result<Response<R
                     let size = filling.size().await?;
                     response::filling_blob(&filling, size, range, head)
                 }
+                BlobReply::Inline { bytes, digest_header, etag } => response::inline_blob(bytes, &digest_header, &etag, range, head),
+                BlobReply::Redirect(url) => Ok(response::redirect(&url)),
             }
         }
         Route::TagsList { name } => {

@@ -43,41 +43,10 @@ impl Failure {
             Failure::Route(RouteError::PaginationNumberInvalid) => ErrorCode::PaginationNumberInvalid,
             Failure::MethodNotAllowed(_) => ErrorCode::Unsupported,
             Failure::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
-            Failure::Registry(e) => match e {
-                RegistryError::NameUnknown(_) | RegistryError::UpstreamNameUnknown(_) => ErrorCode::NameUnknown,
-                RegistryError::ManifestUnknown { .. } | RegistryError::NotAcceptable(_) | RegistryError::UpstreamManifestUnknown { .. } => {
-                    ErrorCode::ManifestUnknown
-                }
-                RegistryError::BlobUnknown { .. } => ErrorCode::BlobUnknown,
-                RegistryError::Denied(_) => ErrorCode::Denied,
-                RegistryError::Upstream { error, .. } | RegistryError::Fill(FillError::Upstream(error)) => upstream_code(error),
-                RegistryError::Fill(FillError::Corrupt(_)) => ErrorCode::UpstreamInvalid,
-                RegistryError::Fill(FillError::Cache(_))
-                | RegistryError::MissingContent(_)
-                | RegistryError::Store(_)
-                | RegistryError::CorruptManifest { .. } => ErrorCode::Unknown,
-            },
+            Failure::Registry(e) => registry_code(e),
         }
     }
 
-}
-
-/// The client's status for an upstream failure: its refusals pass through (401, 403, 404,
-/// 429); an outage is 503, a timeout 504, anything unusable 502.
-fn upstream_code(error: &UpstreamError) -> ErrorCode {
-    match error {
-        UpstreamError::NotFound { .. } => ErrorCode::BlobUnknown,
-        UpstreamError::Unauthorized { .. } => ErrorCode::Unauthorized,
-        UpstreamError::Denied { .. } => ErrorCode::Denied,
-        UpstreamError::TooManyRequests { .. } => ErrorCode::TooManyRequests,
-        UpstreamError::Unreachable { .. } => ErrorCode::Unavailable,
-        UpstreamError::TimedOut { .. } => ErrorCode::UpstreamTimeout,
-        UpstreamError::BadStatus { .. } | UpstreamError::Invalid { .. } => ErrorCode::UpstreamInvalid,
-        UpstreamError::Config(_) => ErrorCode::Unknown,
-    }
-}
-
-impl Failure {
     /// Logs the cause and returns what the client is told.
     pub fn to_wire(&self, method: &http::Method, path: &str) -> WireError {
         let code = self.code();
@@ -95,5 +64,41 @@ impl Failure {
                 WireError { code, message: None }
             }
         }
+    }
+}
+
+fn registry_code(error: &RegistryError) -> ErrorCode {
+    match error {
+        RegistryError::NameUnknown(_) | RegistryError::UpstreamNameUnknown(_) => ErrorCode::NameUnknown,
+        RegistryError::ManifestUnknown { .. } | RegistryError::NotAcceptable(_) | RegistryError::UpstreamManifestUnknown { .. } => ErrorCode::ManifestUnknown,
+        RegistryError::BlobUnknown { .. } => ErrorCode::BlobUnknown,
+        RegistryError::Denied(_) => ErrorCode::Denied,
+        RegistryError::Upstream { error, .. } | RegistryError::Fill(FillError::Upstream(error)) => upstream_code(error),
+        RegistryError::Fill(FillError::Corrupt(_)) | RegistryError::NotAnImage { .. } | RegistryError::Compose(_) => ErrorCode::UpstreamInvalid,
+        // An image a spec names could not be had: the client cannot fix our credentials, so
+        // upstream refusals of them become 502; everything else keeps its code.
+        RegistryError::Input { error, .. } => match registry_code(error) {
+            ErrorCode::Unauthorized | ErrorCode::Denied => ErrorCode::UpstreamInvalid,
+            other => other,
+        },
+        RegistryError::Composition(error) => registry_code(error),
+        RegistryError::Fill(FillError::Cache(_)) | RegistryError::MissingContent(_) | RegistryError::Store(_) | RegistryError::CorruptManifest { .. } => {
+            ErrorCode::Unknown
+        }
+    }
+}
+
+/// The client's status for an upstream failure: its refusals pass through (401, 403, 404,
+/// 429); an outage is 503, a timeout 504, anything unusable 502.
+fn upstream_code(error: &UpstreamError) -> ErrorCode {
+    match error {
+        UpstreamError::NotFound { .. } => ErrorCode::BlobUnknown,
+        UpstreamError::Unauthorized { .. } => ErrorCode::Unauthorized,
+        UpstreamError::Denied { .. } => ErrorCode::Denied,
+        UpstreamError::TooManyRequests { .. } => ErrorCode::TooManyRequests,
+        UpstreamError::Unreachable { .. } => ErrorCode::Unavailable,
+        UpstreamError::TimedOut { .. } => ErrorCode::UpstreamTimeout,
+        UpstreamError::BadStatus { .. } | UpstreamError::Invalid { .. } => ErrorCode::UpstreamInvalid,
+        UpstreamError::Config(_) => ErrorCode::Unknown,
     }
 }

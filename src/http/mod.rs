@@ -2,6 +2,7 @@
 //! pull API to the registry, bodies and responses. Talks to `registry` only; never to the
 //! cache or upstream directly.
 
+mod admin;
 mod body;
 mod connection;
 mod dispatch;
@@ -31,11 +32,21 @@ pub struct HttpSettings {
     pub max_header_bytes: usize,
 }
 
-/// What every connection of one executor shares: the registry and the configured hyper
-/// builder. `!Send`: it lives on its executor.
+/// Which API a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The OCI pull API, for clients.
+    Registry,
+    /// The admin API (specs), for orchestrators; never on the public port.
+    Admin,
+}
+
+/// What every connection of one listener on one executor shares: the registry, the role and
+/// the configured hyper builder. `!Send`: it lives on its executor.
 pub struct HttpContext {
     registry: Arc<Registry>,
     settings: HttpSettings,
+    role: Role,
     builder: auto::Builder<LocalExec>,
 }
 
@@ -43,7 +54,7 @@ pub struct HttpContext {
 const MAX_HEADERS: usize = 100;
 
 impl HttpContext {
-    pub fn new(registry: Arc<Registry>, settings: HttpSettings) -> Rc<HttpContext> {
+    pub fn new(registry: Arc<Registry>, settings: HttpSettings, role: Role) -> Rc<HttpContext> {
         let mut builder = auto::Builder::new(LocalExec);
         builder
             .http1()
@@ -60,6 +71,6 @@ impl HttpContext {
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        Rc::new(HttpContext { registry, settings, builder })
+        Rc::new(HttpContext { registry, settings, role, builder })
     }
 }

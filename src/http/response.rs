@@ -116,6 +116,26 @@ pub fn filling_blob(filling: &FillingBlob, len: Option<u64>, range: RangeRequest
     Ok(blob_headers(response, &filling.digest_header, &filling.etag))
 }
 
+/// A blob held in memory (a composed config, a direct content layer), whole or a range.
+///
+/// # Errors
+/// `RangeNotSatisfiable` when the range selects nothing of the blob.
+pub fn inline_blob(bytes: Bytes, digest_header: &HeaderValue, etag: &HeaderValue, range: RangeRequest, head: bool) -> Result<Response<ResponseBody>, Failure> {
+    let len = bytes.len() as u64;
+    let response = match select(range, len)? {
+        None => with_body(StatusCode::OK, bytes, head),
+        Some(part) => with_content_range(with_body(StatusCode::PARTIAL_CONTENT, bytes.slice(part.start as usize..part.end as usize), head), &part, len),
+    };
+    Ok(blob_headers(response, digest_header, etag))
+}
+
+/// A blob the client fetches elsewhere (a remote content layer): 307 to its URL.
+pub fn redirect(url: &str) -> Response<ResponseBody> {
+    let mut response = with_body(StatusCode::TEMPORARY_REDIRECT, Bytes::new(), false);
+    response.headers_mut().insert(header::LOCATION, header_value(url.to_owned()));
+    response
+}
+
 /// HEAD of a blob that is not cached: what upstream says of it.
 pub fn remote_blob_head(size: Option<u64>, digest_header: &HeaderValue, etag: &HeaderValue) -> Response<ResponseBody> {
     let response = match size {

@@ -25,6 +25,7 @@ pub(crate) use serde_via_str;
 pub mod accept;
 pub mod digest;
 pub mod error_code;
+pub mod image_ref;
 pub mod manifest;
 pub mod media_type;
 pub mod name;
@@ -34,5 +35,6 @@ pub mod route;
 
 pub use digest::Digest;
 pub use error_code::ErrorCode;
+pub use image_ref::ImageRef;
 pub use name::{RepositoryName, Tag};
 pub use reference::Reference;

@@ -147,6 +147,32 @@ impl Content {
         Ok(stored)
     }
 
+    /// A small blob (an image config) read whole and verified; `None` if not cached.
+    ///
+    /// # Errors
+    /// The file cannot be read, is larger than `max_len`, or does not match its digest.
+    pub async fn small_blob(&self, digest: &Digest, max_len: usize) -> Result<Option<Bytes>, RegistryError> {
+        let cache = Arc::clone(&self.cache);
+        let wanted = digest.clone();
+        let read = run_blocking(move || cache.read_verified(&wanted, max_len as u64)).await?;
+        if read.is_some() {
+            self.budget.touch(digest, coarse_now_ms());
+        }
+        Ok(read.map(Bytes::from))
+    }
+
+    /// Caches a small blob fetched whole and already verified; a failure to cache is logged,
+    /// the bytes are still used.
+    pub async fn store_small_blob(&self, digest: &Digest, bytes: Bytes) {
+        let cache = Arc::clone(&self.cache);
+        let wanted = digest.clone();
+        let size = bytes.len() as u64;
+        match run_blocking(move || cache.put_verified(&wanted, &bytes)).await {
+            Ok(()) => self.budget.add(digest.clone(), size, coarse_now_ms()),
+            Err(e) => tracing::warn!(%digest, error = %e, "blob used without caching"),
+        }
+    }
+
     /// The blob `digest` mapped from the cache; `None` if it is not cached.
     ///
     /// # Errors

@@ -1,5 +1,8 @@
 //! What can go wrong while answering a registry request, classified by whose fault it is.
 
+use std::sync::Arc;
+
+use super::compose::ComposeError;
 use super::fill::FillError;
 use crate::oci::{Digest, RepositoryName};
 use crate::store::StoreError;
@@ -33,6 +36,14 @@ pub enum RegistryError {
     Upstream { remote: String, error: UpstreamError },
     #[error("fetching from upstream: {0}")]
     Fill(FillError),
+    #[error("{reference}: {error}")]
+    Input { reference: String, error: Arc<RegistryError> },
+    #[error("{reference} cannot be used: {reason}")]
+    NotAnImage { reference: String, reason: String },
+    #[error("{0}")]
+    Composition(Arc<RegistryError>),
+    #[error("cannot compose: {0}")]
+    Compose(#[from] ComposeError),
     #[error("the cache lost {0}, which a repository record refers to")]
     MissingContent(Digest),
     #[error("cache: {0}")]
@@ -51,7 +62,8 @@ impl RegistryError {
             | RegistryError::Denied(_)
             | RegistryError::UpstreamNameUnknown(_)
             | RegistryError::UpstreamManifestUnknown { .. } => FailureClass::Client,
-            RegistryError::Upstream { .. } | RegistryError::Fill(_) => FailureClass::Upstream,
+            RegistryError::Upstream { .. } | RegistryError::Fill(_) | RegistryError::NotAnImage { .. } | RegistryError::Compose(_) => FailureClass::Upstream,
+            RegistryError::Input { error, .. } | RegistryError::Composition(error) => error.class(),
             RegistryError::Store(_) | RegistryError::MissingContent(_) | RegistryError::CorruptManifest { .. } => FailureClass::Internal,
         }
     }
@@ -60,6 +72,7 @@ impl RegistryError {
     pub fn upstream_error(&self) -> Option<&UpstreamError> {
         match self {
             RegistryError::Upstream { error, .. } | RegistryError::Fill(FillError::Upstream(error)) => Some(error),
+            RegistryError::Input { error, .. } | RegistryError::Composition(error) => error.upstream_error(),
             _ => None,
         }
     }

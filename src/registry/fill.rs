@@ -24,7 +24,7 @@ use super::content::Content;
 use crate::oci::Digest;
 use crate::store::{CacheDir, Ingest, StoreError};
 use crate::table::SharedMap;
-use crate::upstream::{BlobDownload, RemoteRepository, Upstream, UpstreamError};
+use crate::upstream::{BlobDownload, BlobLocation, Upstream, UpstreamError};
 
 /// Bytes gathered before they are written to the temp file (and shown to readers).
 const WRITE_BATCH: usize = 1 << 20;
@@ -72,17 +72,17 @@ struct FillState {
 /// One blob being fetched into the cache.
 pub struct Fill {
     digest: Digest,
-    remote: RemoteRepository,
+    location: BlobLocation,
     written: AtomicU64,
     state: Mutex<FillState>,
     changed: Event,
 }
 
 impl Fill {
-    fn new(digest: Digest, remote: RemoteRepository) -> Fill {
+    fn new(digest: Digest, location: BlobLocation) -> Fill {
         Fill {
             digest,
-            remote,
+            location,
             written: AtomicU64::new(0),
             state: Mutex::new(FillState { total: None, file: None, outcome: Outcome::Running }),
             changed: Event::new(),
@@ -141,8 +141,8 @@ impl Fills {
     }
 
     /// The fill of `digest`, and whether this call created it (then the caller starts it).
-    fn join(&self, digest: &Digest, remote: &RemoteRepository) -> (Arc<Fill>, bool) {
-        let mine = Arc::new(Fill::new(digest.clone(), remote.clone()));
+    fn join(&self, digest: &Digest, location: &BlobLocation) -> (Arc<Fill>, bool) {
+        let mine = Arc::new(Fill::new(digest.clone(), location.clone()));
         let fill = self.table.get_or_insert_with(digest.clone(), || Arc::clone(&mine));
         let created = Arc::ptr_eq(&fill, &mine);
         (fill, created)
@@ -159,9 +159,9 @@ pub struct FillContext {
 }
 
 impl FillContext {
-    /// Joins the fill of `digest` from `remote`, starting it on this executor if none runs.
-    pub fn join_or_start(&self, digest: &Digest, remote: &RemoteRepository) -> Arc<Fill> {
-        let (fill, created) = self.fills.join(digest, remote);
+    /// Joins the fill of `digest` from `location`, starting it on this executor if none runs.
+    pub fn join_or_start(&self, digest: &Digest, location: &BlobLocation) -> Arc<Fill> {
+        let (fill, created) = self.fills.join(digest, location);
         if created {
             let context = self.clone();
             let running = Arc::clone(&fill);
@@ -176,7 +176,7 @@ impl FillContext {
             None => self.fetch(&fill).await,
         };
         match &outcome {
-            Outcome::Failed(error) => tracing::warn!(digest = %fill.digest, remote = %fill.remote, %error, "fill failed"),
+            Outcome::Failed(error) => tracing::warn!(digest = %fill.digest, location = %fill.location, %error, "fill failed"),
             Outcome::Uncached(reason) => tracing::warn!(digest = %fill.digest, reason, "blob served without caching"),
             _ => tracing::debug!(digest = %fill.digest, "fill published"),
         }
@@ -201,7 +201,7 @@ impl FillContext {
     }
 
     async fn fetch(&self, fill: &Arc<Fill>) -> Outcome {
-        let mut download = match self.upstream.blob(&fill.remote, &fill.digest.to_string(), 0).await {
+        let mut download = match self.upstream.download(fill.location.clone(), 0).await {
             Ok(download) => download,
             Err(error) => return Outcome::Failed(error.into()),
         };
@@ -374,7 +374,7 @@ impl FillReader {
                 }
                 Outcome::Published => {}
                 Outcome::Failed(error) => return Some(Err(io::Error::other(error.to_string()))),
-                Outcome::Uncached(_) => match self.upstream.blob(&self.fill.remote, &self.fill.digest.to_string(), self.pos).await {
+                Outcome::Uncached(_) => match self.upstream.download(self.fill.location.clone(), self.pos).await {
                     Ok(download) => self.direct = Some(download),
                     Err(error) => return Some(Err(io::Error::other(error.to_string()))),
                 },

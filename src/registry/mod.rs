@@ -5,18 +5,25 @@
 
 mod blocking;
 mod budget;
+mod compose;
+mod composed;
 mod content;
 pub mod demo;
 mod error;
 mod fill;
+mod images;
 pub mod import;
+mod join;
 mod local;
 mod mirror;
 mod remote;
+mod single_flight;
+pub mod static_layers;
 
 use std::ops::Range;
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use futures_lite::Stream;
 use http::HeaderValue;
@@ -30,12 +37,19 @@ use crate::oci::accept::AcceptList;
 use crate::oci::manifest::{ImageIndex, Platform};
 use crate::oci::media_type::{self, ManifestKind};
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
+use crate::hyper_glue::coarse_now_ms;
+use crate::spec::{FixedSpecFile, MemorySpecStore, StoredSpec};
 use crate::store::{CacheDir, StoreError};
-use crate::upstream::{RemoteRepository, Upstream};
+use crate::table::SharedMap;
+use crate::upstream::{BlobLocation, RemoteRepository, Upstream};
+use compose::{BlobSource, ResolvedImage};
+use composed::Compositions;
 use content::Content;
 use fill::{Fill, FillContext, Fills};
 use local::{LocalRepositories, LocalRepository};
 use mirror::Mirrors;
+use single_flight::SingleFlight;
+use static_layers::{StaticLayerConfig, StaticLayerError, StaticLayers};
 
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
@@ -44,6 +58,12 @@ pub struct RegistrySettings {
     /// The cache's size limit; `None`: unlimited.
     pub cache_max_bytes: Option<u64>,
     pub mirrors: MirrorSettings,
+    /// The JSON file of `fixed/<id>` specs.
+    pub fixed_specs: Option<PathBuf>,
+    /// Layers appended to every composed image.
+    pub static_layers: Vec<StaticLayerConfig>,
+    /// Remote content layers: answer 307 to their URL (true) or fetch and serve them.
+    pub redirect_content_layers: bool,
 }
 
 /// One page of `tags/list`.
@@ -63,6 +83,10 @@ pub enum BlobReply {
     Filling(FillingBlob),
     /// HEAD of a blob not cached: its size as upstream says.
     Remote { size: Option<u64>, digest_header: HeaderValue, etag: HeaderValue },
+    /// Bytes a composition carries (its config, direct content layers).
+    Inline { bytes: bytes::Bytes, digest_header: HeaderValue, etag: HeaderValue },
+    /// A remote content layer: the client fetches it from this URL.
+    Redirect(String),
 }
 
 /// A blob that a fill is bringing in.
@@ -92,6 +116,14 @@ impl FillingBlob {
 enum Source {
     Local(Arc<LocalRepository>),
     Mirror(RemoteRepository),
+    /// `remote/<id>` or `fixed/<id>`: an image composed from a spec.
+    Composed(Arc<StoredSpec>),
+}
+
+/// Where specs come from, by provider.
+struct SpecSources {
+    memory: MemorySpecStore,
+    fixed: Option<FixedSpecFile>,
 }
 
 pub struct Registry {
@@ -99,28 +131,76 @@ pub struct Registry {
     content: Arc<Content>,
     mirrors: Mirrors,
     fills: FillContext,
+    specs: SpecSources,
+    compositions: Compositions,
+    resolving: SingleFlight<String, Result<Arc<ResolvedImage>, Arc<RegistryError>>>,
+    resolved: SharedMap<Digest, Arc<ResolvedImage>>,
+    static_layers: RwLock<Arc<StaticLayers>>,
     settings: RegistrySettings,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cache: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    StaticLayers(#[from] StaticLayerError),
+    #[error("specs.fixedFile: {0}")]
+    FixedSpecs(#[from] crate::spec::SpecError),
+}
+
 impl Registry {
-    /// Indexes the cache (sizes for the budget; local repositories' content pinned).
-    /// Blocking: call before the executors start.
+    /// Indexes the cache (sizes for the budget; local repositories' content pinned), loads
+    /// the static layers and the fixed specs. Blocking: call before the executors start.
     ///
     /// # Errors
-    /// The cache cannot be listed or a repository record cannot be read.
-    pub fn open(cache: Arc<CacheDir>, settings: RegistrySettings, upstream: Upstream) -> Result<Registry, StoreError> {
+    /// The cache cannot be listed, a repository record read, a static layer loaded, or the
+    /// fixed spec file read.
+    pub fn open(cache: Arc<CacheDir>, settings: RegistrySettings, upstream: Upstream) -> Result<Registry, OpenError> {
         let content = Arc::new(Content::open(Arc::clone(&cache), settings.cache_max_bytes)?);
         for (_, record) in cache.list_records()? {
             content.pin(record.blobs.iter().chain(record.manifests.keys()));
         }
+        let statics = static_layers::load(&cache, &settings.static_layers)?;
+        content.pin(statics.pinned());
+        let fixed = settings.fixed_specs.as_deref().map(FixedSpecFile::open).transpose()?;
         let fills = FillContext { cache: Arc::clone(&cache), upstream, content: Arc::clone(&content), fills: Arc::new(Fills::default()) };
         Ok(Registry {
             local: Arc::new(LocalRepositories::new(cache, Arc::clone(&content))),
             mirrors: Mirrors::new(&settings.mirrors),
             content,
             fills,
+            specs: SpecSources { memory: MemorySpecStore::default(), fixed },
+            compositions: Compositions::default(),
+            resolving: SingleFlight::default(),
+            resolved: SharedMap::new(),
+            static_layers: RwLock::new(Arc::new(statics)),
             settings,
         })
+    }
+
+    /// The `remote/<id>` specs, written through the admin API.
+    pub fn specs(&self) -> &MemorySpecStore {
+        &self.specs.memory
+    }
+
+    /// Loads a new set of static layers (the config file changed). Images composed with the
+    /// previous set keep serving their blobs. Blocking: call from a reload thread.
+    ///
+    /// # Errors
+    /// A layer cannot be loaded; the previous set stays.
+    pub fn reload_static_layers(&self, cache: &CacheDir, configs: &[StaticLayerConfig]) -> Result<(), StaticLayerError> {
+        let statics = static_layers::load(cache, configs)?;
+        self.content.pin(statics.pinned());
+        if let Ok(mut current) = self.static_layers.write() {
+            tracing::info!(revision = %statics.revision, layers = statics.entries.len(), "static layers loaded");
+            *current = Arc::new(statics);
+        }
+        Ok(())
+    }
+
+    fn static_layers(&self) -> Arc<StaticLayers> {
+        self.static_layers.read().map(|s| Arc::clone(&s)).unwrap_or_else(|_| Arc::new(StaticLayers::none()))
     }
 
     /// Bytes the cache holds, and blobs evicted so far.
@@ -137,6 +217,14 @@ impl Registry {
     pub async fn manifest(&self, name: &RepositoryName, reference: &Reference, accept: &AcceptList, ns: Option<&str>) -> Result<Arc<StoredManifest>, RegistryError> {
         let source = self.source(name, ns).await?;
         let manifest = match (&source, reference) {
+            (Source::Composed(spec), reference) => {
+                let image = self.composed(name, spec).await?;
+                let manifest = self.composed_manifest(name, &image, reference).ok_or_else(|| manifest_unknown(name, reference))?;
+                if !accept.accepts(manifest.media_type_str()) {
+                    return Err(RegistryError::NotAcceptable(format!("the composed manifest is of type {}, which the Accept header does not include", manifest.media_type_str())));
+                }
+                return Ok(manifest);
+            }
             (Source::Mirror(remote), Reference::Tag(tag)) => self.mirror_tag(remote, tag).await?,
             (Source::Local(repo), Reference::Tag(tag)) => {
                 let repo = self.refresh_unless(name, Arc::clone(repo), |r| r.tag(tag).is_some()).await?;
@@ -168,6 +256,27 @@ impl Registry {
                 Ok(BlobReply::Cached(blob))
             }
             Source::Mirror(remote) => self.mirror_blob(name, &remote, digest, head).await,
+            Source::Composed(spec) => {
+                let image = self.composed(name, &spec).await?;
+                let source = self.composed_blob(name, &image, digest).ok_or_else(|| RegistryError::BlobUnknown { name: name.clone(), digest: digest.clone() })?;
+                self.composed_blob_reply(name, digest, source, head).await
+            }
+        }
+    }
+
+    async fn composed_blob_reply(&self, name: &RepositoryName, digest: &Digest, source: BlobSource, head: bool) -> Result<BlobReply, RegistryError> {
+        match source {
+            BlobSource::Upstream(remote) => self.mirror_blob(name, &remote, digest, head).await,
+            BlobSource::Cache => {
+                let blob = self.content.blob(digest).await?.ok_or_else(|| RegistryError::MissingContent(digest.clone()))?;
+                Ok(BlobReply::Cached(blob))
+            }
+            BlobSource::Inline(bytes) => {
+                let (digest_header, etag) = content::digest_headers(digest);
+                Ok(BlobReply::Inline { bytes, digest_header, etag })
+            }
+            BlobSource::Url(url) if self.settings.redirect_content_layers => Ok(BlobReply::Redirect(url)),
+            BlobSource::Url(url) => self.fill_blob(digest, BlobLocation::Url(url), head).await,
         }
     }
 
@@ -179,6 +288,8 @@ impl Registry {
         let all: Vec<String> = match self.source(name, ns).await? {
             Source::Local(repo) => repo.record.tags.keys().map(Tag::to_string).collect(),
             Source::Mirror(remote) => self.mirror_tags(name, &remote).await?,
+            // Any tag names a composed image's current manifest; `latest` is the one to list.
+            Source::Composed(_) => vec![Tag::latest().to_string()],
         };
         let mut after: Vec<String> = all.into_iter().filter(|t| last.is_none_or(|last| t.as_str() > last)).collect();
         after.sort();
@@ -192,6 +303,15 @@ impl Registry {
     async fn source(&self, name: &RepositoryName, ns: Option<&str>) -> Result<Source, RegistryError> {
         if let Some(remote) = self.mirrors.route(name, ns)? {
             return Ok(Source::Mirror(remote));
+        }
+        let unknown = || RegistryError::NameUnknown(name.clone());
+        match name.split_provider() {
+            Some(("remote", id)) => return self.specs.memory.get(id).map(Source::Composed).ok_or_else(unknown),
+            Some(("fixed", id)) => {
+                let fixed = self.specs.fixed.as_ref().ok_or_else(unknown)?;
+                return fixed.get(id, coarse_now_ms()).map(Source::Composed).ok_or_else(unknown);
+            }
+            _ => {}
         }
         let repo = self.local.get(name).await?.ok_or_else(|| RegistryError::NameUnknown(name.clone()))?;
         Ok(Source::Local(repo))
@@ -209,6 +329,7 @@ impl Registry {
     async fn manifest_by_digest(&self, name: &RepositoryName, source: &Source, digest: &Digest) -> Result<Arc<StoredManifest>, RegistryError> {
         match source {
             Source::Mirror(remote) => self.mirror_digest(remote, digest).await,
+            Source::Composed(_) => Err(manifest_unknown(name, &Reference::Digest(digest.clone()))),
             Source::Local(repo) => {
                 let repo = self.refresh_unless(name, Arc::clone(repo), |r| r.manifest_media_type(digest).is_some()).await?;
                 let unknown = || manifest_unknown(name, &Reference::Digest(digest.clone()));

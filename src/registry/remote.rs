@@ -11,7 +11,7 @@ use super::{content, BlobReply, FillingBlob, Registry, StoredManifest};
 use crate::oci::manifest::sniff_media_type;
 use crate::oci::media_type;
 use crate::oci::{Digest, RepositoryName, Tag};
-use crate::upstream::{FetchedManifest, RemoteRepository, UpstreamError};
+use crate::upstream::{BlobLocation, FetchedManifest, RemoteRepository, UpstreamError};
 
 impl Registry {
     pub(super) async fn mirror_tag(&self, remote: &RemoteRepository, tag: &Tag) -> Result<Arc<StoredManifest>, RegistryError> {
@@ -76,10 +76,24 @@ impl Registry {
             };
             return Ok(BlobReply::Remote { size, digest_header, etag });
         }
-        let fill = self.fills.join_or_start(digest, remote);
-        // An upstream refusal surfaces here, before any response is sent, as a proper status.
-        if let Err(super::FillError::Upstream(error)) = fill.size().await {
-            return Err(blob_error(name, digest, remote, error));
+        let location = BlobLocation::Registry { repo: remote.clone(), digest: digest.to_string() };
+        self.fill_blob(digest, location, false).await.map_err(|error| match error {
+            RegistryError::Fill(super::FillError::Upstream(error)) => blob_error(name, digest, remote, error),
+            other => other,
+        })
+    }
+
+    /// Joins (or starts) the fill of `digest` from `location` and waits until upstream
+    /// answered, so that a refusal is a proper status before any response is sent.
+    pub(super) async fn fill_blob(&self, digest: &Digest, location: BlobLocation, head: bool) -> Result<BlobReply, RegistryError> {
+        if let Some(blob) = self.content.blob(digest).await? {
+            return Ok(BlobReply::Cached(blob));
+        }
+        let (digest_header, etag) = content::digest_headers(digest);
+        let fill = self.fills.join_or_start(digest, &location);
+        let size = fill.size().await.map_err(RegistryError::Fill)?;
+        if head {
+            return Ok(BlobReply::Remote { size, digest_header, etag });
         }
         Ok(BlobReply::Filling(FillingBlob { fill, upstream: self.fills.upstream.clone(), digest_header, etag }))
     }

@@ -19,7 +19,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement
 
 pub use shutdown::ShutdownKind;
 
-use crate::http::{self, HttpContext, HttpSettings};
+use crate::http::{self, HttpContext, HttpSettings, Role};
 use crate::registry::Registry;
 use shutdown::{Drain, ShutdownSignal};
 
@@ -34,6 +34,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone)]
 pub struct RuntimeSettings {
     pub listen: SocketAddr,
+    /// The admin API's address, served by the first executor; `None`: no admin API.
+    pub admin_listen: Option<SocketAddr>,
     /// Executors to run; `None`: one per CPU this process may use.
     pub cores: Option<usize>,
     /// How long a graceful shutdown waits for in-flight requests.
@@ -54,6 +56,7 @@ pub enum RuntimeError {
 /// A running server; dropping it does not stop it (use `stopper` and `join`).
 pub struct Server {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     executors: Vec<ExecutorJoinHandle<()>>,
     signal: Arc<ShutdownSignal>,
 }
@@ -83,13 +86,20 @@ impl Server {
         }
         raise_open_file_limit();
         let (sockets, local_addr) = listener::bind_all(settings.listen, count)?;
-        let signal = ShutdownSignal::new(count);
+        let admin = settings.admin_listen.map(|addr| listener::bind_all(addr, 1)).transpose()?;
+        let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
+        let mut admin_socket = admin.and_then(|(mut sockets, _)| sockets.pop());
+        // One waker slot per accept loop: one per executor, and the admin loop's.
+        let admin_slot = count;
+        let signal = ShutdownSignal::new(count + 1);
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut executors = Vec::with_capacity(count);
         for (core, (socket, cpu)) in sockets.into_iter().zip(cpus).enumerate() {
             let shard = Shard {
                 core,
                 socket,
+                admin_socket: if core == 0 { admin_socket.take() } else { None },
+                admin_slot,
                 registry: Arc::clone(&registry),
                 settings: settings.clone(),
                 signal: Arc::clone(&signal),
@@ -106,7 +116,7 @@ impl Server {
             executors.push(handle);
         }
         drop(ready_tx);
-        let server = Server { local_addr, executors, signal };
+        let server = Server { local_addr, admin_addr, executors, signal };
         server.wait_ready(&ready_rx, count)
     }
 
@@ -129,6 +139,10 @@ impl Server {
         self.local_addr
     }
 
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     pub fn stopper(&self) -> Stopper {
         Stopper(Arc::clone(&self.signal))
     }
@@ -149,6 +163,8 @@ impl Server {
 struct Shard {
     core: usize,
     socket: OwnedFd,
+    admin_socket: Option<OwnedFd>,
+    admin_slot: usize,
     registry: Arc<Registry>,
     settings: RuntimeSettings,
     signal: Arc<ShutdownSignal>,
@@ -157,23 +173,38 @@ struct Shard {
 
 impl Shard {
     async fn run(self) {
-        let Shard { core, socket, registry, settings, signal, ready } = self;
-        // SAFETY: the descriptor is a bound, listening TCP socket we own, handed over once.
-        let listener = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd()) };
-        let ctx = HttpContext::new(registry, settings.http.clone());
+        let Shard { core, socket, admin_socket, admin_slot, registry, settings, signal, ready } = self;
+        let listener = listener_from(socket);
+        let ctx = HttpContext::new(Arc::clone(&registry), settings.http.clone(), Role::Registry);
         let connections = Gate::new();
         let drain = Drain::new();
+        let admin = admin_socket.map(|socket| {
+            let ctx = HttpContext::new(registry, settings.http.clone(), Role::Admin);
+            let (connections, drain, signal) = (connections.clone(), Rc::clone(&drain), Arc::clone(&signal));
+            glommio::spawn_local(async move {
+                let listener = listener_from(socket);
+                accept_until_stopped(&listener, &ctx, &connections, &drain, &signal, admin_slot).await
+            })
+        });
         // Sending and dropping the sender is what `Server::wait_ready` counts on.
         let _ = ready.send(core);
         drop(ready);
         let kind = accept_until_stopped(&listener, &ctx, &connections, &drain, &signal, core).await;
-        // Closing our socket refuses new connections; in-flight ones are told to finish.
+        // Closing our sockets refuses new connections; in-flight ones are told to finish.
         drop(listener);
+        if let Some(admin) = admin {
+            admin.await;
+        }
         drain.start();
         if kind == ShutdownKind::Graceful {
             drain_within_grace(&connections, settings.shutdown_grace, &signal, core).await;
         }
     }
+}
+
+fn listener_from(socket: OwnedFd) -> TcpListener {
+    // SAFETY: the descriptor is a bound, listening TCP socket we own, handed over once.
+    unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd()) }
 }
 
 /// Waits for open connections to finish, at most `grace`, and less if an immediate stop
@@ -197,15 +228,16 @@ async fn drain_within_grace(connections: &Gate, grace: Duration, signal: &Arc<Sh
     }
 }
 
+/// Accepts until the stop signal; `slot` is this loop's own waker slot in the signal.
 async fn accept_until_stopped(
     listener: &TcpListener,
     ctx: &Rc<HttpContext>,
     connections: &Gate,
     drain: &Rc<Drain>,
     signal: &Arc<ShutdownSignal>,
-    core: usize,
+    slot: usize,
 ) -> ShutdownKind {
-    let mut stop = pin!(signal.reached(core, ShutdownKind::Graceful));
+    let mut stop = pin!(signal.reached(slot, ShutdownKind::Graceful));
     loop {
         let mut accept = pin!(listener.accept());
         let accepted = std::future::poll_fn(|cx| {
@@ -225,7 +257,7 @@ async fn accept_until_stopped(
                 }
             }
             Ok(Err(e)) => {
-                tracing::warn!(core, error = %e, "accept failed");
+                tracing::warn!(slot, error = %e, "accept failed");
                 glommio::timer::sleep(ACCEPT_ERROR_PAUSE).await;
             }
         }

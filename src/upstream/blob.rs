@@ -11,10 +11,36 @@ use super::connection::UpstreamBody;
 use super::error::{AttemptError, UpstreamError};
 use super::{content_length, header_str, RemoteRepository, Upstream};
 
+/// Where a blob is downloaded from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BlobLocation {
+    /// The blob endpoint of a registry repository (with its auth flows).
+    Registry { repo: RemoteRepository, digest: String },
+    /// A plain URL (a content layer in object storage): no registry credentials are sent.
+    Url(String),
+}
+
+impl BlobLocation {
+    fn host(&self) -> String {
+        match self {
+            BlobLocation::Registry { repo, .. } => repo.host.clone(),
+            BlobLocation::Url(url) => url.parse::<http::Uri>().ok().and_then(|u| u.authority().map(|a| a.to_string())).unwrap_or_default(),
+        }
+    }
+}
+
+impl std::fmt::Display for BlobLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlobLocation::Registry { repo, digest } => write!(f, "{repo}@{digest}"),
+            BlobLocation::Url(url) => f.write_str(url),
+        }
+    }
+}
+
 pub struct BlobDownload {
     upstream: Upstream,
-    repo: RemoteRepository,
-    digest: String,
+    location: BlobLocation,
     received: u64,
     total: Option<u64>,
     body: Option<UpstreamBody>,
@@ -25,8 +51,8 @@ pub struct BlobDownload {
 }
 
 impl BlobDownload {
-    pub(super) async fn start(upstream: Upstream, repo: RemoteRepository, digest: String, offset: u64) -> Result<BlobDownload, UpstreamError> {
-        let mut download = BlobDownload { upstream, repo, digest, received: offset, total: None, body: None, skip: 0, failures: 0 };
+    pub(super) async fn start(upstream: Upstream, location: BlobLocation, offset: u64) -> Result<BlobDownload, UpstreamError> {
+        let mut download = BlobDownload { upstream, location, received: offset, total: None, body: None, skip: 0, failures: 0 };
         download.open().await?;
         Ok(download)
     }
@@ -82,7 +108,7 @@ impl BlobDownload {
     }
 
     fn invalid(&self, reason: &str) -> UpstreamError {
-        UpstreamError::Invalid { host: self.repo.host.clone(), reason: format!("blob {}: {reason}", self.digest) }
+        UpstreamError::Invalid { host: self.location.host(), reason: format!("blob {}: {reason}", self.location) }
     }
 
     /// Forgets the broken body and pauses before the next `open`, or gives up.
@@ -90,9 +116,9 @@ impl BlobDownload {
         self.body = None;
         self.failures += 1;
         let policy = self.upstream.settings().retry;
-        tracing::debug!(repo = %self.repo, digest = %self.digest, received = self.received, error = ?error, "upstream blob body broke; resuming");
+        tracing::debug!(location = %self.location, received = self.received, error = ?error, "upstream blob body broke; resuming");
         if self.failures >= policy.attempts {
-            return Err(error.into_final(&self.repo.host, self.failures));
+            return Err(error.into_final(&self.location.host(), self.failures));
         }
         glommio::timer::sleep(policy.delay(self.failures, None, fastrand::f64())).await;
         Ok(())
@@ -100,17 +126,22 @@ impl BlobDownload {
 
     /// Requests the blob from `received` on (with retries) and checks the answer fits.
     async fn open(&mut self) -> Result<(), UpstreamError> {
-        let path = format!("/v2/{}/blobs/{}", self.repo.path, self.digest);
         let from = self.received;
         let mut headers = HeaderMap::new();
         if from > 0 {
             let range = HeaderValue::try_from(format!("bytes={from}-")).map_err(|_| self.invalid("range"))?;
             headers.insert(header::RANGE, range);
         }
-        let (upstream, repo) = (self.upstream.clone(), self.repo.clone());
+        let (upstream, location) = (self.upstream.clone(), self.location.clone());
         let exchange = upstream
-            .with_retries(&repo.host, || async {
-                upstream.registry_exchange(&repo, &Method::GET, &path, headers.clone()).await
+            .with_retries(&location.host(), || async {
+                match &location {
+                    BlobLocation::Registry { repo, digest } => {
+                        let path = format!("/v2/{}/blobs/{digest}", repo.path);
+                        upstream.registry_exchange(repo, &Method::GET, &path, headers.clone()).await
+                    }
+                    BlobLocation::Url(url) => upstream.url_exchange(url, &Method::GET, headers.clone()).await,
+                }
             })
             .await?;
         let total = match exchange.status {

@@ -19,7 +19,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
 pub use auth::Secret;
-pub use blob::BlobDownload;
+pub use blob::{BlobDownload, BlobLocation};
 pub use endpoint::{repository_path, RegistryConfig};
 pub use error::UpstreamError;
 pub use retry::RetryPolicy;
@@ -204,12 +204,32 @@ impl Upstream {
         Ok(tags)
     }
 
-    /// Starts downloading a blob from byte `offset` on; see `BlobDownload`.
+    /// Starts downloading a blob of a registry repository from byte `offset` on.
     ///
     /// # Errors
     /// As `manifest`, for the first response head.
     pub async fn blob(&self, repo: &RemoteRepository, digest: &str, offset: u64) -> Result<BlobDownload, UpstreamError> {
-        BlobDownload::start(self.clone(), repo.clone(), digest.to_owned(), offset).await
+        self.download(BlobLocation::Registry { repo: repo.clone(), digest: digest.to_owned() }, offset).await
+    }
+
+    /// Starts downloading a blob from `location`, from byte `offset` on; see `BlobDownload`.
+    ///
+    /// # Errors
+    /// As `manifest`, for the first response head.
+    pub async fn download(&self, location: BlobLocation, offset: u64) -> Result<BlobDownload, UpstreamError> {
+        BlobDownload::start(self.clone(), location, offset).await
+    }
+
+    /// One exchange with a plain URL (no registry credentials), redirects followed.
+    async fn url_exchange(&self, url: &str, method: &Method, headers: HeaderMap) -> Result<Exchange, AttemptError> {
+        let uri: http::Uri = url.parse().map_err(|_| AttemptError::Invalid(format!("`{url}` is not a URL")))?;
+        let endpoint = self.shared.endpoints.for_url(&uri).map_err(AttemptError::Invalid)?;
+        let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+        let exchange = self.exchange(&endpoint, method, &path, headers.clone(), Bytes::new()).await?;
+        if exchange.status.is_redirection() {
+            return self.follow_redirects(&endpoint, method, exchange, headers).await;
+        }
+        check_status(exchange).await
     }
 
     /// Runs `attempt` until it succeeds, fails permanently, or the policy's attempts are spent,

@@ -84,3 +84,11 @@ pub fn read_reply(reader: &mut impl BufRead, head_only: bool) -> std::io::Result
     }
     Ok(reply)
 }
+
+/// Sends `method path` with `body` (and a Content-Length) on a new connection.
+pub fn send(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    send_raw(addr, &bytes, method == "HEAD")
+}

@@ -8,6 +8,8 @@ use registry_facade::runtime::{Server, ShutdownKind, Stopper};
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The admin listener, when the config asked for one.
+    pub admin: Option<SocketAddr>,
     pub cache_dir: PathBuf,
     stopper: Stopper,
     server: Option<Server>,
@@ -31,6 +33,7 @@ impl TestServer {
         let server = registry_facade::app::start(&config).expect("server starts");
         TestServer {
             addr: server.local_addr(),
+            admin: server.admin_addr(),
             cache_dir: cache_dir.to_owned(),
             stopper: server.stopper(),
             server: Some(server),

@@ -1,0 +1,301 @@
+//! Composition, the heart of the facade: a base image plus addon layers becomes one image.
+//! Pure (no I/O): the same inputs give byte-identical manifest and config, on any core, node
+//! or restart. Layer order: base, static layers (files or images, in config order), `ideRef`,
+//! `supervisorRef`, each `ideLayerRef`, content layers. An addon image may drop its first N
+//! layers (label `skip-n.registry-facade.gitpod.io`), and its `GITPOD_ENV_*` directives change
+//! the workspace's environment with Gitpod's semantics (APPEND puts the value in front,
+//! PREPEND after: the names are swapped in Gitpod and images depend on it).
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use crate::oci::manifest::{Descriptor, ImageManifest};
+use crate::oci::media_type::{self, DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR, OCI_LAYER_GZIP, OCI_LAYER_TAR};
+use crate::oci::Digest;
+use crate::upstream::RemoteRepository;
+
+pub const SKIP_N_LABEL: &str = "skip-n.registry-facade.gitpod.io";
+pub const SIZE_ANNOTATION: &str = "io.gitpod.workspace-image.size";
+pub const REF_ANNOTATION: &str = "io.gitpod.workspace-image.ref";
+const ENV_SET: &str = "GITPOD_ENV_SET_";
+const ENV_APPEND: &str = "GITPOD_ENV_APPEND_";
+const ENV_PREPEND: &str = "GITPOD_ENV_PREPEND_";
+
+/// Where the bytes of one blob of a composed image come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobSource {
+    /// An upstream repository (fetched through the cache).
+    Upstream(RemoteRepository),
+    /// Already in the cache and pinned (local images, static file layers).
+    Cache,
+    /// Bytes carried by the composition itself (the config, direct content layers).
+    Inline(Bytes),
+    /// A remote content layer: redirected to, or fetched from, this URL.
+    Url(String),
+}
+
+/// An image an addon or the base comes from, resolved to one platform.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// How the spec named it (for history and annotations).
+    pub reference: String,
+    pub manifest_media_type: String,
+    pub manifest: ImageManifest,
+    pub config: Value,
+    pub source: BlobSource,
+}
+
+/// One layer that is not part of an image (a static file layer, a content layer).
+#[derive(Debug, Clone)]
+pub struct LoneLayer {
+    pub descriptor: Descriptor,
+    pub diff_id: Digest,
+    pub source: BlobSource,
+    pub created_by: String,
+}
+
+/// What is added on top of the base, in order.
+#[derive(Debug, Clone)]
+pub enum Addon<'a> {
+    Image { image: &'a ResolvedImage, role: &'static str },
+    Layer(&'a LoneLayer),
+}
+
+/// A composed image, ready to serve.
+#[derive(Debug, Clone)]
+pub struct Composition {
+    pub manifest: Bytes,
+    pub manifest_digest: Digest,
+    pub manifest_media_type: String,
+    /// Every blob the manifest names (config and layers) and where it comes from.
+    pub blobs: HashMap<Digest, BlobSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ComposeError {
+    #[error("{image}: label {SKIP_N_LABEL}={value:?} is not a number from 0 to 65535")]
+    BadSkipN { image: String, value: String },
+    #[error("{image}: its config lists {diff_ids} diff_ids for {layers} layers")]
+    DiffIdCount { image: String, diff_ids: usize, layers: usize },
+    #[error("{image}: {reason}")]
+    BadConfig { image: String, reason: String },
+}
+
+/// Composes `base` with `addons` (in order). `base_ref` is recorded in an annotation.
+///
+/// # Errors
+/// An addon with a bad skip-n label, or a config whose diff_ids do not match its layers.
+pub fn compose(base: &ResolvedImage, base_ref: &str, addons: &[Addon<'_>]) -> Result<Composition, ComposeError> {
+    let docker = base.manifest_media_type == media_type::DOCKER_MANIFEST;
+    let mut layers = base.manifest.layers.clone();
+    let mut blobs: HashMap<Digest, BlobSource> = layers.iter().map(|l| (l.digest.clone(), base.source.clone())).collect();
+    let mut added = Vec::new();
+    let mut env = EnvDirectives::default();
+    for addon in addons {
+        match addon {
+            Addon::Image { image, role } => {
+                env.collect(image)?;
+                for (descriptor, diff_id) in kept_layers(image)? {
+                    blobs.entry(descriptor.digest.clone()).or_insert_with(|| image.source.clone());
+                    added.push((descriptor, diff_id, format!("registry-facade: {role} layer from {}", image.reference)));
+                }
+            }
+            Addon::Layer(layer) => {
+                blobs.entry(layer.descriptor.digest.clone()).or_insert_with(|| layer.source.clone());
+                added.push((layer.descriptor.clone(), layer.diff_id.clone(), layer.created_by.clone()));
+            }
+        }
+    }
+    let mut config = base.config.clone();
+    let config_object = config.as_object_mut().ok_or_else(|| ComposeError::BadConfig { image: base.reference.clone(), reason: "config is not a JSON object".into() })?;
+    append_diff_ids_and_history(config_object, &added);
+    env.apply(config_object);
+    layers.extend(added.into_iter().map(|(descriptor, _, _)| descriptor));
+    let layers = layers.into_iter().map(|descriptor| family_layer(descriptor, docker)).collect();
+
+    // Serialising a Value whose maps are sorted (BTreeMap) gives the same bytes every time.
+    let config_bytes = Bytes::from(serde_json::to_vec(&config).unwrap_or_default());
+    let config_digest = Digest::sha256_of(&config_bytes);
+    blobs.insert(config_digest.clone(), BlobSource::Inline(config_bytes.clone()));
+    let config_size = config_bytes.len() as u64;
+    let manifest = composed_manifest(base, base_ref, layers, &config_digest, config_size);
+    let manifest_bytes = Bytes::from(serde_json::to_vec(&manifest).unwrap_or_default());
+    Ok(Composition {
+        manifest_digest: Digest::sha256_of(&manifest_bytes),
+        manifest: manifest_bytes,
+        manifest_media_type: base.manifest_media_type.clone(),
+        blobs,
+    })
+}
+
+fn composed_manifest(base: &ResolvedImage, base_ref: &str, layers: Vec<Descriptor>, config_digest: &Digest, config_size: u64) -> ImageManifest {
+    let mut config = base.manifest.config.clone();
+    config.digest = config_digest.clone();
+    config.size = config_size;
+    config.urls = None;
+    let mut annotations = base.manifest.annotations.clone().unwrap_or_default();
+    let original_size: u64 = base.manifest.layers.iter().map(|l| l.size).sum();
+    annotations.insert(SIZE_ANNOTATION.to_owned(), original_size.to_string());
+    annotations.insert(REF_ANNOTATION.to_owned(), base_ref.to_owned());
+    let mut extra = base.manifest.extra.clone();
+    // The composed image is a new artifact: it is not a referrer of what the base referred to.
+    extra.remove("subject");
+    ImageManifest {
+        schema_version: 2,
+        // Always present: Docker clients reject a schema2 manifest without it.
+        media_type: Some(base.manifest_media_type.clone()),
+        config,
+        layers,
+        annotations: Some(annotations),
+        extra,
+    }
+}
+
+/// The layers of an addon image after its skip-n label, each with its diff_id.
+fn kept_layers(image: &ResolvedImage) -> Result<Vec<(Descriptor, Digest)>, ComposeError> {
+    let skip = match image.config.pointer("/config/Labels").and_then(|labels| labels.get(SKIP_N_LABEL)) {
+        None => 0,
+        Some(value) => value.as_str().and_then(|v| v.parse::<u16>().ok()).ok_or_else(|| ComposeError::BadSkipN {
+            image: image.reference.clone(),
+            value: value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string()),
+        })? as usize,
+    };
+    let diff_ids: Vec<Digest> = image
+        .config
+        .pointer("/rootfs/diff_ids")
+        .and_then(Value::as_array)
+        .map(|ids| ids.iter().filter_map(|id| id.as_str().and_then(|s| s.parse().ok())).collect())
+        .unwrap_or_default();
+    let layers = &image.manifest.layers;
+    if diff_ids.len() != layers.len() {
+        return Err(ComposeError::DiffIdCount { image: image.reference.clone(), diff_ids: diff_ids.len(), layers: layers.len() });
+    }
+    Ok(layers.iter().cloned().zip(diff_ids).skip(skip).collect())
+}
+
+fn append_diff_ids_and_history(config: &mut Map<String, Value>, added: &[(Descriptor, Digest, String)]) {
+    let rootfs = config.entry("rootfs").or_insert_with(|| json!({"type": "layers", "diff_ids": []}));
+    if let Some(rootfs) = rootfs.as_object_mut() {
+        let diff_ids = rootfs.entry("diff_ids").or_insert_with(|| json!([]));
+        if let Some(ids) = diff_ids.as_array_mut() {
+            ids.extend(added.iter().map(|(_, diff_id, _)| Value::String(diff_id.to_string())));
+        }
+    }
+    let history = config.entry("history").or_insert_with(|| json!([]));
+    if let Some(history) = history.as_array_mut() {
+        history.extend(added.iter().map(|(_, _, created_by)| json!({"created_by": created_by, "comment": "added by registry-facade"})));
+    }
+}
+
+/// Layer media types in the manifest's own family (Docker or OCI); the bytes are the same
+/// format either way. Types without a twin (zstd, foreign layers) stay as they are.
+fn family_layer(mut descriptor: Descriptor, docker: bool) -> Descriptor {
+    let renamed = match (docker, descriptor.media_type.as_str()) {
+        (true, OCI_LAYER_GZIP) => DOCKER_LAYER_GZIP,
+        (true, OCI_LAYER_TAR) => DOCKER_LAYER_TAR,
+        (false, DOCKER_LAYER_GZIP) => OCI_LAYER_GZIP,
+        (false, DOCKER_LAYER_TAR) => OCI_LAYER_TAR,
+        _ => return descriptor,
+    };
+    descriptor.media_type = renamed.to_owned();
+    descriptor
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EnvChange {
+    Set(String, String),
+    /// Gitpod's APPEND: the value goes in front of the old one.
+    InFront(String, String),
+    /// Gitpod's PREPEND: the value goes after the old one.
+    After(String, String),
+}
+
+#[derive(Default)]
+struct EnvDirectives {
+    changes: Vec<EnvChange>,
+}
+
+impl EnvDirectives {
+    /// Reads the `GITPOD_ENV_*` entries of an addon image's config, in order; its other
+    /// environment entries are not copied.
+    fn collect(&mut self, image: &ResolvedImage) -> Result<(), ComposeError> {
+        let Some(entries) = image.config.pointer("/config/Env").and_then(Value::as_array) else { return Ok(()) };
+        for entry in entries.iter().filter_map(Value::as_str) {
+            let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
+            let change = if let Some(name) = key.strip_prefix(ENV_SET) {
+                (!name.is_empty()).then(|| EnvChange::Set(name.into(), value.into()))
+            } else if let Some(name) = key.strip_prefix(ENV_APPEND) {
+                (!name.is_empty() && !value.is_empty()).then(|| EnvChange::InFront(name.into(), value.into()))
+            } else if let Some(name) = key.strip_prefix(ENV_PREPEND) {
+                (!name.is_empty() && !value.is_empty()).then(|| EnvChange::After(name.into(), value.into()))
+            } else {
+                None
+            };
+            self.changes.extend(change);
+        }
+        Ok(())
+    }
+
+    /// Applies the changes to `config.Env`; without changes the base's Env is left untouched.
+    fn apply(self, config: &mut Map<String, Value>) {
+        if self.changes.is_empty() {
+            return;
+        }
+        let image_config = config.entry("config").or_insert_with(|| json!({}));
+        let Some(image_config) = image_config.as_object_mut() else { return };
+        let mut env = OrderedEnv::parse(image_config.get("Env"));
+        for change in self.changes {
+            match change {
+                EnvChange::Set(name, value) => env.set(name, value),
+                EnvChange::InFront(name, value) => {
+                    let joined = env.get(&name).map_or(value.clone(), |old| format!("{value}{old}"));
+                    env.set(name, joined);
+                }
+                EnvChange::After(name, value) => {
+                    let joined = env.get(&name).map_or(value.clone(), |old| format!("{old}{value}"));
+                    env.set(name, joined);
+                }
+            }
+        }
+        image_config.insert("Env".into(), env.to_json());
+    }
+}
+
+/// `KEY=VALUE` entries keyed by name, in order of first appearance (a repeated key keeps its
+/// first position and its last value, as Gitpod does).
+struct OrderedEnv {
+    order: Vec<String>,
+    values: BTreeMap<String, String>,
+}
+
+impl OrderedEnv {
+    fn parse(env: Option<&Value>) -> OrderedEnv {
+        let mut parsed = OrderedEnv { order: Vec::new(), values: BTreeMap::new() };
+        for entry in env.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+            let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
+            parsed.set(key.to_owned(), value.to_owned());
+        }
+        parsed
+    }
+
+    fn get(&self, name: &str) -> Option<&String> {
+        self.values.get(name)
+    }
+
+    fn set(&mut self, name: String, value: String) {
+        if !self.values.contains_key(&name) {
+            self.order.push(name.clone());
+        }
+        self.values.insert(name, value);
+    }
+
+    fn to_json(&self) -> Value {
+        Value::Array(self.order.iter().map(|k| Value::String(format!("{k}={}", self.values[k]))).collect())
+    }
+}
+
+#[cfg(test)]
+#[path = "compose_tests.rs"]
+mod tests;

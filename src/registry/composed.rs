@@ -1,0 +1,176 @@
+//! Composed images of `remote/<id>` and `fixed/<id>`: resolved inputs, composed once per
+//! (spec, static layers) at a time, kept in a table every core reads. A composition whose
+//! inputs named tags is trusted for the tag TTL; one made only of digests, for good. The last
+//! few compositions of each name stay reachable, so a client pulling a manifest that was just
+//! replaced still gets its blobs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::compose::{compose, Addon, BlobSource, LoneLayer};
+use super::error::RegistryError;
+use super::join::join_all;
+use super::single_flight::SingleFlight;
+use super::static_layers::{StaticEntry, StaticLayers};
+use super::{Registry, StoredManifest};
+use crate::oci::manifest::Descriptor;
+use crate::oci::media_type::OCI_LAYER_TAR;
+use crate::oci::{Digest, Reference, RepositoryName};
+use crate::spec::{ContentLayer, SourceRef, StoredSpec};
+use crate::table::SharedMap;
+
+/// Compositions kept reachable per name besides the current one.
+const RECENT_PER_NAME: usize = 4;
+
+/// A composed image, ready to serve.
+#[derive(Debug)]
+pub struct ComposedImage {
+    pub manifest: Arc<StoredManifest>,
+    pub blobs: HashMap<Digest, BlobSource>,
+}
+
+struct Current {
+    image: Arc<ComposedImage>,
+    /// `None`: made only of digests, good forever.
+    valid_until: Option<Instant>,
+}
+
+type CompositionKey = (Digest, Digest);
+
+#[derive(Default)]
+pub struct Compositions {
+    current: SharedMap<CompositionKey, Arc<Current>>,
+    recent: SharedMap<RepositoryName, Arc<Vec<Arc<ComposedImage>>>>,
+    flights: SingleFlight<CompositionKey, Result<Arc<ComposedImage>, Arc<RegistryError>>>,
+}
+
+impl Compositions {
+    fn remember(&self, name: &RepositoryName, image: &Arc<ComposedImage>) {
+        let mut recent = self.recent.get(name).map(|r| r.as_ref().clone()).unwrap_or_default();
+        if recent.iter().any(|r| Arc::ptr_eq(r, image)) {
+            return;
+        }
+        recent.push(Arc::clone(image));
+        if recent.len() > RECENT_PER_NAME {
+            recent.remove(0);
+        }
+        self.recent.insert(name.clone(), Arc::new(recent));
+    }
+
+    /// Recent compositions of `name`, newest first.
+    pub fn recent(&self, name: &RepositoryName) -> Vec<Arc<ComposedImage>> {
+        self.recent.get(name).map(|r| r.iter().rev().cloned().collect()).unwrap_or_default()
+    }
+}
+
+impl Registry {
+    /// The composed image `spec` describes for `name`, composing it if needed.
+    ///
+    /// # Errors
+    /// An input image cannot be resolved, or composition refuses it.
+    pub(super) async fn composed(&self, name: &RepositoryName, spec: &Arc<StoredSpec>) -> Result<Arc<ComposedImage>, RegistryError> {
+        let statics = self.static_layers();
+        let key = (spec.spec.key.clone(), statics.revision.clone());
+        if let Some(current) = self.compositions.current.get(&key).filter(|c| c.valid_until.is_none_or(|until| Instant::now() < until)) {
+            self.compositions.remember(name, &current.image);
+            return Ok(Arc::clone(&current.image));
+        }
+        let result = self.compositions.flights.run(key.clone(), || async {
+            let started = Instant::now();
+            let composed = self.compose_now(spec, &statics).await.map_err(Arc::new)?;
+            tracing::info!(name = %name, digest = %composed.manifest.digest, micros = started.elapsed().as_micros() as u64, "composed");
+            Ok(composed)
+        });
+        let image = result.await.map_err(RegistryError::Composition)?;
+        let valid_until = uses_tags(spec, &statics).then(|| Instant::now() + self.settings.mirrors.tag_ttl);
+        self.compositions.current.insert(key, Arc::new(Current { image: Arc::clone(&image), valid_until }));
+        self.compositions.remember(name, &image);
+        Ok(image)
+    }
+
+    async fn compose_now(&self, stored: &StoredSpec, statics: &StaticLayers) -> Result<Arc<ComposedImage>, RegistryError> {
+        let spec = &stored.spec;
+        let static_images = statics.entries.iter().filter_map(|e| match e {
+            StaticEntry::Image(source) => Some((source, "static")),
+            StaticEntry::File(_) => None,
+        });
+        let addon_refs: Vec<(&SourceRef, &'static str)> = static_images
+            .chain(spec.ide.iter().map(|r| (r, "ide")))
+            .chain(spec.supervisor.iter().map(|r| (r, "supervisor")))
+            .chain(spec.ide_layers.iter().map(|r| (r, "ide")))
+            .collect();
+        let mut wanted: Vec<&SourceRef> = vec![&spec.base];
+        wanted.extend(addon_refs.iter().map(|(source, _)| *source));
+        let mut resolved = join_all(wanted.iter().map(|source| self.resolve_image(source)).collect()).await.into_iter();
+        let base = resolved.next().ok_or_else(|| RegistryError::NotAcceptable("no base".into()))??;
+        let addon_images = resolved.collect::<Result<Vec<_>, _>>()?;
+        let content: Vec<LoneLayer> = spec.content.iter().map(content_layer).collect();
+
+        // Static layers first, in config order (files and images interleaved), then the spec's.
+        let mut addons = Vec::new();
+        let mut images = addon_images.iter().zip(addon_refs.iter().map(|(_, role)| *role));
+        for entry in &statics.entries {
+            match entry {
+                StaticEntry::File(layer) => addons.push(Addon::Layer(layer)),
+                StaticEntry::Image(_) => {
+                    if let Some((image, role)) = images.next() {
+                        addons.push(Addon::Image { image, role });
+                    }
+                }
+            }
+        }
+        addons.extend(images.map(|(image, role)| Addon::Image { image, role }));
+        addons.extend(content.iter().map(Addon::Layer));
+
+        let composition = compose(&base, &spec.base.to_string(), &addons)?;
+        let manifest = Arc::new(StoredManifest::new(composition.manifest, &composition.manifest_media_type, composition.manifest_digest)?);
+        Ok(Arc::new(ComposedImage { manifest, blobs: composition.blobs }))
+    }
+
+    /// The composed manifest `reference` names: any tag is the current composition (Gitpod's
+    /// rule), a digest must be the current or a recent one.
+    pub(super) fn composed_manifest(&self, name: &RepositoryName, current: &Arc<ComposedImage>, reference: &Reference) -> Option<Arc<StoredManifest>> {
+        match reference {
+            Reference::Tag(_) => Some(Arc::clone(&current.manifest)),
+            Reference::Digest(digest) => std::iter::once(Arc::clone(current))
+                .chain(self.compositions.recent(name))
+                .find(|image| &image.manifest.digest == digest)
+                .map(|image| Arc::clone(&image.manifest)),
+        }
+    }
+
+    /// Where a blob of `name`'s current or a recent composition comes from.
+    pub(super) fn composed_blob(&self, name: &RepositoryName, current: &Arc<ComposedImage>, digest: &Digest) -> Option<BlobSource> {
+        std::iter::once(Arc::clone(current)).chain(self.compositions.recent(name)).find_map(|image| image.blobs.get(digest).cloned())
+    }
+}
+
+fn uses_tags(spec: &StoredSpec, statics: &StaticLayers) -> bool {
+    let spec = &spec.spec;
+    let is_tag = |source: &SourceRef| match source {
+        SourceRef::Upstream(image) => matches!(image.reference, Reference::Tag(_)),
+        SourceRef::Local(..) => true,
+    };
+    let static_refs = statics.entries.iter().filter_map(|e| match e {
+        StaticEntry::Image(source) => Some(source),
+        StaticEntry::File(_) => None,
+    });
+    std::iter::once(&spec.base).chain(&spec.ide).chain(&spec.supervisor).chain(&spec.ide_layers).chain(static_refs).any(is_tag)
+}
+
+fn content_layer(layer: &ContentLayer) -> LoneLayer {
+    match layer {
+        ContentLayer::Remote { url, digest, diff_id, media_type, size } => {
+            let mut descriptor = Descriptor::new(media_type, digest.clone(), *size);
+            descriptor.urls = Some(vec![url.clone()]);
+            LoneLayer { descriptor, diff_id: diff_id.clone(), source: BlobSource::Url(url.clone()), created_by: "registry-facade: content layer".into() }
+        }
+        ContentLayer::Direct { content, digest } => LoneLayer {
+            descriptor: Descriptor::new(OCI_LAYER_TAR, digest.clone(), content.len() as u64),
+            diff_id: digest.clone(),
+            source: BlobSource::Inline(content.clone()),
+            created_by: "registry-facade: content layer".into(),
+        },
+    }
+}

@@ -1,0 +1,152 @@
+//! Image specs and where they come from: the in-memory store behind `remote/<id>` (written
+//! through the admin API) and the JSON file behind `fixed/<id>` (re-read when it changes).
+//! Specs are parsed and validated once, when stored or loaded.
+
+mod image_spec;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+pub use image_spec::{ContentLayer, ContentLayerSpec, DirectLayerSpec, ImageSpec, RemoteLayerSpec, SourceRef, ValidSpec, LOCAL_PREFIX};
+
+use crate::table::SharedMap;
+
+/// The fixed-spec file is looked at (one `stat`) at most this often.
+const RELOAD_CHECK_MS: u64 = 1_000;
+
+/// A spec as stored: the document as written and its validated form.
+#[derive(Debug)]
+pub struct StoredSpec {
+    pub json: Bytes,
+    pub spec: ValidSpec,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid spec: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    File(String),
+}
+
+/// Parses and validates a spec document.
+///
+/// # Errors
+/// Not JSON, unknown fields, or a field that does not validate (named).
+pub fn parse_spec(json: &[u8]) -> Result<StoredSpec, SpecError> {
+    let spec: ImageSpec = serde_json::from_slice(json).map_err(|e| SpecError::Invalid(e.to_string()))?;
+    let valid = spec.validate().map_err(SpecError::Invalid)?;
+    Ok(StoredSpec { json: Bytes::copy_from_slice(json), spec: valid })
+}
+
+/// The `remote/<id>` specs of a single node, shared by every executor.
+#[derive(Default)]
+pub struct MemorySpecStore {
+    specs: SharedMap<String, Arc<StoredSpec>>,
+}
+
+impl MemorySpecStore {
+    pub fn get(&self, id: &str) -> Option<Arc<StoredSpec>> {
+        self.specs.get(id)
+    }
+
+    /// Stores (or replaces) a spec; returns whether one was there before.
+    pub fn put(&self, id: &str, spec: StoredSpec) -> bool {
+        self.specs.insert(id.to_owned(), Arc::new(spec)).is_some()
+    }
+
+    pub fn delete(&self, id: &str) -> bool {
+        self.specs.remove(id).is_some()
+    }
+}
+
+struct FixedFile {
+    stamp: Option<(std::time::SystemTime, u64)>,
+    specs: Arc<HashMap<String, Arc<StoredSpec>>>,
+}
+
+/// The `fixed/<id>` specs: a JSON object `{ "<id>": <spec>, … }` re-read when the file's
+/// modification time or size changes. A file that stops parsing keeps the previous specs
+/// (with an error in the log), so a bad edit does not take workspaces down.
+pub struct FixedSpecFile {
+    path: PathBuf,
+    loaded: RwLock<FixedFile>,
+    checked_ms: AtomicU64,
+}
+
+impl FixedSpecFile {
+    /// # Errors
+    /// The file cannot be read or has an invalid spec (naming the id).
+    pub fn open(path: &Path) -> Result<FixedSpecFile, SpecError> {
+        let file = FixedSpecFile { path: path.to_owned(), loaded: RwLock::new(FixedFile { stamp: None, specs: Arc::default() }), checked_ms: AtomicU64::new(0) };
+        file.reload()?;
+        Ok(file)
+    }
+
+    pub fn get(&self, id: &str, now_ms: u64) -> Option<Arc<StoredSpec>> {
+        let last = self.checked_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= RELOAD_CHECK_MS && self.checked_ms.compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if let Err(e) = self.reload() {
+                tracing::error!(path = %self.path.display(), error = %e, "keeping the previous fixed specs");
+            }
+        }
+        self.loaded.read().ok()?.specs.get(id).cloned()
+    }
+
+    fn reload(&self) -> Result<(), SpecError> {
+        let meta = std::fs::metadata(&self.path).map_err(|e| SpecError::File(format!("{}: {e}", self.path.display())))?;
+        let stamp = meta.modified().ok().map(|m| (m, meta.len()));
+        if self.loaded.read().is_ok_and(|l| l.stamp == stamp && stamp.is_some()) {
+            return Ok(());
+        }
+        let text = std::fs::read(&self.path).map_err(|e| SpecError::File(format!("{}: {e}", self.path.display())))?;
+        let documents: HashMap<String, serde_json::Value> =
+            serde_json::from_slice(&text).map_err(|e| SpecError::File(format!("{}: not a JSON object of specs: {e}", self.path.display())))?;
+        let mut specs = HashMap::new();
+        for (id, document) in documents {
+            let json = serde_json::to_vec(&document).map_err(|e| SpecError::File(e.to_string()))?;
+            let stored = parse_spec(&json).map_err(|e| SpecError::File(format!("{}: spec `{id}`: {e}", self.path.display())))?;
+            specs.insert(id, Arc::new(stored));
+        }
+        tracing::info!(path = %self.path.display(), specs = specs.len(), "loaded fixed specs");
+        if let Ok(mut loaded) = self.loaded.write() {
+            *loaded = FixedFile { stamp, specs: Arc::new(specs) };
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_store() {
+        let store = MemorySpecStore::default();
+        assert!(!store.put("ws-1", parse_spec(br#"{"baseRef": "a:1"}"#).unwrap()));
+        assert!(store.put("ws-1", parse_spec(br#"{"baseRef": "a:2"}"#).unwrap()));
+        assert_eq!(store.get("ws-1").unwrap().spec.base.to_string(), "docker.io/a:2");
+        assert!(store.delete("ws-1"));
+        assert!(store.get("ws-1").is_none());
+    }
+
+    #[test]
+    fn fixed_file_reloads_and_survives_bad_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("specs.json");
+        std::fs::write(&path, br#"{"one": {"baseRef": "a:1"}}"#).unwrap();
+        let file = FixedSpecFile::open(&path).unwrap();
+        assert!(file.get("one", 0).is_some());
+        std::fs::write(&path, br#"{"two": {"baseRef": "b:1"}, "three": {"baseRef": "c:1"}}"#).unwrap();
+        assert!(file.get("two", 500).is_none(), "looked at again only after a second");
+        assert!(file.get("two", 1_500).is_some());
+        std::fs::write(&path, br#"{"four": {"baseRef": "NOT VALID"}}"#).unwrap();
+        assert!(file.get("three", 3_000).is_some(), "a bad edit keeps the previous specs");
+        std::fs::write(&path, b"{").unwrap();
+        assert!(FixedSpecFile::open(&path).is_err());
+    }
+}
