@@ -30,33 +30,13 @@ cleanup() {
   [ -n "${KEEP_WORK:-}" ] && echo "bench: kept $WORK" >&2 || rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {
-  for _ in $(seq 100); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done
-  echo "bench: $1 never answered" >&2; exit 1
-}
+. bench/lib.sh
 
 # ---- the reference registry, with its access log, holding one image with one big layer
-REG_PORT="$(free_port)"
-mkdir -p "$WORK/registry"
-cat > "$WORK/registry/config.yml" <<YAML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $WORK/registry/storage
-http:
-  addr: 127.0.0.1:$REG_PORT
-YAML
-docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry/log" 2>&1 &
-PIDS+=("$!")
-wait_http "http://127.0.0.1:$REG_PORT/v2/"
+start_reference_registry
 target/release/rf-bench-image "$WORK/image" --layers "${BLOB_MIB}M" --plain --seed 3 > "$WORK/image.json"
 BLOB="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["largest_layer"]["digest"])' "$WORK/image.json")"
-skopeo --insecure-policy copy -q --preserve-digests --dest-tls-verify=false "oci:$WORK/image:latest" "docker://127.0.0.1:$REG_PORT/bench/big:latest"
+push_layout "$WORK/image" bench/big:latest
 DIRECT_URL="http://127.0.0.1:$REG_PORT/v2/bench/big/blobs/$BLOB"
 
 start_facade() {  # name -> sets FACADE_URL and FACADE_PID
@@ -75,7 +55,7 @@ JSON
   FACADE_URL="http://127.0.0.1:$port/v2/mirror/up/bench/big/blobs/$BLOB"
 }
 stop_facade() { kill "$FACADE_PID"; wait "$FACADE_PID" 2>/dev/null || true; }
-upstream_gets() { grep -c "\"GET /v2/bench/big/blobs/$BLOB" "$WORK/registry/log" || true; }
+upstream_gets() { grep -c "\"GET /v2/bench/big/blobs/$BLOB" "$REG_LOG" || true; }
 pull() {  # url -> seconds; fails unless all bytes came
   local out
   out=$(curl -fsS -o /dev/null -w '%{time_total} %{size_download}' "$1")

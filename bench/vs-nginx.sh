@@ -35,11 +35,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {
-  for _ in $(seq 100); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done
-  echo "bench: $1 never answered" >&2; exit 1
-}
+. bench/lib.sh
 
 # ---- the image: a 16 MiB layer and four small ones (manifest ~1 KiB)
 target/release/rf-bench-image "$WORK/image" --layers 16M,1K,1K,1K,1K --plain > "$WORK/image.json"
@@ -58,59 +54,22 @@ wait_http "http://127.0.0.1:$RF_PORT/v2/"
 #   nginx       sendfile on, one worker per core: the peer the issue's targets name (the same
 #               settings as ../shared/tools/bench-peers.sh, where the notes' figures come from)
 #   nginx-tuned the same plus SO_REUSEPORT, worker CPU affinity and open_file_cache
-start_nginx() {  # name port extra-listen-flags extra-main extra-http
-  local n="$WORK/$1"
-  mkdir -p "$n/root/v2/$REPO/manifests" "$n/root/v2/$REPO/blobs" "$n/tmp" "$n/logs"
-  cp "$WORK/image/blobs/sha256/${MDIGEST#sha256:}" "$n/root/v2/$REPO/manifests/$MDIGEST"
-  cp "$WORK/image/blobs/sha256/${BDIGEST#sha256:}" "$n/root/v2/$REPO/blobs/$BDIGEST"
-  chmod -R a+rX "$n/root"
-  cat > "$n/nginx.conf" <<NGINX
-worker_processes $CORES;
-$4
-pid $n/nginx.pid;
-error_log $n/logs/error.log warn;
-daemon off;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_requests 1000000;
-  $5
-  client_body_temp_path $n/tmp; proxy_temp_path $n/tmp; fastcgi_temp_path $n/tmp;
-  uwsgi_temp_path $n/tmp; scgi_temp_path $n/tmp;
-  default_type application/octet-stream;
-  server {
-    listen 127.0.0.1:$2 $3;
-    root $n/root;
-    location /v2/$REPO/manifests/ { default_type application/vnd.oci.image.manifest.v1+json; }
-  }
-}
-NGINX
-  nginx -c "$n/nginx.conf" -p "$n" >"$n/logs/stdout" 2>&1 </dev/null &
-  PIDS+=("$!")
-  wait_http "http://127.0.0.1:$2/v2/$REPO/manifests/$MDIGEST"
-}
+MANIFEST_FILE="$WORK/image/blobs/sha256/${MDIGEST#sha256:}"
+BLOB_FILE="$WORK/image/blobs/sha256/${BDIGEST#sha256:}"
+FILES=("$MANIFEST_FILE" "/v2/$REPO/manifests/$MDIGEST" application/vnd.oci.image.manifest.v1+json
+       "$BLOB_FILE" "/v2/$REPO/blobs/$BDIGEST" application/octet-stream)
 NGX_PORT="$(free_port)"
-start_nginx nginx "$NGX_PORT" "" "" ""
-NGX_PID="${PIDS[-1]}"
+start_nginx nginx "$NGX_PORT" "" "" "" "${FILES[@]}"
+NGX_PID=$NGINX_PID
 TUNED_PORT="$(free_port)"
-start_nginx nginx-tuned "$TUNED_PORT" reuseport "worker_cpu_affinity auto;" "open_file_cache max=64;"
-TUNED_PID="${PIDS[-1]}"
+start_nginx nginx-tuned "$TUNED_PORT" reuseport "worker_cpu_affinity auto;" "open_file_cache max=64;" "${FILES[@]}"
+TUNED_PID=$NGINX_PID
 
 # Both must serve identical bytes before they are compared.
 for url in "http://127.0.0.1:$RF_PORT/v2/$REPO" "http://127.0.0.1:$NGX_PORT/v2/$REPO" "http://127.0.0.1:$TUNED_PORT/v2/$REPO"; do
   curl -fs "$url/manifests/$MDIGEST" | cmp -s - "$WORK/image/blobs/sha256/${MDIGEST#sha256:}" || { echo "bench: wrong manifest from $url" >&2; exit 1; }
   curl -fs "$url/blobs/$BDIGEST" | cmp -s - "$WORK/image/blobs/sha256/${BDIGEST#sha256:}" || { echo "bench: wrong blob from $url" >&2; exit 1; }
 done
-
-# CPU seconds (user+system) of a process and its children.
-cpu_seconds() {
-  local total=0 pid
-  for pid in "$1" $(pgrep -P "$1" || true); do
-    total=$(( total + $(awk '{print $14 + $15}' "/proc/$pid/stat") ))
-  done
-  python3 -c "print($total / $(getconf CLK_TCK))"
-}
 
 RESULTS="$WORK/results.txt"
 : > "$RESULTS"
@@ -123,11 +82,7 @@ for round in $(seq "$ROUNDS"); do
         nginx-tuned) base="http://127.0.0.1:$TUNED_PORT/v2/$REPO"; pid=$TUNED_PID ;;
       esac
       if [ "$object" = manifest ]; then url="$base/manifests/$MDIGEST"; conns=$MANIFEST_CONNS; else url="$base/blobs/$BDIGEST"; conns=$BLOB_CONNS; fi
-      before=$(cpu_seconds "$pid")
-      out=$(wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" --timeout 30s --latency \
-              -H 'Accept: application/vnd.oci.image.manifest.v1+json' "$url")
-      after=$(cpu_seconds "$pid")
-      printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$server" "$object" "$(python3 -c "print($after - $before)")" "$(echo "$out" | base64 -w0)" >> "$RESULTS"
+      printf '%s\t%s\t%s\t%s\n' "$round" "$server" "$object" "$(run_wrk "$pid" "$conns" "$url")" >> "$RESULTS"
     done
   done
 done

@@ -1,0 +1,103 @@
+# Shared helpers of the bench scripts (sourced, not run). They expect $WORK (a temp dir) and
+# the PIDS array, and add the processes they start to PIDS so the caller's trap stops them.
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_http() {  # url: waits until it answers (any status below 500)
+  for _ in $(seq 100); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)
+    [ "$code" != 000 ] && [ "$code" -lt 500 ] && return 0
+    sleep 0.1
+  done
+  echo "bench: $1 never answered" >&2; exit 1
+}
+
+# start_nginx NAME PORT LISTEN_FLAGS MAIN_DIRECTIVES HTTP_DIRECTIVES ROUTE_FILE URL_PATH CONTENT_TYPE...
+#   Serves files at registry-shaped paths: each (FILE PATH TYPE) triple after the first five
+#   arguments is copied to PATH and served with TYPE. Sets NGINX_PID.
+start_nginx() {
+  local name="$1" port="$2" listen_flags="$3" main="$4" http="$5"; shift 5
+  local n="$WORK/$name" locations=""
+  mkdir -p "$n/root" "$n/tmp" "$n/logs"
+  while [ $# -ge 3 ]; do
+    mkdir -p "$n/root$(dirname "$2")"
+    cp "$1" "$n/root$2"
+    locations="$locations    location = $2 { default_type $3; }
+"
+    shift 3
+  done
+  chmod -R a+rX "$n/root"
+  cat > "$n/nginx.conf" <<NGINX
+worker_processes $CORES;
+$main
+pid $n/nginx.pid;
+error_log $n/logs/error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 1000000;
+  $http
+  client_body_temp_path $n/tmp; proxy_temp_path $n/tmp; fastcgi_temp_path $n/tmp;
+  uwsgi_temp_path $n/tmp; scgi_temp_path $n/tmp;
+  default_type application/octet-stream;
+  server {
+    listen 127.0.0.1:$port $listen_flags;
+    root $n/root;
+$locations  }
+}
+NGINX
+  nginx -c "$n/nginx.conf" -p "$n" >"$n/logs/stdout" 2>&1 </dev/null &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+  wait_http "http://127.0.0.1:$port/"
+}
+
+# CPU seconds (user+system) of a process and its children.
+cpu_seconds() {
+  local total=0 pid
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$pid/stat") ))
+  done
+  python3 -c "print($total / $(getconf CLK_TCK))"
+}
+
+# run_wrk PID CONNS URL -> "<cpu seconds>\t<wrk output, base64>"
+run_wrk() {
+  local before after out
+  before=$(cpu_seconds "$1")
+  out=$(wrk -t"${WRK_THREADS:-2}" -c"$2" -d"${DURATION}s" --timeout 30s --latency \
+          -H 'Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' "$3")
+  after=$(cpu_seconds "$1")
+  printf '%s\t%s\n' "$(python3 -c "print($after - $before)")" "$(echo "$out" | base64 -w0)"
+}
+
+# start_reference_registry -> sets REG_PORT, REG_PID, REG_LOG (docker-registry 2.8 with its
+# access log on, fresh storage under $WORK/registry).
+start_reference_registry() {
+  REG_PORT="$(free_port)"
+  mkdir -p "$WORK/registry"
+  cat > "$WORK/registry/config.yml" <<YAML
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $WORK/registry/storage
+http:
+  addr: 127.0.0.1:$REG_PORT
+YAML
+  REG_LOG="$WORK/registry/log"
+  docker-registry serve "$WORK/registry/config.yml" >"$REG_LOG" 2>&1 &
+  REG_PID=$!
+  PIDS+=("$REG_PID")
+  wait_http "http://127.0.0.1:$REG_PORT/v2/"
+}
+
+# push_layout DIR REPO:TAG: an OCI layout into the reference registry, digests kept.
+push_layout() {
+  skopeo --insecure-policy copy -q --preserve-digests --dest-tls-verify=false "oci:$1:latest" "docker://127.0.0.1:$REG_PORT/$2"
+}
