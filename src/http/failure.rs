@@ -73,6 +73,7 @@ fn registry_code(error: &RegistryError) -> ErrorCode {
         RegistryError::ManifestUnknown { .. } | RegistryError::NotAcceptable(_) | RegistryError::UpstreamManifestUnknown { .. } => ErrorCode::ManifestUnknown,
         RegistryError::BlobUnknown { .. } => ErrorCode::BlobUnknown,
         RegistryError::Denied(_) => ErrorCode::Denied,
+        RegistryError::SharedState(_) => ErrorCode::Unavailable,
         RegistryError::Upstream { error, .. } | RegistryError::Fill(FillError::Upstream(error)) => upstream_code(error),
         RegistryError::Fill(FillError::Corrupt(_)) | RegistryError::NotAnImage { .. } | RegistryError::Compose(_) => ErrorCode::UpstreamInvalid,
         // An image a spec names could not be had: the client cannot fix our credentials, so
