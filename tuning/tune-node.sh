@@ -54,7 +54,7 @@ PERSIST_FILE=/etc/sysctl.d/60-registry-facade.conf
 # What the systemd unit (docs/registry-facade.service) sets; fs.nr_open must not be below it.
 LIMIT_NOFILE=1048576
 
-# Each knob: key, rule, recommended, reason. Rules:
+# Each knob: "key|rule argument|why". Rules:
 #   min N        an integer of at least N (larger values are left alone)
 #   max3 N       a "min default max" triple whose max is at least N (min and default kept)
 #   exact V      exactly V
