@@ -61,12 +61,15 @@ pub struct ConnectionState {
     head_started_ms: Cell<Option<u64>>,
     seen_bytes: Cell<bool>,
     is_h2: Cell<bool>,
+    /// Whether body chunks may go out with sendfile (a plain socket); if not, regions are
+    /// never registered, since only the raw write path would ever release them.
+    sendfile: bool,
     regions: RefCell<Vec<FileRegion>>,
 }
 
 impl ConnectionState {
-    pub fn new() -> Rc<ConnectionState> {
-        let state = ConnectionState::default();
+    pub fn new(sendfile: bool) -> Rc<ConnectionState> {
+        let state = ConnectionState { sendfile, ..ConnectionState::default() };
         state.quiet_since_ms.set(coarse_now_ms());
         Rc::new(state)
     }
@@ -113,6 +116,9 @@ impl ConnectionState {
 
     /// Lets `data` (a slice of `file` starting at `file_offset`) be sent with sendfile.
     pub fn register_file_region(&self, data: Bytes, file: Arc<File>, file_offset: u64) {
+        if !self.sendfile {
+            return;
+        }
         self.regions.borrow_mut().push(FileRegion { data, file, file_offset });
     }
 
@@ -325,7 +331,7 @@ mod tests {
     use super::*;
 
     fn state_at(now: u64) -> Rc<ConnectionState> {
-        let state = ConnectionState::new();
+        let state = ConnectionState::new(true);
         state.quiet_since_ms.set(now);
         state
     }
