@@ -15,7 +15,7 @@ use glommio::net::TcpStream;
 use hyper::body::Incoming;
 
 use super::failure::Failure;
-use super::io::{coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Timeout};
+use super::io::{coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Timeout, VectoredSocket};
 use super::{admin, dispatch, response, HttpContext, Role};
 use crate::hyper_glue::within;
 
@@ -61,8 +61,10 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<HttpContext>, drain: im
     }
 }
 
-async fn handshake(acceptor: &futures_rustls::TlsAcceptor, stream: TcpStream, limit: Duration) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
-    match within(limit, acceptor.accept(stream)).await {
+type TlsStream = futures_rustls::server::TlsStream<VectoredSocket<TcpStream>>;
+
+async fn handshake(acceptor: &futures_rustls::TlsAcceptor, stream: TcpStream, limit: Duration) -> Option<TlsStream> {
+    match within(limit, acceptor.accept(VectoredSocket::new(stream))).await {
         Some(Ok(tls)) => Some(tls),
         Some(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
