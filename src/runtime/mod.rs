@@ -122,7 +122,7 @@ impl Server {
                 // CPU (glommio's default) it would compete with the executor for one core.
                 .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS))
                 .spawn(move || shard.run())
-                .map_err(|e| RuntimeError::Executor { core, reason: e.to_string() })?;
+                .map_err(|e| executor_failed(core, &e.to_string()))?;
             executors.push(handle);
         }
         drop(ready_tx);
@@ -140,7 +140,7 @@ impl Server {
         }
         self.signal.trigger(ShutdownKind::Immediate);
         let failure = self.executors.drain(..).enumerate().find_map(|(core, handle)| {
-            handle.join().err().map(|e| RuntimeError::Executor { core, reason: e.to_string() })
+            handle.join().err().map(|e| executor_failed(core, &e.to_string()))
         });
         Err(failure.unwrap_or(RuntimeError::Executor { core: 0, reason: "exited during start".into() }))
     }
@@ -167,6 +167,19 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// An executor that could not start or run. glommio's io_uring set-up fails with a message
+/// about kernel versions when the kernel is fine but a seccomp profile (Docker's default)
+/// blocks io_uring: say so, and where the fix is.
+fn executor_failed(core: usize, reason: &str) -> RuntimeError {
+    let io_uring = ["io_uring", "kernel should be", "Operation not permitted", "Function not implemented"].iter().any(|s| reason.contains(s));
+    let reason = if io_uring {
+        format!("{reason} (io_uring is unavailable: the kernel is older than 5.8, or a seccomp profile such as Docker's default blocks io_uring_setup; see docs/seccomp-io_uring.md)")
+    } else {
+        reason.to_owned()
+    };
+    RuntimeError::Executor { core, reason }
 }
 
 /// Everything one executor needs, moved onto its thread.
