@@ -38,12 +38,14 @@ struct Current {
 }
 
 type CompositionKey = (Digest, Digest);
+/// A composition and until when it holds (`None`: forever), or why it failed.
+type CompositionResult = Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryError>>;
 
 #[derive(Default)]
 pub struct Compositions {
     current: SharedMap<CompositionKey, Arc<Current>>,
     recent: SharedMap<RepositoryName, Arc<Vec<Arc<ComposedImage>>>>,
-    flights: SingleFlight<CompositionKey, Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryError>>>,
+    flights: SingleFlight<CompositionKey, CompositionResult>,
 }
 
 impl Compositions {
