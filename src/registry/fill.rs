@@ -197,7 +197,15 @@ impl FillContext {
         }
         // Readers learn the outcome before the fill leaves the table, and new requests find
         // the published blob in the cache before that, so none starts a second download.
-        fill.update(|state| state.outcome = outcome);
+        fill.update(|state| {
+            // A failed fill's temp file is already unlinked, but its space is only freed when
+            // the last descriptor closes, and the table frees removed entries lazily: let go
+            // of it now, or a full disk stays full. (Readers that still need it hold their own.)
+            if !matches!(outcome, Outcome::Published) {
+                state.file = None;
+            }
+            state.outcome = outcome;
+        });
         self.fills.table.remove(&fill.digest);
     }
 
