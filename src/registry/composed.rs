@@ -39,11 +39,14 @@ struct Current {
 
 type CompositionKey = (Digest, Digest);
 
+/// What one composition flight ends with: the image and when it stops being current.
+type FlightResult = Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryError>>;
+
 #[derive(Default)]
 pub struct Compositions {
     current: SharedMap<CompositionKey, Arc<Current>>,
     recent: SharedMap<RepositoryName, Arc<Vec<Arc<ComposedImage>>>>,
-    flights: SingleFlight<CompositionKey, Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryError>>>,
+    flights: SingleFlight<CompositionKey, FlightResult>,
 }
 
 impl Compositions {

@@ -24,6 +24,8 @@ pub enum StaticLayerConfig {
 }
 
 #[derive(Debug, Clone)]
+// A handful per configuration, loaded once: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum StaticEntry {
     File(LoneLayer),
     Image(SourceRef),

@@ -81,8 +81,11 @@ struct OriginPool {
 
 thread_local! {
     static POOLS: RefCell<HashMap<String, OriginPool>> = RefCell::new(HashMap::new());
-    static DNS: RefCell<HashMap<(String, u16), (Vec<SocketAddr>, Instant)>> = RefCell::new(HashMap::new());
+    static DNS: RefCell<DnsCache> = RefCell::new(HashMap::new());
 }
+
+/// (host, port) → the addresses it resolved to, and when.
+type DnsCache = HashMap<(String, u16), (Vec<SocketAddr>, Instant)>;
 
 fn with_pool<T>(endpoint: &Endpoint, settings: &ConnectSettings, f: impl FnOnce(&mut OriginPool) -> T) -> T {
     POOLS.with(|pools| {
