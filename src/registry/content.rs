@@ -14,6 +14,7 @@ use http::HeaderValue;
 use super::blocking::run_blocking;
 use super::budget::{Budget, Reservation};
 use super::error::RegistryError;
+use super::single_flight::SingleFlight;
 use crate::hyper_glue::coarse_now_ms;
 use crate::oci::manifest::{sniff_media_type, MAX_MANIFEST_BYTES};
 use crate::oci::Digest;
@@ -59,6 +60,8 @@ pub struct MappedBlob {
     last_used_ms: AtomicU64,
 }
 
+/// Times a request joins an open of its blob before it opens the blob on its own.
+const OPEN_ROUNDS: usize = 3;
 /// A blob's last use is recorded at most this often (one shared write per second, not per
 /// request).
 const LAST_USED_GRANULARITY_MS: u64 = 1_000;
@@ -96,6 +99,12 @@ pub struct Content {
     /// Blob files as they were when this process wrote or verified them: opening one of these
     /// again costs an fstat, anything else is hashed first (see `CacheDir::map_blob`).
     trusted: SharedMap<Digest, FileIdentity>,
+    /// One open (and, for an untrusted file, one full hash) per blob at a time: a pull storm
+    /// right after a restart must not hash the same large layer once per request. The flight
+    /// only says whether the blob is now open; waiters take it from `blobs`. (Holding the
+    /// `MappedBlob` in the flight would keep it counted as in use while the finished flight
+    /// awaits reclamation, so it could never be closed as idle.)
+    opening: SingleFlight<Digest, Result<bool, String>>,
     max_open_blobs: usize,
     budget: Budget,
 }
@@ -108,7 +117,7 @@ impl Content {
     pub fn open(cache: Arc<CacheDir>, max_bytes: Option<u64>, max_open_blobs: usize) -> Result<Content, StoreError> {
         let budget = Budget::new(max_bytes, cache.scan_blobs()?, coarse_now_ms());
         let max_open_blobs = max_open_blobs.max(1);
-        Ok(Content { cache, manifests: SharedMap::new(), blobs: SharedMap::new(), trusted: SharedMap::new(), max_open_blobs, budget })
+        Ok(Content { cache, manifests: SharedMap::new(), blobs: SharedMap::new(), trusted: SharedMap::new(), opening: SingleFlight::default(), max_open_blobs, budget })
     }
 
     /// Blobs mapped right now (idle ones are closed beyond `max_open_blobs`).
@@ -229,6 +238,41 @@ impl Content {
             }
             return Ok(Some(hit));
         }
+        let failed = |reason: String| {
+            let path = self.cache.blob_path(digest).unwrap_or_default();
+            RegistryError::Store(StoreError::Io { op: "open", path, source: std::io::Error::other(reason) })
+        };
+        // A waiter whose blob was closed again before it looked (a sweep on another core)
+        // opens it again; past a few rounds it opens it itself.
+        for _ in 0..OPEN_ROUNDS {
+            let mut mine = None;
+            let opened = self
+                .opening
+                .run(digest.clone(), || async {
+                    let opened = self.open_blob(digest, now).await?;
+                    let found = opened.is_some();
+                    mine = opened;
+                    Ok(found)
+                })
+                .await;
+            match opened {
+                Ok(true) => match mine.or_else(|| self.blobs.get(digest)) {
+                    Some(blob) => return Ok(Some(blob)),
+                    None => continue,
+                },
+                Ok(false) => return Ok(None),
+                Err(reason) => return Err(failed(reason)),
+            }
+        }
+        self.open_blob(digest, now).await.map_err(failed)
+    }
+
+    /// The miss path of `blob`, run once per digest at a time.
+    async fn open_blob(&self, digest: &Digest, now: u64) -> Result<Option<Arc<MappedBlob>>, String> {
+        // A flight that ended just before this one began may have opened it.
+        if let Some(hit) = self.blobs.get(digest) {
+            return Ok(Some(hit));
+        }
         let cache = Arc::clone(&self.cache);
         let wanted = digest.clone();
         let trusted = self.trusted.get(digest);
@@ -247,7 +291,7 @@ impl Content {
                 self.forget(digest);
                 return Ok(None);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e.to_string()),
         };
         self.trusted.insert(digest.clone(), mapped.identity);
         let (digest_header, etag) = digest_headers(digest);
