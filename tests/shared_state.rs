@@ -12,7 +12,7 @@ use sha2::Digest as _;
 use support::client::{get, send, Reply};
 use support::image::{self, ImageOptions, Layout};
 use support::nginx::Nginx;
-use support::redis::RedisServer;
+use support::redis::{RedisCluster, RedisServer};
 use support::registry::{ReferenceRegistry, RegistryAuth};
 use support::server::{spawn_binary_with_admin, TestServer};
 use support::tools::run;
@@ -87,6 +87,11 @@ fn the_spec_store_behaves_the_same_in_memory_and_in_redis() {
     // An orchestrator writing straight to Redis is served too.
     assert_eq!(redis.cli(&["SET", "rf:spec:from-orchestrator", &images.spec().to_string()]), "OK");
     assert_eq!(digest_of(facade.addr, "remote/from-orchestrator").status, 200);
+    // A spec that does not validate is the writer's bug: a 500, and the others keep working.
+    assert_eq!(redis.cli(&["SET", "rf:spec:broken", r#"{"baseRef": 7}"#]), "OK");
+    let broken = digest_of(facade.addr, "remote/broken");
+    assert_eq!((broken.status, broken.error_code().as_str()), (500, "UNKNOWN"));
+    assert_eq!(digest_of(facade.addr, "remote/from-orchestrator").status, 200);
 }
 
 #[test]
@@ -115,6 +120,33 @@ fn two_facade_processes_share_specs_and_compositions_through_redis() {
     assert_eq!((config.status, sha256(&config.body)), (200, manifest["config"]["digest"].as_str().unwrap().to_owned()));
     let layer = manifest["layers"][0]["digest"].as_str().unwrap();
     assert_eq!(sha256(&get(b, &format!("/v2/remote/ws-shared/blobs/{layer}")).body), layer, "and its blobs");
+}
+
+#[test]
+fn a_redis_cluster_holds_the_shared_state_across_its_nodes() {
+    let images = Images::new();
+    let cluster = RedisCluster::start();
+    let redis = format!(r#""redis": {{"url": "{}", "cluster": true, "timeoutMs": 1000}}"#, cluster.url());
+    let facade = TestServer::start(&images.config(None, &redis));
+    let admin = facade.admin.unwrap();
+    wait_for("ready", || get(admin, "/ready").status == 200);
+    spec_store_conformance(&facade, &images);
+    let mut digests = Vec::new();
+    for n in 0..6 {
+        assert_eq!(put(admin, &format!("ws-{n}"), &images.spec()).status, 201);
+        digests.push(digest_of(facade.addr, &format!("remote/ws-{n}")).body);
+    }
+    let holding = cluster.keys_per_node().into_iter().filter(|&keys| keys > 0).count();
+    assert!(holding >= 2, "keys are spread over the cluster's nodes: {:?}", cluster.keys_per_node());
+    assert_eq!(cluster.cli(&["SET", "rf:spec:from-orchestrator", &images.spec().to_string()]), "OK");
+    assert_eq!(digest_of(facade.addr, "remote/from-orchestrator").body, digests[0]);
+
+    let resolved_before = images.registry.access_entries().len();
+    let second = TestServer::start(&images.config(None, &redis));
+    for (n, digest) in digests.iter().enumerate() {
+        assert_eq!(&digest_of(second.addr, &format!("remote/ws-{n}")).body, digest, "a second node serves ws-{n} from the cluster");
+    }
+    assert_eq!(images.registry.access_entries().len(), resolved_before, "without asking upstream for manifests");
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {

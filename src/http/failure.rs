@@ -83,7 +83,11 @@ fn registry_code(error: &RegistryError) -> ErrorCode {
             other => other,
         },
         RegistryError::Composition(error) => registry_code(error),
-        RegistryError::Fill(FillError::Cache(_)) | RegistryError::MissingContent(_) | RegistryError::Store(_) | RegistryError::CorruptManifest { .. } => {
+        RegistryError::Fill(FillError::Cache(_))
+        | RegistryError::MissingContent(_)
+        | RegistryError::Store(_)
+        | RegistryError::CorruptManifest { .. }
+        | RegistryError::InvalidStoredSpec(_) => {
             ErrorCode::Unknown
         }
     }

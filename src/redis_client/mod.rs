@@ -59,10 +59,19 @@ enum Answer {
 type Job = (Command, oneshot::Sender<Result<Answer, RedisError>>);
 
 /// Whether Redis answered the last probe, and if not, why.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     up: AtomicBool,
     last_error: Mutex<String>,
+    /// Becomes true once the first connection attempt has ended either way: a command that
+    /// arrives while the facade is still starting waits for it instead of failing at once.
+    attempted: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health { up: AtomicBool::new(false), last_error: Mutex::new("not connected yet".into()), attempted: tokio::sync::watch::Sender::new(false) }
+    }
 }
 
 impl Health {
@@ -74,7 +83,15 @@ impl Health {
         self.last_error.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
+    /// Waits until the first connection attempt has ended (tokio's watch channel needs no
+    /// tokio runtime, so an executor can await it).
+    async fn first_attempt(&self) {
+        let mut attempted = self.attempted.subscribe();
+        let _ = attempted.wait_for(|done| *done).await;
+    }
+
     fn set(&self, result: Result<(), String>) {
+        self.attempted.send_replace(true);
         let was_up = self.up.swap(result.is_ok(), Ordering::AcqRel);
         match result {
             Ok(()) if !was_up => tracing::info!("Redis is reachable"),
@@ -161,6 +178,9 @@ impl RedisClient {
     }
 
     async fn call(&self, command: Command) -> Result<Answer, RedisError> {
+        if !self.health.is_up() && !*self.health.attempted.borrow() {
+            within(self.timeout, self.health.first_attempt()).await;
+        }
         if !self.health.is_up() {
             return Err(RedisError::Unavailable(self.health.last_error()));
         }

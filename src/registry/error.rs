@@ -30,6 +30,8 @@ pub enum RegistryError {
     Denied(String),
     #[error("{0}")]
     SharedState(String),
+    #[error("{0}")]
+    InvalidStoredSpec(String),
     #[error("repository {0} does not exist upstream")]
     UpstreamNameUnknown(String),
     #[error("manifest `{reference}` does not exist in {remote}")]
@@ -70,7 +72,10 @@ impl RegistryError {
             | RegistryError::Compose(_)
             | RegistryError::SharedState(_) => FailureClass::Upstream,
             RegistryError::Input { error, .. } | RegistryError::Composition(error) => error.class(),
-            RegistryError::Store(_) | RegistryError::MissingContent(_) | RegistryError::CorruptManifest { .. } => FailureClass::Internal,
+            RegistryError::Store(_)
+            | RegistryError::MissingContent(_)
+            | RegistryError::CorruptManifest { .. }
+            | RegistryError::InvalidStoredSpec(_) => FailureClass::Internal,
         }
     }
 

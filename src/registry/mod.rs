@@ -41,7 +41,7 @@ use crate::oci::{Digest, Reference, RepositoryName, Tag};
 use crate::hyper_glue::coarse_now_ms;
 use crate::ipfs::IpfsGateway;
 use crate::redis_client::RedisClient;
-use crate::spec::{FixedSpecFile, RemoteSpecs, StoredSpec};
+use crate::spec::{FixedSpecFile, RemoteSpecs, SpecError, StoredSpec};
 use crate::store::{CacheDir, StoreError};
 use crate::table::SharedMap;
 use crate::upstream::{BlobLocation, RemoteRepository, Upstream};
@@ -328,7 +328,11 @@ impl Registry {
         let unknown = || RegistryError::NameUnknown(name.clone());
         match name.split_provider() {
             Some(("remote", id)) => {
-                let spec = self.specs.remote.get(id).await.map_err(|e| RegistryError::SharedState(e.to_string()))?;
+                let spec = self.specs.remote.get(id).await.map_err(|e| match e {
+                    // A spec writer is trusted; a spec that does not validate is our problem.
+                    SpecError::Invalid(_) => RegistryError::InvalidStoredSpec(e.to_string()),
+                    _ => RegistryError::SharedState(e.to_string()),
+                })?;
                 return spec.map(Source::Composed).ok_or_else(unknown);
             }
             Some(("fixed", id)) => {
