@@ -22,6 +22,8 @@ macro_rules! label_enum {
                 }
             }
 
+            // Only the labels of per-core tables are indexed.
+            #[allow(dead_code)]
             pub(super) fn index(self) -> usize {
                 self as usize
             }
@@ -43,10 +45,16 @@ label_enum! {
         Manifest => "manifest",
         Blob => "blob",
         Tags => "tags",
-        /// On the registry listener, a path that is no API route (or does not parse).
+        /// A path that is no route of its listener (or does not parse).
         Unknown => "unknown",
-        /// Anything on the admin listener (specs, `/live`, `/ready`, `/metrics`).
-        Admin => "admin",
+        /// Admin listener: `/live`.
+        Live => "live",
+        /// Admin listener: `/ready`.
+        Ready => "ready",
+        /// Admin listener: `/metrics`.
+        Metrics => "metrics",
+        /// Admin listener: `/admin/specs/<id>`.
+        Specs => "specs",
     }
 }
 
@@ -76,16 +84,17 @@ impl Method {
 label_enum! {
     /// Where the bytes of a response body came from.
     ByteSource {
-        /// A manifest (from memory or the cache).
+        /// A manifest (held in memory: composed, mirrored or local).
         Manifest => "manifest",
-        /// A cached blob file, whole or a range.
+        /// A blob already in the local cache, whole or a range.
         Cache => "cache",
-        /// A blob read from a fill's file while the fill writes it.
-        Fill => "fill",
-        /// A blob streamed straight from upstream because the fill could not cache it.
+        /// A blob a fill brings in from an upstream registry (or a content layer's URL),
+        /// read as it lands, or streamed straight through when it cannot be cached.
         Upstream => "upstream",
+        /// A blob a fill brought in from an IPFS gateway (readers see it once verified).
+        Ipfs => "ipfs",
         /// Bytes a composition carries: its config, direct content layers.
-        Inline => "inline",
+        Composed => "composed",
         /// Small API documents: `/v2/`, tag lists, error documents.
         Api => "api",
         /// Answers of the admin listener, `/metrics` included.
@@ -198,7 +207,7 @@ mod tests {
         for (i, source) in ByteSource::ALL.iter().enumerate() {
             assert_eq!(source.index(), i);
         }
-        assert_eq!(Route::COUNT, 6);
+        assert_eq!(Route::COUNT, 9);
         assert_eq!(Method::of(&http::Method::PATCH), Method::Other);
     }
 }

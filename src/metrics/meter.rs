@@ -65,7 +65,9 @@ impl Metrics {
     /// each executor thread; a second call on the same thread is ignored.
     pub fn enter_core(self: &Arc<Self>, core: usize) {
         let core = u16::try_from(core).unwrap_or(u16::MAX);
-        let _ = METER.try_with(|meter| meter.get_or_init(|| CoreMeter::new(Arc::clone(self), core)));
+        let _ = METER.try_with(|meter| {
+            meter.get_or_init(|| CoreMeter::new(Arc::clone(self), core));
+        });
     }
 }
 
@@ -98,6 +100,11 @@ pub fn fill_started(source: FillSource) {
 
 pub fn fill_finished(source: FillSource, outcome: FillOutcome) {
     with_meter(|m| m.metrics.fills_finished.get_or_create(&FillOutcomeLabels { source, outcome }).inc());
+}
+
+/// `bytes` a fill downloaded from `source` (whatever its outcome).
+pub fn fill_bytes(source: FillSource, bytes: u64) {
+    with_meter(|m| m.metrics.fill_bytes.get_or_create(&FillLabels { source }).inc_by(bytes));
 }
 
 pub fn upstream_retry(host: &str, kind: RetryKind) {

@@ -23,7 +23,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 pub use labels::{ByteSource, CacheKind, FillOutcome, FillSource, Listener, Method, RetryKind, Route};
-pub use meter::{cache_evicted, cache_lookup, connection_opened, fill_finished, fill_started, request, served, upstream_response, upstream_retry, OpenConnection};
+pub use meter::{cache_evicted, cache_lookup, connection_opened, fill_bytes, fill_finished, fill_started, request, served, upstream_response, upstream_retry, OpenConnection};
 
 use hosts::BoundedHosts;
 use labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, RequestLabels, RetryLabels, ServedLabels};
@@ -76,6 +76,7 @@ pub struct Metrics {
     cache_bytes: Gauge,
     fills_started: Family<FillLabels, Counter>,
     fills_finished: Family<FillOutcomeLabels, Counter>,
+    fill_bytes: Family<FillLabels, Counter>,
     upstream_retries: Family<RetryLabels, Counter>,
     upstream_response: LatencyFamily,
     hosts: BoundedHosts,
@@ -98,6 +99,7 @@ impl Metrics {
             cache_bytes: Gauge::default(),
             fills_started: Family::default(),
             fills_finished: Family::default(),
+            fill_bytes: Family::default(),
             upstream_retries: Family::default(),
             upstream_response: Family::new_with_constructor(response_histogram as fn() -> Histogram),
             hosts: BoundedHosts::default(),
@@ -106,7 +108,7 @@ impl Metrics {
         Arc::new(metrics)
     }
 
-    /// Names and help texts; docs/operations-metrics.md lists the same.
+    /// Names and help texts; the Metrics section of docs/operations.md lists the same.
     fn register(&mut self) {
         let r = &mut self.registry;
         r.register("build", "The facade's version", Info::new([("version", env!("CARGO_PKG_VERSION"))]));
@@ -118,6 +120,7 @@ impl Metrics {
         r.register_with_unit("cache", "Bytes of content the cache holds, as of the scrape", Unit::Bytes, self.cache_bytes.clone());
         r.register("fills_started", "Downloads into the cache started, by source", self.fills_started.clone());
         r.register("fills_finished", "Downloads into the cache ended, by source and outcome", self.fills_finished.clone());
+        r.register_with_unit("fill", "Bytes downloaded by fills, by source", Unit::Bytes, self.fill_bytes.clone());
         r.register("upstream_retries", "Upstream requests repeated after a failed attempt, and blob bodies resumed, by host", self.upstream_retries.clone());
         r.register_with_unit(
             "upstream_response",
