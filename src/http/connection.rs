@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use super::{admin, dispatch, Role};
 use super::io::{coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Timeout};
 use super::HttpContext;
+use crate::metrics;
 
 enum Event {
     Closed(Result<(), Box<dyn std::error::Error + Send + Sync>>),
@@ -25,6 +26,7 @@ enum Event {
 /// takes too long, or no request for too long), or `drain` resolves (then in-flight requests
 /// finish and the connection closes).
 pub async fn serve_tcp(stream: glommio::net::TcpStream, ctx: Rc<HttpContext>, drain: impl Future<Output = ()>) {
+    let _open = count_open(ctx.role);
     // Small responses must not wait for Nagle; a failure only costs latency.
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
@@ -86,4 +88,12 @@ pub async fn serve_tcp(stream: glommio::net::TcpStream, ctx: Rc<HttpContext>, dr
             Event::TimeoutCheck => {}
         }
     }
+}
+
+/// Counts a connection of `role`'s listener as open while the returned guard lives.
+fn count_open(role: Role) -> metrics::OpenConnection {
+    metrics::connection_opened(match role {
+        Role::Registry => metrics::Listener::Registry,
+        Role::Admin => metrics::Listener::Admin,
+    })
 }

@@ -12,6 +12,7 @@ use super::blocking::run_blocking;
 use super::budget::{Budget, Reservation};
 use super::error::RegistryError;
 use crate::hyper_glue::coarse_now_ms;
+use crate::metrics::{self, CacheKind};
 use crate::oci::manifest::{sniff_media_type, MAX_MANIFEST_BYTES};
 use crate::oci::Digest;
 use crate::store::{CacheDir, StoreError};
@@ -108,6 +109,12 @@ impl Content {
     }
 
     async fn load_manifest(&self, digest: &Digest, media_type: Option<&str>) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
+        let found = self.read_manifest(digest, media_type).await;
+        metrics::cache_lookup(CacheKind::Manifest, matches!(found, Ok(Some(_))));
+        found
+    }
+
+    async fn read_manifest(&self, digest: &Digest, media_type: Option<&str>) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
         if let Some(hit) = self.manifests.get(digest) {
             return Ok(Some(hit));
         }
@@ -155,6 +162,7 @@ impl Content {
         let cache = Arc::clone(&self.cache);
         let wanted = digest.clone();
         let read = run_blocking(move || cache.read_verified(&wanted, max_len as u64)).await?;
+        metrics::cache_lookup(CacheKind::Blob, read.is_some());
         if read.is_some() {
             self.budget.touch(digest, coarse_now_ms());
         }
@@ -180,8 +188,15 @@ impl Content {
     pub async fn blob(&self, digest: &Digest) -> Result<Option<Arc<MappedBlob>>, RegistryError> {
         self.budget.touch(digest, coarse_now_ms());
         if let Some(hit) = self.blobs.get(digest) {
+            metrics::cache_lookup(CacheKind::Blob, true);
             return Ok(Some(hit));
         }
+        let mapped = self.map_blob(digest).await;
+        metrics::cache_lookup(CacheKind::Blob, matches!(mapped, Ok(Some(_))));
+        mapped
+    }
+
+    async fn map_blob(&self, digest: &Digest) -> Result<Option<Arc<MappedBlob>>, RegistryError> {
         let cache = Arc::clone(&self.cache);
         let wanted = digest.clone();
         let mapped = run_blocking(move || cache.map_blob(&wanted)).await?;
@@ -201,6 +216,7 @@ impl Content {
         })
         .await;
         if let Reservation::Granted { evicted } = &reservation {
+            metrics::cache_evicted(evicted.len() as u64);
             for digest in evicted {
                 self.blobs.remove(digest);
                 self.manifests.remove(digest);

@@ -174,6 +174,8 @@ struct Shard {
 impl Shard {
     async fn run(self) {
         let Shard { core, socket, admin_socket, admin_slot, registry, settings, signal, ready } = self;
+        // Before anything is served here, so every record on this thread lands in this core's series.
+        registry.metrics().enter_core(core);
         let listener = listener_from(socket);
         let ctx = HttpContext::new(Arc::clone(&registry), settings.http.clone(), Role::Registry);
         let connections = Gate::new();
