@@ -62,14 +62,17 @@ enum Outcome {
     Failed(FillError),
 }
 
+/// A fill's file, and where its bytes come from (for the served-bytes metric).
+type SourcedFile = (Arc<File>, ByteSource);
+
 #[derive(Debug)]
 struct FillState {
     /// Set once upstream answered: the blob's size, if it said.
     total: Option<Option<u64>>,
     /// The file being written, opened once for all readers: the descriptor stays valid when
     /// the file is renamed into place (or unlinked on failure), so no reader ever races a
-    /// rename by opening a path. With it, where its bytes come from.
-    file: Option<(Arc<File>, ByteSource)>,
+    /// rename by opening a path.
+    file: Option<SourcedFile>,
     outcome: Outcome,
 }
 
@@ -100,7 +103,7 @@ impl Fill {
         self.changed.notify(usize::MAX);
     }
 
-    fn snapshot(&self) -> (Option<Option<u64>>, Option<(Arc<File>, ByteSource)>, Outcome) {
+    fn snapshot(&self) -> (Option<Option<u64>>, Option<SourcedFile>, Outcome) {
         match self.state.lock() {
             Ok(state) => (state.total, state.file.clone(), state.outcome.clone()),
             Err(_) => (None, None, Outcome::Failed(FillError::Cache("fill state poisoned".into()))),
@@ -405,7 +408,7 @@ impl BatchWriter {
 struct FillReader {
     fill: Arc<Fill>,
     upstream: Upstream,
-    file: Option<(Arc<File>, ByteSource)>,
+    file: Option<SourcedFile>,
     pos: u64,
     end: u64,
     direct: Option<BlobDownload>,

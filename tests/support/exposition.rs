@@ -85,7 +85,7 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
         if !allowed.contains(&suffix) {
             return Err(fail(&format!("suffix {suffix:?} does not fit a {kind}")));
         }
-        if kind == "counter" && suffix == "_total" && !(sample.value >= 0.0) {
+        if kind == "counter" && suffix == "_total" && (sample.value < 0.0 || sample.value.is_nan()) {
             return Err(fail("a negative counter"));
         }
         seen_samples_of = Some(family.to_owned());
@@ -163,13 +163,16 @@ fn parse_labels(mut text: &str) -> Result<(BTreeMap<String, String>, &str), Stri
     }
 }
 
+/// A series' labels but `le`, in order.
+type LabelPairs = Vec<(String, String)>;
+
 /// Buckets of each histogram series never decrease, end at `+Inf`, and that bucket is `_count`.
 fn check_histograms(exposition: &Exposition) -> Result<(), String> {
     for (family, kind) in &exposition.types {
         if kind != "histogram" {
             continue;
         }
-        let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut series: BTreeMap<LabelPairs, Vec<(f64, f64)>> = BTreeMap::new();
         for sample in exposition.samples.iter().filter(|s| s.name == format!("{family}_bucket")) {
             let le = sample.labels.get("le").ok_or_else(|| format!("{family}: a bucket without le"))?;
             let le = if le == "+Inf" { f64::INFINITY } else { le.parse().map_err(|_| format!("{family}: le {le:?}"))? };
