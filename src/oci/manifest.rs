@@ -87,6 +87,9 @@ impl ImageIndex {
 }
 
 /// A manifest-like document, parsed according to its media type.
+// One value per parsed document, never stored in bulk: boxing the larger variant would only
+// add an allocation per parse.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Manifest {
     Image(ImageManifest),

@@ -38,12 +38,14 @@ struct Current {
 }
 
 type CompositionKey = (Digest, Digest);
+/// What one composition flight hands to every waiter: the image and how long it stays valid.
+type Composed = Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryError>>;
 
 #[derive(Default)]
 pub struct Compositions {
     current: SharedMap<CompositionKey, Arc<Current>>,
     recent: SharedMap<RepositoryName, Arc<Vec<Arc<ComposedImage>>>>,
-    flights: SingleFlight<CompositionKey, Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryError>>>,
+    flights: SingleFlight<CompositionKey, Composed>,
 }
 
 impl Compositions {
