@@ -2,6 +2,8 @@
 //! error (code, status, message) and where its cause is logged, once, at the level its class
 //! deserves.
 
+use super::auth::Refused;
+use super::connection::Refusal;
 use crate::oci::route::RouteError;
 use crate::oci::ErrorCode;
 use crate::registry::{FailureClass, FillError, RegistryError};
@@ -17,6 +19,10 @@ pub enum Failure {
     Registry(#[from] RegistryError),
     #[error("range not satisfiable for {len} bytes")]
     RangeNotSatisfiable { len: u64 },
+    #[error("{}", match .refused { Refused::NoCredentials => "authentication required", Refused::Invalid => "invalid credentials" })]
+    Unauthenticated { refused: Refused, challenges: Vec<http::HeaderValue> },
+    #[error("{}", match .0 { Refusal::ServerFull => "the server is at its connection limit; retry shortly", Refusal::ClientFull => "this client holds too many connections; retry shortly" })]
+    Overloaded(Refusal),
 }
 
 /// The error as it goes on the wire.
@@ -43,6 +49,9 @@ impl Failure {
             Failure::Route(RouteError::PaginationNumberInvalid) => ErrorCode::PaginationNumberInvalid,
             Failure::MethodNotAllowed(_) => ErrorCode::Unsupported,
             Failure::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
+            Failure::Unauthenticated { .. } => ErrorCode::Unauthorized,
+            Failure::Overloaded(Refusal::ServerFull) => ErrorCode::Unavailable,
+            Failure::Overloaded(Refusal::ClientFull) => ErrorCode::TooManyRequests,
             Failure::Registry(e) => registry_code(e),
         }
     }

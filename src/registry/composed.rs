@@ -200,7 +200,7 @@ fn content_layer(layer: &ContentLayer) -> LoneLayer {
         ContentLayer::Remote { url, digest, diff_id, media_type, size } => {
             let mut descriptor = Descriptor::new(media_type, digest.clone(), *size);
             descriptor.urls = Some(vec![url.clone()]);
-            LoneLayer { descriptor, diff_id: diff_id.clone(), source: BlobSource::Url(url.clone()), created_by: "registry-facade: content layer".into() }
+            LoneLayer { descriptor, diff_id: diff_id.clone(), source: BlobSource::Url { url: url.clone(), size: *size }, created_by: "registry-facade: content layer".into() }
         }
         ContentLayer::Direct { content, digest } => LoneLayer {
             descriptor: Descriptor::new(OCI_LAYER_TAR, digest.clone(), content.len() as u64),
