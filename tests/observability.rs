@@ -1,7 +1,7 @@
 //! Observability against the running server: `/metrics` on the admin listener parses strictly
 //! as OpenMetrics and its counters move with real traffic (pull-through from the reference
 //! registry: requests, bytes by source, cache hits and misses, fills, upstream latency,
-//! retries, evictions, open connections); `/live` and `/ready` answer while the upstream is
+//! retries, evictions, open and refused connections); `/live` and `/ready` answer while the upstream is
 //! down; the request span (route, repository, digest) shows in JSON and in pretty logs.
 
 mod support;
@@ -248,4 +248,24 @@ fn request_spans_carry_route_repository_and_digest_in_json_and_pretty_logs() {
             assert!(!line.contains('\u{1b}'), "no colours into a pipe: {line}");
         }
     }
+}
+
+#[test]
+fn open_and_refused_connections_are_gauged_and_counted() {
+    let facade = TestServer::start(r#""adminListen": "127.0.0.1:0", "limits": {"maxConnections": 2}"#);
+    let admin = facade.admin.expect("admin listener");
+    let mut held: Vec<std::net::TcpStream> = (0..2).map(|_| support::client::connect(facade.addr)).collect();
+    for stream in &mut held {
+        std::io::Write::write_all(stream, b"GET /v2/ HTTP/1.1\r\nHost: facade\r\n\r\n").unwrap();
+        let reply = support::client::read_reply(&mut std::io::BufReader::new(stream.try_clone().unwrap()), false).unwrap();
+        assert_eq!(reply.status, 200);
+    }
+    assert_eq!(get(facade.addr, "/v2/").status, 503, "a third connection is over the limit");
+    let metrics = scrape(admin);
+    assert_eq!(metrics.sum("registry_facade_open_connections", &[("listener", "registry")]), 2.0, "the two held, not the refused one");
+    assert_eq!(metrics.sum("registry_facade_refused_connections_total", &[("reason", "server_full")]), 1.0);
+    assert_eq!(metrics.sum("registry_facade_refused_connections_total", &[("reason", "client_full")]), 0.0);
+    drop(held);
+    let closed = scrape_until(admin, |m| m.sum("registry_facade_open_connections", &[("listener", "registry")]) == 0.0);
+    assert_eq!(closed.sum("registry_facade_open_connections", &[("listener", "registry")]), 0.0, "closed connections leave the gauge");
 }

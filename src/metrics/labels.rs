@@ -143,6 +143,16 @@ label_enum! {
 }
 
 label_enum! {
+    /// Why a connection was refused at accept.
+    Refusal {
+        /// The server held `limits.maxConnections` connections.
+        ServerFull => "server_full",
+        /// The client's address held `limits.maxConnectionsPerClient` connections.
+        ClientFull => "client_full",
+    }
+}
+
+label_enum! {
     /// Which listener a connection came in on.
     Listener {
         Registry => "registry",
@@ -173,6 +183,12 @@ pub(super) struct CacheLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(super) struct ConnectionLabels {
     pub listener: Listener,
+    pub core: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(super) struct RefusalLabels {
+    pub reason: Refusal,
     pub core: u16,
 }
 

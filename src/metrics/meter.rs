@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, RequestLabels, RetryLabels, ServedLabels};
-use super::{ByteSource, CacheKind, FillOutcome, FillSource, HotCounter, Listener, Method, Metrics, RetryKind, Route};
+use super::labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, RefusalLabels, RequestLabels, RetryLabels, ServedLabels};
+use super::{ByteSource, CacheKind, FillOutcome, FillSource, HotCounter, Listener, Method, Metrics, Refusal, RetryKind, Route};
 
 /// The status codes the facade answers with, sorted: each has a per-core slot. Any other
 /// code (none expected) is still counted, through the family's lookup.
@@ -33,6 +33,7 @@ struct CoreMeter {
     hits: Vec<HotCounter>,
     misses: Vec<HotCounter>,
     connections: Vec<Gauge>,
+    refused: Vec<HotCounter>,
 }
 
 impl CoreMeter {
@@ -44,7 +45,8 @@ impl CoreMeter {
         };
         let (hits, misses) = (cache(&metrics.cache_hits), cache(&metrics.cache_misses));
         let connections = Listener::ALL.iter().map(|&listener| metrics.open_connections.get_or_create_owned(&ConnectionLabels { listener, core })).collect();
-        CoreMeter { requests: (0..slots).map(|_| OnceCell::new()).collect(), served, hits, misses, connections, metrics, core }
+        let refused = Refusal::ALL.iter().map(|&reason| metrics.refused_connections.get_or_create_owned(&RefusalLabels { reason, core })).collect();
+        CoreMeter { requests: (0..slots).map(|_| OnceCell::new()).collect(), served, hits, misses, connections, refused, metrics, core }
     }
 
     fn request(&self, route: Route, method: Method, code: u16) {
@@ -124,6 +126,11 @@ pub fn connection_opened(listener: Listener) -> OpenConnection {
         gauge.inc();
         gauge
     }))
+}
+
+/// A connection refused at accept because of a connection limit (an overload storm is many).
+pub fn connection_refused(reason: Refusal) {
+    with_meter(|m| m.refused[reason.index()].inc());
 }
 
 /// See `connection_opened`.

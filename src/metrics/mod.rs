@@ -22,11 +22,11 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-pub use labels::{ByteSource, CacheKind, FillOutcome, FillSource, Listener, Method, RetryKind, Route};
-pub use meter::{cache_evicted, cache_lookup, connection_opened, fill_bytes, fill_finished, fill_started, request, served, upstream_response, upstream_retry, OpenConnection};
+pub use labels::{ByteSource, CacheKind, FillOutcome, FillSource, Listener, Method, Refusal, RetryKind, Route};
+pub use meter::{cache_evicted, cache_lookup, connection_opened, connection_refused, fill_bytes, fill_finished, fill_started, request, served, upstream_response, upstream_retry, OpenConnection};
 
 use hosts::BoundedHosts;
-use labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, RequestLabels, RetryLabels, ServedLabels};
+use labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, RefusalLabels, RequestLabels, RetryLabels, ServedLabels};
 
 /// The `Content-Type` of what `Metrics::render` returns.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -72,6 +72,7 @@ pub struct Metrics {
     cache_hits: Family<CacheLabels, HotCounter>,
     cache_misses: Family<CacheLabels, HotCounter>,
     open_connections: Family<ConnectionLabels, Gauge>,
+    refused_connections: Family<RefusalLabels, HotCounter>,
     cache_evictions: Counter,
     cache_bytes: Gauge,
     fills_started: Family<FillLabels, Counter>,
@@ -95,6 +96,7 @@ impl Metrics {
             cache_hits: Family::default(),
             cache_misses: Family::default(),
             open_connections: Family::default(),
+            refused_connections: Family::default(),
             cache_evictions: Counter::default(),
             cache_bytes: Gauge::default(),
             fills_started: Family::default(),
@@ -129,6 +131,7 @@ impl Metrics {
             self.upstream_response.clone(),
         );
         r.register("open_connections", "Client connections open, by listener and core", self.open_connections.clone());
+        r.register("refused_connections", "Connections refused at accept for a connection limit, by reason and core", self.refused_connections.clone());
     }
 
     /// Records what is read at scrape time rather than counted: the bytes the cache holds.

@@ -322,6 +322,10 @@ impl Acceptor {
     }
 
     fn refuse(&self, stream: glommio::net::TcpStream, refusal: http::Refusal) {
+        crate::metrics::connection_refused(match refusal {
+            http::Refusal::ServerFull => crate::metrics::Refusal::ServerFull,
+            http::Refusal::ClientFull => crate::metrics::Refusal::ClientFull,
+        });
         if self.refusing.get() >= MAX_REFUSALS_IN_PROGRESS {
             return tracing::debug!(?refusal, "closing a connection over a limit without an answer: too many refusals in progress");
         }
