@@ -87,8 +87,7 @@ impl ImageIndex {
 }
 
 /// A manifest-like document, parsed according to its media type.
-// One value per parsed document, never stored in bulk: boxing the larger variant would only
-// add an allocation per parse.
+// Parsed documents are short-lived and few; boxing the image variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Manifest {

@@ -38,14 +38,14 @@ struct Current {
 }
 
 type CompositionKey = (Digest, Digest);
-/// What one composition flight hands to every waiter: the image and how long it stays valid.
-type Composed = Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryError>>;
+/// A composition and until when it holds (`None`: forever), or why it failed.
+type CompositionResult = Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryError>>;
 
 #[derive(Default)]
 pub struct Compositions {
     current: SharedMap<CompositionKey, Arc<Current>>,
     recent: SharedMap<RepositoryName, Arc<Vec<Arc<ComposedImage>>>>,
-    flights: SingleFlight<CompositionKey, Composed>,
+    flights: SingleFlight<CompositionKey, CompositionResult>,
 }
 
 impl Compositions {

@@ -23,7 +23,7 @@ pub enum StaticLayerConfig {
     Image(String),
 }
 
-// A handful per configuration, built once per load: size does not matter here.
+// A handful per configuration, built once.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum StaticEntry {
