@@ -112,11 +112,7 @@ fn render_metrics(ctx: &HttpContext) -> Response<ResponseBody> {
     let (cache_bytes, _) = ctx.registry.cache_stats();
     metrics.set_cache_bytes(cache_bytes);
     match metrics.render() {
-        Ok(text) => {
-            let mut response = json(StatusCode::OK, Bytes::from(text));
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
-            response
-        }
+        Ok(text) => typed(StatusCode::OK, Bytes::from(text), HeaderValue::from_static(metrics::CONTENT_TYPE)),
         Err(e) => {
             tracing::error!(error = %e, "metrics");
             error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
@@ -131,10 +127,14 @@ fn store_error(cause: &crate::spec::SpecError) -> Response<ResponseBody> {
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
+    typed(status, body, JSON)
+}
+
+fn typed(status: StatusCode, body: Bytes, content_type: HeaderValue) -> Response<ResponseBody> {
     let len = body.len();
     let mut response = Response::new(ResponseBody::bytes(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, JSON);
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
     response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     response
 }
