@@ -13,7 +13,8 @@
 //! store, spec, upstream,  the cache on disk; image specs and their stores; the upstream
 //!   ipfs                  client; the IPFS gateway source
 //! redis_client            the cluster's shared state (Redis on its own thread)
-//! oci, table, hyper_glue  protocol types (no I/O); the lock-free shared map; hyper on glommio
+//! oci, table, hyper_glue, protocol types (no I/O); the lock-free shared map; hyper on glommio;
+//!   metrics               every exported metric, recorded per core, rendered for /metrics
 //! ```
 
 pub mod app;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod http;
 pub mod ipfs;
 pub mod hyper_glue;
+pub mod metrics;
 pub mod oci;
 pub mod redis_client;
 pub mod registry;

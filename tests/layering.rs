@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("oci", 1),
     ("table", 1),
     ("hyper_glue", 1),
+    ("metrics", 1),
 ];
 
 /// Modules of the top layer assemble the rest and may use each other.
@@ -101,5 +102,7 @@ fn the_checker_sees_upward_and_sideways_arrows() {
     assert!(!allowed("registry", "http"), "upwards");
     assert!(!allowed("store", "upstream"), "siblings");
     assert!(!allowed("oci", "table"), "siblings at the bottom");
+    assert!(!allowed("metrics", "oci"), "metrics is a bottom sibling too");
+    assert!(allowed("upstream", "metrics") && allowed("http", "metrics"), "every layer above may record");
     assert!(allowed("http", "registry") && allowed("cli", "config") && allowed("registry", "table"));
 }

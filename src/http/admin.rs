@@ -1,16 +1,19 @@
 //! The admin API, served only on the admin listener (never the public port):
-//! `PUT|GET|DELETE /admin/specs/<id>` for the `remote/<id>` specs, `/live` and `/ready`.
-//! Answers are JSON; errors are `{"error": "<what>"}` with the status that fits. Readiness
-//! never depends on an upstream registry, only on this node's own shared state (Redis).
+//! `PUT|GET|DELETE /admin/specs/<id>` for the `remote/<id>` specs, `/live`, `/ready` and
+//! `/metrics` (Prometheus). Answers are JSON (but metrics); errors are `{"error": "<what>"}`
+//! with the status that fits. Readiness never depends on an upstream registry, only on this
+//! node's own shared state (Redis).
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use super::body::ResponseBody;
 use super::HttpContext;
+use crate::metrics::{self, ByteSource};
 use crate::oci::RepositoryName;
 use crate::spec::parse_spec;
 
@@ -19,10 +22,31 @@ const MAX_SPEC_BYTES: usize = 64 << 20;
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 pub async fn handle(request: Request<Incoming>, ctx: &HttpContext) -> Response<ResponseBody> {
+    let method = request.method().clone();
+    let label = route_label(request.uri().path());
+    let span = tracing::info_span!("admin", %method, route = label.as_str());
+    let mut response = answer(request, ctx).instrument(span).await;
+    response.body_mut().count_as(ByteSource::Admin);
+    metrics::request(label, &method, response.status().as_u16());
+    response
+}
+
+fn route_label(path: &str) -> metrics::Route {
+    match path {
+        "/live" => metrics::Route::Live,
+        "/ready" => metrics::Route::Ready,
+        "/metrics" => metrics::Route::Metrics,
+        _ if path.starts_with("/admin/specs/") => metrics::Route::Specs,
+        _ => metrics::Route::Unknown,
+    }
+}
+
+async fn answer(request: Request<Incoming>, ctx: &HttpContext) -> Response<ResponseBody> {
     let path = request.uri().path().to_owned();
     match path.as_str() {
         "/live" => return json(StatusCode::OK, Bytes::from_static(br#"{"status":"live"}"#)),
         "/ready" => return ready(ctx),
+        "/metrics" => return render_metrics(ctx),
         _ => {}
     }
     let Some(id) = path.strip_prefix("/admin/specs/") else {
@@ -82,6 +106,20 @@ fn ready(ctx: &HttpContext) -> Response<ResponseBody> {
     }
 }
 
+/// The exposition, with what is read rather than counted brought up to date first.
+fn render_metrics(ctx: &HttpContext) -> Response<ResponseBody> {
+    let metrics = ctx.registry.metrics();
+    let (cache_bytes, _) = ctx.registry.cache_stats();
+    metrics.set_cache_bytes(cache_bytes);
+    match metrics.render() {
+        Ok(text) => typed(StatusCode::OK, Bytes::from(text), HeaderValue::from_static(metrics::CONTENT_TYPE)),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics");
+            error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
+    }
+}
+
 /// The shared store could not do it: the orchestrator should retry, nothing was half-done.
 fn store_error(cause: &crate::spec::SpecError) -> Response<ResponseBody> {
     tracing::warn!(error = %cause, "spec store");
@@ -89,10 +127,14 @@ fn store_error(cause: &crate::spec::SpecError) -> Response<ResponseBody> {
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
+    typed(status, body, JSON)
+}
+
+fn typed(status: StatusCode, body: Bytes, content_type: HeaderValue) -> Response<ResponseBody> {
     let len = body.len();
     let mut response = Response::new(ResponseBody::bytes(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, JSON);
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
     response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     response
 }

@@ -1,6 +1,7 @@
 //! Response bodies: whole `Bytes` (manifests, errors); a slice of a cached blob file, sent by
 //! sendfile where the stream adapter can; a stream that follows a fill; or nothing (HEAD). A
 //! body keeps its request counted as in flight, and its blob leased, until it is dropped.
+//! Each body counts the bytes it hands to the connection by where they came from.
 
 use std::fs::File;
 use std::io;
@@ -13,6 +14,7 @@ use futures_lite::Stream;
 use hyper::body::{Frame, SizeHint};
 
 use super::io::InFlight;
+use crate::metrics::{self, ByteSource};
 use crate::registry::{BlobChunk, MappedBlob};
 
 pub type ChunkStream = Pin<Box<dyn Stream<Item = io::Result<BlobChunk>>>>;
@@ -28,6 +30,8 @@ enum Content {
 
 pub struct ResponseBody {
     content: Content,
+    /// What whole bytes and file slices count as; a stream's chunks say it themselves.
+    source: ByteSource,
     in_flight: Option<InFlight>,
     /// While a response holds its blob, the blob counts as in use and is never evicted.
     _lease: Option<Arc<MappedBlob>>,
@@ -35,7 +39,7 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     fn with(content: Content) -> ResponseBody {
-        ResponseBody { content, in_flight: None, _lease: None }
+        ResponseBody { content, source: ByteSource::Api, in_flight: None, _lease: None }
     }
 
     pub fn empty() -> ResponseBody {
@@ -63,6 +67,11 @@ impl ResponseBody {
         ResponseBody::with(Content::Stream(stream, len))
     }
 
+    /// Counts this body's bytes as coming from `source` (the default: `Api`).
+    pub fn count_as(&mut self, source: ByteSource) {
+        self.source = source;
+    }
+
     /// Ties the request's in-flight mark to this body's lifetime.
     pub fn track(&mut self, in_flight: InFlight) {
         self.in_flight = Some(in_flight);
@@ -77,11 +86,15 @@ impl hyper::body::Body for ResponseBody {
         let this = &mut *self;
         match std::mem::replace(&mut this.content, Content::Done) {
             Content::Done => Poll::Ready(None),
-            Content::Bytes(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Content::Bytes(data) => {
+                metrics::served(this.source, data.len() as u64);
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
             Content::FileSlice(data, file, offset) => {
                 if let Some(in_flight) = &this.in_flight {
                     in_flight.connection().register_file_region(data.clone(), file, offset);
                 }
+                metrics::served(this.source, data.len() as u64);
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
             Content::Stream(mut stream, remaining) => match stream.as_mut().poll_next(cx) {
@@ -98,7 +111,8 @@ impl hyper::body::Body for ResponseBody {
                     tracing::warn!(%error, "aborting a response whose blob stream failed");
                     Poll::Ready(Some(Err(error)))
                 }
-                Poll::Ready(Some(Ok(BlobChunk { data, file }))) => {
+                Poll::Ready(Some(Ok(BlobChunk { data, file, source }))) => {
+                    metrics::served(source, data.len() as u64);
                     let left = remaining.map(|r| r.saturating_sub(data.len() as u64));
                     this.content = Content::Stream(stream, left);
                     if let (Some((file, offset)), Some(in_flight)) = (file, &this.in_flight) {

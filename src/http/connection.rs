@@ -18,6 +18,7 @@ use super::failure::Failure;
 use super::io::{coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Timeout, VectoredSocket};
 use super::{admin, dispatch, response, HttpContext, Role};
 use crate::hyper_glue::within;
+use crate::metrics;
 
 /// The whole life of a refused connection (TLS handshake included): a client that does not
 /// read its refusal in this time is simply closed.
@@ -42,6 +43,7 @@ pub enum Refusal {
 /// that takes too long, or no request for too long), or `drain` resolves (then in-flight
 /// requests finish and the connection closes).
 pub async fn serve_connection(stream: TcpStream, ctx: Rc<HttpContext>, drain: impl Future<Output = ()>) {
+    let _open = count_open(ctx.role);
     // Small responses must not wait for Nagle; a failure only costs latency.
     let _ = stream.set_nodelay(true);
     match ctx.tls_acceptor() {
@@ -187,4 +189,12 @@ where
     if let Err(e) = ended {
         tracing::debug!(error = %e, "refused connection ended with an error");
     }
+}
+
+/// Counts a connection of `role`'s listener as open while the returned guard lives.
+fn count_open(role: Role) -> metrics::OpenConnection {
+    metrics::connection_opened(match role {
+        Role::Registry => metrics::Listener::Registry,
+        Role::Admin => metrics::Listener::Admin,
+    })
 }

@@ -8,6 +8,7 @@ use http::{Response, StatusCode};
 
 use super::body::ResponseBody;
 use super::failure::{Failure, WireError};
+use crate::metrics::ByteSource;
 use crate::oci::error_code::error_body;
 use crate::oci::range::RangeRequest;
 use crate::registry::{FillingBlob, MappedBlob, StoredManifest, TagsPage};
@@ -62,6 +63,7 @@ pub fn base(head: bool) -> Response<ResponseBody> {
 
 pub fn manifest(manifest: &StoredManifest, head: bool) -> Response<ResponseBody> {
     let mut response = with_body(StatusCode::OK, manifest.body.clone(), head);
+    response.body_mut().count_as(ByteSource::Manifest);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, manifest.media_type.clone());
     headers.insert(CONTENT_DIGEST, manifest.digest_header.clone());
@@ -93,7 +95,9 @@ pub fn blob(blob: &Arc<MappedBlob>, range: RangeRequest, head: bool) -> Result<R
         None => blob_body(StatusCode::OK, blob, 0..blob.body.len(), head),
         Some(part) => with_content_range(blob_body(StatusCode::PARTIAL_CONTENT, blob, part.start as usize..part.end as usize, head), &part, len),
     };
-    Ok(blob_headers(response, &blob.digest_header, &blob.etag))
+    let mut response = blob_headers(response, &blob.digest_header, &blob.etag);
+    response.body_mut().count_as(ByteSource::Cache);
+    Ok(response)
 }
 
 /// A blob arriving from upstream (`len`: its size, if upstream said it). Without a size, a
@@ -126,7 +130,9 @@ pub fn inline_blob(bytes: Bytes, digest_header: &HeaderValue, etag: &HeaderValue
         None => with_body(StatusCode::OK, bytes, head),
         Some(part) => with_content_range(with_body(StatusCode::PARTIAL_CONTENT, bytes.slice(part.start as usize..part.end as usize), head), &part, len),
     };
-    Ok(blob_headers(response, digest_header, etag))
+    let mut response = blob_headers(response, digest_header, etag);
+    response.body_mut().count_as(ByteSource::Composed);
+    Ok(response)
 }
 
 /// A blob the client fetches elsewhere (a remote content layer): 307 to its URL.

@@ -16,6 +16,7 @@ use super::budget::{Budget, Reservation};
 use super::error::RegistryError;
 use super::single_flight::SingleFlight;
 use crate::hyper_glue::coarse_now_ms;
+use crate::metrics::{self, CacheKind};
 use crate::oci::manifest::{sniff_media_type, MAX_MANIFEST_BYTES};
 use crate::oci::Digest;
 use crate::store::{CacheDir, FileIdentity, StoreError};
@@ -154,6 +155,12 @@ impl Content {
     }
 
     async fn load_manifest(&self, digest: &Digest, media_type: Option<&str>) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
+        let found = self.read_manifest(digest, media_type).await;
+        metrics::cache_lookup(CacheKind::Manifest, matches!(found, Ok(Some(_))));
+        found
+    }
+
+    async fn read_manifest(&self, digest: &Digest, media_type: Option<&str>) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
         if let Some(hit) = self.manifests.get(digest) {
             return Ok(Some(hit));
         }
@@ -201,6 +208,7 @@ impl Content {
         let cache = Arc::clone(&self.cache);
         let wanted = digest.clone();
         let read = run_blocking(move || cache.read_verified(&wanted, max_len as u64)).await?;
+        metrics::cache_lookup(CacheKind::Blob, read.is_some());
         if read.is_some() {
             self.budget.touch(digest, coarse_now_ms());
         }
@@ -230,6 +238,12 @@ impl Content {
     /// # Errors
     /// The file exists but cannot be opened, mapped or read.
     pub async fn blob(&self, digest: &Digest) -> Result<Option<Arc<MappedBlob>>, RegistryError> {
+        let found = self.find_blob(digest).await;
+        metrics::cache_lookup(CacheKind::Blob, matches!(found, Ok(Some(_))));
+        found
+    }
+
+    async fn find_blob(&self, digest: &Digest) -> Result<Option<Arc<MappedBlob>>, RegistryError> {
         let now = coarse_now_ms();
         self.budget.touch(digest, now);
         if let Some(hit) = self.blobs.get(digest) {
@@ -342,6 +356,7 @@ impl Content {
         })
         .await;
         if let Reservation::Granted { evicted } = &reservation {
+            metrics::cache_evicted(evicted.len() as u64);
             for digest in evicted {
                 self.blobs.remove(digest);
                 self.trusted.remove(digest);

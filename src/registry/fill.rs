@@ -23,6 +23,7 @@ use sha2::{Digest as _, Sha256};
 use super::blocking::run_blocking;
 use super::budget::Reservation;
 use super::content::Content;
+use crate::metrics::{self, ByteSource, FillOutcome, FillSource};
 use crate::oci::Digest;
 use crate::store::{CacheDir, Ingest, StoreError};
 use crate::ipfs::IpfsGateway;
@@ -39,6 +40,8 @@ const READ_CHUNK: u64 = 4 << 20;
 pub struct BlobChunk {
     pub data: Bytes,
     pub file: Option<(Arc<File>, u64)>,
+    /// Where the bytes came from, for the served-bytes metric.
+    pub source: ByteSource,
 }
 
 /// Why a fill failed; every reader's response is aborted with it.
@@ -61,6 +64,9 @@ enum Outcome {
     Failed(FillError),
 }
 
+/// A fill's file, and where its bytes come from (for the served-bytes metric).
+type SourcedFile = (Arc<File>, ByteSource);
+
 #[derive(Debug)]
 struct FillState {
     /// Set once upstream answered: the blob's size, if it said.
@@ -68,7 +74,7 @@ struct FillState {
     /// The file being written, opened once for all readers: the descriptor stays valid when
     /// the file is renamed into place (or unlinked on failure), so no reader ever races a
     /// rename by opening a path.
-    file: Option<Arc<File>>,
+    file: Option<SourcedFile>,
     outcome: Outcome,
 }
 
@@ -99,7 +105,7 @@ impl Fill {
         self.changed.notify(usize::MAX);
     }
 
-    fn snapshot(&self) -> (Option<Option<u64>>, Option<Arc<File>>, Outcome) {
+    fn snapshot(&self) -> (Option<Option<u64>>, Option<SourcedFile>, Outcome) {
         match self.state.lock() {
             Ok(state) => (state.total, state.file.clone(), state.outcome.clone()),
             Err(_) => (None, None, Outcome::Failed(FillError::Cache("fill state poisoned".into()))),
@@ -218,7 +224,7 @@ impl FillContext {
         fill.written.store(size, Ordering::Release);
         fill.update(|state| {
             state.total = Some(Some(size));
-            state.file = Some(Arc::new(file));
+            state.file = Some((Arc::new(file), ByteSource::Cache));
         });
         Some(Outcome::Published)
     }
@@ -226,19 +232,37 @@ impl FillContext {
     async fn fetch(&self, fill: &Arc<Fill>) -> Outcome {
         if let Some(gateway) = &self.ipfs {
             if let Some(url) = gateway.locate(&fill.digest.to_string()).await {
-                match self.fetch_from(fill, BlobLocation::Url(url.clone()), Exposure::AfterVerification).await {
+                match self.fetch_from(fill, BlobLocation::Url(url.clone()), FillSource::Ipfs).await {
                     Outcome::Published => return Outcome::Published,
                     other => tracing::warn!(digest = %fill.digest, url = %crate::upstream::redact_url(&url), outcome = ?other, "the IPFS gateway did not deliver; fetching from upstream"),
                 }
             }
         }
-        self.fetch_from(fill, fill.location.clone(), Exposure::AsItArrives).await
+        self.fetch_from(fill, fill.location.clone(), FillSource::Upstream).await
     }
 
-    async fn fetch_from(&self, fill: &Arc<Fill>, location: BlobLocation, exposure: Exposure) -> Outcome {
+    /// One download into the cache from `source`, counted in the fill metrics.
+    async fn fetch_from(&self, fill: &Arc<Fill>, location: BlobLocation, source: FillSource) -> Outcome {
+        metrics::fill_started(source);
+        let (outcome, received) = self.download_into_cache(fill, location, source).await;
+        metrics::fill_bytes(source, received);
+        metrics::fill_finished(source, match outcome {
+            Outcome::Published => FillOutcome::Completed,
+            Outcome::Uncached(_) => FillOutcome::Uncached,
+            Outcome::Running | Outcome::Failed(_) => FillOutcome::Failed,
+        });
+        outcome
+    }
+
+    /// The outcome, and the bytes received from `location`.
+    async fn download_into_cache(&self, fill: &Arc<Fill>, location: BlobLocation, source: FillSource) -> (Outcome, u64) {
+        let exposure = match source {
+            FillSource::Upstream => Exposure::AsItArrives,
+            FillSource::Ipfs => Exposure::AfterVerification,
+        };
         let mut download = match self.upstream.download(location, 0).await {
             Ok(download) => download,
-            Err(error) => return Outcome::Failed(error.into()),
+            Err(error) => return (Outcome::Failed(error.into()), 0),
         };
         let total = download.total();
         if exposure == Exposure::AsItArrives {
@@ -247,13 +271,13 @@ impl FillContext {
         let reserved = total.unwrap_or(0);
         match self.content.reserve(reserved, &self.cache).await {
             Reservation::Granted { .. } => {}
-            Reservation::Refused => return Outcome::Uncached("the cache budget is full of blobs in use or pinned".into()),
+            Reservation::Refused => return (Outcome::Uncached("the cache budget is full of blobs in use or pinned".into()), 0),
         }
         let outcome = self.stream_into_cache(fill, &mut download, total, reserved, exposure).await;
         if !matches!(outcome, Outcome::Published) {
             self.content.release(reserved);
         }
-        outcome
+        (outcome, download.received())
     }
 
     async fn stream_into_cache(&self, fill: &Arc<Fill>, download: &mut BlobDownload, total: Option<u64>, reserved: u64, exposure: Exposure) -> Outcome {
@@ -269,7 +293,7 @@ impl FillContext {
         };
         let file = Arc::new(file);
         if exposure == Exposure::AsItArrives {
-            fill.update(|state| state.file = Some(Arc::clone(&file)));
+            fill.update(|state| state.file = Some((Arc::clone(&file), ByteSource::Upstream)));
         }
         let mut writer = BatchWriter::new(ingest, exposure);
         loop {
@@ -303,7 +327,7 @@ impl FillContext {
                     fill.written.store(size, Ordering::Release);
                     fill.update(|state| {
                         state.total = Some(Some(size));
-                        state.file = Some(file);
+                        state.file = Some((file, ByteSource::Ipfs));
                     });
                 }
                 Outcome::Published
@@ -402,7 +426,7 @@ impl BatchWriter {
 struct FillReader {
     fill: Arc<Fill>,
     upstream: Upstream,
-    file: Option<Arc<File>>,
+    file: Option<SourcedFile>,
     pos: u64,
     end: u64,
     direct: Option<BlobDownload>,
@@ -466,10 +490,10 @@ impl FillReader {
         if self.file.is_none() {
             self.file = self.fill.snapshot().1;
         }
-        let file = self.file.as_ref().ok_or_else(|| io::Error::other("no file"))?;
+        let (file, source) = self.file.as_ref().ok_or_else(|| io::Error::other("no file"))?;
         let len = READ_CHUNK.min(written - self.pos).min(self.end - self.pos);
         let data = map_range(file, self.pos, len)?;
-        let chunk = BlobChunk { data, file: Some((Arc::clone(file), self.pos)) };
+        let chunk = BlobChunk { data, file: Some((Arc::clone(file), self.pos)), source: *source };
         self.pos += len;
         Ok(chunk)
     }
@@ -482,7 +506,7 @@ impl FillReader {
             return Ok(hasher);
         }
         let file = match &self.file {
-            Some(file) => Arc::clone(file),
+            Some((file, _)) => Arc::clone(file),
             None => return Err(io::Error::other("no file to verify the start of the blob from")),
         };
         let len = self.pos;
@@ -531,7 +555,7 @@ impl FillReader {
                     return Some(Err(io::Error::other(format!("content from upstream does not match {}", self.fill.digest))));
                 }
                 self.pos += take as u64;
-                Some(Ok(BlobChunk { data, file: None }))
+                Some(Ok(BlobChunk { data, file: None, source: ByteSource::Upstream }))
             }
             Ok(None) if self.end == u64::MAX => match self.verified_with(&[]) {
                 Some(false) => Some(Err(io::Error::other(format!("content from upstream does not match {}", self.fill.digest)))),

@@ -40,6 +40,7 @@ use crate::oci::media_type::{self, ManifestKind};
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
 use crate::hyper_glue::coarse_now_ms;
 use crate::ipfs::IpfsGateway;
+use crate::metrics::Metrics;
 use crate::redis_client::RedisClient;
 use crate::spec::{FixedSpecFile, RemoteSpecs, SpecError, StoredSpec};
 use crate::store::{CacheDir, StoreError};
@@ -150,6 +151,7 @@ pub struct Registry {
     resolved: SharedMap<Digest, Arc<ResolvedImage>>,
     static_layers: RwLock<Arc<StaticLayers>>,
     redis: Option<RedisClient>,
+    metrics: Arc<Metrics>,
     settings: RegistrySettings,
 }
 
@@ -191,6 +193,7 @@ impl Registry {
             resolved: SharedMap::new(),
             static_layers: RwLock::new(Arc::new(statics)),
             redis: shared.redis,
+            metrics: Metrics::new(),
             settings,
         })
     }
@@ -198,6 +201,11 @@ impl Registry {
     /// The `remote/<id>` specs, written through the admin API.
     pub fn specs(&self) -> &Arc<RemoteSpecs> {
         &self.specs.remote
+    }
+
+    /// This server's metrics: every executor records into them, the admin API renders them.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Whether the shared state this node depends on is reachable: `Err` names what is not.

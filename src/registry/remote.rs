@@ -98,7 +98,7 @@ impl Registry {
             return Ok(BlobReply::Remote { size, digest_header, etag });
         }
         let location = BlobLocation::Registry { repo: remote.clone(), digest: digest.to_string() };
-        self.fill_blob(digest, location, false).await.map_err(|error| match error {
+        self.join_fill(digest, location, false).await.map_err(|error| match error {
             RegistryError::Fill(super::FillError::Upstream(error)) => blob_error(name, digest, remote, error),
             other => other,
         })
@@ -110,6 +110,11 @@ impl Registry {
         if let Some(blob) = self.content.blob(digest).await? {
             return Ok(BlobReply::Cached(blob));
         }
+        self.join_fill(digest, location, head).await
+    }
+
+    /// `fill_blob` for a blob the caller just found missing from the cache.
+    async fn join_fill(&self, digest: &Digest, location: BlobLocation, head: bool) -> Result<BlobReply, RegistryError> {
         let (digest_header, etag) = content::digest_headers(digest);
         let fill = self.fills.join_or_start(digest, &location);
         let size = fill.size().await.map_err(RegistryError::Fill)?;

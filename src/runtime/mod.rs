@@ -210,6 +210,8 @@ struct Acceptor {
 impl Shard {
     async fn run(self) {
         let Shard { core, socket, admin_socket, admin_slot, registry, settings, security, limits, signal, ready } = self;
+        // Before anything is served here, so every record on this thread lands in this core's series.
+        registry.metrics().enter_core(core);
         let listener = listener_from(socket);
         let connections = Gate::new();
         let drain = Drain::new();
@@ -320,6 +322,10 @@ impl Acceptor {
     }
 
     fn refuse(&self, stream: glommio::net::TcpStream, refusal: http::Refusal) {
+        crate::metrics::connection_refused(match refusal {
+            http::Refusal::ServerFull => crate::metrics::Refusal::ServerFull,
+            http::Refusal::ClientFull => crate::metrics::Refusal::ClientFull,
+        });
         if self.refusing.get() >= MAX_REFUSALS_IN_PROGRESS {
             return tracing::debug!(?refusal, "closing a connection over a limit without an answer: too many refusals in progress");
         }

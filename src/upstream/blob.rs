@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
 use super::connection::UpstreamBody;
+use crate::metrics::{self, RetryKind};
 use super::error::{AttemptError, UpstreamError};
 use super::{content_length, header_str, RemoteRepository, Upstream};
 
@@ -135,6 +136,7 @@ impl BlobDownload {
         if self.failures >= policy.attempts {
             return Err(error.into_final(&self.location.host(), self.failures));
         }
+        metrics::upstream_retry(&self.location.host(), RetryKind::Resume);
         glommio::timer::sleep(policy.delay(self.failures, None, fastrand::f64())).await;
         Ok(())
     }

@@ -25,6 +25,7 @@ pub use error::UpstreamError;
 pub use retry::RetryPolicy;
 
 use crate::hyper_glue::within;
+use crate::metrics::{self, RetryKind};
 use auth::{Challenge, CredentialStore, TokenCache};
 use connection::{ConnectSettings, RequestBody, UpstreamBody};
 use endpoint::{Endpoint, Endpoints};
@@ -253,6 +254,7 @@ impl Upstream {
             }
             let pause = policy.delay(number, retry_after, fastrand::f64());
             tracing::debug!(host, attempt = number, error = ?error, pause_ms = pause.as_millis() as u64, "upstream attempt failed; retrying");
+            metrics::upstream_retry(host, RetryKind::Request);
             glommio::timer::sleep(pause).await;
             number += 1;
         }
@@ -395,9 +397,11 @@ impl Upstream {
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri.parse().map_err(|_| AttemptError::Invalid(format!("bad request path {path}")))?;
         *request.headers_mut() = headers;
+        let sent = Instant::now();
         let response = within(shared.settings.response_timeout, sender.send(request))
             .await
             .ok_or(AttemptError::Timeout("response head"))??;
+        metrics::upstream_response(&endpoint.authority(), sent.elapsed());
         let (parts, incoming) = response.into_parts();
         let body = UpstreamBody::new(incoming, endpoint.clone(), shared.connect, sender, permit);
         Ok(Exchange { status: parts.status, headers: parts.headers, body })

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod containerd;
 pub mod docker_config;
+pub mod exposition;
 pub mod image;
 pub mod nginx;
 pub mod proxy;
