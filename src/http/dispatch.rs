@@ -3,7 +3,6 @@
 //! digest) and counted in the request metrics.
 
 use http::{Method, Request, Response};
-use tracing::field::{display, Empty};
 use tracing::{Instrument, Span};
 
 use super::body::ResponseBody;
@@ -18,10 +17,12 @@ use crate::metrics;
 use crate::registry::BlobReply;
 
 pub async fn handle<B>(request: Request<B>, ctx: &HttpContext) -> Response<ResponseBody> {
-    let span = tracing::info_span!("request", method = %request.method(), route = Empty, repo = Empty, reference = Empty, digest = Empty);
-    let mut label = metrics::Route::Unknown;
+    let path = request.uri().path();
+    let route = if route::is_api_path(path) { route::parse_path(path) } else { Err(route::RouteError::NotFound) };
+    let span = request_span(request.method(), route.as_ref().ok());
+    let label = route.as_ref().map_or(metrics::Route::Unknown, metrics_route);
     let response = async {
-        match answer(&request, ctx, &mut label).await {
+        match answer(&request, ctx, route).await {
             Ok(response) => response,
             Err(failure) => response::error(&failure, request.method(), request.uri().path()),
         }
@@ -34,37 +35,36 @@ pub async fn handle<B>(request: Request<B>, ctx: &HttpContext) -> Response<Respo
     response
 }
 
-/// Names the request in the current span and returns its metrics label.
-fn describe(route: &Route) -> metrics::Route {
-    let span = Span::current();
-    span.record("route", display(route.kind()));
-    if let Some(name) = route.name() {
-        span.record("repo", display(name));
+/// The request's span, with every field given when it is made: recording fields later makes
+/// the log layer format them again each time, a cost every request would pay.
+fn request_span(method: &Method, route: Option<&Route>) -> Span {
+    match route {
+        None => tracing::info_span!("request", %method, route = %"unknown"),
+        Some(Route::Base) => tracing::info_span!("request", %method, route = %"base"),
+        Some(Route::Manifest { name, reference: Reference::Digest(digest) }) => {
+            tracing::info_span!("request", %method, route = %"manifest", repo = %name, reference = %digest, digest = %digest)
+        }
+        Some(Route::Manifest { name, reference }) => tracing::info_span!("request", %method, route = %"manifest", repo = %name, reference = %reference),
+        Some(Route::Blob { name, digest }) => tracing::info_span!("request", %method, route = %"blob", repo = %name, digest = %digest),
+        Some(Route::TagsList { name }) => tracing::info_span!("request", %method, route = %"tags", repo = %name),
     }
+}
+
+fn metrics_route(route: &Route) -> metrics::Route {
     match route {
         Route::Base => metrics::Route::Base,
-        Route::Manifest { reference, .. } => {
-            span.record("reference", display(reference));
-            if let Reference::Digest(digest) = reference {
-                span.record("digest", display(digest));
-            }
-            metrics::Route::Manifest
-        }
-        Route::Blob { digest, .. } => {
-            span.record("digest", display(digest));
-            metrics::Route::Blob
-        }
+        Route::Manifest { .. } => metrics::Route::Manifest,
+        Route::Blob { .. } => metrics::Route::Blob,
         Route::TagsList { .. } => metrics::Route::Tags,
     }
 }
 
-async fn answer<B>(request: &Request<B>, ctx: &HttpContext, label: &mut metrics::Route) -> Result<Response<ResponseBody>, Failure> {
+async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Result<Route, route::RouteError>) -> Result<Response<ResponseBody>, Failure> {
     if let Some(auth) = &ctx.auth {
         // Before routing: an unauthenticated client learns nothing, not even which names exist.
         auth.check(request.headers()).await.map_err(|refused| Failure::Unauthenticated { refused, challenges: auth.challenges(refused) })?;
     }
-    let path = request.uri().path();
-    if !route::is_api_path(path) {
+    if !route::is_api_path(request.uri().path()) {
         return Err(route::RouteError::NotFound.into());
     }
     let head = match *request.method() {
@@ -72,8 +72,7 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext, label: &mut metrics:
         Method::HEAD => true,
         ref other => return Err(Failure::MethodNotAllowed(other.clone())),
     };
-    let route = route::parse_path(path)?;
-    *label = describe(&route);
+    let route = route?;
     let query = route::parse_query(request.uri().query())?;
     let registry = &ctx.registry;
     match route {
