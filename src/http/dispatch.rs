@@ -1,7 +1,7 @@
 //! From a request to a response: method check, route parsing, the registry call, and the
 //! response or error document.
 
-use http::{Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response};
 
 use super::body::ResponseBody;
 use super::failure::Failure;
@@ -20,6 +20,9 @@ pub async fn handle<B>(request: Request<B>, ctx: &HttpContext) -> Response<Respo
 }
 
 async fn answer<B>(request: &Request<B>, ctx: &HttpContext) -> Result<Response<ResponseBody>, Failure> {
+    if ambiguous_framing(request.headers()) {
+        return Err(Failure::AmbiguousFraming);
+    }
     let path = request.uri().path();
     if !route::is_api_path(path) {
         return Err(route::RouteError::NotFound.into());
@@ -56,5 +59,49 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext) -> Result<Response<R
             let page = registry.tags(&name, query.n, query.last.as_deref(), query.ns.as_deref()).await?;
             Ok(response::tags(&page, query.n, head))
         }
+    }
+}
+
+/// Whether the request's body framing is one that front proxies and hyper may read
+/// differently (request smuggling): any `Transfer-Encoding` but exactly one `chunked`, such as
+/// `chunked, chunked` (RFC 9112 §6.1 forbids chunking twice) or codings we never take. hyper
+/// itself refuses a final coding other than chunked and closes after `Content-Length` with
+/// `Transfer-Encoding`; a pull API never needs a request body, so refusing the rest costs nothing.
+fn ambiguous_framing(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => false,
+        (Some(only), None) => !only.eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framing(values: &[&str]) -> bool {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(http::header::TRANSFER_ENCODING, value.parse().unwrap());
+        }
+        ambiguous_framing(&headers)
+    }
+
+    #[test]
+    fn only_a_single_chunked_coding_is_unambiguous() {
+        assert!(!framing(&[]));
+        assert!(!framing(&["chunked"]));
+        assert!(!framing(&[" Chunked "]));
+        assert!(framing(&["chunked, chunked"]));
+        assert!(framing(&["chunked", "chunked"]));
+        assert!(framing(&["gzip, chunked"]));
+        assert!(framing(&["identity"]));
+        assert!(framing(&[",chunked,,chunked"]));
     }
 }

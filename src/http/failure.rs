@@ -17,6 +17,8 @@ pub enum Failure {
     Registry(#[from] RegistryError),
     #[error("range not satisfiable for {len} bytes")]
     RangeNotSatisfiable { len: u64 },
+    #[error("transfer-encoding other than a single chunked: the request's end is ambiguous")]
+    AmbiguousFraming,
 }
 
 /// The error as it goes on the wire.
@@ -43,6 +45,7 @@ impl Failure {
             Failure::Route(RouteError::PaginationNumberInvalid) => ErrorCode::PaginationNumberInvalid,
             Failure::MethodNotAllowed(_) => ErrorCode::Unsupported,
             Failure::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
+            Failure::AmbiguousFraming => ErrorCode::FramingInvalid,
             Failure::Registry(e) => registry_code(e),
         }
     }
