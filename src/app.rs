@@ -1,12 +1,14 @@
 //! Assembles the facade from a validated configuration: opens the cache, installs the demo
-//! image, builds the registry and starts the executors; and, when serving from a config
-//! file, reloads the static layers when that file changes.
+//! image, builds the registry, loads the TLS certificate and client credentials and starts
+//! the executors; a watcher thread reloads the certificate and credentials when their files
+//! change and, when serving from a config file, the static layers when that file changes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Config, Overrides};
+use crate::http::{CredentialStore, HttpSecurity, TlsConfig};
 use crate::ipfs::IpfsGateway;
 use crate::redis_client::{RedisClient, RedisError};
 use crate::registry::{demo, Registry, Shared};
@@ -29,6 +31,9 @@ pub enum AppError {
     Redis(#[from] RedisError),
     #[error("{0}")]
     Runtime(#[from] RuntimeError),
+    /// A TLS or credentials file named by the config cannot be used (the message names the key).
+    #[error("{0}")]
+    Security(String),
 }
 
 /// Starts a server for `config`; it runs until stopped through `Server::stopper`.
@@ -38,7 +43,10 @@ pub enum AppError {
 /// or the runtime cannot start.
 pub fn start(config: &Config) -> Result<Server, AppError> {
     let (_, registry) = assemble(config)?;
-    launch(config, registry)
+    let security = load_security(config)?;
+    let server = launch(config, registry, &security)?;
+    watch_security_files(security);
+    Ok(server)
 }
 
 /// Like `start`, and re-reads `path` when it changes to apply new static layers.
@@ -47,7 +55,9 @@ pub fn start(config: &Config) -> Result<Server, AppError> {
 /// As `start`.
 pub fn start_watching(config: &Config, path: &Path, overrides: &Overrides) -> Result<Server, AppError> {
     let (cache, registry) = assemble(config)?;
-    let server = launch(config, Arc::clone(&registry))?;
+    let security = load_security(config)?;
+    let server = launch(config, Arc::clone(&registry), &security)?;
+    watch_security_files(security);
     let (path, overrides, layers) = (path.to_owned(), overrides.clone(), config.registry.static_layers.clone());
     let spawned = std::thread::Builder::new().name("rf-config".into()).spawn(move || watch(path, overrides, layers, cache, registry));
     if let Err(e) = spawned {
@@ -72,10 +82,46 @@ fn assemble(config: &Config) -> Result<(Arc<CacheDir>, Arc<Registry>), AppError>
     Ok((cache, registry))
 }
 
-fn launch(config: &Config, registry: Arc<Registry>) -> Result<Server, AppError> {
-    let server = Server::start(config.runtime.clone(), registry)?;
+/// The files behind TLS and authentication, which may change while the server runs.
+struct Security {
+    tls: Option<Arc<TlsConfig>>,
+    credentials: Option<Arc<CredentialStore>>,
+    http: HttpSecurity,
+}
+
+fn load_security(config: &Config) -> Result<Security, AppError> {
+    let tls = config.tls.as_ref().map(|t| t.load()).transpose().map_err(AppError::Security)?;
+    let credentials = config.auth.as_ref().map(|a| a.load()).transpose().map_err(AppError::Security)?;
+    let http = HttpSecurity { tls: tls.clone(), auth: config.auth.clone().zip(credentials.clone()) };
+    Ok(Security { tls, credentials, http })
+}
+
+/// Looks at the certificate and credential files every few seconds; a change that cannot be
+/// used is logged and the previous files stay in force.
+fn watch_security_files(security: Security) {
+    if security.tls.is_none() && security.credentials.is_none() {
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("rf-reload".into()).spawn(move || loop {
+        std::thread::sleep(CONFIG_CHECK_INTERVAL);
+        if let Some(tls) = &security.tls {
+            tls.reload_if_changed();
+        }
+        if let Some(credentials) = &security.credentials {
+            credentials.reload_if_changed();
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot watch the TLS and credential files; they will not reload");
+    }
+}
+
+fn launch(config: &Config, registry: Arc<Registry>, security: &Security) -> Result<Server, AppError> {
+    let server = Server::start(config.runtime.clone(), registry, security.http.clone())?;
     tracing::info!(
         listen = %server.local_addr(),
+        tls = config.tls.is_some(),
+        auth = config.auth.is_some(),
         admin = %server.admin_addr().map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         cache_dir = %config.cache_dir.display(),
         "registry-facade serving"

@@ -1,4 +1,5 @@
-//! The command line: `serve` (the default) and `import`; logging set-up and signal handling.
+//! The command line: `serve` (the default), `import` and `setup`; logging set-up and signal
+//! handling.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use crate::config::{Config, LogFormat, LogSettings, Overrides};
 use crate::oci::{RepositoryName, Tag};
 use crate::registry::import::import_layout;
 use crate::runtime::{ShutdownKind, Stopper};
+use crate::setup::{write_hosts_config, SetupRequest, DEFAULT_HOSTS_DIR};
 use crate::store::CacheDir;
 
 #[derive(Debug, Parser)]
@@ -27,6 +29,21 @@ enum Command {
     Serve(ServeArgs),
     /// Copy an OCI image layout into the cache, verifying every blob.
     Import(ImportArgs),
+    /// Point this node's containerd at the facade: write its hosts.toml (pull, resolve, CA).
+    Setup(SetupArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct SetupArgs {
+    /// The facade as image references name it: NAME:PORT (e.g. registry-facade.local:5000).
+    #[arg(long, value_name = "NAME:PORT")]
+    host: String,
+    /// The CA certificate (PEM) that signed the facade's TLS certificate; copied beside hosts.toml.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// containerd's registry host directory (its `config_path`).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_HOSTS_DIR)]
+    hosts_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -64,6 +81,7 @@ pub fn main() -> ExitCode {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Import(args)) => import(args),
+        Some(Command::Setup(args)) => setup(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,6 +124,14 @@ fn import(args: ImportArgs) -> Result<(), String> {
         summary.bytes,
         config.cache_dir.display()
     );
+    Ok(())
+}
+
+fn setup(args: SetupArgs) -> Result<(), String> {
+    let request = SetupRequest { host: args.host, ca: args.ca, hosts_dir: args.hosts_dir };
+    for outcome in write_hosts_config(&request).map_err(|e| e.to_string())? {
+        println!("{} {}", if outcome.changed { "wrote" } else { "unchanged" }, outcome.path.display());
+    }
     Ok(())
 }
 

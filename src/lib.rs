@@ -5,7 +5,8 @@
 //! sibling in the same row (`tests/layering.rs` enforces this):
 //!
 //! ```text
-//! cli, config, app        command line, configuration file, assembly of the parts
+//! cli, config, app,       command line, configuration file, assembly of the parts; node
+//!   setup                 set-up (containerd's hosts.toml)
 //! runtime                 executors, listeners, shutdown and drain
 //! http                    hyper glue: stream adapter, timer, connections, dispatch, responses
 //! registry                the facade's rules: repositories, manifests, blobs, import, demo
@@ -25,6 +26,7 @@ pub mod oci;
 pub mod redis_client;
 pub mod registry;
 pub mod runtime;
+pub mod setup;
 pub mod spec;
 pub mod store;
 pub mod table;

@@ -56,6 +56,17 @@ where
         self.inner.pin().remove(key).cloned()
     }
 
+    /// Removes the entry if `should_remove` says so for its current value; true if removed.
+    /// The test and the removal are one atomic step, so a value replaced meanwhile stays.
+    pub fn remove_if<Q>(&self, key: &Q, should_remove: impl FnMut(&V) -> bool) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut should_remove = should_remove;
+        matches!(self.inner.pin().remove_if(key, |_, value| should_remove(value)), Ok(Some(_)))
+    }
+
     pub fn len(&self) -> usize {
         self.inner.len()
     }

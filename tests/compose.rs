@@ -335,6 +335,9 @@ fn remote_content_layers_are_redirected_or_fetched() {
 
     let fetching = TestServer::start(&setup.config(&setup.static_file, r#""contentLayers": {"redirect": false}"#));
     assert_eq!(put_spec(&fetching, "ws-remote", &spec).status, 201);
+    let head = support::client::request(fetching.addr, "HEAD", &blob_path, &[]);
+    assert_eq!((head.status, head.header("content-length")), (200, Some(layer.len().to_string().as_str())));
+    assert!(storage.access_log().is_empty(), "a HEAD is answered from the spec, without a download: {:?}", storage.access_log());
     let fetched = get(fetching.addr, &blob_path);
     assert_eq!((fetched.status, sha256(&fetched.body)), (200, layer_digest.clone()), "fetched, verified and served");
 }

@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("cli", 7),
     ("config", 7),
     ("app", 7),
+    ("setup", 7),
     ("runtime", 6),
     ("http", 5),
     ("registry", 4),

@@ -1,5 +1,6 @@
-//! One client connection: HTTP/1.1 or h2c (detected from the preface) served by hyper, with
-//! the idle timeout and graceful shutdown on drain.
+//! One client connection: plain TCP or TLS (handshake bounded by the header-read timeout),
+//! then HTTP/1.1 or h2 (detected from the preface) served by hyper, with the idle timeout and
+//! graceful shutdown on drain; and the short answer given to a connection over a limit.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,11 +10,18 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
+use futures_io::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
 use hyper::body::Incoming;
 
-use super::{admin, dispatch, Role};
-use super::io::{coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Timeout};
-use super::HttpContext;
+use super::failure::Failure;
+use super::io::{coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Timeout, VectoredSocket};
+use super::{admin, dispatch, response, HttpContext, Role};
+use crate::hyper_glue::within;
+
+/// The whole life of a refused connection (TLS handshake included): a client that does not
+/// read its refusal in this time is simply closed.
+const REFUSAL_TIME: Duration = Duration::from_secs(2);
 
 enum Event {
     Closed(Result<(), Box<dyn std::error::Error + Send + Sync>>),
@@ -21,17 +29,58 @@ enum Event {
     TimeoutCheck,
 }
 
-/// Serves a plain TCP connection until the client leaves, a timeout hits (a request head that
-/// takes too long, or no request for too long), or `drain` resolves (then in-flight requests
-/// finish and the connection closes).
-pub async fn serve_tcp(stream: glommio::net::TcpStream, ctx: Rc<HttpContext>, drain: impl Future<Output = ()>) {
+/// Why a connection is refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The server holds `limits.maxConnections` connections.
+    ServerFull,
+    /// This client address holds `limits.maxConnectionsPerClient` connections.
+    ClientFull,
+}
+
+/// Serves a connection until the client leaves, a timeout hits (a handshake or request head
+/// that takes too long, or no request for too long), or `drain` resolves (then in-flight
+/// requests finish and the connection closes).
+pub async fn serve_connection(stream: TcpStream, ctx: Rc<HttpContext>, drain: impl Future<Output = ()>) {
     // Small responses must not wait for Nagle; a failure only costs latency.
     let _ = stream.set_nodelay(true);
-    let fd = stream.as_raw_fd();
-    // sendfile has no MSG_DONTWAIT: without O_NONBLOCK it could block the executor.
-    let raw_fd = set_nonblocking(fd).ok().map(|()| fd);
-    let activity = ConnectionState::new();
-    let io = HyperIo::new(stream, raw_fd, Rc::clone(&activity));
+    match ctx.tls_acceptor() {
+        None => {
+            let fd = stream.as_raw_fd();
+            // sendfile has no MSG_DONTWAIT: without O_NONBLOCK it could block the executor.
+            let raw_fd = set_nonblocking(fd).ok().map(|()| fd);
+            let state = ConnectionState::new(raw_fd.is_some());
+            serve_http(HyperIo::new(stream, raw_fd, Rc::clone(&state)), state, ctx, drain).await;
+        }
+        Some(acceptor) => {
+            let Some(tls) = handshake(&acceptor, stream, ctx.settings.header_read_timeout).await else { return };
+            // TLS bytes must pass through rustls: no raw socket writes, no sendfile.
+            let state = ConnectionState::new(false);
+            serve_http(HyperIo::new(tls, None, Rc::clone(&state)), state, ctx, drain).await;
+        }
+    }
+}
+
+type TlsStream = futures_rustls::server::TlsStream<VectoredSocket<TcpStream>>;
+
+async fn handshake(acceptor: &futures_rustls::TlsAcceptor, stream: TcpStream, limit: Duration) -> Option<TlsStream> {
+    match within(limit, acceptor.accept(VectoredSocket::new(stream))).await {
+        Some(Ok(tls)) => Some(tls),
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        None => {
+            tracing::debug!("closing a connection whose TLS handshake is too slow");
+            None
+        }
+    }
+}
+
+async fn serve_http<S>(io: HyperIo<S>, activity: Rc<ConnectionState>, ctx: Rc<HttpContext>, drain: impl Future<Output = ()>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     let service_activity = Rc::clone(&activity);
     let service_ctx = Rc::clone(&ctx);
     let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
@@ -85,5 +134,57 @@ pub async fn serve_tcp(stream: glommio::net::TcpStream, ctx: Rc<HttpContext>, dr
             }
             Event::TimeoutCheck => {}
         }
+    }
+}
+
+/// Answers every request of a connection that is over a limit with 503 (server full) or 429
+/// (this client holds too many) and `Retry-After`, then closes it; all within
+/// `REFUSAL_TIME`. A registry client reads the error document instead of seeing a reset.
+pub async fn refuse(stream: TcpStream, ctx: Rc<HttpContext>, refusal: Refusal) {
+    let _ = stream.set_nodelay(true);
+    let answer = async {
+        match ctx.tls_acceptor() {
+            None => refuse_http(HyperIo::new(stream, None, ConnectionState::new(false)), &ctx, refusal).await,
+            Some(acceptor) => {
+                if let Some(tls) = handshake(&acceptor, stream, REFUSAL_TIME).await {
+                    refuse_http(HyperIo::new(tls, None, ConnectionState::new(false)), &ctx, refusal).await;
+                }
+            }
+        }
+    };
+    if within(REFUSAL_TIME, answer).await.is_none() {
+        tracing::debug!(?refusal, "a refused client did not read its answer in time");
+    }
+}
+
+async fn refuse_http<S>(io: HyperIo<S>, ctx: &HttpContext, refusal: Refusal)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let asked = Rc::new(std::cell::Cell::new(false));
+    let service_asked = Rc::clone(&asked);
+    let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+        service_asked.set(true);
+        let mut answer = response::error(&Failure::Overloaded(refusal), request.method(), request.uri().path());
+        answer.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        std::future::ready(Ok::<_, Infallible>(answer))
+    });
+    let mut connection = pin!(ctx.builder.serve_connection(io, service));
+    let mut shut = false;
+    let ended = std::future::poll_fn(|cx| {
+        let polled = connection.as_mut().poll(cx);
+        // Once a request is in, no other: on HTTP/1.1 this ends keep-alive, on h2 it sends
+        // GOAWAY so the streams already open are answered and the rest refused. (Before the
+        // first request it would close an HTTP/1.1 connection without an answer.)
+        if polled.is_pending() && asked.get() && !shut {
+            shut = true;
+            connection.as_mut().graceful_shutdown();
+            return connection.as_mut().poll(cx);
+        }
+        polled
+    })
+    .await;
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "refused connection ended with an error");
     }
 }

@@ -23,6 +23,10 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext) -> Result<Response<R
     if ambiguous_framing(request.headers()) {
         return Err(Failure::AmbiguousFraming);
     }
+    if let Some(auth) = &ctx.auth {
+        // Before routing: an unauthenticated client learns nothing, not even which names exist.
+        auth.check(request.headers()).await.map_err(|refused| Failure::Unauthenticated { refused, challenges: auth.challenges(refused) })?;
+    }
     let path = request.uri().path();
     if !route::is_api_path(path) {
         return Err(route::RouteError::NotFound.into());

@@ -2,6 +2,8 @@
 //! error (code, status, message) and where its cause is logged, once, at the level its class
 //! deserves.
 
+use super::auth::Refused;
+use super::connection::Refusal;
 use crate::oci::route::RouteError;
 use crate::oci::ErrorCode;
 use crate::registry::{FailureClass, FillError, RegistryError};
@@ -19,6 +21,10 @@ pub enum Failure {
     RangeNotSatisfiable { len: u64 },
     #[error("transfer-encoding other than a single chunked: the request's end is ambiguous")]
     AmbiguousFraming,
+    #[error("{}", match .refused { Refused::NoCredentials => "authentication required", Refused::Invalid => "invalid credentials" })]
+    Unauthenticated { refused: Refused, challenges: Vec<http::HeaderValue> },
+    #[error("{}", match .0 { Refusal::ServerFull => "the server is at its connection limit; retry shortly", Refusal::ClientFull => "this client holds too many connections; retry shortly" })]
+    Overloaded(Refusal),
 }
 
 /// The error as it goes on the wire.
@@ -46,6 +52,9 @@ impl Failure {
             Failure::MethodNotAllowed(_) => ErrorCode::Unsupported,
             Failure::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
             Failure::AmbiguousFraming => ErrorCode::FramingInvalid,
+            Failure::Unauthenticated { .. } => ErrorCode::Unauthorized,
+            Failure::Overloaded(Refusal::ServerFull) => ErrorCode::Unavailable,
+            Failure::Overloaded(Refusal::ClientFull) => ErrorCode::TooManyRequests,
             Failure::Registry(e) => registry_code(e),
         }
     }

@@ -61,12 +61,15 @@ pub struct ConnectionState {
     head_started_ms: Cell<Option<u64>>,
     seen_bytes: Cell<bool>,
     is_h2: Cell<bool>,
+    /// Whether body chunks may go out with sendfile (a plain socket); if not, regions are
+    /// never registered, since only the raw write path would ever release them.
+    sendfile: bool,
     regions: RefCell<Vec<FileRegion>>,
 }
 
 impl ConnectionState {
-    pub fn new() -> Rc<ConnectionState> {
-        let state = ConnectionState::default();
+    pub fn new(sendfile: bool) -> Rc<ConnectionState> {
+        let state = ConnectionState { sendfile, ..ConnectionState::default() };
         state.quiet_since_ms.set(coarse_now_ms());
         Rc::new(state)
     }
@@ -113,6 +116,11 @@ impl ConnectionState {
 
     /// Lets `data` (a slice of `file` starting at `file_offset`) be sent with sendfile.
     pub fn register_file_region(&self, data: Bytes, file: Arc<File>, file_offset: u64) {
+        // h2 cuts bodies into frames of 16 KiB (the client's frame size); a sendfile per frame
+        // costs more than copying the frame with its header in one sendmsg.
+        if !self.sendfile || self.is_h2.get() {
+            return;
+        }
         self.regions.borrow_mut().push(FileRegion { data, file, file_offset });
     }
 
@@ -196,16 +204,8 @@ impl<S: AsyncWrite> hyper::rt::Write for HyperIo<S> {
         let Some(fd) = *this.raw_fd else {
             return this.inner.poll_write_vectored(cx, bufs);
         };
-        match write_raw(fd, this.state, bufs) {
-            Ok(0) if bufs.iter().any(|b| !b.is_empty()) => {
-                // Nothing could be written: let glommio wait for writability (it may also send
-                // a little itself, which is fine: it reports how much).
-                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
-                this.inner.poll_write(cx, first)
-            }
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        let written = write_raw(fd, this.state, bufs);
+        ready_or_wait_writable(written, this.inner, cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -217,6 +217,65 @@ impl<S: AsyncWrite> hyper::rt::Write for HyperIo<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_close(cx)
+    }
+}
+
+/// The result of a raw write, except that nothing written means: let glommio wait for
+/// writability (its own write may also send a little, which is fine: it reports how much).
+fn ready_or_wait_writable<S: AsyncWrite>(written: std::io::Result<usize>, inner: Pin<&mut S>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    match written {
+        Ok(0) if bufs.iter().any(|b| !b.is_empty()) => {
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+            inner.poll_write(cx, first)
+        }
+        other => Poll::Ready(other),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A TCP stream whose vectored writes are one `sendmsg`: rustls hands over every TLS
+    /// record it has ready at once (an h2 frame is two records: 16 KiB and the 9 bytes that
+    /// did not fit), and glommio's stream would write only the first.
+    pub struct VectoredSocket<S> {
+        #[pin]
+        inner: S,
+        fd: RawFd,
+    }
+}
+
+impl<S: AsRawFd> VectoredSocket<S> {
+    pub fn new(inner: S) -> VectoredSocket<S> {
+        let fd = inner.as_raw_fd();
+        VectoredSocket { inner, fd }
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for VectoredSocket<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for VectoredSocket<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let written = match sendmsg_nonblocking(*this.fd, bufs, false) {
+            Err(e) if would_block(&e) => Ok(0),
+            other => other,
+        };
+        ready_or_wait_writable(written, this.inner, cx, bufs)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.project().inner.poll_close(cx)
     }
 }
@@ -325,7 +384,7 @@ mod tests {
     use super::*;
 
     fn state_at(now: u64) -> Rc<ConnectionState> {
-        let state = ConnectionState::new();
+        let state = ConnectionState::new(true);
         state.quiet_since_ms.set(now);
         state
     }

@@ -3,12 +3,15 @@
 //! cache or upstream directly.
 
 mod admin;
+mod auth;
 mod body;
 mod connection;
 mod dispatch;
 mod failure;
 mod io;
+mod reload;
 mod response;
+mod tls;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,7 +19,9 @@ use std::time::Duration;
 
 use hyper_util::server::conn::auto;
 
-pub use connection::serve_tcp;
+pub use auth::{AuthSettings, CredentialStore};
+pub use connection::{refuse, serve_connection, Refusal};
+pub use tls::{TlsConfig, TlsSettings};
 
 use crate::registry::Registry;
 use crate::hyper_glue::{GlommioTimer, LocalExec};
@@ -30,6 +35,16 @@ pub struct HttpSettings {
     pub idle_timeout: Duration,
     /// Largest request head (HTTP/1.1 read buffer, h2 header list) accepted.
     pub max_header_bytes: usize,
+    /// Concurrent h2 streams one connection may open (`limits.maxStreamsPerConnection`).
+    pub max_streams_per_connection: u32,
+}
+
+/// TLS and client authentication for the registry listener, built and reloaded by the
+/// caller; shared by every executor. The admin listener never uses them.
+#[derive(Clone, Default)]
+pub struct HttpSecurity {
+    pub tls: Option<Arc<TlsConfig>>,
+    pub auth: Option<(AuthSettings, Arc<CredentialStore>)>,
 }
 
 /// Which API a listener serves.
@@ -48,13 +63,15 @@ pub struct HttpContext {
     settings: HttpSettings,
     role: Role,
     builder: auto::Builder<LocalExec>,
+    tls: Option<reload::LocalView<Arc<rustls::ServerConfig>>>,
+    auth: Option<auth::Authenticator>,
 }
 
 /// The largest number of request headers accepted on HTTP/1.1.
 const MAX_HEADERS: usize = 100;
 
 impl HttpContext {
-    pub fn new(registry: Arc<Registry>, settings: HttpSettings, role: Role) -> Rc<HttpContext> {
+    pub fn new(registry: Arc<Registry>, settings: HttpSettings, role: Role, security: &HttpSecurity) -> Rc<HttpContext> {
         let mut builder = auto::Builder::new(LocalExec);
         builder
             .http1()
@@ -69,8 +86,20 @@ impl HttpContext {
             .http2()
             .timer(GlommioTimer)
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256)
+            .max_concurrent_streams(settings.max_streams_per_connection)
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        Rc::new(HttpContext { registry, settings, role, builder })
+        let (tls, auth) = match role {
+            Role::Registry => (
+                security.tls.as_ref().map(|config| reload::LocalView::new(Arc::clone(config))),
+                security.auth.as_ref().map(|(settings, store)| auth::Authenticator::new(settings, Arc::clone(store))),
+            ),
+            Role::Admin => (None, None),
+        };
+        Rc::new(HttpContext { registry, settings, role, builder, tls, auth })
+    }
+
+    /// The acceptor for a new connection with the current certificate; `None`: plain TCP.
+    fn tls_acceptor(&self) -> Option<futures_rustls::TlsAcceptor> {
+        self.tls.as_ref().map(|view| view.with(|config| futures_rustls::TlsAcceptor::from(Arc::clone(&**config))))
     }
 }

@@ -192,6 +192,14 @@ pub fn error(failure: &Failure, method: &http::Method, path: &str) -> Response<R
         Failure::AmbiguousFraming => {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        Failure::Unauthenticated { challenges, .. } => {
+            for challenge in challenges {
+                headers.append(header::WWW_AUTHENTICATE, challenge.clone());
+            }
+        }
+        Failure::Overloaded(_) => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         _ if status == StatusCode::UNAUTHORIZED => {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"registry-facade\""));
         }

@@ -87,6 +87,8 @@ impl ImageIndex {
 }
 
 /// A manifest-like document, parsed according to its media type.
+// Parsed documents are short-lived and few; boxing the image variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Manifest {
     Image(ImageManifest),

@@ -32,8 +32,9 @@ pub enum BlobSource {
     Cache,
     /// Bytes carried by the composition itself (the config, direct content layers).
     Inline(Bytes),
-    /// A remote content layer: redirected to, or fetched from, this URL.
-    Url(String),
+    /// A remote content layer: redirected to, or fetched from, this URL; `size` is what the
+    /// spec declares (the fill checks it).
+    Url { url: String, size: u64 },
 }
 
 /// An image an addon or the base comes from, resolved to one platform.

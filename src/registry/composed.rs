@@ -38,12 +38,14 @@ struct Current {
 }
 
 type CompositionKey = (Digest, Digest);
+/// A composition and until when it holds (`None`: forever), or why it failed.
+type CompositionResult = Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryError>>;
 
 #[derive(Default)]
 pub struct Compositions {
     current: SharedMap<CompositionKey, Arc<Current>>,
     recent: SharedMap<RepositoryName, Arc<Vec<Arc<ComposedImage>>>>,
-    flights: SingleFlight<CompositionKey, Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryError>>>,
+    flights: SingleFlight<CompositionKey, CompositionResult>,
 }
 
 impl Compositions {
@@ -198,7 +200,7 @@ fn content_layer(layer: &ContentLayer) -> LoneLayer {
         ContentLayer::Remote { url, digest, diff_id, media_type, size } => {
             let mut descriptor = Descriptor::new(media_type, digest.clone(), *size);
             descriptor.urls = Some(vec![url.clone()]);
-            LoneLayer { descriptor, diff_id: diff_id.clone(), source: BlobSource::Url(url.clone()), created_by: "registry-facade: content layer".into() }
+            LoneLayer { descriptor, diff_id: diff_id.clone(), source: BlobSource::Url { url: url.clone(), size: *size }, created_by: "registry-facade: content layer".into() }
         }
         ContentLayer::Direct { content, digest } => LoneLayer {
             descriptor: Descriptor::new(OCI_LAYER_TAR, digest.clone(), content.len() as u64),

@@ -296,8 +296,16 @@ impl Registry {
                 let (digest_header, etag) = content::digest_headers(digest);
                 Ok(BlobReply::Inline { bytes, digest_header, etag })
             }
-            BlobSource::Url(url) if self.settings.redirect_content_layers => Ok(BlobReply::Redirect(url)),
-            BlobSource::Url(url) => self.fill_blob(digest, BlobLocation::Url(url), head).await,
+            BlobSource::Url { url, .. } if self.settings.redirect_content_layers => Ok(BlobReply::Redirect(url)),
+            // The spec declares the size: a HEAD needs no download (the GET's fill verifies it).
+            BlobSource::Url { size, .. } if head && self.fills.fills.get(digest).is_none() => match self.content.blob(digest).await? {
+                Some(blob) => Ok(BlobReply::Cached(blob)),
+                None => {
+                    let (digest_header, etag) = content::digest_headers(digest);
+                    Ok(BlobReply::Remote { size: Some(size), digest_header, etag })
+                }
+            },
+            BlobSource::Url { url, .. } => self.fill_blob(digest, BlobLocation::Url(url), head).await,
         }
     }
 

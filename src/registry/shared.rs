@@ -38,7 +38,7 @@ enum SharedSource {
     Upstream { host: String, path: String },
     Cache,
     Inline { data: String },
-    Url { url: String },
+    Url { url: String, size: u64 },
 }
 
 fn b64() -> base64::engine::GeneralPurpose {
@@ -60,7 +60,7 @@ pub fn encode(image: &ComposedImage, valid_until: Option<Instant>) -> Vec<u8> {
                 BlobSource::Upstream(remote) => SharedSource::Upstream { host: remote.host.clone(), path: remote.path.clone() },
                 BlobSource::Cache => SharedSource::Cache,
                 BlobSource::Inline(bytes) => SharedSource::Inline { data: b64().encode(bytes) },
-                BlobSource::Url(url) => SharedSource::Url { url: url.clone() },
+                BlobSource::Url { url, size } => SharedSource::Url { url: url.clone(), size: *size },
             },
         })
         .collect();
@@ -93,7 +93,7 @@ pub fn decode(bytes: &[u8]) -> Option<(Arc<ComposedImage>, Option<Instant>)> {
         let source = match blob.source {
             SharedSource::Upstream { host, path } => BlobSource::Upstream(RemoteRepository { host, path }),
             SharedSource::Cache => BlobSource::Cache,
-            SharedSource::Url { url } => BlobSource::Url(url),
+            SharedSource::Url { url, size } => BlobSource::Url { url, size },
             SharedSource::Inline { data } => {
                 let bytes = Bytes::from(b64().decode(data).ok()?);
                 if Digest::sha256_of(&bytes) != blob.digest {

@@ -23,6 +23,8 @@ pub enum StaticLayerConfig {
     Image(String),
 }
 
+// A handful per configuration, built once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum StaticEntry {
     File(LoneLayer),

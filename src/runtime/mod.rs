@@ -1,6 +1,7 @@
 //! The executors: one glommio executor per core, pinned, each accepting on its own
 //! SO_REUSEPORT socket and owning its connections; start, graceful drain and stop.
 
+mod limits;
 mod listener;
 mod shutdown;
 
@@ -17,10 +18,12 @@ use glommio::net::TcpListener;
 use glommio::sync::Gate;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
+pub use limits::LimitSettings;
 pub use shutdown::ShutdownKind;
 
-use crate::http::{self, HttpContext, HttpSettings, Role};
+use crate::http::{self, HttpContext, HttpSecurity, HttpSettings, Role};
 use crate::registry::Registry;
+use limits::ConnectionLimits;
 use shutdown::{Drain, ShutdownSignal};
 
 /// glommio's DMA buffer pool per executor. We do no O_DIRECT file I/O, and the default
@@ -30,6 +33,9 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 const BLOCKING_THREADS: usize = 2;
 /// Back-off after a failed accept (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
+/// Refusals being answered at once per executor; past it a connection over a limit is
+/// closed without an answer, so a flood costs no more than this.
+const MAX_REFUSALS_IN_PROGRESS: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeSettings {
@@ -41,6 +47,7 @@ pub struct RuntimeSettings {
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
     pub http: HttpSettings,
+    pub limits: LimitSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +85,7 @@ impl Server {
     /// # Errors
     /// The address cannot be bound, more cores are asked for than exist, or an executor cannot
     /// start (e.g. RLIMIT_MEMLOCK below glommio's 512 KiB minimum).
-    pub fn start(settings: RuntimeSettings, registry: Arc<Registry>) -> Result<Server, RuntimeError> {
+    pub fn start(settings: RuntimeSettings, registry: Arc<Registry>, security: HttpSecurity) -> Result<Server, RuntimeError> {
         let cpus = usable_cpus();
         let count = settings.cores.unwrap_or(cpus.len()).max(1);
         if count > cpus.len() {
@@ -92,6 +99,7 @@ impl Server {
         // One waker slot per accept loop: one per executor, and the admin loop's.
         let admin_slot = count;
         let signal = ShutdownSignal::new(count + 1);
+        let limits = ConnectionLimits::new(settings.limits);
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut executors = Vec::with_capacity(count);
         for (core, (socket, cpu)) in sockets.into_iter().zip(cpus).enumerate() {
@@ -102,6 +110,8 @@ impl Server {
                 admin_slot,
                 registry: Arc::clone(&registry),
                 settings: settings.clone(),
+                security: security.clone(),
+                limits: Arc::clone(&limits),
                 signal: Arc::clone(&signal),
                 ready: ready_tx.clone(),
             };
@@ -112,7 +122,7 @@ impl Server {
                 // CPU (glommio's default) it would compete with the executor for one core.
                 .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS))
                 .spawn(move || shard.run())
-                .map_err(|e| RuntimeError::Executor { core, reason: e.to_string() })?;
+                .map_err(|e| executor_failed(core, &e.to_string()))?;
             executors.push(handle);
         }
         drop(ready_tx);
@@ -130,7 +140,7 @@ impl Server {
         }
         self.signal.trigger(ShutdownKind::Immediate);
         let failure = self.executors.drain(..).enumerate().find_map(|(core, handle)| {
-            handle.join().err().map(|e| RuntimeError::Executor { core, reason: e.to_string() })
+            handle.join().err().map(|e| executor_failed(core, &e.to_string()))
         });
         Err(failure.unwrap_or(RuntimeError::Executor { core: 0, reason: "exited during start".into() }))
     }
@@ -159,6 +169,19 @@ impl Server {
     }
 }
 
+/// An executor that could not start or run. glommio's io_uring set-up fails with a message
+/// about kernel versions when the kernel is fine but a seccomp profile (Docker's default)
+/// blocks io_uring: say so, and where the fix is.
+fn executor_failed(core: usize, reason: &str) -> RuntimeError {
+    let io_uring = ["io_uring", "kernel should be", "Operation not permitted", "Function not implemented"].iter().any(|s| reason.contains(s));
+    let reason = if io_uring {
+        format!("{reason} (io_uring is unavailable: the kernel is older than 5.8, or a seccomp profile such as Docker's default blocks io_uring_setup; see docs/seccomp-io_uring.md)")
+    } else {
+        reason.to_owned()
+    };
+    RuntimeError::Executor { core, reason }
+}
+
 /// Everything one executor needs, moved onto its thread.
 struct Shard {
     core: usize,
@@ -167,29 +190,54 @@ struct Shard {
     admin_slot: usize,
     registry: Arc<Registry>,
     settings: RuntimeSettings,
+    security: HttpSecurity,
+    limits: Arc<ConnectionLimits>,
     signal: Arc<ShutdownSignal>,
     ready: mpsc::Sender<usize>,
 }
 
+/// What an accept loop hands each connection.
+struct Acceptor {
+    ctx: Rc<HttpContext>,
+    connections: Gate,
+    drain: Rc<Drain>,
+    /// `None` for the admin listener: an orchestrator is never refused for the public
+    /// port's load.
+    limits: Option<Arc<ConnectionLimits>>,
+    refusing: Rc<std::cell::Cell<usize>>,
+}
+
 impl Shard {
     async fn run(self) {
-        let Shard { core, socket, admin_socket, admin_slot, registry, settings, signal, ready } = self;
+        let Shard { core, socket, admin_socket, admin_slot, registry, settings, security, limits, signal, ready } = self;
         let listener = listener_from(socket);
-        let ctx = HttpContext::new(Arc::clone(&registry), settings.http.clone(), Role::Registry);
         let connections = Gate::new();
         let drain = Drain::new();
+        let public = Acceptor {
+            ctx: HttpContext::new(Arc::clone(&registry), settings.http.clone(), Role::Registry, &security),
+            connections: connections.clone(),
+            drain: Rc::clone(&drain),
+            limits: Some(limits),
+            refusing: Rc::default(),
+        };
         let admin = admin_socket.map(|socket| {
-            let ctx = HttpContext::new(registry, settings.http.clone(), Role::Admin);
-            let (connections, drain, signal) = (connections.clone(), Rc::clone(&drain), Arc::clone(&signal));
+            let acceptor = Acceptor {
+                ctx: HttpContext::new(registry, settings.http.clone(), Role::Admin, &HttpSecurity::default()),
+                connections: connections.clone(),
+                drain: Rc::clone(&drain),
+                limits: None,
+                refusing: Rc::default(),
+            };
+            let signal = Arc::clone(&signal);
             glommio::spawn_local(async move {
                 let listener = listener_from(socket);
-                accept_until_stopped(&listener, &ctx, &connections, &drain, &signal, admin_slot).await
+                accept_until_stopped(&listener, &acceptor, &signal, admin_slot).await
             })
         });
         // Sending and dropping the sender is what `Server::wait_ready` counts on.
         let _ = ready.send(core);
         drop(ready);
-        let kind = accept_until_stopped(&listener, &ctx, &connections, &drain, &signal, core).await;
+        let kind = accept_until_stopped(&listener, &public, &signal, core).await;
         // Closing our sockets refuses new connections; in-flight ones are told to finish.
         drop(listener);
         if let Some(admin) = admin {
@@ -229,14 +277,7 @@ async fn drain_within_grace(connections: &Gate, grace: Duration, signal: &Arc<Sh
 }
 
 /// Accepts until the stop signal; `slot` is this loop's own waker slot in the signal.
-async fn accept_until_stopped(
-    listener: &TcpListener,
-    ctx: &Rc<HttpContext>,
-    connections: &Gate,
-    drain: &Rc<Drain>,
-    signal: &Arc<ShutdownSignal>,
-    slot: usize,
-) -> ShutdownKind {
+async fn accept_until_stopped(listener: &TcpListener, acceptor: &Acceptor, signal: &Arc<ShutdownSignal>, slot: usize) -> ShutdownKind {
     let mut stop = pin!(signal.reached(slot, ShutdownKind::Graceful));
     loop {
         let mut accept = pin!(listener.accept());
@@ -249,18 +290,47 @@ async fn accept_until_stopped(
         .await;
         match accepted {
             Err(kind) => return kind,
-            Ok(Ok(stream)) => {
-                let connection = http::serve_tcp(stream, Rc::clone(ctx), drain.notice());
-                // The gate is open until the accept loop ends, so spawning cannot fail here.
-                if let Ok(task) = connections.spawn(connection) {
-                    task.detach();
-                }
-            }
+            Ok(Ok(stream)) => acceptor.take(stream),
             Ok(Err(e)) => {
                 tracing::warn!(slot, error = %e, "accept failed");
                 glommio::timer::sleep(ACCEPT_ERROR_PAUSE).await;
             }
         }
+    }
+}
+
+impl Acceptor {
+    /// Serves an accepted connection, or refuses it if it is over a limit.
+    fn take(&self, stream: glommio::net::TcpStream) {
+        let admission = match &self.limits {
+            None => None,
+            Some(limits) => match limits.admit(stream.peer_addr().ok().map(|a| a.ip())) {
+                Ok(admission) => Some(admission),
+                Err(refusal) => return self.refuse(stream, refusal),
+            },
+        };
+        let connection = http::serve_connection(stream, Rc::clone(&self.ctx), self.drain.notice());
+        // The gate is open until the accept loop ends, so spawning cannot fail here.
+        if let Ok(task) = self.connections.spawn(async move {
+            connection.await;
+            drop(admission);
+        }) {
+            task.detach();
+        }
+    }
+
+    fn refuse(&self, stream: glommio::net::TcpStream, refusal: http::Refusal) {
+        if self.refusing.get() >= MAX_REFUSALS_IN_PROGRESS {
+            return tracing::debug!(?refusal, "closing a connection over a limit without an answer: too many refusals in progress");
+        }
+        tracing::debug!(?refusal, "refusing a connection over a limit");
+        self.refusing.set(self.refusing.get() + 1);
+        let (ctx, refusing) = (Rc::clone(&self.ctx), Rc::clone(&self.refusing));
+        glommio::spawn_local(async move {
+            http::refuse(stream, ctx, refusal).await;
+            refusing.set(refusing.get() - 1);
+        })
+        .detach();
     }
 }
 

@@ -79,9 +79,12 @@ struct OriginPool {
     limit: Rc<Semaphore>,
 }
 
+/// Resolved addresses of `(host, port)` and when they were looked up.
+type DnsCache = HashMap<(String, u16), (Vec<SocketAddr>, Instant)>;
+
 thread_local! {
     static POOLS: RefCell<HashMap<String, OriginPool>> = RefCell::new(HashMap::new());
-    static DNS: RefCell<HashMap<(String, u16), (Vec<SocketAddr>, Instant)>> = RefCell::new(HashMap::new());
+    static DNS: RefCell<DnsCache> = RefCell::new(HashMap::new());
 }
 
 fn with_pool<T>(endpoint: &Endpoint, settings: &ConnectSettings, f: impl FnOnce(&mut OriginPool) -> T) -> T {

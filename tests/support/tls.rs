@@ -37,4 +37,16 @@ impl TestCa {
         ]));
         TestCa { ca_cert: dir.join("ca.crt"), ca_key: dir.join("ca.key"), server_cert: dir.join("server.crt"), server_key: dir.join("server.key") }
     }
+
+    /// Writes `<name>.crt` and `<name>.key` into `dir`: a client certificate this CA issued.
+    pub fn client_certificate(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let path = |file: &str| dir.join(file).to_str().expect("utf-8 path").to_owned();
+        let (key, csr, cert) = (path(&format!("{name}.key")), path(&format!("{name}.csr")), path(&format!("{name}.crt")));
+        run(Command::new("openssl").args(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")]));
+        let ext = path(&format!("{name}.cnf"));
+        std::fs::write(&ext, "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n").expect("client ext");
+        let (ca_cert, ca_key) = (self.ca_cert.to_str().expect("utf-8"), self.ca_key.to_str().expect("utf-8"));
+        run(Command::new("openssl").args(["x509", "-req", "-in", &csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial", "-out", &cert, "-days", "2", "-extfile", &ext]));
+        (PathBuf::from(cert), PathBuf::from(key))
+    }
 }

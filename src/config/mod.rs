@@ -1,6 +1,8 @@
 //! The configuration file (JSON, camelCase keys) and command-line overrides, validated into
 //! the settings of each layer. Every error names the key (or flag) it is about.
 
+mod server;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,7 +11,7 @@ use serde::Deserialize;
 
 use std::collections::BTreeMap;
 
-use crate::http::HttpSettings;
+use crate::http::{AuthSettings, HttpSettings, TlsSettings};
 use crate::oci::manifest::Platform;
 use crate::registry::static_layers::StaticLayerConfig;
 use crate::registry::{MirrorSettings, RegistrySettings};
@@ -55,6 +57,9 @@ struct ConfigFile {
     content_layers: Option<ContentLayersFile>,
     redis: Option<RedisFile>,
     ipfs: Option<IpfsFile>,
+    tls: Option<server::TlsFile>,
+    auth: Option<server::AuthFile>,
+    limits: Option<server::LimitsFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +173,10 @@ pub struct Config {
     /// The IPFS HTTP gateway to try before upstream (needs `redis`, where the CIDs are).
     pub ipfs_gateway: Option<String>,
     pub log: LogSettings,
+    /// TLS on the registry listener; `None`: plain HTTP (h2c and HTTP/1.1).
+    pub tls: Option<TlsSettings>,
+    /// Client credentials the registry listener demands; `None`: every client may pull.
+    pub auth: Option<AuthSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -236,7 +245,9 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
     if max_header_bytes < MIN_MAX_HEADER_BYTES {
         return Err(invalid("maxHeaderBytes", format!("must be at least {MIN_MAX_HEADER_BYTES}")));
     }
+    let (limits, max_streams_per_connection) = server::limit_settings(file.limits.unwrap_or_default(), &invalid)?;
     let http = HttpSettings {
+        max_streams_per_connection,
         header_read_timeout: positive_ms("headerReadTimeoutMs", file.header_read_timeout_ms, DEFAULT_HEADER_READ_TIMEOUT_MS)?,
         idle_timeout: positive_ms("idleTimeoutMs", file.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS)?,
         max_header_bytes,
@@ -300,12 +311,14 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
     Ok(Config {
         cache_dir,
         demo_image: file.demo_image.unwrap_or(true),
-        runtime: RuntimeSettings { listen, admin_listen, cores, shutdown_grace, http },
+        runtime: RuntimeSettings { listen, admin_listen, cores, shutdown_grace, http, limits },
         registry,
         upstream,
         redis,
         ipfs_gateway,
         log: LogSettings { format: log_file.format.unwrap_or_default(), level },
+        tls: file.tls.map(|t| server::tls_settings(t, &invalid)).transpose()?,
+        auth: file.auth.map(|a| server::auth_settings(a, &invalid)).transpose()?,
     })
 }
 
@@ -439,6 +452,14 @@ mod tests {
         assert!(error(r#"{"ipfs": {"gateway": "http://127.0.0.1:8080"}}"#).contains("ipfs: needs `redis`"));
         assert!(error(r#"{"redis": {"url": "redis://127.0.0.1:1"}, "ipfs": {"gateway": "/ipfs"}}"#).contains("ipfs.gateway:"));
         assert!(error(r#"{"redis": {"url": "redis://127.0.0.1:1", "timeoutMs": 0}}"#).contains("redis.timeoutMs"));
+        assert!(error(r#"{"tls": {"cert": "c.pem"}}"#).contains("tls: missing field `key`"));
+        assert!(error(r#"{"tls": {"cert": "", "key": "k"}}"#).contains("tls.cert: must name a PEM file"));
+        assert!(error(r#"{"auth": {}}"#).contains("auth: needs `basic`"));
+        assert!(error(r#"{"auth": {"realm": "a\"b", "basic": {"htpasswd": "h"}}}"#).contains("auth.realm"));
+        assert!(error(r#"{"auth": {"basic": {"file": "h"}}}"#).contains("auth.basic.file: unknown field"));
+        assert!(error(r#"{"limits": {"maxConnections": 0}}"#).contains("limits.maxConnections: must be at least 1"));
+        assert!(error(r#"{"limits": {"maxConnections": 10, "maxConnectionsPerClient": 20}}"#).contains("limits.maxConnectionsPerClient: must not exceed"));
+        assert!(error(r#"{"limits": {"maxStreamsPerConnection": 0}}"#).contains("limits.maxStreamsPerConnection"));
     }
 
     #[test]

@@ -1,0 +1,244 @@
+//! Client authentication on the registry listener: HTTP Basic against an htpasswd file of
+//! bcrypt hashes (the format the reference registry reads, `htpasswd -B`), and static bearer
+//! tokens from a file. Every request is checked — unlike the Go facade, which accepts any
+//! Basic header. A failed check is a 401 with a `WWW-Authenticate` challenge per configured
+//! scheme.
+//!
+//! bcrypt costs tens of milliseconds by design, so it runs on the executor's blocking pool,
+//! one verification per executor at a time (a client guessing passwords cannot take the
+//! pool from fills), and a verified `Authorization` value is remembered per executor, by its
+//! sha256, until the credentials change or a few minutes pass: containerd sends the same
+//! header on every request of a pull.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use http::{HeaderMap, HeaderValue};
+use sha2::{Digest, Sha256};
+
+use super::reload::{LocalView, Reloadable};
+
+/// How long a verified `Authorization` value is trusted without checking it again.
+const VERIFIED_FOR: Duration = Duration::from_secs(300);
+/// Verified values remembered per executor; past it the memory starts over.
+const VERIFIED_ENTRIES: usize = 10_000;
+
+/// From the configuration (`auth.realm`, `auth.basic.htpasswd`, `auth.bearer.tokensFile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    pub realm: String,
+    pub htpasswd: Option<PathBuf>,
+    pub tokens_file: Option<PathBuf>,
+}
+
+/// Who may pull: user names with their bcrypt hashes, and the sha256 of every bearer token
+/// (the tokens themselves are not kept in memory).
+pub struct Credentials {
+    users: HashMap<String, String>,
+    tokens: HashSet<[u8; 32]>,
+}
+
+pub type CredentialStore = Reloadable<Credentials>;
+
+impl AuthSettings {
+    /// Reads the files and builds the first credential set.
+    ///
+    /// # Errors
+    /// A file cannot be read or has a line that is not a credential; the message names the
+    /// config key, the file and the line.
+    pub fn load(&self) -> Result<Arc<CredentialStore>, String> {
+        let settings = self.clone();
+        let files = self.htpasswd.iter().chain(&self.tokens_file).cloned().collect();
+        Reloadable::load("client credentials", files, move || settings.read_credentials())
+    }
+
+    fn read_credentials(&self) -> Result<Credentials, String> {
+        let users = match &self.htpasswd {
+            Some(path) => read_htpasswd(path)?,
+            None => HashMap::new(),
+        };
+        let tokens = match &self.tokens_file {
+            Some(path) => read_tokens(path)?,
+            None => HashSet::new(),
+        };
+        Ok(Credentials { users, tokens })
+    }
+}
+
+/// The meaningful lines of a credentials file, numbered from 1.
+fn lines_of(key: &str, path: &Path) -> Result<Vec<(usize, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{key}: {}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .enumerate()
+        .map(|(index, line)| (index + 1, line.trim().to_owned()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .collect())
+}
+
+fn read_htpasswd(path: &Path) -> Result<HashMap<String, String>, String> {
+    let key = "auth.basic.htpasswd";
+    let mut users = HashMap::new();
+    for (number, line) in lines_of(key, path)? {
+        let bad = |why: &str| format!("{key}: {} line {number}: {why}", path.display());
+        let (user, hash) = line.split_once(':').ok_or_else(|| bad("expected `user:bcrypt-hash`"))?;
+        if user.is_empty() {
+            return Err(bad("empty user name"));
+        }
+        if !["$2a$", "$2b$", "$2y$"].iter().any(|prefix| hash.starts_with(prefix)) {
+            return Err(bad("only bcrypt hashes are accepted (make them with `htpasswd -B`)"));
+        }
+        users.insert(user.to_owned(), hash.to_owned());
+    }
+    Ok(users)
+}
+
+fn read_tokens(path: &Path) -> Result<HashSet<[u8; 32]>, String> {
+    let key = "auth.bearer.tokensFile";
+    let mut tokens = HashSet::new();
+    for (number, token) in lines_of(key, path)? {
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{key}: {} line {number}: a token is one word per line", path.display()));
+        }
+        tokens.insert(Sha256::digest(token.as_bytes()).into());
+    }
+    Ok(tokens)
+}
+
+/// Why a request was not let in; decides the challenge's `error` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No `Authorization` header, or a scheme that is not configured.
+    NoCredentials,
+    /// Credentials were given and are wrong.
+    Invalid,
+}
+
+/// One executor's authenticator.
+pub struct Authenticator {
+    credentials: LocalView<Credentials>,
+    basic_challenge: Option<HeaderValue>,
+    bearer_realm: Option<String>,
+    /// sha256 of an accepted `Authorization` value → (credentials generation, accepted at).
+    verified: RefCell<HashMap<[u8; 32], (u64, Instant)>>,
+    bcrypt_turn: glommio::sync::Semaphore,
+}
+
+impl Authenticator {
+    pub fn new(settings: &AuthSettings, store: Arc<CredentialStore>) -> Authenticator {
+        let realm = settings.realm.replace(['"', '\\'], "");
+        let basic_challenge = settings.htpasswd.is_some().then(|| header(format!("Basic realm=\"{realm}\"")));
+        let bearer_realm = settings.tokens_file.is_some().then_some(realm);
+        Authenticator {
+            credentials: LocalView::new(store),
+            basic_challenge,
+            bearer_realm,
+            verified: RefCell::default(),
+            bcrypt_turn: glommio::sync::Semaphore::new(1),
+        }
+    }
+
+    /// Lets the request in, or says why not.
+    ///
+    /// # Errors
+    /// No usable credentials, or wrong ones.
+    pub async fn check(&self, headers: &HeaderMap) -> Result<(), Refused> {
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else { return Err(Refused::NoCredentials) };
+        let fingerprint: [u8; 32] = Sha256::digest(value.as_bytes()).into();
+        let generation = self.credentials.generation();
+        if self.remembered(&fingerprint, generation) {
+            return Ok(());
+        }
+        let text = value.to_str().map_err(|_| Refused::Invalid)?;
+        let (scheme, credential) = text.split_once(' ').ok_or(Refused::Invalid)?;
+        let accepted = if scheme.eq_ignore_ascii_case("basic") && self.basic_challenge.is_some() {
+            self.check_basic(credential.trim()).await
+        } else if scheme.eq_ignore_ascii_case("bearer") && self.bearer_realm.is_some() {
+            let token: [u8; 32] = Sha256::digest(credential.trim().as_bytes()).into();
+            self.credentials.with(|c| c.tokens.contains(&token))
+        } else {
+            return Err(Refused::NoCredentials);
+        };
+        if !accepted {
+            return Err(Refused::Invalid);
+        }
+        self.remember(fingerprint, generation);
+        Ok(())
+    }
+
+    async fn check_basic(&self, encoded: &str) -> bool {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else { return false };
+        let Ok(pair) = String::from_utf8(decoded) else { return false };
+        let Some((user, password)) = pair.split_once(':') else { return false };
+        let Some(hash) = self.credentials.with(|c| c.users.get(user).cloned()) else { return false };
+        let password = password.to_owned();
+        let Ok(_turn) = self.bcrypt_turn.acquire_permit(1).await else { return false };
+        glommio::executor().spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await
+    }
+
+    fn remembered(&self, fingerprint: &[u8; 32], generation: u64) -> bool {
+        self.verified
+            .borrow()
+            .get(fingerprint)
+            .is_some_and(|&(seen, at)| seen == generation && at.elapsed() < VERIFIED_FOR)
+    }
+
+    fn remember(&self, fingerprint: [u8; 32], generation: u64) {
+        let mut verified = self.verified.borrow_mut();
+        if verified.len() >= VERIFIED_ENTRIES {
+            verified.clear();
+        }
+        verified.insert(fingerprint, (generation, Instant::now()));
+    }
+
+    /// The `WWW-Authenticate` values for a refusal: one per configured scheme.
+    pub fn challenges(&self, refused: Refused) -> Vec<HeaderValue> {
+        let mut challenges: Vec<HeaderValue> = self.basic_challenge.iter().cloned().collect();
+        if let Some(realm) = &self.bearer_realm {
+            challenges.push(header(match refused {
+                Refused::NoCredentials => format!("Bearer realm=\"{realm}\""),
+                Refused::Invalid => format!("Bearer realm=\"{realm}\", error=\"invalid_token\""),
+            }));
+        }
+        challenges
+    }
+}
+
+/// Built from a realm stripped of quotes; a realm with other bytes a header cannot carry
+/// falls back to the product name.
+fn header(text: String) -> HeaderValue {
+    HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("Basic realm=\"registry-facade\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn htpasswd_lines_must_be_bcrypt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        std::fs::write(&path, "# users\nalice:$2y$05$abcdefghijklmnopqrstuv\n\n").unwrap();
+        assert_eq!(read_htpasswd(&path).unwrap().len(), 1);
+        std::fs::write(&path, "alice:$2y$05$x\nbob:{SHA}abc\n").unwrap();
+        let error = read_htpasswd(&path).unwrap_err();
+        assert!(error.contains("line 2") && error.contains("bcrypt"), "{error}");
+        std::fs::write(&path, "no-colon\n").unwrap();
+        assert!(read_htpasswd(&path).unwrap_err().contains("line 1"));
+    }
+
+    #[test]
+    fn tokens_are_kept_as_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "secret-one\n# comment\nsecret-two\n").unwrap();
+        let tokens = read_tokens(&path).unwrap();
+        assert!(tokens.contains(&<[u8; 32]>::from(Sha256::digest(b"secret-two"))));
+        std::fs::write(&path, "two words\n").unwrap();
+        assert!(read_tokens(&path).unwrap_err().contains("line 1"));
+    }
+}
