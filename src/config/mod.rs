@@ -46,6 +46,7 @@ struct ConfigFile {
     max_header_bytes: Option<usize>,
     log: Option<LogFile>,
     cache_max_bytes: Option<u64>,
+    cache_max_open_blobs: Option<usize>,
     registries: Option<BTreeMap<String, RegistryFile>>,
     mirrors: Option<BTreeMap<String, String>>,
     mirror_tag_ttl_ms: Option<u64>,
@@ -290,6 +291,10 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
     let registry = RegistrySettings {
         platform,
         cache_max_bytes: file.cache_max_bytes,
+        cache_max_open_blobs: match file.cache_max_open_blobs {
+            Some(0) => return Err(invalid("cacheMaxOpenBlobs", "must be greater than 0 (leave it out for the default)".into())),
+            other => other,
+        },
         mirrors: MirrorSettings { aliases: mirrors, tag_ttl: positive_ms("mirrorTagTtlMs", file.mirror_tag_ttl_ms, DEFAULT_MIRROR_TAG_TTL_MS)? },
         fixed_specs: file.specs.and_then(|s| s.fixed_file),
         static_layers,

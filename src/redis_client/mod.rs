@@ -20,7 +20,7 @@ use crate::hyper_glue::within;
 /// How often the connection is probed (PING), which also drives reconnecting.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisSettings {
     /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS).
     pub url: String,
@@ -31,6 +31,29 @@ pub struct RedisSettings {
     pub cluster: bool,
     /// Longest wait for any one command; past it the caller goes on without Redis.
     pub timeout: Duration,
+}
+
+/// By hand, so that neither the password nor a URL with one in it can reach a log line.
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_redis_url(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("key_prefix", &self.key_prefix)
+            .field("cluster", &self.cluster)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// `redis://user:secret@host:6379/0` → `redis://user:<redacted>@host:6379/0`.
+pub fn redact_redis_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return url.to_owned() };
+    let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+    let path = path.map(|p| format!("/{p}")).unwrap_or_default();
+    format!("{scheme}://{user}:<redacted>@{host}{path}")
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -291,4 +314,25 @@ async fn connect(info: &redis::ConnectionInfo, cluster: bool, timeout: Duration)
         .set_response_timeout(Some(timeout))
         .set_number_of_retries(1);
     client.get_connection_manager_with_config(config).await.map(Connection::Single).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_never_print_their_secrets() {
+        let settings = RedisSettings {
+            url: "redis://app:hunter2@10.0.0.5:6379/3".into(),
+            password: Some("s3cr3t".into()),
+            key_prefix: "rf:".into(),
+            cluster: false,
+            timeout: Duration::from_millis(250),
+        };
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2") && !printed.contains("s3cr3t"), "{printed}");
+        assert!(printed.contains("redis://app:<redacted>@10.0.0.5:6379/3"), "{printed}");
+        assert_eq!(redact_redis_url("redis://:pw@h:1"), "redis://:<redacted>@h:1");
+        assert_eq!(redact_redis_url("redis://h:1/0"), "redis://h:1/0");
+    }
 }

@@ -82,6 +82,13 @@ impl Budget {
         self.used_bytes.fetch_sub(size.min(self.used_bytes()), Ordering::AcqRel);
     }
 
+    /// Forgets a blob whose file is gone (deleted or found corrupt behind our back).
+    pub fn remove(&self, digest: &Digest) {
+        if let Some(entry) = self.entries.remove(digest) {
+            self.release(entry.size);
+        }
+    }
+
     pub fn pin(&self, digest: &Digest) {
         if let Some(entry) = self.entries.get(digest) {
             entry.pinned.store(true, Ordering::Release);

@@ -38,14 +38,15 @@ struct Current {
 }
 
 type CompositionKey = (Digest, Digest);
-/// A composition and until when it holds (`None`: forever), or why it failed.
-type CompositionResult = Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryError>>;
+
+/// What one composition flight ends with: the image and when it stops being current.
+type FlightResult = Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryError>>;
 
 #[derive(Default)]
 pub struct Compositions {
     current: SharedMap<CompositionKey, Arc<Current>>,
     recent: SharedMap<RepositoryName, Arc<Vec<Arc<ComposedImage>>>>,
-    flights: SingleFlight<CompositionKey, CompositionResult>,
+    flights: SingleFlight<CompositionKey, FlightResult>,
 }
 
 impl Compositions {

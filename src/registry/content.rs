@@ -1,8 +1,11 @@
 //! Cached content ready to serve, and its budget: manifests as verified bytes, blobs as
 //! mmapped `Bytes` with their open file, each with header values computed once. The tables
 //! are shared by every executor; a blob whose `MappedBlob` is held by a response is in use
-//! and is never evicted.
+//! and is never evicted. At most `max_open_blobs` idle blobs stay open: each holds a file
+//! descriptor and a mapping, and a node serving many blobs would otherwise run into
+//! RLIMIT_NOFILE or vm.max_map_count and stop accepting connections.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,10 +14,11 @@ use http::HeaderValue;
 use super::blocking::run_blocking;
 use super::budget::{Budget, Reservation};
 use super::error::RegistryError;
+use super::single_flight::SingleFlight;
 use crate::hyper_glue::coarse_now_ms;
 use crate::oci::manifest::{sniff_media_type, MAX_MANIFEST_BYTES};
 use crate::oci::Digest;
-use crate::store::{CacheDir, StoreError};
+use crate::store::{CacheDir, FileIdentity, StoreError};
 use crate::table::SharedMap;
 
 /// A manifest as it goes on the wire.
@@ -52,6 +56,32 @@ pub struct MappedBlob {
     pub file: Arc<std::fs::File>,
     pub digest_header: HeaderValue,
     pub etag: HeaderValue,
+    /// When a request last asked for it (coarse), to close the least recently used first.
+    last_used_ms: AtomicU64,
+}
+
+/// Times a request joins an open of its blob before it opens the blob on its own.
+const OPEN_ROUNDS: usize = 3;
+/// A blob's last use is recorded at most this often (one shared write per second, not per
+/// request).
+const LAST_USED_GRANULARITY_MS: u64 = 1_000;
+/// Open blobs kept when the open-file limit cannot be read.
+const FALLBACK_MAX_OPEN_BLOBS: usize = 1024;
+/// Never more open blobs than this by default, however high the limit: a few thousand hot
+/// layers cover any node, and each mapping counts against vm.max_map_count (65530 by default).
+const DEFAULT_MAX_OPEN_BLOBS_CEILING: usize = 4096;
+
+/// The default cap on open blobs: a quarter of the hard open-file limit (the runtime raises the
+/// soft limit to it), leaving the rest to connections, fills and the blocking pool; at most
+/// `DEFAULT_MAX_OPEN_BLOBS_CEILING`, at least 16.
+pub fn default_max_open_blobs() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct we own.
+    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_max } else { 0 };
+    if hard == 0 {
+        return FALLBACK_MAX_OPEN_BLOBS;
+    }
+    usize::try_from(hard / 4).unwrap_or(usize::MAX).clamp(16, DEFAULT_MAX_OPEN_BLOBS_CEILING)
 }
 
 /// `Docker-Content-Digest` and `ETag` (the quoted digest) for content of `digest`.
@@ -66,6 +96,16 @@ pub struct Content {
     cache: Arc<CacheDir>,
     manifests: SharedMap<Digest, Arc<StoredManifest>>,
     blobs: SharedMap<Digest, Arc<MappedBlob>>,
+    /// Blob files as they were when this process wrote or verified them: opening one of these
+    /// again costs an fstat, anything else is hashed first (see `CacheDir::map_blob`).
+    trusted: SharedMap<Digest, FileIdentity>,
+    /// One open (and, for an untrusted file, one full hash) per blob at a time: a pull storm
+    /// right after a restart must not hash the same large layer once per request. The flight
+    /// only says whether the blob is now open; waiters take it from `blobs`. (Holding the
+    /// `MappedBlob` in the flight would keep it counted as in use while the finished flight
+    /// awaits reclamation, so it could never be closed as idle.)
+    opening: SingleFlight<Digest, Result<bool, String>>,
+    max_open_blobs: usize,
     budget: Budget,
 }
 
@@ -74,9 +114,15 @@ impl Content {
     ///
     /// # Errors
     /// The cache directory cannot be listed.
-    pub fn open(cache: Arc<CacheDir>, max_bytes: Option<u64>) -> Result<Content, StoreError> {
+    pub fn open(cache: Arc<CacheDir>, max_bytes: Option<u64>, max_open_blobs: usize) -> Result<Content, StoreError> {
         let budget = Budget::new(max_bytes, cache.scan_blobs()?, coarse_now_ms());
-        Ok(Content { cache, manifests: SharedMap::new(), blobs: SharedMap::new(), budget })
+        let max_open_blobs = max_open_blobs.max(1);
+        Ok(Content { cache, manifests: SharedMap::new(), blobs: SharedMap::new(), trusted: SharedMap::new(), opening: SingleFlight::default(), max_open_blobs, budget })
+    }
+
+    /// Blobs mapped right now (idle ones are closed beyond `max_open_blobs`).
+    pub fn open_blobs(&self) -> usize {
+        self.blobs.len()
     }
 
     pub fn budget(&self) -> &Budget {
@@ -173,23 +219,118 @@ impl Content {
         }
     }
 
-    /// The blob `digest` mapped from the cache; `None` if it is not cached.
+    /// The blob `digest` mapped from the cache; `None` if it is not cached, or if its file
+    /// turned out to be corrupt (it is then deleted, so a mirror refetches it).
+    ///
+    /// The hot path is a table lookup and nothing else: no syscall. Files are checked when
+    /// they are opened (first use in this process, or after their handle was closed as idle):
+    /// an fstat against the identity recorded when we wrote or last verified them, and a full
+    /// sha256 when it differs (a file from before this start, or touched behind our back).
     ///
     /// # Errors
-    /// The file exists but cannot be mapped.
+    /// The file exists but cannot be opened, mapped or read.
     pub async fn blob(&self, digest: &Digest) -> Result<Option<Arc<MappedBlob>>, RegistryError> {
-        self.budget.touch(digest, coarse_now_ms());
+        let now = coarse_now_ms();
+        self.budget.touch(digest, now);
+        if let Some(hit) = self.blobs.get(digest) {
+            if now.saturating_sub(hit.last_used_ms.load(Ordering::Relaxed)) >= LAST_USED_GRANULARITY_MS {
+                hit.last_used_ms.store(now, Ordering::Relaxed);
+            }
+            return Ok(Some(hit));
+        }
+        let failed = |reason: String| {
+            let path = self.cache.blob_path(digest).unwrap_or_default();
+            RegistryError::Store(StoreError::Io { op: "open", path, source: std::io::Error::other(reason) })
+        };
+        // A waiter whose blob was closed again before it looked (a sweep on another core)
+        // opens it again; past a few rounds it opens it itself.
+        for _ in 0..OPEN_ROUNDS {
+            let mut mine = None;
+            let opened = self
+                .opening
+                .run(digest.clone(), || async {
+                    let opened = self.open_blob(digest, now).await?;
+                    let found = opened.is_some();
+                    mine = opened;
+                    Ok(found)
+                })
+                .await;
+            match opened {
+                Ok(true) => match mine.or_else(|| self.blobs.get(digest)) {
+                    Some(blob) => return Ok(Some(blob)),
+                    None => continue,
+                },
+                Ok(false) => return Ok(None),
+                Err(reason) => return Err(failed(reason)),
+            }
+        }
+        self.open_blob(digest, now).await.map_err(failed)
+    }
+
+    /// The miss path of `blob`, run once per digest at a time.
+    async fn open_blob(&self, digest: &Digest, now: u64) -> Result<Option<Arc<MappedBlob>>, String> {
+        // A flight that ended just before this one began may have opened it.
         if let Some(hit) = self.blobs.get(digest) {
             return Ok(Some(hit));
         }
         let cache = Arc::clone(&self.cache);
         let wanted = digest.clone();
-        let mapped = run_blocking(move || cache.map_blob(&wanted)).await?;
-        let Some((body, file)) = mapped else { return Ok(None) };
+        let trusted = self.trusted.get(digest);
+        let mapped = match run_blocking(move || cache.map_blob(&wanted, trusted)).await {
+            Ok(Some(mapped)) => mapped,
+            Ok(None) => {
+                // A file we opened before is gone: deleted behind our back. (A blob never
+                // opened is simply not cached yet; its budget entry may be a fill's, just made.)
+                if self.trusted.remove(digest).is_some() {
+                    self.forget(digest);
+                }
+                return Ok(None);
+            }
+            Err(e @ (StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. })) => {
+                tracing::error!(%digest, error = %e, "cached blob was corrupt and is deleted; it is never served");
+                self.forget(digest);
+                return Ok(None);
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        self.trusted.insert(digest.clone(), mapped.identity);
         let (digest_header, etag) = digest_headers(digest);
-        let blob = Arc::new(MappedBlob { body, file: Arc::new(file), digest_header, etag });
-        self.blobs.insert(digest.clone(), Arc::clone(&blob));
+        let blob = Arc::new(MappedBlob { body: mapped.body, file: Arc::new(mapped.file), digest_header, etag, last_used_ms: AtomicU64::new(now) });
+        // Another core may have mapped it meanwhile: serve whichever is in the table, so that
+        // one mapping per blob stays open.
+        let blob = self.blobs.get_or_insert_with(digest.clone(), || Arc::clone(&blob));
+        if self.blobs.len() > self.max_open_blobs {
+            self.close_idle_blobs();
+        }
         Ok(Some(blob))
+    }
+
+    /// Closes the least recently used blobs that no response holds, down to 7/8 of the cap
+    /// (so that sweeps are rare). A blob in use stays open; its handle closes when the last
+    /// response using it ends, since the table no longer holds it. The table frees removed
+    /// entries in batches (papaya's deferred reclamation, 32 per thread), so up to that many
+    /// closed blobs may keep their descriptor a little longer: bounded, not a leak.
+    fn close_idle_blobs(&self) {
+        let target = self.max_open_blobs - self.max_open_blobs / 8;
+        let mut idle: Vec<(Digest, Arc<MappedBlob>)> = self
+            .blobs
+            .entries()
+            .into_iter()
+            // The table's reference and ours from `entries`: nobody else holds it.
+            .filter(|(_, blob)| Arc::strong_count(blob) <= 2)
+            .collect();
+        idle.sort_by_key(|(_, blob)| blob.last_used_ms.load(Ordering::Relaxed));
+        let excess = self.blobs.len().saturating_sub(target);
+        for (digest, _) in idle.into_iter().take(excess) {
+            self.blobs.remove(&digest);
+        }
+    }
+
+    /// Drops what we know of a blob whose file is gone (deleted behind our back, or corrupt).
+    fn forget(&self, digest: &Digest) {
+        self.blobs.remove(digest);
+        self.trusted.remove(digest);
+        self.budget.remove(digest);
     }
 
     /// Makes room for `size` bytes (evicting on the blocking pool); see `Budget::reserve`.
@@ -203,6 +344,7 @@ impl Content {
         if let Reservation::Granted { evicted } = &reservation {
             for digest in evicted {
                 self.blobs.remove(digest);
+                self.trusted.remove(digest);
                 self.manifests.remove(digest);
                 tracing::info!(%digest, "evicted from the cache");
             }
@@ -214,8 +356,12 @@ impl Content {
         self.budget.release(size);
     }
 
-    /// Records a blob a fill published (`size` bytes, of which `reserved` were reserved).
-    pub async fn published(&self, digest: &Digest, size: u64, reserved: u64) {
+    /// Records a blob a fill published (`size` bytes, of which `reserved` were reserved; its
+    /// file as written and verified is `identity`).
+    pub fn published(&self, digest: &Digest, size: u64, reserved: u64, identity: Option<FileIdentity>) {
+        if let Some(identity) = identity {
+            self.trusted.insert(digest.clone(), identity);
+        }
         self.budget.commit(digest.clone(), size, reserved, coarse_now_ms());
     }
 }

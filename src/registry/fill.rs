@@ -2,7 +2,8 @@
 //! lacks, exactly one upstream download runs (on the executor of the first asker, detached, so
 //! no client's disconnect cancels it). It streams into a temp file; every reader follows the
 //! growing file. The blob is published only once its sha256 and size match; a mismatch or a
-//! give-up fails every reader and keeps nothing. When the budget or the disk has no room, the
+//! give-up fails every reader and keeps nothing (and no reader gets the last byte of a blob
+//! before it is verified). When the budget or the disk has no room, the
 //! fill stops and each reader streams straight from upstream instead.
 
 use std::fs::File;
@@ -17,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use event_listener::Event;
 use futures_lite::Stream;
+use sha2::{Digest as _, Sha256};
 
 use super::blocking::run_blocking;
 use super::budget::Reservation;
@@ -122,7 +124,9 @@ impl Fill {
     /// A stream of `range` of the blob, following the fill (`..u64::MAX`: to the end, whatever
     /// the size turns out to be).
     pub fn reader(self: &Arc<Self>, range: Range<u64>, upstream: Upstream) -> Pin<Box<dyn Stream<Item = io::Result<BlobChunk>>>> {
-        let reader = FillReader { fill: Arc::clone(self), upstream, file: None, pos: range.start, end: range.end, direct: None };
+        let total = self.snapshot().0.flatten();
+        let whole = range.start == 0 && (range.end == u64::MAX || Some(range.end) == total);
+        let reader = FillReader { fill: Arc::clone(self), upstream, file: None, pos: range.start, end: range.end, direct: None, whole, hasher: None };
         Box::pin(futures_lite::stream::unfold(reader, |mut reader| async move {
             let item = reader.next().await?;
             Some((item, reader))
@@ -193,7 +197,15 @@ impl FillContext {
         }
         // Readers learn the outcome before the fill leaves the table, and new requests find
         // the published blob in the cache before that, so none starts a second download.
-        fill.update(|state| state.outcome = outcome);
+        fill.update(|state| {
+            // A failed fill's temp file is already unlinked, but its space is only freed when
+            // the last descriptor closes, and the table frees removed entries lazily: let go
+            // of it now, or a full disk stays full. (Readers that still need it hold their own.)
+            if !matches!(outcome, Outcome::Published) {
+                state.file = None;
+            }
+            state.outcome = outcome;
+        });
         self.fills.table.remove(&fill.digest);
     }
 
@@ -216,7 +228,7 @@ impl FillContext {
             if let Some(url) = gateway.locate(&fill.digest.to_string()).await {
                 match self.fetch_from(fill, BlobLocation::Url(url.clone()), Exposure::AfterVerification).await {
                     Outcome::Published => return Outcome::Published,
-                    other => tracing::warn!(digest = %fill.digest, url, outcome = ?other, "the IPFS gateway did not deliver; fetching from upstream"),
+                    other => tracing::warn!(digest = %fill.digest, url = %crate::upstream::redact_url(&url), outcome = ?other, "the IPFS gateway did not deliver; fetching from upstream"),
                 }
             }
         }
@@ -276,11 +288,17 @@ impl FillContext {
             Err(e) => return store_failure(e),
         };
         let digest = fill.digest.clone();
-        let committed = run_blocking(move || ingest.commit(&digest, total)).await;
+        let cache = Arc::clone(&self.cache);
+        let committed = run_blocking(move || {
+            ingest.commit(&digest, total)?;
+            // What the file is now that it is verified; reopening it later costs an fstat.
+            Ok::<_, StoreError>(cache.blob_identity(&digest).ok().flatten())
+        })
+        .await;
         match committed {
-            Ok(_) => {
+            Ok(identity) => {
                 let size = download.received();
-                self.content.published(&fill.digest, size, reserved).await;
+                self.content.published(&fill.digest, size, reserved, identity);
                 if exposure == Exposure::AfterVerification {
                     fill.written.store(size, Ordering::Release);
                     fill.update(|state| {
@@ -388,6 +406,10 @@ struct FillReader {
     pos: u64,
     end: u64,
     direct: Option<BlobDownload>,
+    /// Whether this reader sends the whole blob (then a direct stream is verified).
+    whole: bool,
+    /// The hash of what this reader sent, while it streams directly from upstream.
+    hasher: Option<Sha256>,
 }
 
 impl FillReader {
@@ -401,10 +423,18 @@ impl FillReader {
             }
             let listener = self.fill.changed.listen();
             let written = self.fill.written.load(Ordering::Acquire);
-            if self.pos < written {
-                return Some(self.read_file(written));
+            let (total, _, outcome) = self.fill.snapshot();
+            // The blob's last byte goes out only once the whole blob is verified: a client
+            // never receives a complete response of bytes that do not match the digest (a
+            // mismatch cuts every response one byte short, which every client notices).
+            let readable = match (total, &outcome) {
+                (Some(Some(total)), outcome) if written >= total && !matches!(outcome, Outcome::Published) => total.saturating_sub(1),
+                _ => written,
+            };
+            if self.pos < readable {
+                return Some(self.read_file(readable));
             }
-            match self.fill.snapshot().2 {
+            match outcome {
                 Outcome::Running => listener.await,
                 // An open-ended read (size unknown at the start) ends where the blob ends.
                 Outcome::Published if self.pos >= written && self.end == u64::MAX => return None,
@@ -413,10 +443,18 @@ impl FillReader {
                 }
                 Outcome::Published => {}
                 Outcome::Failed(error) => return Some(Err(io::Error::other(error.to_string()))),
-                Outcome::Uncached(_) => match self.upstream.download(self.fill.location.clone(), self.pos).await {
-                    Ok(download) => self.direct = Some(download),
-                    Err(error) => return Some(Err(io::Error::other(error.to_string()))),
-                },
+                Outcome::Uncached(_) => {
+                    if self.whole {
+                        match self.hash_prefix().await {
+                            Ok(hasher) => self.hasher = Some(hasher),
+                            Err(error) => return Some(Err(error)),
+                        }
+                    }
+                    match self.upstream.download(self.fill.location.clone(), self.pos).await {
+                        Ok(download) => self.direct = Some(download),
+                        Err(error) => return Some(Err(io::Error::other(error.to_string()))),
+                    }
+                }
             }
         }
     }
@@ -436,15 +474,69 @@ impl FillReader {
         Ok(chunk)
     }
 
+    /// The hash of the bytes this reader already sent from the fill's file (`0..pos`), so a
+    /// direct stream that continues them can be verified as a whole.
+    async fn hash_prefix(&mut self) -> io::Result<Sha256> {
+        let mut hasher = Sha256::new();
+        if self.pos == 0 {
+            return Ok(hasher);
+        }
+        let file = match &self.file {
+            Some(file) => Arc::clone(file),
+            None => return Err(io::Error::other("no file to verify the start of the blob from")),
+        };
+        let len = self.pos;
+        run_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buffer = vec![0; READ_CHUNK as usize];
+            let mut at = 0;
+            while at < len {
+                let want = (len - at).min(READ_CHUNK) as usize;
+                let n = file.read_at(&mut buffer[..want], at)?;
+                if n == 0 {
+                    return Err(io::Error::other("the fill's file is shorter than what was sent"));
+                }
+                hasher.update(&buffer[..n]);
+                at += n as u64;
+            }
+            Ok(hasher)
+        })
+        .await
+    }
+
+    /// Whether everything sent (and `last`, about to be) hashes to the blob's digest; `None`
+    /// when this reader does not verify.
+    fn verified_with(&mut self, last: &[u8]) -> Option<bool> {
+        let mut hasher = self.hasher.take()?;
+        hasher.update(last);
+        let actual = Digest::sha256_from_bytes(&hasher.finalize().into());
+        Some(actual == self.fill.digest)
+    }
+
+    /// Streams from upstream directly (the fill stopped caching). A whole-blob reader hashes
+    /// what it sends and holds the final chunk until the hash matches, as fills do.
     async fn next_direct(&mut self) -> Option<io::Result<BlobChunk>> {
         let download = self.direct.as_mut()?;
+        let total = download.total();
         match download.next_chunk().await {
             Ok(Some(chunk)) => {
                 let take = (self.end - self.pos).min(chunk.len() as u64) as usize;
+                let data = chunk.slice(..take);
+                let last = total.is_some_and(|total| self.pos + take as u64 >= total);
+                let verified = if last { self.verified_with(&data) } else { None };
+                if let Some(hasher) = self.hasher.as_mut().filter(|_| !last) {
+                    hasher.update(&data);
+                }
+                if verified == Some(false) {
+                    return Some(Err(io::Error::other(format!("content from upstream does not match {}", self.fill.digest))));
+                }
                 self.pos += take as u64;
-                Some(Ok(BlobChunk { data: chunk.slice(..take), file: None }))
+                Some(Ok(BlobChunk { data, file: None }))
             }
-            Ok(None) if self.end == u64::MAX => None,
+            Ok(None) if self.end == u64::MAX => match self.verified_with(&[]) {
+                Some(false) => Some(Err(io::Error::other(format!("content from upstream does not match {}", self.fill.digest)))),
+                _ => None,
+            },
             Ok(None) => Some(Err(io::Error::other("upstream ended before the range"))),
             Err(error) => Some(Err(io::Error::other(error.to_string()))),
         }

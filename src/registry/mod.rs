@@ -60,6 +60,9 @@ pub struct RegistrySettings {
     pub platform: Platform,
     /// The cache's size limit; `None`: unlimited.
     pub cache_max_bytes: Option<u64>,
+    /// Idle cached blobs kept open (a descriptor and a mapping each); `None`: a default from
+    /// the open-file limit.
+    pub cache_max_open_blobs: Option<usize>,
     pub mirrors: MirrorSettings,
     /// The JSON file of `fixed/<id>` specs.
     pub fixed_specs: Option<PathBuf>,
@@ -168,7 +171,8 @@ impl Registry {
     /// The cache cannot be listed, a repository record read, a static layer loaded, or the
     /// fixed spec file read.
     pub fn open(cache: Arc<CacheDir>, settings: RegistrySettings, upstream: Upstream, shared: Shared) -> Result<Registry, OpenError> {
-        let content = Arc::new(Content::open(Arc::clone(&cache), settings.cache_max_bytes)?);
+        let max_open_blobs = settings.cache_max_open_blobs.unwrap_or_else(content::default_max_open_blobs);
+        let content = Arc::new(Content::open(Arc::clone(&cache), settings.cache_max_bytes, max_open_blobs)?);
         for (_, record) in cache.list_records()? {
             content.pin(record.blobs.iter().chain(record.manifests.keys()));
         }
@@ -222,6 +226,11 @@ impl Registry {
 
     fn static_layers(&self) -> Arc<StaticLayers> {
         self.static_layers.read().map(|s| Arc::clone(&s)).unwrap_or_else(|_| Arc::new(StaticLayers::none()))
+    }
+
+    /// Cached blobs held open (mapped) right now.
+    pub fn open_blobs(&self) -> usize {
+        self.content.open_blobs()
     }
 
     /// Bytes the cache holds, and blobs evicted so far.

@@ -23,9 +23,9 @@ pub enum StaticLayerConfig {
     Image(String),
 }
 
-// A handful per configuration, built once.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
+// A handful per configuration, loaded once: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum StaticEntry {
     File(LoneLayer),
     Image(SourceRef),

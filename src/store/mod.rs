@@ -19,6 +19,39 @@ pub use record::RepositoryRecord;
 use crate::oci::digest::Algorithm;
 use crate::oci::{Digest, RepositoryName};
 
+/// A blob file mapped for serving.
+pub struct MappedFile {
+    pub body: Bytes,
+    pub file: std::fs::File,
+    pub identity: FileIdentity,
+}
+
+/// What tells, without reading a file, that it is still the file that was verified: the same
+/// inode, size, and modification and change times. Any write, truncation, replacement or
+/// `chmod` behind our back changes at least one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileIdentity {
+    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
 /// The cache directory: `blobs/sha256/<hex>`, `repos/<name>/_repository.json`,
 /// `tmp/<pid>-<n>/` for ingests in progress.
 #[derive(Debug)]
@@ -73,27 +106,55 @@ impl CacheDir {
     }
 
     /// Maps a blob read-only as zero-copy `Bytes`, asking the kernel to read ahead so that
-    /// serving it does not stall on page faults; returns the open file too. `None` when the
-    /// blob is not cached.
+    /// serving it does not stall on page faults; returns the open file and its identity too.
+    /// `None` when the blob is not cached.
+    ///
+    /// The file is trusted only if its identity is `trusted` (what it was when this process
+    /// last verified or wrote it); otherwise its bytes are hashed first, so a file changed,
+    /// truncated or replaced behind our back is never served. A file that fails the check is
+    /// deleted (it can only be wrong) and reported as `DigestMismatch`/`SizeMismatch`.
     ///
     /// # Errors
-    /// The file exists but cannot be opened or mapped.
-    pub fn map_blob(&self, digest: &Digest) -> Result<Option<(Bytes, std::fs::File)>, StoreError> {
+    /// The file exists but cannot be opened, mapped or hashed, or its bytes are not the blob.
+    pub fn map_blob(&self, digest: &Digest, trusted: Option<FileIdentity>) -> Result<Option<MappedFile>, StoreError> {
         let Ok(path) = self.blob_path(digest) else { return Ok(None) };
         let file = match std::fs::File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StoreError::io("open", &path)(e)),
         };
+        let identity = file.metadata().map(|m| FileIdentity::of(&m)).map_err(StoreError::io("stat", &path))?;
         // SAFETY: blob files are immutable once renamed into place and are never truncated or
-        // rewritten (an identical re-publish replaces the directory entry, not the inode), so
-        // the mapping cannot change or shrink under us.
+        // rewritten by us (an identical re-publish replaces the directory entry, not the
+        // inode), so the mapping cannot change or shrink under us. A writer outside the
+        // facade can break this; docs/security.md says why that is outside what we defend.
         let map = unsafe { Mmap::map(&file) }.map_err(StoreError::io("mmap", &path))?;
+        if trusted != Some(identity) {
+            let actual = Digest::sha256_of(&map);
+            if &actual != digest {
+                drop(map);
+                let _ = std::fs::remove_file(&path);
+                return Err(StoreError::DigestMismatch { expected: digest.clone(), actual });
+            }
+        }
         if !map.is_empty() {
             // Advisory only: a failure just means no readahead.
             let _ = map.advise(Advice::WillNeed);
         }
-        Ok(Some((Bytes::from_owner(map), file)))
+        Ok(Some(MappedFile { body: Bytes::from_owner(map), file, identity }))
+    }
+
+    /// The identity of a cached blob's file, `None` if it is not there.
+    ///
+    /// # Errors
+    /// The file exists but cannot be examined.
+    pub fn blob_identity(&self, digest: &Digest) -> Result<Option<FileIdentity>, StoreError> {
+        let Ok(path) = self.blob_path(digest) else { return Ok(None) };
+        match std::fs::metadata(&path) {
+            Ok(meta) => Ok(Some(FileIdentity::of(&meta))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("stat", &path)(e)),
+        }
     }
 
     /// Reads a small blob (a manifest or config) and verifies its digest; a corrupted file is
@@ -274,7 +335,7 @@ mod tests {
         ingest.write(&data[5..]).unwrap();
         ingest.commit(&digest, Some(data.len() as u64)).unwrap();
         assert!(!temp.exists());
-        assert_eq!(cache.map_blob(&digest).unwrap().unwrap().0, &data[..]);
+        assert_eq!(cache.map_blob(&digest, None).unwrap().unwrap().body, &data[..]);
         assert_eq!(cache.read_verified(&digest, 100).unwrap().unwrap(), data);
         assert_eq!(cache.scan_blobs().unwrap(), vec![(digest, data.len() as u64)]);
     }
@@ -292,7 +353,7 @@ mod tests {
         let mut short = cache.begin_ingest().unwrap();
         short.write(b"right").unwrap();
         assert!(matches!(short.commit(&wanted, Some(6)), Err(StoreError::SizeMismatch { .. })));
-        assert!(cache.map_blob(&wanted).unwrap().is_none());
+        assert!(cache.map_blob(&wanted, None).unwrap().is_none());
     }
 
     #[test]
@@ -302,6 +363,22 @@ mod tests {
         cache.put_verified(&digest, b"{}").unwrap();
         std::fs::write(cache.blob_path(&digest).unwrap(), b"{ }").unwrap();
         assert!(matches!(cache.read_verified(&digest, 10), Err(StoreError::DigestMismatch { .. })));
+    }
+
+    #[test]
+    fn blob_files_are_hashed_unless_their_identity_is_trusted() {
+        let (_dir, cache) = cache();
+        let digest = Digest::sha256_of(b"layer bytes");
+        cache.put_verified(&digest, b"layer bytes").unwrap();
+        let first = cache.map_blob(&digest, None).unwrap().unwrap();
+        assert_eq!(first.body, &b"layer bytes"[..]);
+        assert_eq!(cache.blob_identity(&digest).unwrap(), Some(first.identity));
+        let path = cache.blob_path(&digest).unwrap();
+        std::fs::write(&path, b"LAYER BYTES").unwrap();
+        // The old identity no longer matches: the file is hashed, found wrong and deleted.
+        assert!(matches!(cache.map_blob(&digest, Some(first.identity)), Err(StoreError::DigestMismatch { .. })));
+        assert!(!path.exists());
+        assert!(cache.map_blob(&digest, Some(first.identity)).unwrap().is_none());
     }
 
     #[test]

@@ -96,7 +96,9 @@ pub fn parse_docker_config(text: &[u8]) -> Result<HashMap<String, Credential>, S
     if !value.is_object() {
         return Err("not a docker config file: expected a JSON object".into());
     }
-    let file: ConfigFile = serde_json::from_value(value).map_err(|e| format!("not a docker config file: {e}"))?;
+    // serde's message would quote a wrongly typed value, which may be a secret: name the
+    // field instead.
+    let file: ConfigFile = serde_path_to_error::deserialize(value).map_err(|e| format!("not a docker config file: `{}` has the wrong type", e.path()))?;
     if let Some(store) = &file.creds_store {
         tracing::warn!(store, "credsStore is not supported; put credentials in `auths`");
     }
@@ -322,6 +324,9 @@ mod tests {
         let credential = Credential::Basic { username: "bob".into(), password: Secret::new("hunter2") };
         assert!(!format!("{credential:?}").contains("hunter2"));
         assert!(credential.basic_header().unwrap().is_sensitive());
+        // A malformed file is reported by field, never by quoting the value.
+        let wrong = parse_docker_config(br#"{"auths": {"r.example": {"password": ["hunter2"]}}}"#).unwrap_err();
+        assert!(!wrong.contains("hunter2") && wrong.contains("auths"), "{wrong}");
     }
 
     #[test]

@@ -29,11 +29,26 @@ impl BlobLocation {
     }
 }
 
+/// A URL fit for logs and error messages: without user info and query, which is where
+/// object-storage URLs carry their credentials (presigned signatures, tokens).
+pub fn redact_url(url: &str) -> String {
+    let Ok(uri) = url.parse::<http::Uri>() else { return "<unparsable URL>".to_owned() };
+    let origin = match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => match authority.port() {
+            Some(port) => format!("{scheme}://{}:{port}", authority.host()),
+            None => format!("{scheme}://{}", authority.host()),
+        },
+        _ => String::new(),
+    };
+    let query = if uri.query().is_some() { "?…" } else { "" };
+    format!("{origin}{}{query}", uri.path())
+}
+
 impl std::fmt::Display for BlobLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BlobLocation::Registry { repo, digest } => write!(f, "{repo}@{digest}"),
-            BlobLocation::Url(url) => f.write_str(url),
+            BlobLocation::Url(url) => f.write_str(&redact_url(url)),
         }
     }
 }
@@ -185,6 +200,16 @@ fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials_in_messages() {
+        let signed = "https://user:pw@bucket.s3.example:8443/layers/abc?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA";
+        assert_eq!(redact_url(signed), "https://bucket.s3.example:8443/layers/abc?…");
+        let location = BlobLocation::Url(signed.into());
+        assert!(!location.to_string().contains("deadbeef") && !location.to_string().contains("pw"), "{location}");
+        assert_eq!(redact_url("http://gw.example/ipfs/bafy"), "http://gw.example/ipfs/bafy");
+        assert_eq!(redact_url("not a url"), "<unparsable URL>");
+    }
 
     #[test]
     fn content_ranges() {

@@ -19,7 +19,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
 pub use auth::Secret;
-pub use blob::{BlobDownload, BlobLocation};
+pub use blob::{redact_url, BlobDownload, BlobLocation};
 pub use endpoint::{repository_path, RegistryConfig};
 pub use error::UpstreamError;
 pub use retry::RetryPolicy;
@@ -222,7 +222,7 @@ impl Upstream {
 
     /// One exchange with a plain URL (no registry credentials), redirects followed.
     async fn url_exchange(&self, url: &str, method: &Method, headers: HeaderMap) -> Result<Exchange, AttemptError> {
-        let uri: http::Uri = url.parse().map_err(|_| AttemptError::Invalid(format!("`{url}` is not a URL")))?;
+        let uri: http::Uri = url.parse().map_err(|_| AttemptError::Invalid(format!("`{}` is not a URL", redact_url(url))))?;
         let endpoint = self.shared.endpoints.for_url(&uri).map_err(AttemptError::Invalid)?;
         let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
         let exchange = self.exchange(&endpoint, method, &path, headers.clone(), Bytes::new()).await?;

@@ -1,5 +1,6 @@
 //! A TCP proxy that injects faults into the server-to-client direction, one planned fault per
-//! accepted connection (cut, stall, reset), for testing how a client survives a bad upstream.
+//! accepted connection (cut, stall, reset, or a canned answer in place of the server's), for
+//! testing how a client survives a bad upstream.
 //! Plain threads; dropping the proxy closes every connection and joins every thread.
 
 use std::io::{Read, Write};
@@ -19,6 +20,9 @@ pub enum Fault {
     StallAfter(u64, Duration),
     /// Forward n bytes, then close the client side with RST (SO_LINGER 0).
     ResetAfter(u64),
+    /// Read the request head and answer these raw bytes instead of the server (which is not
+    /// contacted), then close: e.g. a `429` with `Retry-After` from a rate limiter in front.
+    Respond(&'static str),
 }
 
 pub struct FaultProxy {
@@ -125,6 +129,10 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
 
 /// Copies client-to-server on a second thread and server-to-client (with the fault) on this one.
 fn run_connection(client: TcpStream, fault: Fault, shared: &Arc<Shared>) {
+    if let Fault::Respond(answer) = fault {
+        respond(&client, answer);
+        return;
+    }
     let Ok(upstream) = TcpStream::connect(shared.target) else {
         return; // dropping the client closes it: the same thing the target would have done
     };
@@ -150,6 +158,25 @@ fn run_connection(client: TcpStream, fault: Fault, shared: &Arc<Shared>) {
     let _ = requests.join();
 }
 
+/// Reads one request head, writes `answer`, closes the write side and reads until the client
+/// closes (closing with unread input would send RST instead of the answer).
+fn respond(client: &TcpStream, answer: &str) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut head = Vec::new();
+    let mut buffer = [0; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match (&*client).read(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buffer[..n]),
+        }
+    }
+    if (&*client).write_all(answer.as_bytes()).is_err() {
+        return;
+    }
+    let _ = client.shutdown(Shutdown::Write);
+    while matches!((&*client).read(&mut buffer), Ok(n) if n > 0) {}
+}
+
 /// Client to server, untouched. After a fault it keeps reading (and discarding) until the
 /// client closes: closing a socket with unread input sends RST, which would turn a clean cut
 /// into a reset.
@@ -172,6 +199,7 @@ fn copy_responses(upstream: &TcpStream, client: &TcpStream, fault: Fault, shared
     let mut left = match fault {
         Fault::Pass => None,
         Fault::CutAfter(n) | Fault::StallAfter(n, _) | Fault::ResetAfter(n) => Some(n),
+        Fault::Respond(_) => None,
     };
     let mut buffer = vec![0; BUFFER_BYTES];
     let mut chunk: &[u8] = &[];
@@ -201,7 +229,7 @@ fn copy_responses(upstream: &TcpStream, client: &TcpStream, fault: Fault, shared
 /// Acts at the fault point: `Some` ends the copy, `None` carries on (after a stall).
 fn apply(fault: Fault, shared: &Shared) -> Option<Ending> {
     match fault {
-        Fault::Pass => None,
+        Fault::Pass | Fault::Respond(_) => None,
         Fault::CutAfter(_) => Some(Ending::Cut),
         Fault::ResetAfter(_) => Some(Ending::Reset),
         Fault::StallAfter(_, stall) => (!stall_unless_stopped(stall, shared)).then_some(Ending::Aborted),

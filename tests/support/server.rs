@@ -95,8 +95,20 @@ pub fn spawn_binary(args: &[&std::ffi::OsStr]) -> (super::tools::ChildGuard, Soc
 
 /// As `spawn_binary`, also returning the admin listener's address when there is one.
 pub fn spawn_binary_with_admin(args: &[&std::ffi::OsStr]) -> (super::tools::ChildGuard, SocketAddr, Option<SocketAddr>) {
-    let child = super::tools::facade_binary()
-        .args(args)
+    let mut command = super::tools::facade_binary();
+    command.args(args);
+    spawn_command_with_admin(command)
+}
+
+/// As `spawn_binary`, for a command that runs the facade binary some other way (e.g. under
+/// `prlimit`).
+pub fn spawn_command(command: std::process::Command) -> (super::tools::ChildGuard, SocketAddr) {
+    let (child, addr, _) = spawn_command_with_admin(command);
+    (child, addr)
+}
+
+fn spawn_command_with_admin(mut command: std::process::Command) -> (super::tools::ChildGuard, SocketAddr, Option<SocketAddr>) {
+    let child = command
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start the facade binary");
