@@ -2,7 +2,7 @@
 //! response or error document; each request in its own span (route, repository, reference,
 //! digest) and counted in the request metrics.
 
-use http::{Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response};
 use tracing::{Instrument, Span};
 
 use super::body::ResponseBody;
@@ -60,6 +60,9 @@ fn metrics_route(route: &Route) -> metrics::Route {
 }
 
 async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Result<Route, route::RouteError>) -> Result<Response<ResponseBody>, Failure> {
+    if ambiguous_framing(request.headers()) {
+        return Err(Failure::AmbiguousFraming);
+    }
     if let Some(auth) = &ctx.auth {
         // Before routing: an unauthenticated client learns nothing, not even which names exist.
         auth.check(request.headers()).await.map_err(|refused| Failure::Unauthenticated { refused, challenges: auth.challenges(refused) })?;
@@ -99,5 +102,49 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Result<Route,
             let page = registry.tags(&name, query.n, query.last.as_deref(), query.ns.as_deref()).await?;
             Ok(response::tags(&page, query.n, head))
         }
+    }
+}
+
+/// Whether the request's body framing is one that front proxies and hyper may read
+/// differently (request smuggling): any `Transfer-Encoding` but exactly one `chunked`, such as
+/// `chunked, chunked` (RFC 9112 §6.1 forbids chunking twice) or codings we never take. hyper
+/// itself refuses a final coding other than chunked and closes after `Content-Length` with
+/// `Transfer-Encoding`; a pull API never needs a request body, so refusing the rest costs nothing.
+fn ambiguous_framing(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => false,
+        (Some(only), None) => !only.eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framing(values: &[&str]) -> bool {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(http::header::TRANSFER_ENCODING, value.parse().unwrap());
+        }
+        ambiguous_framing(&headers)
+    }
+
+    #[test]
+    fn only_a_single_chunked_coding_is_unambiguous() {
+        assert!(!framing(&[]));
+        assert!(!framing(&["chunked"]));
+        assert!(!framing(&[" Chunked "]));
+        assert!(framing(&["chunked, chunked"]));
+        assert!(framing(&["chunked", "chunked"]));
+        assert!(framing(&["gzip, chunked"]));
+        assert!(framing(&["identity"]));
+        assert!(framing(&[",chunked,,chunked"]));
     }
 }

@@ -19,6 +19,8 @@ pub enum Failure {
     Registry(#[from] RegistryError),
     #[error("range not satisfiable for {len} bytes")]
     RangeNotSatisfiable { len: u64 },
+    #[error("transfer-encoding other than a single chunked: the request's end is ambiguous")]
+    AmbiguousFraming,
     #[error("{}", match .refused { Refused::NoCredentials => "authentication required", Refused::Invalid => "invalid credentials" })]
     Unauthenticated { refused: Refused, challenges: Vec<http::HeaderValue> },
     #[error("{}", match .0 { Refusal::ServerFull => "the server is at its connection limit; retry shortly", Refusal::ClientFull => "this client holds too many connections; retry shortly" })]
@@ -49,6 +51,7 @@ impl Failure {
             Failure::Route(RouteError::PaginationNumberInvalid) => ErrorCode::PaginationNumberInvalid,
             Failure::MethodNotAllowed(_) => ErrorCode::Unsupported,
             Failure::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
+            Failure::AmbiguousFraming => ErrorCode::FramingInvalid,
             Failure::Unauthenticated { .. } => ErrorCode::Unauthorized,
             Failure::Overloaded(Refusal::ServerFull) => ErrorCode::Unavailable,
             Failure::Overloaded(Refusal::ClientFull) => ErrorCode::TooManyRequests,

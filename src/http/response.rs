@@ -193,6 +193,11 @@ pub fn error(failure: &Failure, method: &http::Method, path: &str) -> Response<R
         Failure::RangeNotSatisfiable { len } => {
             headers.insert(header::CONTENT_RANGE, header_value(format!("bytes */{len}")));
         }
+        // Where this request ends is in doubt, so nothing after it on the connection is
+        // trusted: hyper closes the connection after a response that says so.
+        Failure::AmbiguousFraming => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         Failure::Unauthenticated { challenges, .. } => {
             for challenge in challenges {
                 headers.append(header::WWW_AUTHENTICATE, challenge.clone());

@@ -24,6 +24,9 @@ pub enum ErrorCode {
     RangeNotSatisfiable,
     /// A path outside the registry API.
     NotFound,
+    /// A request whose body framing is ambiguous (RFC 9112 §6.1); the spec's UNSUPPORTED code
+    /// ("invalid set of parameters") with status 400, as the request is malformed.
+    FramingInvalid,
     /// The upstream registry answered with something unusable (HTTP 502).
     UpstreamInvalid,
     /// The upstream registry or another source cannot be reached or is overloaded (HTTP 503).
@@ -54,6 +57,7 @@ impl ErrorCode {
             PaginationNumberInvalid => (400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested"),
             RangeNotSatisfiable => (416, "RANGE_NOT_SATISFIABLE", "requested range not satisfiable"),
             NotFound => (404, "NOT_FOUND", "no such endpoint"),
+            FramingInvalid => (400, "UNSUPPORTED", "request body framing is ambiguous"),
             UpstreamInvalid => (502, "UNAVAILABLE", "upstream registry answered with an error"),
             Unavailable => (503, "UNAVAILABLE", "service unavailable"),
             UpstreamTimeout => (504, "UNAVAILABLE", "upstream registry timed out"),

@@ -5,7 +5,7 @@
 
 mod blocking;
 mod budget;
-mod compose;
+pub mod compose;
 mod composed;
 mod content;
 pub mod demo;
