@@ -592,3 +592,31 @@ fn h2_raw_rapid_reset_flood_is_cut_off() {
     assert!(frames.iter().any(|(kind, _, _)| *kind == GOAWAY), "20000 opened-and-reset streams were absorbed without a GOAWAY");
     f.assert_still_serves();
 }
+
+#[test]
+fn a_client_that_stops_reading_is_closed_once_nothing_moves_for_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 32 * 1024 * 1024;
+    let options = ImageOptions { tag: "v1".into(), layers: vec![1024, size], ..ImageOptions::default() };
+    let app = image::write_layout(&dir.path().join("app"), &options);
+    let cache = dir.path().join("cache");
+    import(&cache, &app.dir, "library/app", None);
+    let server = TestServer::start_on(&cache, r#""idleTimeoutMs": 1000"#);
+    let fixture = Fixture { server, app, _dir: dir };
+
+    // A small, fixed receive buffer (no autotuning, which on loopback may take the whole blob).
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.connect(&fixture.server.addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let request = format!("GET {} HTTP/1.1\r\nHost: facade\r\n\r\n", fixture.blob_path(1));
+    stream.write_all(request.as_bytes()).unwrap();
+    // Read nothing: the socket buffers fill and the server can send no more.
+    std::thread::sleep(Duration::from_secs(4));
+    let mut received = Vec::new();
+    let ended = stream.read_to_end(&mut received);
+    assert!(ended.is_ok() || ended.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "closed by the server");
+    assert!(received.len() < size, "the server gave up on the stalled answer ({} bytes arrived)", received.len());
+    fixture.assert_still_serves();
+}

@@ -106,9 +106,12 @@ where
         let wait = match activity.check(idle_ms, header_ms, coarse_now_ms()) {
             Timeout::Wait(ms) => ms,
             Timeout::HeadTooSlow => return tracing::debug!("closing a connection whose request head is too slow"),
+            Timeout::Stalled => return tracing::debug!("closing a connection that took nothing for the idle timeout while answers were due"),
             Timeout::Idle => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
+                if !closing {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
                 idle_ms
             }
         };
@@ -121,7 +124,8 @@ where
             if !closing && drain.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Drain);
             }
-            if !closing && timer.as_mut().poll(cx).is_ready() {
+            // Also while closing: a graceful end still waits for the client to take the answers.
+            if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::TimeoutCheck);
             }
             Poll::Pending

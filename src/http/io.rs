@@ -49,6 +49,10 @@ pub enum Timeout {
     HeadTooSlow,
     /// No request for longer than the idle timeout.
     Idle,
+    /// Answers due (requests in flight, or bytes waiting for the socket), but nothing written
+    /// for longer than the idle timeout: a client that stopped reading, or an h2 client that
+    /// keeps its flow-control window shut.
+    Stalled,
 }
 
 /// One connection's state shared by its stream adapter, its service and its watchdog.
@@ -59,6 +63,11 @@ pub struct ConnectionState {
     quiet_since_ms: Cell<u64>,
     /// When the first byte of a request head arrived (HTTP/1.1, no request in progress).
     head_started_ms: Cell<Option<u64>>,
+    /// When bytes last went out, or the current busy period (requests in flight) began.
+    wrote_at_ms: Cell<u64>,
+    /// The last write found the socket full. hyper drops a response body (and its in-flight
+    /// mark) once it has taken all of it, which may be long before the bytes are sent.
+    write_blocked: Cell<bool>,
     seen_bytes: Cell<bool>,
     is_h2: Cell<bool>,
     /// Whether body chunks may go out with sendfile (a plain socket); if not, regions are
@@ -76,6 +85,9 @@ impl ConnectionState {
 
     /// Marks a request as in progress until the returned guard is dropped (with its body).
     pub fn begin_request(self: &Rc<Self>) -> InFlight {
+        if self.in_flight.get() == 0 {
+            self.wrote_at_ms.set(coarse_now_ms());
+        }
         self.in_flight.set(self.in_flight.get() + 1);
         self.head_started_ms.set(None);
         InFlight(Rc::clone(self))
@@ -94,6 +106,17 @@ impl ConnectionState {
         }
     }
 
+    fn wrote(&self, written: &Poll<std::io::Result<usize>>) {
+        match written {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.wrote_at_ms.set(coarse_now_ms());
+                self.write_blocked.set(false);
+            }
+            Poll::Pending => self.write_blocked.set(true),
+            _ => {}
+        }
+    }
+
     /// What is due at `now_ms` given the two timeouts. A slow head is cut off at most
     /// `header_ms` late (the watchdog looks again at least that often).
     pub fn check(&self, idle_ms: u64, header_ms: u64, now_ms: u64) -> Timeout {
@@ -101,8 +124,9 @@ impl ConnectionState {
             let due = started.saturating_add(header_ms);
             return if now_ms >= due { Timeout::HeadTooSlow } else { Timeout::Wait(due - now_ms) };
         }
-        if self.in_flight.get() > 0 {
-            return Timeout::Wait(header_ms);
+        if self.in_flight.get() > 0 || self.write_blocked.get() {
+            let due = self.wrote_at_ms.get().saturating_add(idle_ms);
+            return if now_ms >= due { Timeout::Stalled } else { Timeout::Wait((due - now_ms).min(header_ms)) };
         }
         let due = self.quiet_since_ms.get().saturating_add(idle_ms);
         if now_ms >= due {
@@ -201,11 +225,15 @@ impl<S: AsyncWrite> hyper::rt::Write for HyperIo<S> {
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
         let this = self.project();
-        let Some(fd) = *this.raw_fd else {
-            return this.inner.poll_write_vectored(cx, bufs);
+        let polled = match *this.raw_fd {
+            None => this.inner.poll_write_vectored(cx, bufs),
+            Some(fd) => {
+                let written = write_raw(fd, this.state, bufs);
+                ready_or_wait_writable(written, this.inner, cx, bufs)
+            }
         };
-        let written = write_raw(fd, this.state, bufs);
-        ready_or_wait_writable(written, this.inner, cx, bufs)
+        this.state.wrote(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -398,11 +426,19 @@ mod tests {
     }
 
     #[test]
-    fn a_request_in_flight_is_never_idle() {
+    fn a_request_in_flight_is_never_idle_but_may_stall() {
         let state = state_at(0);
         let request = state.begin_request();
-        assert_eq!(state.check(5_000, 2_000, 1_000_000), Timeout::Wait(2_000));
+        let began = state.wrote_at_ms.get();
+        assert_eq!(state.check(5_000, 2_000, began + 1_000), Timeout::Wait(2_000));
+        assert_eq!(state.check(5_000, 2_000, began + 4_000), Timeout::Wait(1_000));
+        state.wrote(&Poll::Ready(Ok(10)));
+        assert_eq!(state.check(5_000, 2_000, state.wrote_at_ms.get() + 4_999), Timeout::Wait(1));
+        assert_eq!(state.check(5_000, 2_000, state.wrote_at_ms.get() + 5_000), Timeout::Stalled, "nothing written for the idle timeout");
         drop(request);
+        state.wrote(&Poll::Pending);
+        assert_eq!(state.check(5_000, 2_000, state.wrote_at_ms.get() + 5_000), Timeout::Stalled, "the answer is taken but not sent");
+        state.wrote(&Poll::Ready(Ok(1)));
         let quiet = state.quiet_since_ms.get();
         assert_eq!(state.check(5_000, 2_000, quiet + 5_000), Timeout::Idle);
     }
