@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Config, Overrides};
-use crate::registry::{demo, Registry};
+use crate::ipfs::IpfsGateway;
+use crate::redis_client::{RedisClient, RedisError};
+use crate::registry::{demo, Registry, Shared};
 use crate::runtime::{RuntimeError, Server};
 use crate::store::{CacheDir, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
@@ -23,6 +25,8 @@ pub enum AppError {
     Upstream(#[from] UpstreamError),
     #[error("{0}")]
     Open(#[from] crate::registry::OpenError),
+    #[error("{0}")]
+    Redis(#[from] RedisError),
     #[error("{0}")]
     Runtime(#[from] RuntimeError),
 }
@@ -59,7 +63,12 @@ fn assemble(config: &Config) -> Result<(Arc<CacheDir>, Arc<Registry>), AppError>
         tracing::debug!(%digest, "demo image `{}:latest` ready", demo::DEMO_REPOSITORY);
     }
     let upstream = Upstream::new(config.upstream.clone())?;
-    let registry = Arc::new(Registry::open(Arc::clone(&cache), config.registry.clone(), upstream)?);
+    let redis = config.redis.as_ref().map(RedisClient::start).transpose()?;
+    let ipfs = match (&config.ipfs_gateway, &redis) {
+        (Some(gateway), Some(redis)) => Some(IpfsGateway::new(gateway, redis.clone())),
+        _ => None,
+    };
+    let registry = Arc::new(Registry::open(Arc::clone(&cache), config.registry.clone(), upstream, Shared { redis, ipfs })?);
     Ok((cache, registry))
 }
 

@@ -14,6 +14,7 @@ use crate::oci::manifest::Platform;
 use crate::registry::static_layers::StaticLayerConfig;
 use crate::registry::{MirrorSettings, RegistrySettings};
 use crate::runtime::RuntimeSettings;
+use crate::redis_client::RedisSettings;
 use crate::upstream::{RegistryConfig, RetryPolicy, UpstreamSettings};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
@@ -23,6 +24,8 @@ const DEFAULT_IDLE_TIMEOUT_MS: u64 = 90_000;
 const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
 const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 const DEFAULT_MIRROR_TAG_TTL_MS: u64 = 30_000;
+const DEFAULT_REDIS_TIMEOUT_MS: u64 = 250;
+const DEFAULT_REDIS_PREFIX: &str = "rf:";
 /// hyper refuses a read buffer below 8 KiB.
 const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
 
@@ -50,6 +53,23 @@ struct ConfigFile {
     specs: Option<SpecsFile>,
     static_layers: Option<Vec<StaticLayerFile>>,
     content_layers: Option<ContentLayersFile>,
+    redis: Option<RedisFile>,
+    ipfs: Option<IpfsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RedisFile {
+    url: String,
+    key_prefix: Option<String>,
+    cluster: Option<bool>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct IpfsFile {
+    gateway: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +164,9 @@ pub struct Config {
     pub runtime: RuntimeSettings,
     pub registry: RegistrySettings,
     pub upstream: UpstreamSettings,
+    pub redis: Option<RedisSettings>,
+    /// The IPFS HTTP gateway to try before upstream (needs `redis`, where the CIDs are).
+    pub ipfs_gateway: Option<String>,
     pub log: LogSettings,
 }
 
@@ -262,13 +285,47 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
         redirect_content_layers: file.content_layers.and_then(|c| c.redirect).unwrap_or(true),
     };
     let upstream = upstream_settings(file.registries.unwrap_or_default(), file.docker_config, file.upstream.unwrap_or_default(), &invalid)?;
+    let redis = file.redis.map(|r| redis_settings(r, &invalid)).transpose()?;
+    let ipfs_gateway = match (file.ipfs, &redis) {
+        (None, _) => None,
+        (Some(_), None) => return Err(invalid("ipfs", "needs `redis`: the digest → CID map lives there".into())),
+        (Some(ipfs), Some(_)) => {
+            let uri: Result<http::Uri, _> = ipfs.gateway.parse();
+            if !uri.is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()) {
+                return Err(invalid("ipfs.gateway", format!("`{}` is not an http(s) URL", ipfs.gateway)));
+            }
+            Some(ipfs.gateway)
+        }
+    };
     Ok(Config {
         cache_dir,
         demo_image: file.demo_image.unwrap_or(true),
         runtime: RuntimeSettings { listen, admin_listen, cores, shutdown_grace, http },
         registry,
         upstream,
+        redis,
+        ipfs_gateway,
         log: LogSettings { format: log_file.format.unwrap_or_default(), level },
+    })
+}
+
+fn redis_settings(file: RedisFile, invalid: &dyn Fn(&str, String) -> ConfigError) -> Result<RedisSettings, ConfigError> {
+    use redis::IntoConnectionInfo;
+    if let Err(e) = file.url.as_str().into_connection_info() {
+        return Err(invalid("redis.url", format!("{e} (redis://host:port[/db] or rediss://…)")));
+    }
+    let timeout = match file.timeout_ms {
+        Some(0) => return Err(invalid("redis.timeoutMs", "must be greater than 0".into())),
+        Some(ms) => Duration::from_millis(ms),
+        None => Duration::from_millis(DEFAULT_REDIS_TIMEOUT_MS),
+    };
+    Ok(RedisSettings {
+        url: file.url,
+        // Secrets stay out of config files: the password may come from the environment.
+        password: std::env::var("REDIS_PASSWORD").ok().filter(|p| !p.is_empty()),
+        key_prefix: file.key_prefix.unwrap_or_else(|| DEFAULT_REDIS_PREFIX.into()),
+        cluster: file.cluster.unwrap_or(false),
+        timeout,
     })
 }
 
@@ -378,6 +435,10 @@ mod tests {
         assert!(error(r#"{"staticLayers": [{"type": "image", "ref": "B@D"}]}"#).contains("staticLayers[0].ref:"));
         assert!(error(r#"{"adminListen": "127.0.0.1:5000"}"#).contains("adminListen: must differ from listen"));
         assert!(error(r#"{"specs": {"fixedfile": "x"}}"#).contains("specs.fixedfile: unknown field"));
+        assert!(error(r#"{"redis": {"url": "http://x"}}"#).contains("redis.url:"));
+        assert!(error(r#"{"ipfs": {"gateway": "http://127.0.0.1:8080"}}"#).contains("ipfs: needs `redis`"));
+        assert!(error(r#"{"redis": {"url": "redis://127.0.0.1:1"}, "ipfs": {"gateway": "/ipfs"}}"#).contains("ipfs.gateway:"));
+        assert!(error(r#"{"redis": {"url": "redis://127.0.0.1:1", "timeoutMs": 0}}"#).contains("redis.timeoutMs"));
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! runtime                 executors, listeners, shutdown and drain
 //! http                    hyper glue: stream adapter, timer, connections, dispatch, responses
 //! registry                the facade's rules: repositories, manifests, blobs, import, demo
-//! store, spec, upstream   the cache on disk; image specs and their stores; the upstream client
+//! store, spec, upstream,  the cache on disk; image specs and their stores; the upstream
+//!   ipfs                  client; the IPFS gateway source
+//! redis_client            the cluster's shared state (Redis on its own thread)
 //! oci, table, hyper_glue  protocol types (no I/O); the lock-free shared map; hyper on glommio
 //! ```
 
@@ -17,8 +19,10 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod ipfs;
 pub mod hyper_glue;
 pub mod oci;
+pub mod redis_client;
 pub mod registry;
 pub mod runtime;
 pub mod spec;

@@ -1,6 +1,7 @@
 //! The admin API, served only on the admin listener (never the public port):
-//! `PUT|GET|DELETE /admin/specs/<id>` for the `remote/<id>` specs. Answers are JSON; errors
-//! are `{"error": "<what>"}` with the status that fits.
+//! `PUT|GET|DELETE /admin/specs/<id>` for the `remote/<id>` specs, `/live` and `/ready`.
+//! Answers are JSON; errors are `{"error": "<what>"}` with the status that fits. Readiness
+//! never depends on an upstream registry, only on this node's own shared state (Redis).
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -19,6 +20,11 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 pub async fn handle(request: Request<Incoming>, ctx: &HttpContext) -> Response<ResponseBody> {
     let path = request.uri().path().to_owned();
+    match path.as_str() {
+        "/live" => return json(StatusCode::OK, Bytes::from_static(br#"{"status":"live"}"#)),
+        "/ready" => return ready(ctx),
+        _ => {}
+    }
     let Some(id) = path.strip_prefix("/admin/specs/") else {
         return error(StatusCode::NOT_FOUND, "no such endpoint");
     };
@@ -28,13 +34,15 @@ pub async fn handle(request: Request<Incoming>, ctx: &HttpContext) -> Response<R
     }
     let specs = ctx.registry.specs();
     match *request.method() {
-        Method::GET => match specs.get(id) {
-            Some(stored) => json(StatusCode::OK, stored.json.clone()),
-            None => error(StatusCode::NOT_FOUND, "no spec with this id"),
+        Method::GET => match specs.get(id).await {
+            Ok(Some(stored)) => json(StatusCode::OK, stored.json.clone()),
+            Ok(None) => error(StatusCode::NOT_FOUND, "no spec with this id"),
+            Err(e) => store_error(&e),
         },
-        Method::DELETE => match specs.delete(id) {
-            true => empty(StatusCode::NO_CONTENT),
-            false => error(StatusCode::NOT_FOUND, "no spec with this id"),
+        Method::DELETE => match specs.delete(id).await {
+            Ok(true) => empty(StatusCode::NO_CONTENT),
+            Ok(false) => error(StatusCode::NOT_FOUND, "no spec with this id"),
+            Err(e) => store_error(&e),
         },
         Method::PUT => put(id, request, ctx).await,
         _ => {
@@ -58,10 +66,26 @@ async fn put(id: &str, request: Request<Incoming>, ctx: &HttpContext) -> Respons
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let key = stored.spec.key.to_string();
-    let replaced = ctx.registry.specs().put(id, stored);
+    let replaced = match ctx.registry.specs().put(id, stored).await {
+        Ok(replaced) => replaced,
+        Err(e) => return store_error(&e),
+    };
     tracing::info!(id, %key, replaced, "spec stored");
     let status = if replaced { StatusCode::OK } else { StatusCode::CREATED };
     json(status, Bytes::from(serde_json::json!({"id": id, "key": key}).to_string()))
+}
+
+fn ready(ctx: &HttpContext) -> Response<ResponseBody> {
+    match ctx.registry.readiness() {
+        Ok(()) => json(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#)),
+        Err(reason) => json(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(serde_json::json!({"status": "not ready", "reason": reason}).to_string())),
+    }
+}
+
+/// The shared store could not do it: the orchestrator should retry, nothing was half-done.
+fn store_error(cause: &crate::spec::SpecError) -> Response<ResponseBody> {
+    tracing::warn!(error = %cause, "spec store");
+    error(StatusCode::SERVICE_UNAVAILABLE, &cause.to_string())
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {

@@ -73,6 +73,7 @@ fn registry_code(error: &RegistryError) -> ErrorCode {
         RegistryError::ManifestUnknown { .. } | RegistryError::NotAcceptable(_) | RegistryError::UpstreamManifestUnknown { .. } => ErrorCode::ManifestUnknown,
         RegistryError::BlobUnknown { .. } => ErrorCode::BlobUnknown,
         RegistryError::Denied(_) => ErrorCode::Denied,
+        RegistryError::SharedState(_) => ErrorCode::Unavailable,
         RegistryError::Upstream { error, .. } | RegistryError::Fill(FillError::Upstream(error)) => upstream_code(error),
         RegistryError::Fill(FillError::Corrupt(_)) | RegistryError::NotAnImage { .. } | RegistryError::Compose(_) => ErrorCode::UpstreamInvalid,
         // An image a spec names could not be had: the client cannot fix our credentials, so
@@ -82,7 +83,11 @@ fn registry_code(error: &RegistryError) -> ErrorCode {
             other => other,
         },
         RegistryError::Composition(error) => registry_code(error),
-        RegistryError::Fill(FillError::Cache(_)) | RegistryError::MissingContent(_) | RegistryError::Store(_) | RegistryError::CorruptManifest { .. } => {
+        RegistryError::Fill(FillError::Cache(_))
+        | RegistryError::MissingContent(_)
+        | RegistryError::Store(_)
+        | RegistryError::CorruptManifest { .. }
+        | RegistryError::InvalidStoredSpec(_) => {
             ErrorCode::Unknown
         }
     }

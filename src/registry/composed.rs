@@ -13,7 +13,8 @@ use super::error::RegistryError;
 use super::join::join_all;
 use super::single_flight::SingleFlight;
 use super::static_layers::{StaticEntry, StaticLayers};
-use super::{Registry, StoredManifest};
+use super::{shared, Registry, StoredManifest};
+use crate::redis_client::keys::COMPOSED_TTL;
 use crate::oci::manifest::Descriptor;
 use crate::oci::media_type::OCI_LAYER_TAR;
 use crate::oci::{Digest, Reference, RepositoryName};
@@ -42,7 +43,7 @@ type CompositionKey = (Digest, Digest);
 pub struct Compositions {
     current: SharedMap<CompositionKey, Arc<Current>>,
     recent: SharedMap<RepositoryName, Arc<Vec<Arc<ComposedImage>>>>,
-    flights: SingleFlight<CompositionKey, Result<Arc<ComposedImage>, Arc<RegistryError>>>,
+    flights: SingleFlight<CompositionKey, Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryError>>>,
 }
 
 impl Compositions {
@@ -77,16 +78,49 @@ impl Registry {
             return Ok(Arc::clone(&current.image));
         }
         let result = self.compositions.flights.run(key.clone(), || async {
+            if let Some(shared) = self.read_shared(&key).await {
+                return Ok(shared);
+            }
             let started = Instant::now();
-            let composed = self.compose_now(spec, &statics).await.map_err(Arc::new)?;
-            tracing::info!(name = %name, digest = %composed.manifest.digest, micros = started.elapsed().as_micros() as u64, "composed");
-            Ok(composed)
+            let image = self.compose_now(spec, &statics).await.map_err(Arc::new)?;
+            tracing::info!(name = %name, digest = %image.manifest.digest, micros = started.elapsed().as_micros() as u64, "composed");
+            let valid_until = uses_tags(spec, &statics).then(|| Instant::now() + self.settings.mirrors.tag_ttl);
+            self.write_shared(&key, &image, valid_until).await;
+            Ok((image, valid_until))
         });
-        let image = result.await.map_err(RegistryError::Composition)?;
-        let valid_until = uses_tags(spec, &statics).then(|| Instant::now() + self.settings.mirrors.tag_ttl);
+        let (image, valid_until) = result.await.map_err(RegistryError::Composition)?;
         self.compositions.current.insert(key, Arc::new(Current { image: Arc::clone(&image), valid_until }));
         self.compositions.remember(name, &image);
         Ok(image)
+    }
+
+    /// A composition another node wrote to Redis, if there is one (and Redis answers).
+    async fn read_shared(&self, key: &CompositionKey) -> Option<(Arc<ComposedImage>, Option<Instant>)> {
+        let redis = self.redis.as_ref()?;
+        let redis_key = redis.keys().composed(&key.0.to_string(), &key.1.to_string());
+        match redis.get(&redis_key).await {
+            Ok(Some(bytes)) => {
+                let decoded = shared::decode(&bytes);
+                if decoded.is_none() {
+                    tracing::warn!(key = redis_key, "ignoring an unusable shared composition");
+                }
+                decoded
+            }
+            Ok(None) => None,
+            Err(error) => {
+                tracing::debug!(%error, "composing without the shared state");
+                None
+            }
+        }
+    }
+
+    async fn write_shared(&self, key: &CompositionKey, image: &ComposedImage, valid_until: Option<Instant>) {
+        let Some(redis) = &self.redis else { return };
+        let redis_key = redis.keys().composed(&key.0.to_string(), &key.1.to_string());
+        let ttl = valid_until.map_or(COMPOSED_TTL, |until| until.saturating_duration_since(Instant::now()));
+        if let Err(error) = redis.set(&redis_key, shared::encode(image, valid_until), Some(ttl)).await {
+            tracing::warn!(%error, "composition not shared: other nodes will compose it themselves");
+        }
     }
 
     async fn compose_now(&self, stored: &StoredSpec, statics: &StaticLayers) -> Result<Arc<ComposedImage>, RegistryError> {

@@ -28,6 +28,10 @@ pub enum RegistryError {
     BlobUnknown { name: RepositoryName, digest: Digest },
     #[error("{0}")]
     Denied(String),
+    #[error("{0}")]
+    SharedState(String),
+    #[error("{0}")]
+    InvalidStoredSpec(String),
     #[error("repository {0} does not exist upstream")]
     UpstreamNameUnknown(String),
     #[error("manifest `{reference}` does not exist in {remote}")]
@@ -62,9 +66,16 @@ impl RegistryError {
             | RegistryError::Denied(_)
             | RegistryError::UpstreamNameUnknown(_)
             | RegistryError::UpstreamManifestUnknown { .. } => FailureClass::Client,
-            RegistryError::Upstream { .. } | RegistryError::Fill(_) | RegistryError::NotAnImage { .. } | RegistryError::Compose(_) => FailureClass::Upstream,
+            RegistryError::Upstream { .. }
+            | RegistryError::Fill(_)
+            | RegistryError::NotAnImage { .. }
+            | RegistryError::Compose(_)
+            | RegistryError::SharedState(_) => FailureClass::Upstream,
             RegistryError::Input { error, .. } | RegistryError::Composition(error) => error.class(),
-            RegistryError::Store(_) | RegistryError::MissingContent(_) | RegistryError::CorruptManifest { .. } => FailureClass::Internal,
+            RegistryError::Store(_)
+            | RegistryError::MissingContent(_)
+            | RegistryError::CorruptManifest { .. }
+            | RegistryError::InvalidStoredSpec(_) => FailureClass::Internal,
         }
     }
 

@@ -23,6 +23,7 @@ use super::budget::Reservation;
 use super::content::Content;
 use crate::oci::Digest;
 use crate::store::{CacheDir, Ingest, StoreError};
+use crate::ipfs::IpfsGateway;
 use crate::table::SharedMap;
 use crate::upstream::{BlobDownload, BlobLocation, Upstream, UpstreamError};
 
@@ -156,6 +157,16 @@ pub struct FillContext {
     pub upstream: Upstream,
     pub content: Arc<Content>,
     pub fills: Arc<Fills>,
+    pub ipfs: Option<IpfsGateway>,
+}
+
+/// When readers see a fill's bytes: as they land (a registry, whose bytes are verified at the
+/// end and a mismatch aborts everyone), or only once verified (an IPFS gateway, which may be
+/// wrong; then the fill quietly falls back to upstream and no reader saw a bad byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exposure {
+    AsItArrives,
+    AfterVerification,
 }
 
 impl FillContext {
@@ -201,25 +212,39 @@ impl FillContext {
     }
 
     async fn fetch(&self, fill: &Arc<Fill>) -> Outcome {
-        let mut download = match self.upstream.download(fill.location.clone(), 0).await {
+        if let Some(gateway) = &self.ipfs {
+            if let Some(url) = gateway.locate(&fill.digest.to_string()).await {
+                match self.fetch_from(fill, BlobLocation::Url(url.clone()), Exposure::AfterVerification).await {
+                    Outcome::Published => return Outcome::Published,
+                    other => tracing::warn!(digest = %fill.digest, url, outcome = ?other, "the IPFS gateway did not deliver; fetching from upstream"),
+                }
+            }
+        }
+        self.fetch_from(fill, fill.location.clone(), Exposure::AsItArrives).await
+    }
+
+    async fn fetch_from(&self, fill: &Arc<Fill>, location: BlobLocation, exposure: Exposure) -> Outcome {
+        let mut download = match self.upstream.download(location, 0).await {
             Ok(download) => download,
             Err(error) => return Outcome::Failed(error.into()),
         };
         let total = download.total();
-        fill.update(|state| state.total = Some(total));
+        if exposure == Exposure::AsItArrives {
+            fill.update(|state| state.total = Some(total));
+        }
         let reserved = total.unwrap_or(0);
         match self.content.reserve(reserved, &self.cache).await {
             Reservation::Granted { .. } => {}
             Reservation::Refused => return Outcome::Uncached("the cache budget is full of blobs in use or pinned".into()),
         }
-        let outcome = self.stream_into_cache(fill, &mut download, total, reserved).await;
+        let outcome = self.stream_into_cache(fill, &mut download, total, reserved, exposure).await;
         if !matches!(outcome, Outcome::Published) {
             self.content.release(reserved);
         }
         outcome
     }
 
-    async fn stream_into_cache(&self, fill: &Arc<Fill>, download: &mut BlobDownload, total: Option<u64>, reserved: u64) -> Outcome {
+    async fn stream_into_cache(&self, fill: &Arc<Fill>, download: &mut BlobDownload, total: Option<u64>, reserved: u64, exposure: Exposure) -> Outcome {
         let cache = Arc::clone(&self.cache);
         let started = run_blocking(move || {
             let ingest = cache.begin_ingest()?;
@@ -230,8 +255,11 @@ impl FillContext {
             Ok(started) => started,
             Err(e) => return store_failure(e),
         };
-        fill.update(|state| state.file = Some(Arc::new(file)));
-        let mut writer = BatchWriter::new(ingest);
+        let file = Arc::new(file);
+        if exposure == Exposure::AsItArrives {
+            fill.update(|state| state.file = Some(Arc::clone(&file)));
+        }
+        let mut writer = BatchWriter::new(ingest, exposure);
         loop {
             match download.next_chunk().await {
                 Ok(Some(chunk)) => {
@@ -251,7 +279,15 @@ impl FillContext {
         let committed = run_blocking(move || ingest.commit(&digest, total)).await;
         match committed {
             Ok(_) => {
-                self.content.published(&fill.digest, download.received(), reserved).await;
+                let size = download.received();
+                self.content.published(&fill.digest, size, reserved).await;
+                if exposure == Exposure::AfterVerification {
+                    fill.written.store(size, Ordering::Release);
+                    fill.update(|state| {
+                        state.total = Some(Some(size));
+                        state.file = Some(file);
+                    });
+                }
                 Outcome::Published
             }
             Err(e @ (StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. })) => Outcome::Failed(FillError::Corrupt(e.to_string())),
@@ -289,11 +325,12 @@ struct BatchWriter {
     in_flight: Option<PendingWrite>,
     batch: Vec<Bytes>,
     batch_bytes: usize,
+    exposure: Exposure,
 }
 
 impl BatchWriter {
-    fn new(ingest: Ingest) -> BatchWriter {
-        BatchWriter { ingest: Some(ingest), in_flight: None, batch: Vec::new(), batch_bytes: 0 }
+    fn new(ingest: Ingest, exposure: Exposure) -> BatchWriter {
+        BatchWriter { ingest: Some(ingest), in_flight: None, batch: Vec::new(), batch_bytes: 0, exposure }
     }
 
     async fn push(&mut self, chunk: Bytes, fill: &Fill) -> Result<(), StoreError> {
@@ -323,8 +360,10 @@ impl BatchWriter {
             let (ingest, written) = write.await;
             self.ingest = Some(ingest);
             let written = written?;
-            fill.written.fetch_add(written, Ordering::AcqRel);
-            fill.changed.notify(usize::MAX);
+            if self.exposure == Exposure::AsItArrives {
+                fill.written.fetch_add(written, Ordering::AcqRel);
+                fill.changed.notify(usize::MAX);
+            }
         }
         Ok(())
     }

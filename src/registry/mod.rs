@@ -17,6 +17,7 @@ mod join;
 mod local;
 mod mirror;
 mod remote;
+mod shared;
 mod single_flight;
 pub mod static_layers;
 
@@ -38,7 +39,9 @@ use crate::oci::manifest::{ImageIndex, Platform};
 use crate::oci::media_type::{self, ManifestKind};
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
 use crate::hyper_glue::coarse_now_ms;
-use crate::spec::{FixedSpecFile, MemorySpecStore, StoredSpec};
+use crate::ipfs::IpfsGateway;
+use crate::redis_client::RedisClient;
+use crate::spec::{FixedSpecFile, RemoteSpecs, SpecError, StoredSpec};
 use crate::store::{CacheDir, StoreError};
 use crate::table::SharedMap;
 use crate::upstream::{BlobLocation, RemoteRepository, Upstream};
@@ -122,8 +125,15 @@ enum Source {
 
 /// Where specs come from, by provider.
 struct SpecSources {
-    memory: MemorySpecStore,
+    remote: Arc<RemoteSpecs>,
     fixed: Option<FixedSpecFile>,
+}
+
+/// The cluster's shared state and the blob sources that come with it, when configured.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub redis: Option<RedisClient>,
+    pub ipfs: Option<IpfsGateway>,
 }
 
 pub struct Registry {
@@ -136,6 +146,7 @@ pub struct Registry {
     resolving: SingleFlight<String, Result<Arc<ResolvedImage>, Arc<RegistryError>>>,
     resolved: SharedMap<Digest, Arc<ResolvedImage>>,
     static_layers: RwLock<Arc<StaticLayers>>,
+    redis: Option<RedisClient>,
     settings: RegistrySettings,
 }
 
@@ -156,7 +167,7 @@ impl Registry {
     /// # Errors
     /// The cache cannot be listed, a repository record read, a static layer loaded, or the
     /// fixed spec file read.
-    pub fn open(cache: Arc<CacheDir>, settings: RegistrySettings, upstream: Upstream) -> Result<Registry, OpenError> {
+    pub fn open(cache: Arc<CacheDir>, settings: RegistrySettings, upstream: Upstream, shared: Shared) -> Result<Registry, OpenError> {
         let content = Arc::new(Content::open(Arc::clone(&cache), settings.cache_max_bytes)?);
         for (_, record) in cache.list_records()? {
             content.pin(record.blobs.iter().chain(record.manifests.keys()));
@@ -164,24 +175,34 @@ impl Registry {
         let statics = static_layers::load(&cache, &settings.static_layers)?;
         content.pin(statics.pinned());
         let fixed = settings.fixed_specs.as_deref().map(FixedSpecFile::open).transpose()?;
-        let fills = FillContext { cache: Arc::clone(&cache), upstream, content: Arc::clone(&content), fills: Arc::new(Fills::default()) };
+        let fills = FillContext { cache: Arc::clone(&cache), upstream, content: Arc::clone(&content), fills: Arc::new(Fills::default()), ipfs: shared.ipfs };
         Ok(Registry {
             local: Arc::new(LocalRepositories::new(cache, Arc::clone(&content))),
             mirrors: Mirrors::new(&settings.mirrors),
             content,
             fills,
-            specs: SpecSources { memory: MemorySpecStore::default(), fixed },
+            specs: SpecSources { remote: RemoteSpecs::new(shared.redis.clone()), fixed },
             compositions: Compositions::default(),
             resolving: SingleFlight::default(),
             resolved: SharedMap::new(),
             static_layers: RwLock::new(Arc::new(statics)),
+            redis: shared.redis,
             settings,
         })
     }
 
     /// The `remote/<id>` specs, written through the admin API.
-    pub fn specs(&self) -> &MemorySpecStore {
-        &self.specs.memory
+    pub fn specs(&self) -> &Arc<RemoteSpecs> {
+        &self.specs.remote
+    }
+
+    /// Whether the shared state this node depends on is reachable: `Err` names what is not.
+    /// Upstream registries are never part of readiness.
+    pub fn readiness(&self) -> Result<(), String> {
+        match &self.redis {
+            Some(redis) if !redis.health().is_up() => Err(format!("Redis is unreachable: {}", redis.health().last_error())),
+            _ => Ok(()),
+        }
     }
 
     /// Loads a new set of static layers (the config file changed). Images composed with the
@@ -306,7 +327,14 @@ impl Registry {
         }
         let unknown = || RegistryError::NameUnknown(name.clone());
         match name.split_provider() {
-            Some(("remote", id)) => return self.specs.memory.get(id).map(Source::Composed).ok_or_else(unknown),
+            Some(("remote", id)) => {
+                let spec = self.specs.remote.get(id).await.map_err(|e| match e {
+                    // A spec writer is trusted; a spec that does not validate is our problem.
+                    SpecError::Invalid(_) => RegistryError::InvalidStoredSpec(e.to_string()),
+                    _ => RegistryError::SharedState(e.to_string()),
+                })?;
+                return spec.map(Source::Composed).ok_or_else(unknown);
+            }
             Some(("fixed", id)) => {
                 let fixed = self.specs.fixed.as_ref().ok_or_else(unknown)?;
                 return fixed.get(id, coarse_now_ms()).map(Source::Composed).ok_or_else(unknown);

@@ -19,6 +19,10 @@ impl Registry {
         if let Some(CachedTag::Fresh(digest)) = &cached {
             return self.mirror_digest(remote, digest).await;
         }
+        if let Some(digest) = self.shared_tag(remote, tag).await {
+            self.mirrors.remember_tag(remote, tag.as_str(), digest.clone(), Instant::now());
+            return self.mirror_digest(remote, &digest).await;
+        }
         let fetched = match self.fills.upstream.manifest(remote, tag.as_str(), ACCEPT_ALL_MANIFESTS).await {
             Ok(fetched) => fetched,
             Err(error) => {
@@ -35,8 +39,25 @@ impl Registry {
             return Err(invalid(remote, format!("manifest {tag} claims digest {claimed} but its bytes are {digest}")));
         }
         let stored = self.store_fetched(remote, &digest, fetched).await?;
+        self.share_tag(remote, tag, &digest).await;
         self.mirrors.remember_tag(remote, tag.as_str(), digest, Instant::now());
         Ok(stored)
+    }
+
+    /// What another node resolved the tag to, within the tag TTL (any Redis trouble: nothing).
+    async fn shared_tag(&self, remote: &RemoteRepository, tag: &Tag) -> Option<Digest> {
+        let redis = self.redis.as_ref()?;
+        let key = redis.keys().tag(&remote.host, &remote.path, tag.as_str());
+        let value = redis.get(&key).await.ok()??;
+        String::from_utf8(value).ok()?.parse().ok()
+    }
+
+    async fn share_tag(&self, remote: &RemoteRepository, tag: &Tag, digest: &Digest) {
+        let Some(redis) = &self.redis else { return };
+        let key = redis.keys().tag(&remote.host, &remote.path, tag.as_str());
+        if let Err(error) = redis.set(&key, digest.to_string().into_bytes(), Some(self.settings.mirrors.tag_ttl)).await {
+            tracing::debug!(%error, "tag answer not shared");
+        }
     }
 
     pub(super) async fn mirror_digest(&self, remote: &RemoteRepository, digest: &Digest) -> Result<Arc<StoredManifest>, RegistryError> {

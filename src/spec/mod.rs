@@ -3,6 +3,7 @@
 //! Specs are parsed and validated once, when stored or loaded.
 
 mod image_spec;
+mod remote;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,9 +12,9 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
+pub use remote::RemoteSpecs;
 pub use image_spec::{ContentLayer, ContentLayerSpec, DirectLayerSpec, ImageSpec, RemoteLayerSpec, SourceRef, ValidSpec, LOCAL_PREFIX};
 
-use crate::table::SharedMap;
 
 /// The fixed-spec file is looked at (one `stat`) at most this often.
 const RELOAD_CHECK_MS: u64 = 1_000;
@@ -31,6 +32,8 @@ pub enum SpecError {
     Invalid(String),
     #[error("{0}")]
     File(String),
+    #[error("spec store: {0}")]
+    Unavailable(String),
 }
 
 /// Parses and validates a spec document.
@@ -41,27 +44,6 @@ pub fn parse_spec(json: &[u8]) -> Result<StoredSpec, SpecError> {
     let spec: ImageSpec = serde_json::from_slice(json).map_err(|e| SpecError::Invalid(e.to_string()))?;
     let valid = spec.validate().map_err(SpecError::Invalid)?;
     Ok(StoredSpec { json: Bytes::copy_from_slice(json), spec: valid })
-}
-
-/// The `remote/<id>` specs of a single node, shared by every executor.
-#[derive(Default)]
-pub struct MemorySpecStore {
-    specs: SharedMap<String, Arc<StoredSpec>>,
-}
-
-impl MemorySpecStore {
-    pub fn get(&self, id: &str) -> Option<Arc<StoredSpec>> {
-        self.specs.get(id)
-    }
-
-    /// Stores (or replaces) a spec; returns whether one was there before.
-    pub fn put(&self, id: &str, spec: StoredSpec) -> bool {
-        self.specs.insert(id.to_owned(), Arc::new(spec)).is_some()
-    }
-
-    pub fn delete(&self, id: &str) -> bool {
-        self.specs.remove(id).is_some()
-    }
 }
 
 struct FixedFile {
@@ -123,16 +105,6 @@ impl FixedSpecFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn memory_store() {
-        let store = MemorySpecStore::default();
-        assert!(!store.put("ws-1", parse_spec(br#"{"baseRef": "a:1"}"#).unwrap()));
-        assert!(store.put("ws-1", parse_spec(br#"{"baseRef": "a:2"}"#).unwrap()));
-        assert_eq!(store.get("ws-1").unwrap().spec.base.to_string(), "docker.io/a:2");
-        assert!(store.delete("ws-1"));
-        assert!(store.get("ws-1").is_none());
-    }
 
     #[test]
     fn fixed_file_reloads_and_survives_bad_edits() {

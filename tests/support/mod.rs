@@ -9,6 +9,7 @@ pub mod docker_config;
 pub mod image;
 pub mod nginx;
 pub mod proxy;
+pub mod redis;
 pub mod registry;
 pub mod server;
 pub mod token;

@@ -89,6 +89,12 @@ pub fn import(cache_dir: &Path, layout: &Path, name: &str, tag: Option<&str>) {
 /// Runs the facade binary with `args` until it logs that it is serving; returns the process
 /// (killed when dropped) and the address it listens on. Its later log lines are drained.
 pub fn spawn_binary(args: &[&std::ffi::OsStr]) -> (super::tools::ChildGuard, SocketAddr) {
+    let (child, addr, _) = spawn_binary_with_admin(args);
+    (child, addr)
+}
+
+/// As `spawn_binary`, also returning the admin listener's address when there is one.
+pub fn spawn_binary_with_admin(args: &[&std::ffi::OsStr]) -> (super::tools::ChildGuard, SocketAddr, Option<SocketAddr>) {
     let child = super::tools::facade_binary()
         .args(args)
         .stderr(std::process::Stdio::piped())
@@ -99,6 +105,8 @@ pub fn spawn_binary(args: &[&std::ffi::OsStr]) -> (super::tools::ChildGuard, Soc
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
     let serving = lines.by_ref().map_while(Result::ok).find(|l| l.contains("registry-facade serving")).expect("the facade starts");
     std::thread::spawn(move || lines.for_each(drop));
-    let addr = serving.split("listen=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect(&serving);
-    (child, addr.parse().expect(&serving))
+    let field = |name: &str| serving.split(&format!("{name}=")).nth(1).and_then(|rest| rest.split_whitespace().next()).map(str::to_owned);
+    let addr = field("listen").expect(&serving).parse().expect(&serving);
+    let admin = field("admin").and_then(|a| a.parse().ok());
+    (child, addr, admin)
 }
