@@ -28,7 +28,7 @@ use http::{Client, Gauge};
 use procstat::Sampler;
 use progress::{Bar, Counters};
 use pull::{HttpPuller, ImageName, Pull, PullSettings};
-use report::{Machine, Report, TargetReport};
+use report::{ClientCost, Machine, Report, TargetReport};
 use storm::{Outcome, Plan};
 use url::{ParseUrlError, Url};
 
@@ -46,6 +46,7 @@ enum MainError {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    raise_open_file_limit();
     match run(&args) {
         Ok(report) if report.targets.iter().all(|t| t.errors == 0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
@@ -94,6 +95,7 @@ fn run_target(args: &Args, plan: &Plan, settings: &PullSettings, target: &Target
     let show_bar = args.progress || std::io::stderr().is_terminal();
     let bar = Bar::start(show_bar, target.name.clone(), plan.workspaces.len(), Arc::clone(&counters));
     let sampler = (!target.pids.is_empty()).then(|| Sampler::start(target.pids.clone()));
+    let cpu_before = procstat::own_cpu_seconds();
     let timeout = Duration::from_secs(args.timeout_s);
     let (mut outcome, peak_connections, ctr_puller) = match args.client {
         ClientKind::Http => {
@@ -114,13 +116,14 @@ fn run_target(args: &Args, plan: &Plan, settings: &PullSettings, target: &Target
             (storm::run(plan, &puller, &counters), None, Some(puller))
         }
     };
+    let client = ClientCost { peak_connections, cpu_s: procstat::own_cpu_seconds() - cpu_before };
     let server = sampler.map(Sampler::finish);
     bar.finish();
     if let Some(puller) = ctr_puller {
         describe_pulled(&target.url, settings, timeout, &mut outcome);
         puller.clean_up(&outcome.runs.iter().filter(|r| r.ms.is_some()).map(|r| r.image.clone()).collect::<Vec<_>>());
     }
-    Ok(report::summarize(&target.name, &target.url, outcome, peak_connections, server))
+    Ok(report::summarize(&target.name, &target.url, outcome, client, server))
 }
 
 /// For pulls another client made (containerd): the image's digest and size from its
@@ -158,4 +161,19 @@ fn write_outputs(args: &Args, report: &Report) -> Result<(), MainError> {
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), MainError> {
     std::fs::write(path, bytes).map_err(|source| MainError::Write { path: path.to_owned(), source })
+}
+
+/// A thousand workspaces hold up to three thousand sockets: the soft open-file limit (often
+/// 1024) is raised to the hard one, as the facade does for itself.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                eprintln!("pullstorm: cannot raise the open-file limit above {}", limit.rlim_cur);
+            }
+        }
+    }
 }

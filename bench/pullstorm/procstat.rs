@@ -80,6 +80,12 @@ impl Sampler {
     }
 }
 
+/// CPU seconds (user + system, all threads) this process has used so far.
+pub fn own_cpu_seconds() -> f64 {
+    let ticks = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| parse_stat(&s)).map_or(0, |(_, ticks)| ticks);
+    ticks as f64 / clock_ticks_per_second()
+}
+
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf only reads a system constant.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -162,8 +168,10 @@ mod tests {
         let pids = tree(&[me]);
         assert!(pids.contains(&me) && pids.contains(&(child.id() as i32)), "{pids:?}");
         let sampler = Sampler::start(vec![me]);
-        let spin = std::time::Instant::now();
-        while spin.elapsed() < Duration::from_millis(300) {
+        // Spin until this process has used 0.15 s of CPU, however long that takes on a busy
+        // machine: a wall-clock spin got less than that under load.
+        let cpu_start = own_cpu_seconds();
+        while own_cpu_seconds() - cpu_start < 0.15 {
             std::hint::black_box(0u64.wrapping_add(1));
         }
         let stats = sampler.finish();

@@ -64,7 +64,7 @@ fn draw(label: &str, total: usize, counters: &Counters, elapsed: Duration) {
 }
 
 fn render(label: &str, total: usize, done: usize, failed: usize, bytes: u64, elapsed: Duration) -> String {
-    let filled = if total == 0 { BAR_WIDTH } else { done * BAR_WIDTH / total };
+    let filled = (done * BAR_WIDTH).checked_div(total).unwrap_or(BAR_WIDTH).min(BAR_WIDTH);
     let bar = format!("{}{}", "#".repeat(filled), "-".repeat(BAR_WIDTH - filled));
     let gib = bytes as f64 / (1u64 << 30) as f64;
     format!("{label} [{bar}] {done}/{total} ({failed} failed) {gib:.2} GiB {:.1} s", elapsed.as_secs_f64())

@@ -31,6 +31,8 @@ pub struct TargetReport {
     pub bytes: u64,
     /// Most connections the client had open at once (HTTP client only).
     pub peak_client_connections: Option<usize>,
+    /// CPU seconds pullstorm itself used (receiving and hashing; for containerd, starting ctr).
+    pub client_cpu_s: f64,
     pub server: Option<ServerStats>,
     /// Distinct error messages, first few, with how many workspaces failed so.
     pub error_samples: Vec<ErrorSample>,
@@ -94,7 +96,13 @@ pub fn sorted_times(runs: &[Run]) -> Vec<f64> {
     times
 }
 
-pub fn summarize(name: &str, url: &str, outcome: Outcome, peak_client_connections: Option<usize>, server: Option<ServerStats>) -> TargetReport {
+/// What the client measured besides the runs.
+pub struct ClientCost {
+    pub peak_connections: Option<usize>,
+    pub cpu_s: f64,
+}
+
+pub fn summarize(name: &str, url: &str, outcome: Outcome, client: ClientCost, server: Option<ServerStats>) -> TargetReport {
     let times = sorted_times(&outcome.runs);
     let ok = times.len();
     let bytes: u64 = outcome.runs.iter().filter(|r| r.ms.is_some()).map(|r| r.bytes).sum();
@@ -116,7 +124,8 @@ pub fn summarize(name: &str, url: &str, outcome: Outcome, peak_client_connection
         throughput_workspaces_per_s: per_second(ok as f64),
         throughput_bytes_per_s: per_second(bytes as f64),
         bytes,
-        peak_client_connections,
+        peak_client_connections: client.peak_connections,
+        client_cpu_s: client.cpu_s,
         server,
         error_samples: error_samples(&outcome.runs),
         runs: outcome.runs,
@@ -138,8 +147,8 @@ pub fn table(targets: &[TargetReport]) -> String {
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
     let first_p99 = targets.first().and_then(|t| t.p99_ms);
     let mut out = format!(
-        "{:<16} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>9} {:>9}\n",
-        "target", "ok", "err", "p50 ms", "p90 ms", "p99 ms", "max ms", "p99/1st", "ws/s", "MiB/s", "cpu s", "rss MiB", "anon MiB"
+        "{:<16} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>9} {:>9}\n",
+        "target", "ok", "err", "p50 ms", "p90 ms", "p99 ms", "max ms", "p99/1st", "ws/s", "MiB/s", "client s", "server s", "rss MiB", "anon MiB"
     );
     for t in targets {
         let ratio = match (t.p99_ms, first_p99) {
@@ -148,7 +157,7 @@ pub fn table(targets: &[TargetReport]) -> String {
         };
         let server = |f: fn(&ServerStats) -> String| t.server.as_ref().map_or("-".to_owned(), f);
         out.push_str(&format!(
-            "{:<16} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7.1} {:>7.0} {:>8} {:>9} {:>9}\n",
+            "{:<16} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7.1} {:>7.0} {:>8.2} {:>8} {:>9} {:>9}\n",
             t.name,
             t.ok,
             t.errors,
@@ -159,6 +168,7 @@ pub fn table(targets: &[TargetReport]) -> String {
             ratio,
             t.throughput_workspaces_per_s,
             t.throughput_bytes_per_s / f64::from(1u32 << 20),
+            t.client_cpu_s,
             server(|s| format!("{:.2}", s.cpu_s)),
             server(|s| format!("{:.1}", s.rss_peak_bytes as f64 / f64::from(1u32 << 20))),
             server(|s| format!("{:.1}", s.rss_anon_peak_bytes as f64 / f64::from(1u32 << 20))),
