@@ -47,6 +47,10 @@ pub enum HttpError {
     Connect { authority: String, source: io::Error },
     #[error("{method} {url}: {source}")]
     Io { method: Method, url: Url, source: io::Error },
+    /// A blocking read with SO_RCVTIMEO reports `WouldBlock` ("Resource temporarily
+    /// unavailable") when the timeout passes; said plainly here.
+    #[error("{method} {url}: nothing received for {timeout_s} s (read timeout)")]
+    TimedOut { method: Method, url: Url, timeout_s: u64 },
     #[error("{method} {url}: malformed response: {what}")]
     Malformed { method: Method, url: Url, what: String },
     #[error("{method} {url}: HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
@@ -184,10 +188,10 @@ impl Client {
         let location = header(&head.headers, "location").filter(|_| matches!(head.status, 301 | 302 | 303 | 307 | 308));
         let (complete, kept) = if let Some(location) = location {
             let next = url.join(location)?;
-            let complete = read_body(&mut connection.reader, framing, &mut |_| true).map_err(|e| read_error(e, method, url))?;
+            let complete = read_body(&mut connection.reader, framing, &mut |_| true).map_err(|e| read_error(e, method, url, self.timeout))?;
             (complete, Hop::Redirect(next))
         } else if (200..300).contains(&head.status) {
-            let complete = read_body(&mut connection.reader, framing, on_body).map_err(|e| read_error(e, method, url))?;
+            let complete = read_body(&mut connection.reader, framing, on_body).map_err(|e| read_error(e, method, url, self.timeout))?;
             if let BodyEnd::Refused(received) = complete {
                 return Err(HttpError::Refused { method, url: url.clone(), received });
             }
@@ -221,7 +225,7 @@ impl Client {
             match attempt {
                 Ok(head) => return Ok((connection, head)),
                 Err(e) if connection.reused && is_stale(&e) => continue,
-                Err(e) => return Err(read_error(e, method, url)),
+                Err(e) => return Err(read_error(e, method, url, self.timeout)),
             }
         }
     }
@@ -259,9 +263,12 @@ fn is_stale(error: &ReadError) -> bool {
     }
 }
 
-fn read_error(error: ReadError, method: Method, url: &Url) -> HttpError {
+fn read_error(error: ReadError, method: Method, url: &Url, timeout: Duration) -> HttpError {
     let url = url.clone();
     match error {
+        ReadError::Io(source) if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            HttpError::TimedOut { method, url, timeout_s: timeout.as_secs() }
+        }
         ReadError::Io(source) => HttpError::Io { method, url, source },
         ReadError::Malformed(what) => HttpError::Malformed { method, url, what },
         ReadError::ClosedEarly => HttpError::Io { method, url, source: io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response") },
@@ -456,5 +463,15 @@ mod tests {
         assert!(keeps_alive(&chunked, Framing::Chunked));
         assert!(matches!(read_head(&mut io::BufReader::new(&b""[..])), Err(ReadError::ClosedEarly)));
         assert!(matches!(read_head(&mut io::BufReader::new(&b"SSH-2.0\r\n\r\n"[..])), Err(ReadError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_read_timeout_is_named_as_one() {
+        let url: Url = "http://127.0.0.1:1/v2/x/blobs/sha256:00".parse().unwrap();
+        let timeout = Duration::from_secs(120);
+        let timed_out = read_error(ReadError::Io(io::ErrorKind::WouldBlock.into()), Method::Get, &url, timeout);
+        assert_eq!(timed_out.to_string(), "GET http://127.0.0.1:1/v2/x/blobs/sha256:00: nothing received for 120 s (read timeout)");
+        let reset = read_error(ReadError::Io(io::ErrorKind::ConnectionReset.into()), Method::Get, &url, timeout);
+        assert!(matches!(reset, HttpError::Io { .. }));
     }
 }
