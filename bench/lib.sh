@@ -101,3 +101,54 @@ YAML
 push_layout() {
   skopeo --insecure-policy copy -q --preserve-digests --dest-tls-verify=false "oci:$1:latest" "docker://127.0.0.1:$REG_PORT/$2"
 }
+
+# start_nginx_layout NAME PORT LAYOUT [TAG]: nginx serving an OCI image layout written by
+#   `skopeo copy … oci:LAYOUT:<repo>` (one index entry per repo) at registry-shaped paths, as a
+#   static-file peer for whole images: /v2/<repo>/manifests/<TAG> and /manifests/<digest> with
+#   the manifest's media type and a Docker-Content-Digest header (so a HEAD resolves as on a
+#   registry), /v2/<repo>/blobs/sha256:<hex> from the layout's blob files. Same settings as
+#   start_nginx (sendfile, one worker per core), plus a listen backlog of 4096 and enough
+#   descriptors for thousands of connections. Sets NGINX_PID.
+start_nginx_layout() {
+  local name="$1" port="$2" layout="$3" tag="${4:-latest}" n="$WORK/$1"
+  mkdir -p "$n/tmp" "$n/logs"
+  python3 - "$layout" "$tag" > "$n/manifests.conf" <<'PY'
+import json, sys
+layout, tag = sys.argv[1], sys.argv[2]
+for m in json.load(open(f"{layout}/index.json"))["manifests"]:
+    repo, digest = m["annotations"]["org.opencontainers.image.ref.name"], m["digest"]
+    path = f"{layout}/blobs/{digest.replace(':', '/')}"
+    for ref in (tag, digest):
+        print(f"    location = /v2/{repo}/manifests/{ref} {{ alias {path}; default_type {m['mediaType']}; "
+              f"add_header Docker-Content-Digest {digest}; }}")
+PY
+  chmod -R a+rX "$layout"
+  cat > "$n/nginx.conf" <<NGINX
+worker_processes $CORES;
+worker_rlimit_nofile 65536;
+pid $n/nginx.pid;
+error_log $n/logs/error.log warn;
+daemon off;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 1000000;
+  client_body_temp_path $n/tmp; proxy_temp_path $n/tmp; fastcgi_temp_path $n/tmp;
+  uwsgi_temp_path $n/tmp; scgi_temp_path $n/tmp;
+  default_type application/octet-stream;
+  server {
+    listen 127.0.0.1:$port backlog=4096;
+    location ~ "^/v2/.+/blobs/sha256:([0-9a-f]{64})\$" {
+      alias $layout/blobs/sha256/\$1;
+      add_header Docker-Content-Digest sha256:\$1;
+    }
+    include $n/manifests.conf;
+  }
+}
+NGINX
+  nginx -c "$n/nginx.conf" -p "$n" >"$n/logs/stdout" 2>&1 </dev/null &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+  wait_http "http://127.0.0.1:$port/"
+}

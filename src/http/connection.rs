@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
@@ -116,7 +116,10 @@ where
             }
         };
         // At least a short step, so a busy connection is not re-checked in a tight loop.
-        let mut timer = pin!(glommio::timer::Timer::new(Duration::from_millis(wait.max(10))));
+        let step = Duration::from_millis(wait.max(10));
+        let deadline = Instant::now() + step;
+        let mut timer = pin!(glommio::timer::Timer::new(step));
+        let mut timer_armed = false;
         let event = std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = connection.as_mut().poll(cx) {
                 return Poll::Ready(Event::Closed(result));
@@ -124,9 +127,16 @@ where
             if !closing && drain.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Drain);
             }
-            // Also while closing: a graceful end still waits for the client to take the answers.
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::TimeoutCheck);
+            // Every poll of a glommio timer re-inserts it into the reactor's BTreeMap, and this
+            // task wakes on every socket event; once armed with this task's waker (which never
+            // changes) it wakes us when due, so it is polled again only from then on. Its own
+            // deadline is taken after ours, so it never fires before `deadline`. It runs while
+            // closing too: a graceful end still waits for the client to take the answers.
+            if !timer_armed || Instant::now() >= deadline {
+                timer_armed = true;
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::TimeoutCheck);
+                }
             }
             Poll::Pending
         })

@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# Workspace start-up storms (bench/pullstorm), same run, same machine:
+#   shared  N workspaces start at once, each pulling its own name (remote/ws-<i>) of one
+#           composed 4-layer image (base 3 × 20 MiB + IDE image 1 × 4 MiB = 64 MiB), from
+#             facade-cold  a facade with an empty cache (upstream: docker-registry),
+#             facade-warm  the same facade again, its cache now hot,
+#             registry     docker-registry 2.8 holding the pre-composed images,
+#             nginx        nginx serving the same images as static files;
+#           and how often the facade fetched each distinct blob upstream (its access log);
+#           then warm facade, registry and nginx again in reverse order (shared-again), and the
+#           warm ratios use the mean of both rounds, so drifting load favours no target.
+#   rss     RSS_WORKSPACES workspaces at once (up to 3 connections each) on the warm facade,
+#           and on nginx for reference: the facade's anonymous RSS (no page cache).
+#   mixed   N workspaces with a shared base and a distinct 4 MiB content layer each
+#           (remote/mix-<i>: base 3 × 20 MiB + a direct content layer), on the warm-base
+#           facade (each image composed on first pull) vs registry and nginx.
+#   ctr     (CLIENT=containerd) the shared storm again with real `ctr image pull` (unpack
+#           included) per workspace, a fresh facade and a fresh containerd namespace per target;
+#           then the warm targets again in reverse order (ctr-again).
+# The pre-composed images come from a separate facade (compositions are deterministic, so
+# every facade serves the same digests; the script checks it): skopeo copies each composed
+# image into the registry (--preserve-digests) and into an OCI layout that nginx serves.
+#
+# Usage: bench/pullstorm.sh [--out DIR]     (default DIR: target/pullstorm/<UTC time>)
+# Env: WORKSPACES=100 RSS_WORKSPACES=1000 CORES=$(nproc) CLIENT=http|containerd
+#      CTR_WORKSPACES=$WORKSPACES KEEP_WORK=1 (keep the temp dir)
+# Needs: docker-registry, skopeo, nginx, curl, python3 (and containerd, ctr for CLIENT=containerd).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORKSPACES="${WORKSPACES:-100}"
+RSS_WORKSPACES="${RSS_WORKSPACES:-1000}"
+CORES="${CORES:-$(nproc)}"
+CLIENT="${CLIENT:-http}"
+CTR_WORKSPACES="${CTR_WORKSPACES:-$WORKSPACES}"
+OUT="target/pullstorm/$(date -u +%Y%m%dT%H%M%SZ)"
+# Other work on the machine skews every target; the load average is recorded with the results.
+LOAD_AT_START="$(cut -d' ' -f1-3 /proc/loadavg)"
+[ "${1:-}" = "--out" ] && OUT="${2:?--out needs a directory}"
+TOOLS=(docker-registry skopeo nginx curl python3)
+[ "$CLIENT" = containerd ] && TOOLS+=(containerd ctr)
+for tool in "${TOOLS[@]}"; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 2; }
+done
+
+cargo build --release --quiet --bin registry-facade --bin rf-bench-image --bin pullstorm
+BIN="${CARGO_TARGET_DIR:-target}/release"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+WORK="$(mktemp -d /tmp/rf-pullstorm.XXXXXX)"
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${KEEP_WORK:-}" ] && echo "bench: kept $WORK" >&2 || rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+. bench/lib.sh
+
+# ---- inputs in the reference registry: a base of 3 × 20 MiB layers and an IDE image of one
+# 4 MiB layer (gzip of random bytes: the blobs are the payload plus ~0.05%)
+start_reference_registry
+HOST="127.0.0.1:$REG_PORT"
+"$BIN/rf-bench-image" "$WORK/base" --layers 20M,20M,20M --seed 61 > "$WORK/base.json"
+"$BIN/rf-bench-image" "$WORK/ide" --layers 4M --seed 62 > "$WORK/ide.json"
+push_layout "$WORK/base" bench/base:latest
+push_layout "$WORK/ide" bench/ide:latest
+digest_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifest"]["digest"])' "$1"; }
+BASE_REF="$HOST/bench/base@$(digest_of "$WORK/base.json")"
+IDE_REF="$HOST/bench/ide@$(digest_of "$WORK/ide.json")"
+
+# Specs pin their inputs by digest: a composition is then good for ever and a warm facade
+# never asks upstream again. Mixed specs carry a distinct 4 MiB tar each (base64, ~5.6 MB).
+mkdir -p "$WORK/specs"
+python3 - "$WORK/specs" "$WORKSPACES" "$BASE_REF" "$IDE_REF" <<'PY'
+import base64, io, json, random, sys, tarfile
+out, n, base, ide = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+json.dump({"baseRef": base, "ideRef": ide}, open(f"{out}/shared.json", "w"))
+for i in range(1, n + 1):
+    payload = random.Random(i).randbytes(4 << 20)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("workspace/content.bin"); info.size = len(payload); info.mtime = 0
+        tar.addfile(info, io.BytesIO(payload))
+    layer = {"direct": {"content": base64.b64encode(buf.getvalue()).decode()}}
+    json.dump({"baseRef": base, "contentLayer": [layer]}, open(f"{out}/mix-{i}.json", "w"))
+PY
+
+start_facade() {  # name -> sets FACADE_PORT, ADMIN_PORT, FACADE_PID (empty cache)
+  local dir="$WORK/$1"
+  FACADE_PORT="$(free_port)"; ADMIN_PORT="$(free_port)"
+  mkdir -p "$dir"
+  cat > "$dir/config.json" <<JSON
+{"listen": "127.0.0.1:$FACADE_PORT", "adminListen": "127.0.0.1:$ADMIN_PORT", "cores": $CORES,
+ "cacheDir": "$dir/cache", "demoImage": false, "log": {"level": "warn"},
+ "registries": {"$HOST": {"endpoint": "http://$HOST"}}}
+JSON
+  "$BIN/registry-facade" --config "$dir/config.json" 2>"$dir/log" &
+  FACADE_PID=$!
+  PIDS+=("$FACADE_PID")
+  wait_http "http://127.0.0.1:$FACADE_PORT/v2/"
+}
+put_specs() {  # kind(shared|mix) count: PUT remote/ws-<i> (shared) or remote/mix-<i> on the admin port
+  local i id file
+  for i in $(seq "$2"); do
+    if [ "$1" = shared ]; then id="ws-$i"; file="$WORK/specs/shared.json"; else id="mix-$i"; file="$WORK/specs/mix-$i.json"; fi
+    curl -fsS -o /dev/null -X PUT --data-binary "@$file" "http://127.0.0.1:$ADMIN_PORT/admin/specs/$id"
+  done
+}
+stop_facade() { kill "$1"; wait "$1" 2>/dev/null || true; }
+
+# ---- pre-composed copies: registry (skopeo, digests preserved) and an OCI layout for nginx
+start_facade composer
+put_specs shared "$WORKSPACES"
+put_specs mix "$WORKSPACES"
+copy_image() {  # repo: facade -> registry and -> the OCI layout (the layout's index is not
+  # safe for concurrent writers, so copies run one at a time)
+  local src="docker://127.0.0.1:$FACADE_PORT/$1:latest"
+  skopeo --insecure-policy copy -q --preserve-digests --src-tls-verify=false --dest-tls-verify=false "$src" "docker://$HOST/$1:latest"
+  skopeo --insecure-policy copy -q --preserve-digests --src-tls-verify=false "$src" "oci:$WORK/layout:$1"
+}
+echo "bench: copying $((2 * WORKSPACES)) composed images into the registry and the nginx layout" >&2
+for i in $(seq "$WORKSPACES"); do copy_image "remote/ws-$i"; copy_image "remote/mix-$i"; done
+stop_facade "$FACADE_PID"
+NGX_PORT="$(free_port)"
+start_nginx_layout nginx "$NGX_PORT" "$WORK/layout"
+NGX_PID=$NGINX_PID
+REGISTRY_URL="http://$HOST"
+NGINX_URL="http://127.0.0.1:$NGX_PORT"
+
+storm() {  # name args... : runs pullstorm, output in $OUT/<name>.{json,svg,txt}
+  local name="$1"; shift
+  echo "bench: storm $name" >&2
+  "$BIN/pullstorm" "$@" --json "$OUT/$name.json" --svg "$OUT/$name.svg" | tee "$OUT/$name.txt" || echo "bench: $name had failed workspaces" >&2
+}
+
+# ---- shared: cold, warm, registry, nginx; upstream fetches counted from the access log
+start_facade storm
+FACADE_URL="http://127.0.0.1:$FACADE_PORT"
+STORM_PID=$FACADE_PID
+put_specs shared "$WORKSPACES"
+LOG_BEFORE=$(wc -l < "$REG_LOG")
+storm shared --title "$WORKSPACES workspaces at once, 4-layer 64 MiB image (shared base and IDE layer)" \
+  --image 'remote/ws-{i}:latest' --workspaces "$WORKSPACES" \
+  --target "facade-cold=$FACADE_URL" --target "facade-warm=$FACADE_URL" --target "registry=$REGISTRY_URL" --target "nginx=$NGINX_URL" \
+  --server-pid "facade-cold=$STORM_PID" --server-pid "facade-warm=$STORM_PID" --server-pid "registry=$REG_PID" --server-pid "nginx=$NGX_PID"
+tail -n +"$((LOG_BEFORE + 1))" "$REG_LOG" > "$OUT/shared-upstream.log"
+# The warm comparison again in reverse order: load from other work drifts during a run, and a
+# target that always goes first or last would carry that drift. Ratios use both rounds.
+storm shared-again --title "$WORKSPACES workspaces at once, 4-layer 64 MiB image, second round (reverse order)" \
+  --image 'remote/ws-{i}:latest' --workspaces "$WORKSPACES" \
+  --target "nginx=$NGINX_URL" --target "registry=$REGISTRY_URL" --target "facade-warm=$FACADE_URL" \
+  --server-pid "nginx=$NGX_PID" --server-pid "registry=$REG_PID" --server-pid "facade-warm=$STORM_PID"
+
+# ---- rss: many workspaces at once on the warm facade (and nginx for reference)
+storm rss --title "$RSS_WORKSPACES workspaces at once on a warm cache" \
+  --image 'remote/ws-1:latest' --workspaces "$RSS_WORKSPACES" \
+  --target "facade-warm=$FACADE_URL" --target "nginx=$NGINX_URL" --server-pid "facade-warm=$STORM_PID" --server-pid "nginx=$NGX_PID"
+
+# ---- mixed: shared base (cached), a distinct content layer per workspace (new compositions)
+put_specs mix "$WORKSPACES"
+storm mixed --title "$WORKSPACES workspaces at once, shared base + distinct 4 MiB content layer each" \
+  --image 'remote/mix-{i}:latest' --workspaces "$WORKSPACES" \
+  --target "facade=$FACADE_URL" --target "registry=$REGISTRY_URL" --target "nginx=$NGINX_URL" \
+  --server-pid "facade=$STORM_PID" --server-pid "registry=$REG_PID" --server-pid "nginx=$NGX_PID"
+stop_facade "$STORM_PID"
+
+# ---- ctr: real containerd pulls (unpack included), fresh facade and namespaces
+if [ "$CLIENT" = containerd ]; then
+  CTRD="$WORK/ctrd"
+  mkdir -p "$CTRD"
+  cat > "$CTRD/config.toml" <<TOML
+version = 2
+root = "$CTRD/root"
+state = "$CTRD/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$CTRD/containerd.sock"
+[plugins."io.containerd.metadata.v1.bolt"]
+  content_sharing_policy = "isolated"
+TOML
+  containerd --config "$CTRD/config.toml" >"$CTRD/log" 2>&1 &
+  CTRD_PID=$!
+  PIDS+=("$CTRD_PID")
+  for _ in $(seq 100); do ctr -a "$CTRD/containerd.sock" version >/dev/null 2>&1 && break; sleep 0.1; done
+  start_facade ctr
+  put_specs shared "$CTR_WORKSPACES"
+  storm ctr --title "$CTR_WORKSPACES × ctr image pull (unpack included), 4-layer 64 MiB image" \
+    --client containerd --containerd-socket "$CTRD/containerd.sock" \
+    --image 'remote/ws-{i}:latest' --workspaces "$CTR_WORKSPACES" \
+    --target "facade-cold=http://127.0.0.1:$FACADE_PORT" --target "facade-warm=http://127.0.0.1:$FACADE_PORT" \
+    --target "registry=$REGISTRY_URL" --target "nginx=$NGINX_URL" \
+    --server-pid "facade-cold=$FACADE_PID" --server-pid "facade-warm=$FACADE_PID" --server-pid "registry=$REG_PID" --server-pid "nginx=$NGX_PID"
+  # Warm targets again in reverse order (containerd's own state and other load drift too).
+  storm ctr-again --title "$CTR_WORKSPACES × ctr image pull (unpack included), second round (reverse order)" \
+    --client containerd --containerd-socket "$CTRD/containerd.sock" \
+    --image 'remote/ws-{i}:latest' --workspaces "$CTR_WORKSPACES" \
+    --target "nginx=$NGINX_URL" --target "registry=$REGISTRY_URL" --target "facade-warm=http://127.0.0.1:$FACADE_PORT" \
+    --server-pid "nginx=$NGX_PID" --server-pid "registry=$REG_PID" --server-pid "facade-warm=$FACADE_PID"
+  stop_facade "$FACADE_PID"
+fi
+
+# ---- the targets' ratios, checks, and the record of the machine
+python3 - "$OUT" "$WORKSPACES" "$RSS_WORKSPACES" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src bench || echo -dirty)" \
+  "$LOAD_AT_START" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nice)" <<'PY'
+import json, os, platform, re, sys
+out, n, rss_n, rev = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+load_start, load_end, niceness = sys.argv[5], sys.argv[6], int(sys.argv[7])
+def load(name):
+    path = f"{out}/{name}.json"
+    return {t["name"]: t for t in json.load(open(path))["targets"]} if os.path.exists(path) else None
+shared, again, rss, mixed, ctr = load("shared"), load("shared-again"), load("rss"), load("mixed"), load("ctr")
+ctr_again = load("ctr-again")
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+machine = {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "git": rev,
+           "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+           "loadavg_start": load_start, "loadavg_end": load_end, "nice": niceness}
+print(f"\nmachine: {cpu}, {machine['cores']} cores, Linux {machine['kernel']}, git {rev}")
+print(f"load average (1, 5, 15 min): {load_start} at start, {load_end} at end; nice {niceness}")
+
+# Upstream fetches during the shared run: every GET of a bench/* blob the registry answered.
+fetches = {}
+for line in open(f"{out}/shared-upstream.log"):
+    m = re.search(r'"GET /v2/bench/[^/]+/blobs/(sha256:[0-9a-f]{64}) HTTP/[0-9.]+" (\d+)', line)
+    if m and m.group(2) in ("200", "206"):
+        fetches[m.group(1)] = fetches.get(m.group(1), 0) + 1
+
+def ratio(a, b, key="p99_ms"):
+    return a[key] / b[key] if a and b and a.get(key) and b.get(key) else None
+def both_rounds(name):  # a shared-run target with its p99 averaged over both rounds
+    rounds = [r[name]["p99_ms"] for r in (shared, again) if r and r.get(name) and r[name].get("p99_ms")]
+    return {"p99_ms": sum(rounds) / len(rounds), "rounds_p99_ms": rounds} if rounds else None
+warm, registry, nginx = both_rounds("facade-warm"), both_rounds("registry"), both_rounds("nginx")
+checks = []
+def check(label, value, limit, better="lower"):
+    ok = value is not None and (value <= limit if better == "lower" else value >= limit)
+    checks.append({"check": label, "value": value, "target": limit, "met": ok})
+check("warm: facade p99 / registry p99 (mean of 2 rounds each)", ratio(warm, registry), 0.5)
+check("warm: facade p99 / nginx p99 (mean of 2 rounds each)", ratio(warm, nginx), 0.8)
+check("cold: facade p99 / registry p99 (direct pull, mean of 2 rounds)", ratio(shared["facade-cold"], registry), 1.2)
+check("cold: upstream GETs per distinct blob (max)", max(fetches.values()) if fetches else None, 1)
+anon = rss["facade-warm"]["server"]["rss_anon_peak_bytes"] / 2**20
+check(f"facade anon RSS MiB, {rss_n} workspaces ({rss['facade-warm']['peak_client_connections']} connections)", anon, 128)
+context = {
+    "mixed: facade p99 / registry p99": ratio(mixed["facade"], mixed["registry"]),
+    "mixed: facade p99 / nginx p99": ratio(mixed["facade"], mixed["nginx"]),
+    "rss run: facade p99 / nginx p99": ratio(rss["facade-warm"], rss["nginx"]),
+    "cold: facade p99 / warm facade p99": ratio(shared["facade-cold"], shared["facade-warm"]),
+}
+if ctr:
+    context["ctr warm: facade p99 / registry p99"] = ratio(ctr["facade-warm"], ctr["registry"])
+    context["ctr warm: facade p99 / nginx p99"] = ratio(ctr["facade-warm"], ctr["nginx"])
+    context["ctr cold: facade p99 / registry p99"] = ratio(ctr["facade-cold"], ctr["registry"])
+if ctr_again:
+    context["ctr 2nd round (reverse order): facade p99 / registry p99"] = ratio(ctr_again["facade-warm"], ctr_again["registry"])
+    context["ctr 2nd round (reverse order): facade p99 / nginx p99"] = ratio(ctr_again["facade-warm"], ctr_again["nginx"])
+
+# Every target must have served the same images (same digest per workspace), without errors.
+errors = []
+for run_name, run in [("shared", shared), ("shared-again", again), ("rss", rss), ("mixed", mixed), ("ctr", ctr), ("ctr-again", ctr_again)]:
+    if not run:
+        continue
+    digests = {name: [r["manifest_digest"] for r in t["runs"]] for name, t in run.items()}
+    if len({tuple(d) for d in digests.values()}) != 1:
+        errors.append(f"{run_name}: targets served different images")
+    errors += [f"{run_name}/{name}: {t['errors']} failed workspaces" for name, t in run.items() if t["errors"]]
+
+print(f"\n{'check':<72} {'value':>8} {'target':>7}  met")
+for c in checks:
+    value = "-" if c["value"] is None else f"{c['value']:.2f}"
+    print(f"{c['check']:<72} {value:>8} {c['target']:>7}  {'yes' if c['met'] else 'NO'}")
+for label, value in context.items():
+    print(f"{label:<72} {'-' if value is None else f'{value:.2f}':>8}")
+for name, t in [("facade-warm", warm), ("registry", registry), ("nginx", nginx)]:
+    if t:
+        print(f"shared p99 ms by round, {name}: {', '.join(f'{v:.0f}' for v in t['rounds_p99_ms'])}")
+print(f"upstream blob GETs in the shared run: {len(fetches)} distinct blobs, counts {sorted(fetches.values())}")
+for e in errors:
+    print("ERROR:", e)
+json.dump({"machine": machine, "checks": checks, "context": context, "upstream_blob_gets": fetches, "errors": errors},
+          open(f"{out}/summary.json", "w"), indent=2)
+print(f"\nresults in {out}")
+sys.exit(1 if errors else 0)
+PY
