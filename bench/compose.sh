@@ -19,21 +19,8 @@ SPECS="${SPECS:-100}"
 CONNS="${CONNS:-64}"
 JSON_OUT=""
 [ "${1:-}" = "--json" ] && JSON_OUT="${2:?--json needs a file}"
-for tool in docker-registry skopeo nginx wrk curl python3; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 2; }
-done
-
-cargo build --release --quiet --bin registry-facade --bin rf-bench-image
-WORK="$(mktemp -d /tmp/rf-compose.XXXXXX)"
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
 . bench/lib.sh
+bench_begin rf-compose docker-registry skopeo nginx wrk curl python3
 
 start_reference_registry
 for image in "base 1M,1M,1M 41" "ide 512K 42" "sup 256K 43"; do

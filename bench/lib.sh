@@ -1,5 +1,32 @@
-# Shared helpers of the bench scripts (sourced, not run). They expect $WORK (a temp dir) and
-# the PIDS array, and add the processes they start to PIDS so the caller's trap stops them.
+# Shared helpers of the bench scripts (sourced, not run). A script calls `bench_begin` first;
+# the helpers then use $WORK (a temp dir) and add the processes they start to PIDS, which the
+# exit trap stops.
+
+# bench_begin NAME [--bin BIN]... TOOL...: exits 2 naming a missing tool, builds the release
+# binaries (registry-facade, rf-bench-image and any --bin), makes $WORK (/tmp/NAME.XXXXXX,
+# readable by nginx's workers) and the PIDS array, and on exit stops every process in PIDS and
+# removes $WORK (kept, and said so, when KEEP_WORK is set).
+bench_begin() {
+  local name="$1" tool
+  shift
+  local bins=(--bin registry-facade --bin rf-bench-image)
+  while [ "${1:-}" = --bin ]; do bins+=(--bin "$2"); shift 2; done
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool is missing (bench/README.md lists the packages)" >&2; exit 2; }
+  done
+  cargo build --release --quiet "${bins[@]}"
+  WORK="$(mktemp -d "/tmp/$name.XXXXXX")"
+  chmod 755 "$WORK"
+  PIDS=()
+  trap bench_cleanup EXIT INT TERM
+}
+
+bench_cleanup() {
+  local pid
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "${KEEP_WORK:-}" ]; then echo "bench: kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

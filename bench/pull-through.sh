@@ -17,20 +17,8 @@ BLOB_MIB="${BLOB_MIB:-256}"
 CONCURRENT="${CONCURRENT:-64}"
 JSON_OUT=""
 [ "${1:-}" = "--json" ] && JSON_OUT="${2:?--json needs a file}"
-for tool in docker-registry skopeo curl python3; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 2; }
-done
-
-cargo build --release --quiet --bin registry-facade --bin rf-bench-image
-WORK="$(mktemp -d /tmp/rf-pull.XXXXXX)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP_WORK:-}" ] && echo "bench: kept $WORK" >&2 || rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
 . bench/lib.sh
+bench_begin rf-pull docker-registry skopeo curl python3
 
 # ---- the reference registry, with its access log, holding one image with one big layer
 start_reference_registry

@@ -38,24 +38,11 @@ LOAD_AT_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 [ "${1:-}" = "--out" ] && OUT="${2:?--out needs a directory}"
 TOOLS=(docker-registry skopeo nginx curl python3)
 [ "$CLIENT" = containerd ] && TOOLS+=(containerd ctr)
-for tool in "${TOOLS[@]}"; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 2; }
-done
-
-cargo build --release --quiet --bin registry-facade --bin rf-bench-image --bin pullstorm
+. bench/lib.sh
+bench_begin rf-pullstorm --bin pullstorm "${TOOLS[@]}"
 BIN="${CARGO_TARGET_DIR:-target}/release"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-WORK="$(mktemp -d /tmp/rf-pullstorm.XXXXXX)"
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP_WORK:-}" ] && echo "bench: kept $WORK" >&2 || rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
-. bench/lib.sh
 
 # ---- inputs in the reference registry: a base of 3 × 20 MiB layers and an IDE image of one
 # 4 MiB layer (gzip of random bytes: the blobs are the payload plus ~0.05%)

@@ -33,20 +33,8 @@ FD_SLACK="${FD_SLACK:-32}"
 CORES="${CORES:-2}"
 OUT="${1:-$(mktemp -d /tmp/rf-soak.XXXXXX)}"
 mkdir -p "$OUT"
-for tool in docker-registry skopeo curl jq sha256sum python3; do
-  command -v "$tool" >/dev/null || { echo "soak: $tool is missing" >&2; exit 2; }
-done
-
-cargo build --release --quiet --bin registry-facade --bin rf-bench-image
-WORK="$(mktemp -d /tmp/rf-soak-work.XXXXXX)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
 . bench/lib.sh
+bench_begin rf-soak-work docker-registry skopeo curl jq sha256sum python3
 
 # ---- upstream: the reference registry with a hot set and a cold set of images
 start_reference_registry

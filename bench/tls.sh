@@ -21,22 +21,8 @@ H2_REQUESTS="${H2_REQUESTS:-20}"
 WRK_THREADS="${WRK_THREADS:-2}"
 JSON_OUT=""
 [ "${1:-}" = "--json" ] && JSON_OUT="${2:?--json needs a file}"
-for tool in wrk h2load nginx openssl curl python3; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install wrk nghttp2-client nginx openssl curl python3)" >&2; exit 2; }
-done
-
-cargo build --release --quiet --bin registry-facade --bin rf-bench-image
-WORK="$(mktemp -d /tmp/rf-bench-tls.XXXXXX)"
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
-
 . bench/lib.sh
+bench_begin rf-bench-tls wrk h2load nginx openssl curl python3
 
 # ---- one certificate for both servers: a private CA and a P-256 server key (what an
 # operator's ACME or internal CA commonly issues)

@@ -20,22 +20,8 @@ BLOB_CONNS="${BLOB_CONNS:-16}"
 WRK_THREADS="${WRK_THREADS:-2}"
 JSON_OUT=""
 [ "${1:-}" = "--json" ] && JSON_OUT="${2:?--json needs a file}"
-for tool in wrk nginx curl python3; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install $tool)" >&2; exit 2; }
-done
-
-cargo build --release --quiet --bin registry-facade --bin rf-bench-image
-WORK="$(mktemp -d /tmp/rf-bench.XXXXXX)"
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
-
 . bench/lib.sh
+bench_begin rf-bench wrk nginx curl python3
 
 # ---- the image: a 16 MiB layer and four small ones (manifest ~1 KiB)
 target/release/rf-bench-image "$WORK/image" --layers 16M,1K,1K,1K,1K --plain > "$WORK/image.json"
