@@ -84,16 +84,10 @@ pub fn pick_platform<'a>(entries: &'a [Descriptor], os: &str, architecture: &str
         .ok_or_else(|| ManifestError::NoPlatform(format!("{os}/{architecture}")))
 }
 
-/// The host's platform in OCI terms (`linux/amd64` on x86_64).
+/// The host's platform in OCI terms (`linux/amd64` on x86_64), as the facade names it.
 pub fn host_platform() -> (String, String) {
-    let architecture = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    };
-    (std::env::consts::OS.to_owned(), architecture.to_owned())
+    let host = registry_facade::oci::manifest::Platform::host();
+    (host.os, host.architecture)
 }
 
 /// A running sha256 for a body that must match `digest`.
