@@ -40,8 +40,8 @@ pub enum Refusal {
 }
 
 /// Serves a connection until the client leaves, a timeout hits (a handshake or request head
-/// that takes too long, or no request for too long), or `drain` resolves (then in-flight
-/// requests finish and the connection closes).
+/// that takes too long, no request for too long, or answers that stop moving for as long),
+/// or `drain` resolves (then in-flight requests finish and the connection closes).
 pub async fn serve_connection(stream: TcpStream, ctx: Rc<HttpContext>, drain: impl Future<Output = ()>) {
     let _open = count_open(ctx.role);
     // Small responses must not wait for Nagle; a failure only costs latency.
