@@ -39,46 +39,55 @@ wait_http() {  # url: waits until it answers (any status below 500)
   echo "bench: $1 never answered" >&2; exit 1
 }
 
-# start_nginx NAME PORT LISTEN_FLAGS MAIN_DIRECTIVES HTTP_DIRECTIVES ROUTE_FILE URL_PATH CONTENT_TYPE...
-#   Serves files at registry-shaped paths: each (FILE PATH TYPE) triple after the first five
-#   arguments is copied to PATH and served with TYPE. Sets NGINX_PID.
-start_nginx() {
-  local name="$1" port="$2" listen_flags="$3" main="$4" http="$5"; shift 5
-  local n="$WORK/$name" locations=""
-  mkdir -p "$n/root" "$n/tmp" "$n/logs"
-  while [ $# -ge 3 ]; do
-    mkdir -p "$n/root$(dirname "$2")"
-    cp "$1" "$n/root$2"
-    locations="$locations    location = $2 { default_type $3; }
-"
-    shift 3
-  done
-  chmod -R a+rX "$n/root"
+# run_nginx NAME PORT MAIN_DIRECTIVES WORKER_CONNECTIONS HTTP_DIRECTIVES SERVER_BODY
+#   nginx under $WORK/NAME with the settings every peer shares (sendfile, one worker per core,
+#   no access log, long keep-alive), the given extras and server block. Sets NGINX_PID.
+run_nginx() {
+  local n="$WORK/$1" port="$2"
+  mkdir -p "$n/tmp" "$n/logs"
   cat > "$n/nginx.conf" <<NGINX
 worker_processes $CORES;
-$main
+$3
 pid $n/nginx.pid;
 error_log $n/logs/error.log warn;
 daemon off;
-events { worker_connections 4096; }
+events { worker_connections $4; }
 http {
   access_log off;
   sendfile on; tcp_nopush on; tcp_nodelay on;
   keepalive_requests 1000000;
-  $http
+  $5
   client_body_temp_path $n/tmp; proxy_temp_path $n/tmp; fastcgi_temp_path $n/tmp;
   uwsgi_temp_path $n/tmp; scgi_temp_path $n/tmp;
   default_type application/octet-stream;
   server {
-    listen 127.0.0.1:$port $listen_flags;
-    root $n/root;
-$locations  }
+$6
+  }
 }
 NGINX
   nginx -c "$n/nginx.conf" -p "$n" >"$n/logs/stdout" 2>&1 </dev/null &
   NGINX_PID=$!
   PIDS+=("$NGINX_PID")
   wait_http "http://127.0.0.1:$port/"
+}
+
+# start_nginx NAME PORT LISTEN_FLAGS MAIN_DIRECTIVES HTTP_DIRECTIVES ROUTE_FILE URL_PATH CONTENT_TYPE...
+#   Serves files at registry-shaped paths: each (FILE PATH TYPE) triple after the first five
+#   arguments is copied to PATH and served with TYPE. Sets NGINX_PID.
+start_nginx() {
+  local name="$1" port="$2" listen_flags="$3" main="$4" http="$5"; shift 5
+  local n="$WORK/$name" locations=""
+  mkdir -p "$n/root"
+  while [ $# -ge 3 ]; do
+    mkdir -p "$n/root$(dirname "$2")"
+    cp "$1" "$n/root$2"
+    locations="$locations
+    location = $2 { default_type $3; }"
+    shift 3
+  done
+  chmod -R a+rX "$n/root"
+  run_nginx "$name" "$port" "$main" 4096 "$http" "    listen 127.0.0.1:$port $listen_flags;
+    root $n/root;$locations"
 }
 
 # CPU seconds (user+system) of a process and its children.
@@ -150,32 +159,11 @@ for m in json.load(open(f"{layout}/index.json"))["manifests"]:
               f"add_header Docker-Content-Digest {digest}; }}")
 PY
   chmod -R a+rX "$layout"
-  cat > "$n/nginx.conf" <<NGINX
-worker_processes $CORES;
-worker_rlimit_nofile 65536;
-pid $n/nginx.pid;
-error_log $n/logs/error.log warn;
-daemon off;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_requests 1000000;
-  client_body_temp_path $n/tmp; proxy_temp_path $n/tmp; fastcgi_temp_path $n/tmp;
-  uwsgi_temp_path $n/tmp; scgi_temp_path $n/tmp;
-  default_type application/octet-stream;
-  server {
-    listen 127.0.0.1:$port backlog=4096;
-    location ~ "^/v2/.+/blobs/sha256:([0-9a-f]{64})\$" {
-      alias $layout/blobs/sha256/\$1;
-      add_header Docker-Content-Digest sha256:\$1;
+  # shellcheck disable=SC2016 # nginx's own $1, not the shell's
+  run_nginx "$name" "$port" "worker_rlimit_nofile 65536;" 16384 "" "    listen 127.0.0.1:$port backlog=4096;
+    location ~ \"^/v2/.+/blobs/sha256:([0-9a-f]{64})\$\" {
+      alias $layout/blobs/sha256/"'$1'";
+      add_header Docker-Content-Digest sha256:"'$1'";
     }
-    include $n/manifests.conf;
-  }
-}
-NGINX
-  nginx -c "$n/nginx.conf" -p "$n" >"$n/logs/stdout" 2>&1 </dev/null &
-  NGINX_PID=$!
-  PIDS+=("$NGINX_PID")
-  wait_http "http://127.0.0.1:$port/"
+    include $n/manifests.conf;"
 }

@@ -5,9 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::config::{Config, Overrides};
+use crate::file_version::{file_version, FileVersion};
 use crate::http::{CredentialStore, HttpSecurity, TlsConfig};
 use crate::ipfs::IpfsGateway;
 use crate::redis_client::{RedisClient, RedisError};
@@ -45,7 +46,7 @@ pub fn start(config: &Config) -> Result<Server, AppError> {
     let (_, registry) = assemble(config)?;
     let security = load_security(config)?;
     let server = launch(config, registry, &security)?;
-    watch_security_files(security);
+    watch_files(security, None);
     Ok(server)
 }
 
@@ -57,12 +58,15 @@ pub fn start_watching(config: &Config, path: &Path, overrides: &Overrides) -> Re
     let (cache, registry) = assemble(config)?;
     let security = load_security(config)?;
     let server = launch(config, Arc::clone(&registry), &security)?;
-    watch_security_files(security);
-    let (path, overrides, layers) = (path.to_owned(), overrides.clone(), config.registry.static_layers.clone());
-    let spawned = std::thread::Builder::new().name("rf-config".into()).spawn(move || watch(path, overrides, layers, cache, registry));
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot watch the config file; static layers will not reload");
-    }
+    let config_file = ConfigFile {
+        seen: file_version(path),
+        path: path.to_owned(),
+        overrides: overrides.clone(),
+        layers: config.registry.static_layers.clone(),
+        cache,
+        registry,
+    };
+    watch_files(security, Some(config_file));
     Ok(server)
 }
 
@@ -96,10 +100,11 @@ fn load_security(config: &Config) -> Result<Security, AppError> {
     Ok(Security { tls, credentials, http })
 }
 
-/// Looks at the certificate and credential files every few seconds; a change that cannot be
-/// used is logged and the previous files stay in force.
-fn watch_security_files(security: Security) {
-    if security.tls.is_none() && security.credentials.is_none() {
+/// One thread looks at every file that reloads, every few seconds: the TLS certificate and
+/// the client credentials (a change that cannot be used is logged and the previous files stay
+/// in force), and the config file's static layers.
+fn watch_files(security: Security, mut config_file: Option<ConfigFile>) {
+    if security.tls.is_none() && security.credentials.is_none() && config_file.is_none() {
         return;
     }
     let spawned = std::thread::Builder::new().name("rf-reload".into()).spawn(move || loop {
@@ -110,9 +115,12 @@ fn watch_security_files(security: Security) {
         if let Some(credentials) = &security.credentials {
             credentials.reload_if_changed();
         }
+        if let Some(config_file) = &mut config_file {
+            config_file.reload_if_changed();
+        }
     });
     if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot watch the TLS and credential files; they will not reload");
+        tracing::warn!(error = %e, "cannot watch the TLS, credential and config files; they will not reload");
     }
 }
 
@@ -129,30 +137,33 @@ fn launch(config: &Config, registry: Arc<Registry>, security: &Security) -> Resu
     Ok(server)
 }
 
-/// Polls the config file; on a change, applies its static layers (the only key that reloads).
-fn watch(path: PathBuf, overrides: Overrides, mut layers: Vec<crate::registry::static_layers::StaticLayerConfig>, cache: Arc<CacheDir>, registry: Arc<Registry>) {
-    let stamp = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-    let mut seen = stamp(&path);
-    loop {
-        std::thread::sleep(CONFIG_CHECK_INTERVAL);
-        let now = stamp(&path);
-        if now == seen {
-            continue;
+/// The config file the server was started from, and the part of it that reloads.
+struct ConfigFile {
+    path: PathBuf,
+    seen: FileVersion,
+    overrides: Overrides,
+    layers: Vec<crate::registry::static_layers::StaticLayerConfig>,
+    cache: Arc<CacheDir>,
+    registry: Arc<Registry>,
+}
+
+impl ConfigFile {
+    /// On a change, applies its static layers (the only key that reloads).
+    fn reload_if_changed(&mut self) {
+        let now = file_version(&self.path);
+        if now == self.seen {
+            return;
         }
-        seen = now;
-        let config = match Config::load(Some(&path), &overrides) {
+        self.seen = now;
+        let config = match Config::load(Some(&self.path), &self.overrides) {
             Ok(config) => config,
-            Err(e) => {
-                tracing::error!(error = %e, "config file changed but is invalid; keeping the running configuration");
-                continue;
-            }
+            Err(e) => return tracing::error!(error = %e, "config file changed but is invalid; keeping the running configuration"),
         };
-        if config.registry.static_layers == layers {
-            tracing::warn!("config file changed; only staticLayers reload, other keys apply at the next restart");
-            continue;
+        if config.registry.static_layers == self.layers {
+            return tracing::warn!("config file changed; only staticLayers reload, other keys apply at the next restart");
         }
-        match registry.reload_static_layers(&cache, &config.registry.static_layers) {
-            Ok(()) => layers = config.registry.static_layers,
+        match self.registry.reload_static_layers(&self.cache, &config.registry.static_layers) {
+            Ok(()) => self.layers = config.registry.static_layers,
             Err(e) => tracing::error!(error = %e, "cannot load the new static layers; keeping the previous ones"),
         }
     }

@@ -14,12 +14,14 @@
 //!   ipfs                  client; the IPFS gateway source
 //! redis_client            the cluster's shared state (Redis on its own thread)
 //! oci, table, hyper_glue, protocol types (no I/O); the lock-free shared map; hyper on glommio;
-//!   metrics               every exported metric, recorded per core, rendered for /metrics
+//!   metrics, file_version every exported metric, recorded per core, rendered for /metrics;
+//!                         how polled files are told apart
 //! ```
 
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod file_version;
 pub mod http;
 pub mod ipfs;
 pub mod hyper_glue;

@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("oci", 1),
     ("table", 1),
     ("hyper_glue", 1),
+    ("file_version", 1),
     ("metrics", 1),
 ];
 

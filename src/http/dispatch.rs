@@ -18,9 +18,12 @@ use crate::registry::BlobReply;
 
 pub async fn handle<B>(request: Request<B>, ctx: &HttpContext) -> Response<ResponseBody> {
     let path = request.uri().path();
-    let route = if route::is_api_path(path) { route::parse_path(path) } else { Err(route::RouteError::NotFound) };
-    let span = request_span(request.method(), route.as_ref().ok());
-    let label = route.as_ref().map_or(metrics::Route::Unknown, metrics_route);
+    // `None`: not under /v2 at all (404 whatever the method); a parse error is only reported
+    // once the method is known to be a read.
+    let route = route::is_api_path(path).then(|| route::parse_path(path));
+    let parsed = route.as_ref().and_then(|r| r.as_ref().ok());
+    let span = request_span(request.method(), parsed);
+    let label = parsed.map_or(metrics::Route::Unknown, metrics_route);
     let response = async {
         match answer(&request, ctx, route).await {
             Ok(response) => response,
@@ -59,7 +62,7 @@ fn metrics_route(route: &Route) -> metrics::Route {
     }
 }
 
-async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Result<Route, route::RouteError>) -> Result<Response<ResponseBody>, Failure> {
+async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Option<Result<Route, route::RouteError>>) -> Result<Response<ResponseBody>, Failure> {
     if ambiguous_framing(request.headers()) {
         return Err(Failure::AmbiguousFraming);
     }
@@ -67,9 +70,7 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Result<Route,
         // Before routing: an unauthenticated client learns nothing, not even which names exist.
         auth.check(request.headers()).await.map_err(|refused| Failure::Unauthenticated { refused, challenges: auth.challenges(refused) })?;
     }
-    if !route::is_api_path(request.uri().path()) {
-        return Err(route::RouteError::NotFound.into());
-    }
+    let Some(route) = route else { return Err(route::RouteError::NotFound.into()) };
     let head = match *request.method() {
         Method::GET => false,
         Method::HEAD => true,

@@ -7,24 +7,19 @@ use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+
+use crate::file_version::{file_version, FileVersion};
 
 type Build<T> = Box<dyn Fn() -> Result<T, String> + Send + Sync>;
-/// What identifies a file's version: modification time and size (`None`: unreadable).
-type FileStamp = Option<(SystemTime, u64)>;
 
 pub struct Reloadable<T> {
     /// What the value is, for log lines (`TLS certificate`).
     what: &'static str,
     files: Vec<PathBuf>,
     build: Build<T>,
-    stamps: Mutex<Vec<FileStamp>>,
+    stamps: Mutex<Vec<FileVersion>>,
     current: Mutex<Arc<T>>,
     generation: AtomicU64,
-}
-
-fn stamp(path: &PathBuf) -> FileStamp {
-    std::fs::metadata(path).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
 }
 
 impl<T: Send + Sync + 'static> Reloadable<T> {
@@ -33,7 +28,7 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
     /// # Errors
     /// `build` failed (its message).
     pub fn load(what: &'static str, files: Vec<PathBuf>, build: impl Fn() -> Result<T, String> + Send + Sync + 'static) -> Result<Arc<Self>, String> {
-        let stamps = files.iter().map(stamp).collect();
+        let stamps = files.iter().map(|f| file_version(f)).collect();
         let value = build()?;
         Ok(Arc::new(Reloadable {
             what,
@@ -48,7 +43,7 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
     /// Rebuilds the value if any of its files changed since the last look. Blocking (reads
     /// files): call from a watcher thread, never from an executor.
     pub fn reload_if_changed(&self) {
-        let now: Vec<FileStamp> = self.files.iter().map(stamp).collect();
+        let now: Vec<FileVersion> = self.files.iter().map(|f| file_version(f)).collect();
         {
             let mut stamps = self.stamps.lock().unwrap_or_else(PoisonError::into_inner);
             if *stamps == now {

@@ -37,17 +37,18 @@ impl ConnectionLimits {
         Arc::new(ConnectionLimits { settings, open: AtomicUsize::new(0), per_client: SharedMap::new() })
     }
 
-    /// Counts a new connection from `client`, or says which limit it is over.
+    /// Counts a new connection, or says which limit it is over. `client` names its address;
+    /// it is asked (a `getpeername`) only when there is a per-client limit.
     ///
     /// # Errors
     /// The server or this client is at its limit.
-    pub fn admit(self: &Arc<Self>, client: Option<IpAddr>) -> Result<Admission, Refusal> {
+    pub fn admit(self: &Arc<Self>, client: impl FnOnce() -> Option<IpAddr>) -> Result<Admission, Refusal> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.settings.max_connections {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::ServerFull);
         }
         let mut admission = Admission { limits: Arc::clone(self), client: None };
-        if let (Some(max), Some(address)) = (self.settings.max_connections_per_client, client) {
+        if let Some((max, address)) = self.settings.max_connections_per_client.and_then(|max| Some((max, client()?))) {
             let count = self.per_client.get_or_insert_with(address, Arc::default);
             // Recorded before the check, so dropping the admission undoes the increment.
             admission.client = Some((address, Arc::clone(&count)));
@@ -81,14 +82,14 @@ mod tests {
     fn limits_admit_up_to_the_maximum_and_release_on_drop() {
         let limits = ConnectionLimits::new(LimitSettings { max_connections: 3, max_connections_per_client: Some(2) });
         let (a, b): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
-        let first = limits.admit(Some(a)).unwrap();
-        let _second = limits.admit(Some(a)).unwrap();
-        assert_eq!(limits.admit(Some(a)).err(), Some(Refusal::ClientFull));
-        let _other = limits.admit(Some(b)).unwrap();
-        assert_eq!(limits.admit(Some(b)).err(), Some(Refusal::ServerFull));
+        let first = limits.admit(|| Some(a)).unwrap();
+        let _second = limits.admit(|| Some(a)).unwrap();
+        assert_eq!(limits.admit(|| Some(a)).err(), Some(Refusal::ClientFull));
+        let _other = limits.admit(|| Some(b)).unwrap();
+        assert_eq!(limits.admit(|| Some(b)).err(), Some(Refusal::ServerFull));
         assert_eq!(limits.open.load(Ordering::Acquire), 3, "refusals hold no place");
         drop(first);
-        assert!(limits.admit(Some(a)).is_ok());
+        assert!(limits.admit(|| Some(a)).is_ok());
         drop(_other);
         assert!(limits.per_client.get(&b).is_none(), "a client without connections is forgotten");
     }

@@ -306,7 +306,7 @@ impl Acceptor {
     fn take(&self, stream: glommio::net::TcpStream) {
         let admission = match &self.limits {
             None => None,
-            Some(limits) => match limits.admit(stream.peer_addr().ok().map(|a| a.ip())) {
+            Some(limits) => match limits.admit(|| stream.peer_addr().ok().map(|a| a.ip())) {
                 Ok(admission) => Some(admission),
                 Err(refusal) => return self.refuse(stream, refusal),
             },

@@ -12,6 +12,8 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
+use crate::file_version::{file_version, FileVersion};
+
 pub use remote::RemoteSpecs;
 pub use image_spec::{ContentLayer, ContentLayerSpec, DirectLayerSpec, ImageSpec, RemoteLayerSpec, SourceRef, ValidSpec, LOCAL_PREFIX};
 
@@ -47,7 +49,7 @@ pub fn parse_spec(json: &[u8]) -> Result<StoredSpec, SpecError> {
 }
 
 struct FixedFile {
-    stamp: Option<(std::time::SystemTime, u64)>,
+    stamp: FileVersion,
     specs: Arc<HashMap<String, Arc<StoredSpec>>>,
 }
 
@@ -80,9 +82,8 @@ impl FixedSpecFile {
     }
 
     fn reload(&self) -> Result<(), SpecError> {
-        let meta = std::fs::metadata(&self.path).map_err(|e| SpecError::File(format!("{}: {e}", self.path.display())))?;
-        let stamp = meta.modified().ok().map(|m| (m, meta.len()));
-        if self.loaded.read().is_ok_and(|l| l.stamp == stamp && stamp.is_some()) {
+        let stamp = file_version(&self.path);
+        if stamp.is_some() && self.loaded.read().is_ok_and(|l| l.stamp == stamp) {
             return Ok(());
         }
         let text = std::fs::read(&self.path).map_err(|e| SpecError::File(format!("{}: {e}", self.path.display())))?;

@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use http::HeaderValue;
 use serde::Deserialize;
+
+use crate::file_version::{file_version, FileVersion};
 
 /// The config file is looked at (one `stat`) at most this often.
 const RELOAD_CHECK_MS: u64 = 1_000;
@@ -134,7 +136,7 @@ fn credential_of(entry: AuthEntry) -> Option<Credential> {
 }
 
 struct Loaded {
-    stamp: Option<(SystemTime, u64)>,
+    stamp: FileVersion,
     credentials: Arc<HashMap<String, Credential>>,
 }
 
@@ -173,7 +175,7 @@ impl CredentialStore {
 
     fn reload(&self) -> Result<(), String> {
         let Some(path) = &self.path else { return Ok(()) };
-        let stamp = std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        let stamp = file_version(path);
         if self.loaded.read().map(|l| l.stamp == stamp).unwrap_or(false) {
             return Ok(());
         }
