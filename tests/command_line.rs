@@ -181,3 +181,20 @@ fn sigterm_stops_the_server_and_it_exits_zero() {
     let status = child.0.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// The README's first command is `cargo run --release` with no `--bin`: with the bench
+/// binaries in the package, cargo only knows which one to run from `default-run`.
+#[test]
+fn cargo_run_without_a_binary_name_runs_the_server() {
+    let output = Command::new(env!("CARGO"))
+        .args(["metadata", "--no-deps", "--offline", "--format-version", "1", "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).expect("cargo metadata JSON");
+    let package = &metadata["packages"][0];
+    let binaries = package["targets"].as_array().expect("targets").iter().filter(|t| t["kind"][0] == "bin").count();
+    assert!(binaries > 1, "the package has bench binaries beside the server");
+    assert_eq!(package["default_run"], "registry-facade");
+}
