@@ -23,6 +23,7 @@
 #
 # Usage: bench/pullstorm.sh [--out DIR]     (default DIR: target/pullstorm/<UTC time>)
 # Env: WORKSPACES=100 RSS_WORKSPACES=1000 CORES=$(nproc) CLIENT=http|containerd
+#      SCENARIOS="shared rss mixed" (any subset; ctr follows CLIENT=containerd)
 #      CTR_WORKSPACES=$WORKSPACES KEEP_WORK=1 (keep the temp dir)
 # Needs: docker-registry, skopeo, nginx, curl, python3 (and containerd, ctr for CLIENT=containerd).
 set -euo pipefail
@@ -31,6 +32,9 @@ WORKSPACES="${WORKSPACES:-100}"
 RSS_WORKSPACES="${RSS_WORKSPACES:-1000}"
 CORES="${CORES:-$(nproc)}"
 CLIENT="${CLIENT:-http}"
+SCENARIOS="${SCENARIOS:-shared rss mixed}"
+[ "$CLIENT" = containerd ] && SCENARIOS="$SCENARIOS ctr"
+want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 CTR_WORKSPACES="${CTR_WORKSPACES:-$WORKSPACES}"
 OUT="target/pullstorm/$(date -u +%Y%m%dT%H%M%SZ)"
 # Other work on the machine skews every target; the load average is recorded with the results.
@@ -107,7 +111,10 @@ copy_image() {  # repo: facade -> registry and -> the OCI layout (the layout's i
   skopeo --insecure-policy copy -q --preserve-digests --src-tls-verify=false "$src" "oci:$WORK/layout:$1"
 }
 echo "bench: copying $((2 * WORKSPACES)) composed images into the registry and the nginx layout" >&2
-for i in $(seq "$WORKSPACES"); do copy_image "remote/ws-$i"; copy_image "remote/mix-$i"; done
+for i in $(seq "$WORKSPACES"); do
+  if want shared || want rss || want ctr; then copy_image "remote/ws-$i"; fi
+  if want mixed; then copy_image "remote/mix-$i"; fi
+done
 stop_facade "$FACADE_PID"
 NGX_PORT="$(free_port)"
 start_nginx_layout nginx "$NGX_PORT" "$WORK/layout"
@@ -126,6 +133,7 @@ start_facade storm
 FACADE_URL="http://127.0.0.1:$FACADE_PORT"
 STORM_PID=$FACADE_PID
 put_specs shared "$WORKSPACES"
+if want shared; then
 LOG_BEFORE=$(wc -l < "$REG_LOG")
 storm shared --title "$WORKSPACES workspaces at once, 4-layer 64 MiB image (shared base and IDE layer)" \
   --image 'remote/ws-{i}:latest' --workspaces "$WORKSPACES" \
@@ -138,22 +146,25 @@ storm shared-again --title "$WORKSPACES workspaces at once, 4-layer 64 MiB image
   --image 'remote/ws-{i}:latest' --workspaces "$WORKSPACES" \
   --target "nginx=$NGINX_URL" --target "registry=$REGISTRY_URL" --target "facade-warm=$FACADE_URL" \
   --server-pid "nginx=$NGX_PID" --server-pid "registry=$REG_PID" --server-pid "facade-warm=$STORM_PID"
+fi
 
 # ---- rss: many workspaces at once on the warm facade (and nginx for reference)
-storm rss --title "$RSS_WORKSPACES workspaces at once on a warm cache" \
+want rss && storm rss --title "$RSS_WORKSPACES workspaces at once on a warm cache" \
   --image 'remote/ws-1:latest' --workspaces "$RSS_WORKSPACES" \
   --target "facade-warm=$FACADE_URL" --target "nginx=$NGINX_URL" --server-pid "facade-warm=$STORM_PID" --server-pid "nginx=$NGX_PID"
 
 # ---- mixed: shared base (cached), a distinct content layer per workspace (new compositions)
+if want mixed; then
 put_specs mix "$WORKSPACES"
 storm mixed --title "$WORKSPACES workspaces at once, shared base + distinct 4 MiB content layer each" \
   --image 'remote/mix-{i}:latest' --workspaces "$WORKSPACES" \
   --target "facade=$FACADE_URL" --target "registry=$REGISTRY_URL" --target "nginx=$NGINX_URL" \
   --server-pid "facade=$STORM_PID" --server-pid "registry=$REG_PID" --server-pid "nginx=$NGX_PID"
+fi
 stop_facade "$STORM_PID"
 
 # ---- ctr: real containerd pulls (unpack included), fresh facade and namespaces
-if [ "$CLIENT" = containerd ]; then
+if want ctr; then
   CTRD="$WORK/ctrd"
   mkdir -p "$CTRD"
   cat > "$CTRD/config.toml" <<TOML
@@ -207,7 +218,7 @@ print(f"load average (1, 5, 15 min): {load_start} at start, {load_end} at end; n
 
 # Upstream fetches during the shared run: every GET of a bench/* blob the registry answered.
 fetches = {}
-for line in open(f"{out}/shared-upstream.log"):
+for line in (open(f"{out}/shared-upstream.log") if shared else []):
     m = re.search(r'"GET /v2/bench/[^/]+/blobs/(sha256:[0-9a-f]{64}) HTTP/[0-9.]+" (\d+)', line)
     if m and m.group(2) in ("200", "206"):
         fetches[m.group(1)] = fetches.get(m.group(1), 0) + 1
@@ -224,15 +235,17 @@ def check(label, value, limit, better="lower"):
     checks.append({"check": label, "value": value, "target": limit, "met": ok})
 check("warm: facade p99 / registry p99 (mean of 2 rounds each)", ratio(warm, registry), 0.5)
 check("warm: facade p99 / nginx p99 (mean of 2 rounds each)", ratio(warm, nginx), 0.8)
-check("cold: facade p99 / registry p99 (direct pull, mean of 2 rounds)", ratio(shared["facade-cold"], registry), 1.2)
+shared_run, rss_run, mixed_run = shared or {}, rss or {}, mixed or {}
+check("cold: facade p99 / registry p99 (direct pull, mean of 2 rounds)", ratio(shared_run.get("facade-cold"), registry), 1.2)
 check("cold: upstream GETs per distinct blob (max)", max(fetches.values()) if fetches else None, 1)
-anon = rss["facade-warm"]["server"]["rss_anon_peak_bytes"] / 2**20
-check(f"facade anon RSS MiB, {rss_n} workspaces ({rss['facade-warm']['peak_client_connections']} connections)", anon, 128)
+if rss:
+    anon = rss["facade-warm"]["server"]["rss_anon_peak_bytes"] / 2**20
+    check(f"facade anon RSS MiB, {rss_n} workspaces ({rss['facade-warm']['peak_client_connections']} connections)", anon, 128)
 context = {
-    "mixed: facade p99 / registry p99": ratio(mixed["facade"], mixed["registry"]),
-    "mixed: facade p99 / nginx p99": ratio(mixed["facade"], mixed["nginx"]),
-    "rss run: facade p99 / nginx p99": ratio(rss["facade-warm"], rss["nginx"]),
-    "cold: facade p99 / warm facade p99": ratio(shared["facade-cold"], shared["facade-warm"]),
+    "mixed: facade p99 / registry p99": ratio(mixed_run.get("facade"), mixed_run.get("registry")),
+    "mixed: facade p99 / nginx p99": ratio(mixed_run.get("facade"), mixed_run.get("nginx")),
+    "rss run: facade p99 / nginx p99": ratio(rss_run.get("facade-warm"), rss_run.get("nginx")),
+    "cold: facade p99 / warm facade p99": ratio(shared_run.get("facade-cold"), shared_run.get("facade-warm")),
 }
 if ctr:
     context["ctr warm: facade p99 / registry p99"] = ratio(ctr["facade-warm"], ctr["registry"])

@@ -364,3 +364,40 @@ fn concurrent_first_pulls_resolve_each_input_once() {
         assert_eq!(gets, 1, "{repo}'s manifest fetched once");
     }
 }
+
+#[test]
+fn a_written_spec_is_composed_before_its_pull_and_its_direct_content_lives_in_the_cache() {
+    let setup = Setup::new();
+    let facade = setup.facade();
+    let content = image::tar_with_file("workspace/data.bin", &vec![7u8; 512 << 10]);
+    let digest = sha256(&content);
+    let mut spec = setup.spec();
+    spec["contentLayer"] = json!([{"direct": {"content": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &content)}}]);
+    assert_eq!(put_spec(&facade, "ws-early", &spec).status, 201);
+
+    let cached = facade.cache_dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    assert_eq!(std::fs::read(&cached).expect("the direct layer is in the blob cache once the PUT is answered"), content);
+
+    // No pull yet: the inputs are resolved because the spec was written.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let resolved = |registry: &ReferenceRegistry| registry.access_entries().iter().any(|e| e.method == "GET" && e.uri == "/v2/base/img/manifests/latest");
+    while !resolved(&setup.registry) {
+        assert!(Instant::now() < deadline, "the base image was never resolved ahead of the pull");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let read = get(facade.admin.unwrap(), "/admin/specs/ws-early");
+    assert_eq!(serde_json::from_slice::<Value>(&read.body).unwrap(), spec, "the document comes back whole, content included");
+    let manifest: Value = serde_json::from_slice(&get(facade.addr, "/v2/remote/ws-early/manifests/latest").body).unwrap();
+    let layers: Vec<&str> = manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
+    assert_eq!(layers.last(), Some(&digest.as_str()));
+    let blob = get(facade.addr, &format!("/v2/remote/ws-early/blobs/{digest}"));
+    assert_eq!((blob.status, blob.body == content), (200, true));
+
+    // Evicting the file behind the facade's back does not lose the layer: the spec holds its mapping.
+    std::fs::remove_file(&cached).unwrap();
+    let again = get(facade.addr, &format!("/v2/remote/ws-early/blobs/{digest}"));
+    assert_eq!((again.status, again.body == content), (200, true));
+    let gets = setup.registry.access_entries().iter().filter(|e| e.method == "GET" && e.uri == "/v2/base/img/manifests/latest").count();
+    assert_eq!(gets, 1, "composed once: ahead of the pull, not again by it");
+}

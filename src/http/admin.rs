@@ -4,6 +4,8 @@
 //! with the status that fits. Readiness never depends on an upstream registry, only on this
 //! node's own shared state (Redis).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -53,13 +55,13 @@ async fn answer(request: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
         return error(StatusCode::NOT_FOUND, "no such endpoint");
     };
     // A spec id becomes part of a repository name (`remote/<id>`): it follows that grammar.
-    if format!("remote/{id}").parse::<RepositoryName>().is_err() {
+    let Ok(name) = format!("remote/{id}").parse::<RepositoryName>() else {
         return error(StatusCode::BAD_REQUEST, "spec id must be lowercase name components, e.g. ws-1234 or team/ws-1");
-    }
+    };
     let specs = ctx.registry.specs();
     match *request.method() {
         Method::GET => match specs.get(id).await {
-            Ok(Some(stored)) => json(StatusCode::OK, stored.json.clone()),
+            Ok(Some(stored)) => json(StatusCode::OK, Bytes::from(stored.to_json())),
             Ok(None) => error(StatusCode::NOT_FOUND, "no spec with this id"),
             Err(e) => store_error(&e),
         },
@@ -68,7 +70,7 @@ async fn answer(request: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
             Ok(false) => error(StatusCode::NOT_FOUND, "no spec with this id"),
             Err(e) => store_error(&e),
         },
-        Method::PUT => put(id, request, ctx).await,
+        Method::PUT => put(id, name, request, ctx).await,
         _ => {
             let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "use GET, PUT or DELETE");
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
@@ -77,7 +79,7 @@ async fn answer(request: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
     }
 }
 
-async fn put(id: &str, request: Request<Incoming>, ctx: &HttpContext) -> Response<ResponseBody> {
+async fn put(id: &str, name: RepositoryName, request: Request<Incoming>, ctx: &HttpContext) -> Response<ResponseBody> {
     let body = match http_body_util::Limited::new(request.into_body(), MAX_SPEC_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
@@ -95,6 +97,10 @@ async fn put(id: &str, request: Request<Incoming>, ctx: &HttpContext) -> Respons
         Err(e) => return store_error(&e),
     };
     tracing::info!(id, %key, replaced, "spec stored");
+    // Orchestrators write a spec just before the workspace pulls: compose it now, off the
+    // request, so the first pull of the storm does not.
+    let registry = Arc::clone(&ctx.registry);
+    glommio::spawn_local(async move { registry.precompose(&name).await }).detach();
     let status = if replaced { StatusCode::OK } else { StatusCode::CREATED };
     json(status, Bytes::from(serde_json::json!({"id": id, "key": key}).to_string()))
 }

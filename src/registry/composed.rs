@@ -13,7 +13,7 @@ use super::error::RegistryError;
 use super::join::join_all;
 use super::single_flight::SingleFlight;
 use super::static_layers::{StaticEntry, StaticLayers};
-use super::{shared, Registry, StoredManifest};
+use super::{shared, Registry, Source, StoredManifest};
 use crate::redis_client::keys::COMPOSED_TTL;
 use crate::oci::manifest::Descriptor;
 use crate::oci::media_type::OCI_LAYER_TAR;
@@ -163,6 +163,20 @@ impl Registry {
         let composition = compose(&base, &spec.base.to_string(), &addons)?;
         let manifest = Arc::new(StoredManifest::new(composition.manifest, &composition.manifest_media_type, composition.manifest_digest)?);
         Ok(Arc::new(ComposedImage { manifest, blobs: composition.blobs }))
+    }
+
+    /// Composes `name` now, ahead of its first pull (its spec was just written): the pull then
+    /// finds the image ready. A failure is only logged; the pull composes again and reports it.
+    pub async fn precompose(&self, name: &RepositoryName) {
+        let spec = match self.source(name, None).await {
+            Ok(Source::Composed(spec)) => spec,
+            Ok(_) => return,
+            Err(error) => return tracing::info!(%name, %error, "not composed ahead of its pull"),
+        };
+        match self.composed(name, &spec).await {
+            Ok(image) => tracing::debug!(%name, digest = %image.manifest.digest, "composed ahead of its pull"),
+            Err(error) => tracing::info!(%name, %error, "not composed ahead of its pull"),
+        }
     }
 
     /// The composed manifest `reference` names: any tag is the current composition (Gitpod's

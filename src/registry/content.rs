@@ -218,12 +218,44 @@ impl Content {
     /// Caches a small blob fetched whole and already verified; a failure to cache is logged,
     /// the bytes are still used.
     pub async fn store_small_blob(&self, digest: &Digest, bytes: Bytes) {
+        if let Err(e) = self.put_blob_bytes(digest, bytes).await {
+            tracing::warn!(%digest, error = %e, "blob used without caching");
+        }
+    }
+
+    async fn put_blob_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<(), StoreError> {
         let cache = Arc::clone(&self.cache);
         let wanted = digest.clone();
         let size = bytes.len() as u64;
-        match run_blocking(move || cache.put_verified(&wanted, &bytes)).await {
-            Ok(()) => self.budget.add(digest.clone(), size, coarse_now_ms()),
-            Err(e) => tracing::warn!(%digest, error = %e, "blob used without caching"),
+        run_blocking(move || cache.put_verified(&wanted, &bytes)).await?;
+        self.budget.add(digest.clone(), size, coarse_now_ms());
+        Ok(())
+    }
+
+    /// The same bytes as `bytes` (whose digest is `digest`), mapped from their cache file,
+    /// which is written first if it is not there: content held for long (a spec's direct
+    /// layers) then sits in the page cache, which the kernel can reclaim and re-read, rather
+    /// than in the heap. The mapping outlives an eviction of the file (the inode stays until
+    /// it is unmapped). If the cache cannot take them, the bytes themselves, with a warning.
+    pub async fn keep_mapped(&self, digest: Digest, bytes: Bytes) -> Bytes {
+        if bytes.is_empty() {
+            return bytes;
+        }
+        let mapped = match self.blob(&digest).await {
+            Ok(Some(blob)) => Ok(blob),
+            Ok(None) => match self.put_blob_bytes(&digest, bytes.clone()).await {
+                Ok(()) => self.blob(&digest).await.map_err(|e| e.to_string()).and_then(|blob| blob.ok_or_else(|| "gone right after it was written".to_owned())),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match mapped {
+            Ok(blob) if blob.body.len() == bytes.len() => blob.body.clone(),
+            Ok(_) => bytes,
+            Err(error) => {
+                tracing::warn!(%digest, %error, "direct layer content kept in memory: the cache cannot take it");
+                bytes
+            }
         }
     }
 

@@ -42,7 +42,7 @@ use crate::hyper_glue::coarse_now_ms;
 use crate::ipfs::IpfsGateway;
 use crate::metrics::Metrics;
 use crate::redis_client::RedisClient;
-use crate::spec::{FixedSpecFile, RemoteSpecs, SpecError, StoredSpec};
+use crate::spec::{ContentKeeper, FixedSpecFile, RemoteSpecs, SpecError, StoredSpec};
 use crate::store::{CacheDir, StoreError};
 use crate::table::SharedMap;
 use crate::upstream::{BlobLocation, RemoteRepository, Upstream};
@@ -181,13 +181,14 @@ impl Registry {
         let statics = static_layers::load(&cache, &settings.static_layers)?;
         content.pin(statics.pinned());
         let fixed = settings.fixed_specs.as_deref().map(FixedSpecFile::open).transpose()?;
+        let keeper = content_keeper(&content);
         let fills = FillContext { cache: Arc::clone(&cache), upstream, content: Arc::clone(&content), fills: Arc::new(Fills::default()), ipfs: shared.ipfs };
         Ok(Registry {
             local: Arc::new(LocalRepositories::new(cache, Arc::clone(&content))),
             mirrors: Mirrors::new(&settings.mirrors),
             content,
             fills,
-            specs: SpecSources { remote: RemoteSpecs::new(shared.redis.clone()), fixed },
+            specs: SpecSources { remote: RemoteSpecs::new(shared.redis.clone(), Some(keeper)), fixed },
             compositions: Compositions::default(),
             resolving: SingleFlight::default(),
             resolved: SharedMap::new(),
@@ -420,6 +421,17 @@ impl Registry {
             Err(not_acceptable("the platform manifest"))
         }
     }
+}
+
+/// Puts the direct layers of `remote/<id>` specs into the blob cache and keeps them mapped
+/// (see `Content::keep_mapped`): a node holding a spec per workspace would otherwise hold
+/// every workspace's content layer in its heap.
+fn content_keeper(content: &Arc<Content>) -> ContentKeeper {
+    let content = Arc::clone(content);
+    Arc::new(move |digest, bytes| {
+        let content = Arc::clone(&content);
+        Box::pin(async move { content.keep_mapped(digest, bytes).await })
+    })
 }
 
 fn manifest_unknown(name: &RepositoryName, reference: &Reference) -> RegistryError {

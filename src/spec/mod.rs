@@ -10,22 +10,64 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use base64::Engine as _;
 use bytes::Bytes;
 
 use crate::file_version::{file_version, FileVersion};
+use crate::oci::Digest;
 
-pub use remote::RemoteSpecs;
+pub use remote::{ContentKeeper, RemoteSpecs};
 pub use image_spec::{ContentLayer, ContentLayerSpec, DirectLayerSpec, ImageSpec, RemoteLayerSpec, SourceRef, ValidSpec, LOCAL_PREFIX};
 
 
 /// The fixed-spec file is looked at (one `stat`) at most this often.
 const RELOAD_CHECK_MS: u64 = 1_000;
 
-/// A spec as stored: the document as written and its validated form.
+/// A spec as stored: its validated form, and the document it came from without the direct
+/// layers' base64 text. Holding that text too would double what a spec with inline content
+/// costs in memory; `to_json` puts it back from the decoded bytes when the document is asked
+/// for.
 #[derive(Debug)]
 pub struct StoredSpec {
-    pub json: Bytes,
     pub spec: ValidSpec,
+    document: ImageSpec,
+}
+
+impl StoredSpec {
+    fn new(mut document: ImageSpec, spec: ValidSpec) -> StoredSpec {
+        for direct in document.content_layer.iter_mut().filter_map(|layer| layer.direct.as_mut()) {
+            direct.content = String::new();
+        }
+        StoredSpec { spec, document }
+    }
+
+    /// The spec in its canonical JSON form, the one its key is the sha256 of.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut document = self.document.clone();
+        for (layer, valid) in document.content_layer.iter_mut().zip(&self.spec.content) {
+            if let (Some(direct), ContentLayer::Direct { content, .. }) = (layer.direct.as_mut(), valid) {
+                direct.content = base64::engine::general_purpose::STANDARD.encode(content);
+            }
+        }
+        // Plain structs of strings and numbers: serializing them cannot fail.
+        serde_json::to_vec(&document).unwrap_or_default()
+    }
+
+    /// The same spec with each direct layer's content replaced by what `keep` returns for it
+    /// (the same bytes, held elsewhere).
+    pub async fn keep_content<F, Fut>(self, keep: F) -> StoredSpec
+    where
+        F: Fn(Digest, Bytes) -> Fut,
+        Fut: std::future::Future<Output = Bytes>,
+    {
+        let StoredSpec { mut spec, document } = self;
+        for layer in &mut spec.content {
+            if let ContentLayer::Direct { content, digest } = layer {
+                *content = keep(digest.clone(), std::mem::take(content)).await;
+            }
+        }
+        StoredSpec { spec, document }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +87,7 @@ pub enum SpecError {
 pub fn parse_spec(json: &[u8]) -> Result<StoredSpec, SpecError> {
     let spec: ImageSpec = serde_json::from_slice(json).map_err(|e| SpecError::Invalid(e.to_string()))?;
     let valid = spec.validate().map_err(SpecError::Invalid)?;
-    Ok(StoredSpec { json: Bytes::copy_from_slice(json), spec: valid })
+    Ok(StoredSpec::new(spec, valid))
 }
 
 struct FixedFile {
@@ -121,5 +163,16 @@ mod tests {
         assert!(file.get("three", 3_000).is_some(), "a bad edit keeps the previous specs");
         std::fs::write(&path, b"{").unwrap();
         assert!(FixedSpecFile::open(&path).is_err());
+    }
+
+    #[test]
+    fn a_stored_spec_gives_back_its_document_from_kept_content() {
+        let json = br#"{"baseRef": "a:1", "contentLayer": [{"direct": {"content": "aGVsbG8="}}, {"remote": {"url": "https://b/l", "digest": "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "size": 5}}]}"#;
+        let stored = parse_spec(json).unwrap();
+        let key = stored.spec.key.clone();
+        assert!(stored.document.content_layer[0].direct.as_ref().is_some_and(|d| d.content.is_empty()), "the base64 text is not held twice");
+        let kept = futures_lite::future::block_on(stored.keep_content(|_, bytes| async move { Bytes::from(bytes.to_vec()) }));
+        let again = parse_spec(&kept.to_json()).unwrap();
+        assert_eq!((again.spec.key, &again.spec.content), (key, &kept.spec.content), "canonical JSON: the same key, the same layers");
     }
 }

@@ -2,13 +2,19 @@
 //! (orchestrators write there, the admin API writes through) and memory is a cache every core
 //! reads, so a hot lookup never touches Redis. A cached spec older than `REVALIDATE` is served
 //! and re-read in the background; a write reaches Redis before it counts, so nothing is stored
-//! on one node only while Redis is down.
+//! on one node only while Redis is down. A spec's direct layer content is handed to the
+//! `ContentKeeper` before it is held, so memory keeps the spec and not megabytes of layer.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::{parse_spec, SpecError, StoredSpec};
 use crate::hyper_glue::coarse_now_ms;
+use crate::oci::Digest;
 use crate::redis_client::{keys::SPEC_TTL, RedisClient};
 use crate::table::SharedMap;
 
@@ -21,17 +27,30 @@ struct Cached {
     refreshing: AtomicBool,
 }
 
+/// Takes a direct layer's verified content (its digest and bytes) and returns the same bytes
+/// held somewhere cheaper than the heap (the registry writes them to the blob cache and
+/// returns the file's mapping), or the bytes it was given if it cannot.
+pub type ContentKeeper = Arc<dyn Fn(Digest, Bytes) -> Pin<Box<dyn Future<Output = Bytes>>> + Send + Sync>;
+
 pub struct RemoteSpecs {
     memory: SharedMap<String, Arc<Cached>>,
     redis: Option<RedisClient>,
+    keeper: Option<ContentKeeper>,
     /// Bumped by every local write, so a background refresh that read an older value does not
     /// overwrite a newer one.
     generation: AtomicU64,
 }
 
 impl RemoteSpecs {
-    pub fn new(redis: Option<RedisClient>) -> Arc<RemoteSpecs> {
-        Arc::new(RemoteSpecs { memory: SharedMap::new(), redis, generation: AtomicU64::new(0) })
+    pub fn new(redis: Option<RedisClient>, keeper: Option<ContentKeeper>) -> Arc<RemoteSpecs> {
+        Arc::new(RemoteSpecs { memory: SharedMap::new(), redis, keeper, generation: AtomicU64::new(0) })
+    }
+
+    async fn kept(&self, spec: StoredSpec) -> StoredSpec {
+        match &self.keeper {
+            Some(keeper) => spec.keep_content(|digest, bytes| keeper(digest, bytes)).await,
+            None => spec,
+        }
     }
 
     /// The spec of `id`, if any.
@@ -72,7 +91,9 @@ impl RemoteSpecs {
             }
             return Ok(None);
         };
-        let spec = Arc::new(parse_spec(&json).map_err(|e| SpecError::Invalid(format!("spec `{id}` in Redis: {e}")))?);
+        let parsed = parse_spec(&json).map_err(|e| SpecError::Invalid(format!("spec `{id}` in Redis: {e}")))?;
+        drop(json);
+        let spec = Arc::new(self.kept(parsed).await);
         if self.generation.load(Ordering::Acquire) == generation {
             self.cache(id, Arc::clone(&spec));
         }
@@ -90,10 +111,12 @@ impl RemoteSpecs {
     /// Redis is configured and did not take the write.
     pub async fn put(&self, id: &str, spec: StoredSpec) -> Result<bool, SpecError> {
         let existed_locally = self.memory.get(id).is_some();
+        // Kept before anything counts, so no await sits between counting a write and caching it.
+        let spec = self.kept(spec).await;
         if let Some(redis) = &self.redis {
             let key = redis.keys().spec(id);
             let existed = redis.get(&key).await.map_err(|e| SpecError::Unavailable(e.to_string()))?.is_some();
-            redis.set(&key, spec.json.to_vec(), Some(SPEC_TTL)).await.map_err(|e| SpecError::Unavailable(e.to_string()))?;
+            redis.set(&key, spec.to_json(), Some(SPEC_TTL)).await.map_err(|e| SpecError::Unavailable(e.to_string()))?;
             self.generation.fetch_add(1, Ordering::AcqRel);
             self.cache(id, Arc::new(spec));
             return Ok(existed || existed_locally);
