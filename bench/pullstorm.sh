@@ -13,7 +13,7 @@
 #           and on nginx for reference: the facade's anonymous RSS (no page cache).
 #   mixed   N workspaces with a shared base and a distinct 4 MiB content layer each
 #           (remote/mix-<i>: base 3 × 20 MiB + a direct content layer), on the warm-base
-#           facade (each image composed on first pull) vs registry and nginx.
+#           facade (each image composed when its spec is written) vs registry and nginx.
 #   ctr     (CLIENT=containerd) the shared storm again with real `ctr image pull` (unpack
 #           included) per workspace, a fresh facade and a fresh containerd namespace per target;
 #           then the warm targets again in reverse order (ctr-again).
