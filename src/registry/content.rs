@@ -250,8 +250,7 @@ impl Content {
             Err(e) => Err(e.to_string()),
         };
         match mapped {
-            Ok(blob) if blob.body.len() == bytes.len() => blob.body.clone(),
-            Ok(_) => bytes,
+            Ok(blob) => blob.body.clone(),
             Err(error) => {
                 tracing::warn!(%digest, %error, "direct layer content kept in memory: the cache cannot take it");
                 bytes
