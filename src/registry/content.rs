@@ -192,7 +192,7 @@ impl Content {
         let size = bytes.len() as u64;
         let written = run_blocking(move || cache.put_verified(&wanted, &bytes)).await;
         match written {
-            Ok(()) => self.budget.add(digest.clone(), size, coarse_now_ms()),
+            Ok(_) => self.budget.add(digest.clone(), size, coarse_now_ms()),
             // Serving what we fetched matters more than caching it.
             Err(e) => tracing::warn!(%digest, error = %e, "manifest served without caching"),
         }
@@ -227,7 +227,10 @@ impl Content {
         let cache = Arc::clone(&self.cache);
         let wanted = digest.clone();
         let size = bytes.len() as u64;
-        run_blocking(move || cache.put_verified(&wanted, &bytes)).await?;
+        // A file we just wrote and verified is opened later with an fstat, not another hash.
+        if let Some(identity) = run_blocking(move || cache.put_verified(&wanted, &bytes)).await? {
+            self.trusted.insert(digest.clone(), identity);
+        }
         self.budget.add(digest.clone(), size, coarse_now_ms());
         Ok(())
     }
@@ -241,15 +244,7 @@ impl Content {
         if bytes.is_empty() {
             return bytes;
         }
-        let mapped = match self.blob(&digest).await {
-            Ok(Some(blob)) => Ok(blob),
-            Ok(None) => match self.put_blob_bytes(&digest, bytes.clone()).await {
-                Ok(()) => self.blob(&digest).await.map_err(|e| e.to_string()).and_then(|blob| blob.ok_or_else(|| "gone right after it was written".to_owned())),
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
-        };
-        match mapped {
+        match self.mapped_into_cache(&digest, bytes.clone()).await {
             Ok(blob) => blob.body.clone(),
             Err(error) => {
                 tracing::warn!(%digest, %error, "direct layer content kept in memory: the cache cannot take it");
@@ -400,6 +395,15 @@ impl Content {
 
     pub fn release(&self, size: u64) {
         self.budget.release(size);
+    }
+
+    /// The blob `digest` mapped from the cache, written from `bytes` first if it is not there.
+    async fn mapped_into_cache(&self, digest: &Digest, bytes: Bytes) -> Result<Arc<MappedBlob>, String> {
+        if let Some(blob) = self.blob(digest).await.map_err(|e| e.to_string())? {
+            return Ok(blob);
+        }
+        self.put_blob_bytes(digest, bytes).await.map_err(|e| e.to_string())?;
+        self.blob(digest).await.map_err(|e| e.to_string())?.ok_or_else(|| "gone right after it was written".to_owned())
     }
 
     /// Records a blob a fill published (`size` bytes, of which `reserved` were reserved; its

@@ -189,17 +189,21 @@ impl CacheDir {
         Ingest::create(self.tmp.join(format!("ingest-{n}")), self.blobs.clone())
     }
 
-    /// Stores a whole in-memory blob (small documents; streams use `begin_ingest`).
+    /// Stores a whole in-memory blob (small documents; streams use `begin_ingest`). Returns
+    /// the identity of the file it wrote (so it can be opened later without hashing it again),
+    /// `None` if the blob was already there.
     ///
     /// # Errors
-    /// As `Ingest::commit`.
-    pub fn put_verified(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+    /// As `Ingest::commit`, or the written file cannot be examined.
+    pub fn put_verified(&self, digest: &Digest, bytes: &[u8]) -> Result<Option<FileIdentity>, StoreError> {
         if self.contains(digest) {
-            return Ok(());
+            return Ok(None);
         }
         let mut ingest = self.begin_ingest()?;
         ingest.write(bytes)?;
-        ingest.commit(digest, Some(bytes.len() as u64)).map(|_| ())
+        let path = ingest.commit(digest, Some(bytes.len() as u64))?;
+        let meta = std::fs::metadata(&path).map_err(StoreError::io("stat", &path))?;
+        Ok(Some(FileIdentity::of(&meta)))
     }
 
     /// Lists every cached blob with its size; files whose names are not sha256 digests are junk
