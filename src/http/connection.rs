@@ -89,9 +89,11 @@ where
         let ctx = Rc::clone(&service_ctx);
         let in_flight = service_activity.begin_request();
         async move {
+            // hyper keeps room for this future in every connection, idle or not; boxed, the
+            // ~13 KB of a registry call's state exist only while a request is being answered.
             let mut response = match ctx.role {
-                Role::Registry => dispatch::handle(request, &ctx).await,
-                Role::Admin => admin::handle(request, &ctx).await,
+                Role::Registry => Box::pin(dispatch::handle(request, &ctx)).await,
+                Role::Admin => Box::pin(admin::handle(request, &ctx)).await,
             };
             response.body_mut().track(in_flight);
             Ok::<_, Infallible>(response)

@@ -1,11 +1,14 @@
 //! The byte-stream adapter between glommio (futures-io) and hyper, and the per-connection
 //! state that timeouts and zero-copy sends read.
 //!
-//! Reads go through glommio into a small per-connection scratch buffer, zeroed once, and are
-//! copied into hyper's buffer (a request head is a few hundred bytes). glommio arms an
-//! io_uring readiness poll after a short read, so waiting for the next request costs no failed
-//! `recv`; reading into hyper's uninitialised buffer through futures-io would instead mean
-//! zeroing it on every read (5% of a manifest profile).
+//! Reads go through glommio into a scratch buffer that all connections of an executor share
+//! (zeroed once, when the thread first reads), and are copied into hyper's buffer (a request
+//! head is a few hundred bytes). A read takes at most what hyper has room for, so no bytes
+//! stay behind in the shared buffer and an idle connection holds none of it: at thousands of
+//! connections a buffer each would be tens of MiB. glommio arms an io_uring readiness poll
+//! after a short read, so waiting for the next request costs no failed `recv`; reading into
+//! hyper's uninitialised buffer through futures-io would instead mean zeroing it on every read
+//! (5% of a manifest profile).
 //!
 //! Plain TCP writes are vectored `sendmsg` (glommio's stream has no `writev`, and without one
 //! hyper copies every body chunk into its header buffer, notes/runtime.md §2a). Body chunks
@@ -27,8 +30,13 @@ use futures_io::{AsyncRead, AsyncWrite};
 
 pub use crate::hyper_glue::coarse_now_ms;
 
-/// Bytes read from the socket per read call.
+/// Bytes read from the socket per read call, at most.
 const SCRATCH_BYTES: usize = 8 * 1024;
+
+thread_local! {
+    /// The executor's read buffer, shared by its connections (see the module comment).
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice());
+}
 /// The HTTP/2 connection preface; a connection that starts with it is h2.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
@@ -68,8 +76,9 @@ pub struct ConnectionState {
     /// The last write found the socket full. hyper drops a response body (and its in-flight
     /// mark) once it has taken all of it, which may be long before the bytes are sent.
     write_blocked: Cell<bool>,
-    seen_bytes: Cell<bool>,
-    is_h2: Cell<bool>,
+    /// How many bytes of the h2 preface the connection began with, up to its length (h2);
+    /// `None` once a byte differed (HTTP/1.1). Reads may cut the preface anywhere.
+    preface_matched: Cell<Option<usize>>,
     /// Whether body chunks may go out with sendfile (a plain socket); if not, regions are
     /// never registered, since only the raw write path would ever release them.
     sendfile: bool,
@@ -78,7 +87,7 @@ pub struct ConnectionState {
 
 impl ConnectionState {
     pub fn new(sendfile: bool) -> Rc<ConnectionState> {
-        let state = ConnectionState { sendfile, ..ConnectionState::default() };
+        let state = ConnectionState { sendfile, preface_matched: Cell::new(Some(0)), ..ConnectionState::default() };
         state.quiet_since_ms.set(coarse_now_ms());
         Rc::new(state)
     }
@@ -97,13 +106,23 @@ impl ConnectionState {
         if bytes.is_empty() {
             return;
         }
-        if !self.seen_bytes.replace(true) {
-            self.is_h2.set(bytes.starts_with(H2_PREFACE));
+        if let Some(matched) = self.preface_matched.get().filter(|&m| m < H2_PREFACE.len()) {
+            let rest = &H2_PREFACE[matched..];
+            let take = rest.len().min(bytes.len());
+            let still = bytes[..take] == rest[..take];
+            self.preface_matched.set(still.then_some(matched + take));
         }
-        // h2 streams bring their own framing and limits; only HTTP/1.1 heads are timed here.
-        if !self.is_h2.get() && self.in_flight.get() == 0 && self.head_started_ms.get().is_none() {
+        // h2 streams bring their own framing and limits; only HTTP/1.1 heads are timed here
+        // (and a connection still sending its first bytes, which may be either).
+        if self.is_h2() {
+            self.head_started_ms.set(None);
+        } else if self.in_flight.get() == 0 && self.head_started_ms.get().is_none() {
             self.head_started_ms.set(Some(coarse_now_ms()));
         }
+    }
+
+    fn is_h2(&self) -> bool {
+        self.preface_matched.get() == Some(H2_PREFACE.len())
     }
 
     fn wrote(&self, written: &Poll<std::io::Result<usize>>) {
@@ -142,7 +161,7 @@ impl ConnectionState {
     pub fn register_file_region(&self, data: Bytes, file: Arc<File>, file_offset: u64) {
         // h2 cuts bodies into frames of 16 KiB (the client's frame size); a sendfile per frame
         // costs more than copying the frame with its header in one sendmsg.
-        if !self.sendfile || self.is_h2.get() {
+        if !self.sendfile || self.is_h2() {
             return;
         }
         self.regions.borrow_mut().push(FileRegion { data, file, file_offset });
@@ -187,8 +206,6 @@ pin_project_lite::pin_project! {
         inner: S,
         raw_fd: Option<RawFd>,
         state: Rc<ConnectionState>,
-        scratch: Box<[u8]>,
-        unread: std::ops::Range<usize>,
     }
 }
 
@@ -196,26 +213,31 @@ impl<S> HyperIo<S> {
     /// `raw_fd` enables raw `sendmsg`/`sendfile` on the socket; pass it only for a plain,
     /// non-blocking TCP socket (never for TLS, whose bytes must go through rustls).
     pub fn new(inner: S, raw_fd: Option<RawFd>, state: Rc<ConnectionState>) -> HyperIo<S> {
-        HyperIo { inner, raw_fd, state, scratch: Box::default(), unread: 0..0 }
+        HyperIo { inner, raw_fd, state }
     }
 }
 
 impl<S: AsyncRead> hyper::rt::Read for HyperIo<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: hyper::rt::ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
         let this = self.project();
-        if this.unread.start >= this.unread.end {
-            if this.scratch.is_empty() {
-                *this.scratch = vec![0u8; SCRATCH_BYTES].into_boxed_slice();
-            }
-            let n = ready!(this.inner.poll_read(cx, this.scratch))?;
-            this.state.received(&this.scratch[..n]);
-            *this.unread = 0..n;
-        }
-        let take = (this.unread.end - this.unread.start).min(buf.remaining());
-        buf.put_slice(&this.scratch[this.unread.start..this.unread.start + take]);
-        this.unread.start += take;
-        Poll::Ready(Ok(()))
+        let want = buf.remaining().min(SCRATCH_BYTES);
+        with_scratch(want, |scratch| {
+            let n = ready!(this.inner.poll_read(cx, scratch))?;
+            this.state.received(&scratch[..n]);
+            buf.put_slice(&scratch[..n]);
+            Poll::Ready(Ok(()))
+        })
     }
+}
+
+/// Runs `read` on `len` bytes of the executor's scratch buffer. A read never re-enters
+/// another (it is one non-blocking call), but if one ever did it gets a buffer of its own
+/// rather than a panic.
+fn with_scratch<T>(len: usize, read: impl FnOnce(&mut [u8]) -> T) -> T {
+    SCRATCH.with(|shared| match shared.try_borrow_mut() {
+        Ok(mut scratch) => read(&mut scratch[..len]),
+        Err(_) => read(&mut vec![0u8; len]),
+    })
 }
 
 impl<S: AsyncWrite> hyper::rt::Write for HyperIo<S> {
@@ -457,6 +479,22 @@ mod tests {
         h2.received(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         h2.received(b"frames");
         assert_eq!(h2.head_started_ms.get(), None);
+    }
+
+    #[test]
+    fn a_preface_cut_across_reads_is_still_h2() {
+        let h2 = state_at(0);
+        h2.received(b"PRI * HT");
+        assert!(!h2.is_h2(), "not yet known");
+        h2.received(b"TP/2.0\r\n\r\nSM\r\n\r\n");
+        assert!(h2.is_h2());
+        assert_eq!(h2.head_started_ms.get(), None, "the clock started on the first part is cleared");
+
+        let http1 = state_at(0);
+        http1.received(b"P");
+        http1.received(b"UT /v2/ HTTP/1.1\r\n");
+        assert!(!http1.is_h2());
+        assert!(http1.head_started_ms.get().is_some());
     }
 
     #[test]

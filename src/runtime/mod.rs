@@ -311,7 +311,10 @@ impl Acceptor {
                 Err(refusal) => return self.refuse(stream, refusal),
             },
         };
-        let connection = http::serve_connection(stream, Rc::clone(&self.ctx), self.drain.notice());
+        // Boxed: each async wrapper around a future (ours, the gate's) stores it twice (as the
+        // captured value and as the awaited one), so the 4.7 KB connection future would cost
+        // ~19 KB per connection inline and costs its own size behind a pointer.
+        let connection = Box::pin(http::serve_connection(stream, Rc::clone(&self.ctx), self.drain.notice()));
         // The gate is open until the accept loop ends, so spawning cannot fail here.
         if let Ok(task) = self.connections.spawn(async move {
             connection.await;
