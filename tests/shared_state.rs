@@ -143,6 +143,8 @@ fn a_redis_cluster_holds_the_shared_state_across_its_nodes() {
 
     let resolved_before = images.registry.access_entries().len();
     let second = TestServer::start(&images.config(None, &redis));
+    // Until it has reached the cluster a node answers 503, as it should; this asks once it has.
+    wait_for("the second node ready", || get(second.admin.unwrap(), "/ready").status == 200);
     for (n, digest) in digests.iter().enumerate() {
         assert_eq!(&digest_of(second.addr, &format!("remote/ws-{n}")).body, digest, "a second node serves ws-{n} from the cluster");
     }

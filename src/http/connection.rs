@@ -1,6 +1,7 @@
 //! One client connection: plain TCP or TLS (handshake bounded by the header-read timeout),
-//! then HTTP/1.1 or h2 (detected from the preface) served by hyper, with the idle timeout and
-//! graceful shutdown on drain; and the short answer given to a connection over a limit.
+//! then HTTP/1.1 or h2 (ALPN, or the first bytes: see `protocol`) served by hyper, with the
+//! idle timeout and graceful shutdown on drain; and the short answer given to a connection
+//! over a limit.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,7 +16,8 @@ use glommio::net::TcpStream;
 use hyper::body::Incoming;
 
 use super::failure::Failure;
-use super::io::{coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Timeout, VectoredSocket};
+use super::io::{coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Protocol, Timeout, VectoredSocket};
+use super::protocol::{Connection, Ended};
 use super::{admin, dispatch, response, HttpContext, Role};
 use crate::hyper_glue::within;
 use crate::metrics;
@@ -25,7 +27,7 @@ use crate::metrics;
 const REFUSAL_TIME: Duration = Duration::from_secs(2);
 
 enum Event {
-    Closed(Result<(), Box<dyn std::error::Error + Send + Sync>>),
+    Closed(Ended),
     Drain,
     TimeoutCheck,
 }
@@ -52,13 +54,14 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<HttpContext>, drain: im
             // sendfile has no MSG_DONTWAIT: without O_NONBLOCK it could block the executor.
             let raw_fd = set_nonblocking(fd).ok().map(|()| fd);
             let state = ConnectionState::new(raw_fd.is_some());
-            serve_http(HyperIo::new(stream, raw_fd, Rc::clone(&state)), state, ctx, drain).await;
+            serve_http(HyperIo::new(stream, raw_fd, Rc::clone(&state)), None, state, ctx, drain).await;
         }
         Some(acceptor) => {
             let Some(tls) = handshake(&acceptor, stream, ctx.settings.header_read_timeout).await else { return };
+            let protocol = negotiated(&tls);
             // TLS bytes must pass through rustls: no raw socket writes, no sendfile.
             let state = ConnectionState::new(false);
-            serve_http(HyperIo::new(tls, None, Rc::clone(&state)), state, ctx, drain).await;
+            serve_http(HyperIo::new(tls, None, Rc::clone(&state)), protocol, state, ctx, drain).await;
         }
     }
 }
@@ -79,7 +82,16 @@ async fn handshake(acceptor: &futures_rustls::TlsAcceptor, stream: TcpStream, li
     }
 }
 
-async fn serve_http<S>(io: HyperIo<S>, activity: Rc<ConnectionState>, ctx: Rc<HttpContext>, drain: impl Future<Output = ()>)
+/// The protocol the client chose with ALPN; `None`: it named none (its first bytes will say).
+fn negotiated(tls: &TlsStream) -> Option<Protocol> {
+    match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Some(Protocol::H2),
+        Some(b"http/1.1") => Some(Protocol::Http1),
+        _ => None,
+    }
+}
+
+async fn serve_http<S>(io: HyperIo<S>, protocol: Option<Protocol>, activity: Rc<ConnectionState>, ctx: Rc<HttpContext>, drain: impl Future<Output = ()>)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -99,7 +111,7 @@ where
             Ok::<_, Infallible>(response)
         }
     });
-    let mut connection = pin!(ctx.builder.serve_connection(io, service));
+    let mut connection = pin!(Connection::new(&ctx.builders, io, service, protocol));
     let mut drain = pin!(drain);
     let idle_ms = ctx.settings.idle_timeout.as_millis() as u64;
     let header_ms = ctx.settings.header_read_timeout.as_millis() as u64;
@@ -162,10 +174,11 @@ pub async fn refuse(stream: TcpStream, ctx: Rc<HttpContext>, refusal: Refusal) {
     let _ = stream.set_nodelay(true);
     let answer = async {
         match ctx.tls_acceptor() {
-            None => refuse_http(HyperIo::new(stream, None, ConnectionState::new(false)), &ctx, refusal).await,
+            None => refuse_http(HyperIo::new(stream, None, ConnectionState::new(false)), None, &ctx, refusal).await,
             Some(acceptor) => {
                 if let Some(tls) = handshake(&acceptor, stream, REFUSAL_TIME).await {
-                    refuse_http(HyperIo::new(tls, None, ConnectionState::new(false)), &ctx, refusal).await;
+                    let protocol = negotiated(&tls);
+                    refuse_http(HyperIo::new(tls, None, ConnectionState::new(false)), protocol, &ctx, refusal).await;
                 }
             }
         }
@@ -175,7 +188,7 @@ pub async fn refuse(stream: TcpStream, ctx: Rc<HttpContext>, refusal: Refusal) {
     }
 }
 
-async fn refuse_http<S>(io: HyperIo<S>, ctx: &HttpContext, refusal: Refusal)
+async fn refuse_http<S>(io: HyperIo<S>, protocol: Option<Protocol>, ctx: &HttpContext, refusal: Refusal)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -187,7 +200,7 @@ where
         answer.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
         std::future::ready(Ok::<_, Infallible>(answer))
     });
-    let mut connection = pin!(ctx.builder.serve_connection(io, service));
+    let mut connection = pin!(Connection::new(&ctx.builders, io, service, protocol));
     let mut shut = false;
     let ended = std::future::poll_fn(|cx| {
         let polled = connection.as_mut().poll(cx);

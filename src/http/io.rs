@@ -8,7 +8,8 @@
 //! connections a buffer each would be tens of MiB. glommio arms an io_uring readiness poll
 //! after a short read, so waiting for the next request costs no failed `recv`; reading into
 //! hyper's uninitialised buffer through futures-io would instead mean zeroing it on every read
-//! (5% of a manifest profile).
+//! (5% of a manifest profile). The bytes read to learn the protocol are kept here and given
+//! to hyper at the start of its first read.
 //!
 //! Plain TCP writes are vectored `sendmsg` (glommio's stream has no `writev`, and without one
 //! hyper copies every body chunk into its header buffer, notes/runtime.md §2a). Body chunks
@@ -46,6 +47,13 @@ struct FileRegion {
     data: Bytes,
     file: Arc<File>,
     file_offset: u64,
+}
+
+/// Which HTTP a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2,
 }
 
 /// What a connection's watchdog decides.
@@ -122,7 +130,16 @@ impl ConnectionState {
     }
 
     fn is_h2(&self) -> bool {
-        self.preface_matched.get() == Some(H2_PREFACE.len())
+        self.protocol() == Some(Protocol::H2)
+    }
+
+    /// What the bytes received so far say; `None` while they are the start of the h2 preface.
+    fn protocol(&self) -> Option<Protocol> {
+        match self.preface_matched.get() {
+            None => Some(Protocol::Http1),
+            Some(matched) if matched == H2_PREFACE.len() => Some(Protocol::H2),
+            Some(_) => None,
+        }
     }
 
     fn wrote(&self, written: &Poll<std::io::Result<usize>>) {
@@ -206,6 +223,8 @@ pin_project_lite::pin_project! {
         inner: S,
         raw_fd: Option<RawFd>,
         state: Rc<ConnectionState>,
+        // The first bytes, read to learn the protocol; hyper's first read gets them.
+        replay: Vec<u8>,
     }
 }
 
@@ -213,21 +232,63 @@ impl<S> HyperIo<S> {
     /// `raw_fd` enables raw `sendmsg`/`sendfile` on the socket; pass it only for a plain,
     /// non-blocking TCP socket (never for TLS, whose bytes must go through rustls).
     pub fn new(inner: S, raw_fd: Option<RawFd>, state: Rc<ConnectionState>) -> HyperIo<S> {
-        HyperIo { inner, raw_fd, state }
+        HyperIo { inner, raw_fd, state, replay: Vec::new() }
+    }
+}
+
+impl<S: AsyncRead> HyperIo<S> {
+    /// Reads the first bytes until they tell HTTP/1.1 from h2: the h2 preface, or a byte that
+    /// differs from it. A client that closes first is HTTP/1.1 (whose parser then sees the
+    /// end). The bytes are kept for hyper.
+    pub fn poll_protocol(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<Protocol>> {
+        let mut this = self.project();
+        loop {
+            if let Some(protocol) = this.state.protocol() {
+                return Poll::Ready(Ok(protocol));
+            }
+            let mut first = [0u8; H2_PREFACE.len()];
+            let missing = H2_PREFACE.len().saturating_sub(this.replay.len()).max(1);
+            let n = ready!(this.inner.as_mut().poll_read(cx, &mut first[..missing]))?;
+            if n == 0 {
+                return Poll::Ready(Ok(Protocol::Http1));
+            }
+            this.state.received(&first[..n]);
+            this.replay.extend_from_slice(&first[..n]);
+        }
     }
 }
 
 impl<S: AsyncRead> hyper::rt::Read for HyperIo<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: hyper::rt::ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
         let this = self.project();
-        let want = buf.remaining().min(SCRATCH_BYTES);
-        with_scratch(want, |scratch| {
-            let n = ready!(this.inner.poll_read(cx, scratch))?;
-            this.state.received(&scratch[..n]);
-            buf.put_slice(&scratch[..n]);
-            Poll::Ready(Ok(()))
-        })
+        if this.replay.is_empty() {
+            return read_into(this.inner, this.state, cx, &mut buf);
+        }
+        let take = this.replay.len().min(buf.remaining());
+        buf.put_slice(&this.replay[..take]);
+        this.replay.drain(..take);
+        if this.replay.is_empty() {
+            *this.replay = Vec::new();
+            // The rest of the request head is most likely here already: hyper gets it in the
+            // same read. Not ready yet, or an error: the replayed bytes are this read's answer
+            // (an error shows again, or as the end of the stream, on the next read).
+            if buf.remaining() > 0 {
+                let _ = read_into(this.inner, this.state, cx, &mut buf);
+            }
+        }
+        Poll::Ready(Ok(()))
     }
+}
+
+/// One read from `inner` into hyper's buffer, through the executor's scratch buffer.
+fn read_into<S: AsyncRead>(inner: Pin<&mut S>, state: &ConnectionState, cx: &mut Context<'_>, buf: &mut hyper::rt::ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
+    let want = buf.remaining().min(SCRATCH_BYTES);
+    with_scratch(want, |scratch| {
+        let n = ready!(inner.poll_read(cx, scratch))?;
+        state.received(&scratch[..n]);
+        buf.put_slice(&scratch[..n]);
+        Poll::Ready(Ok(()))
+    })
 }
 
 /// Runs `read` on `len` bytes of the executor's scratch buffer. A read never re-enters
@@ -479,6 +540,56 @@ mod tests {
         h2.received(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         h2.received(b"frames");
         assert_eq!(h2.head_started_ms.get(), None);
+    }
+
+    /// Bytes that arrive in the given pieces, at most one piece per read.
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+            let Some(mut piece) = self.0.pop_front() else { return Poll::Ready(Ok(0)) };
+            let n = piece.len().min(buf.len());
+            buf[..n].copy_from_slice(&piece[..n]);
+            if n < piece.len() {
+                piece.drain(..n);
+                self.0.push_front(piece);
+            }
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    fn adapter(pieces: &[&[u8]]) -> HyperIo<Pieces> {
+        HyperIo::new(Pieces(pieces.iter().map(|p| p.to_vec()).collect()), None, state_at(0))
+    }
+
+    /// The protocol, then what one hyper read gets.
+    fn protocol_then_first_read(io: &mut HyperIo<Pieces>) -> (Protocol, Vec<u8>) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let Poll::Ready(Ok(protocol)) = Pin::new(&mut *io).poll_protocol(&mut cx) else { panic!("no protocol") };
+        let mut storage = [0u8; 256];
+        let mut buf = hyper::rt::ReadBuf::new(&mut storage);
+        let Poll::Ready(Ok(())) = hyper::rt::Read::poll_read(Pin::new(&mut *io), &mut cx, buf.unfilled()) else { panic!("no read") };
+        (protocol, buf.filled().to_vec())
+    }
+
+    #[test]
+    fn hyper_gets_a_whole_request_head_in_its_first_read() {
+        let head = b"GET /v2/ HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut io = adapter(&[head]);
+        assert_eq!(protocol_then_first_read(&mut io), (Protocol::Http1, head.to_vec()), "the bytes read to learn the protocol, and the rest");
+        assert!(io.replay.capacity() == 0, "the replay buffer is released");
+    }
+
+    #[test]
+    fn the_protocol_is_learnt_from_pieces_of_the_preface() {
+        let mut io = adapter(&[b"PRI * HT", b"TP/2.0\r\n", b"\r\nSM\r\n\r\n"]);
+        assert_eq!(protocol_then_first_read(&mut io), (Protocol::H2, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()));
+
+        let mut io = adapter(&[b"PR", b"OPFIND / HTTP/1.1\r\n"]);
+        assert_eq!(protocol_then_first_read(&mut io).0, Protocol::Http1);
+
+        let mut io = adapter(&[b"PRI"]);
+        assert_eq!(protocol_then_first_read(&mut io), (Protocol::Http1, b"PRI".to_vec()), "a client that closes early is HTTP/1.1's to refuse");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod connection;
 mod dispatch;
 mod failure;
 mod io;
+mod protocol;
 mod reload;
 mod response;
 mod tls;
@@ -17,7 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::server::conn::auto;
+use hyper::server::conn::{http1, http2};
 
 pub use auth::{AuthSettings, CredentialStore};
 pub use connection::{refuse, serve_connection, Refusal};
@@ -57,12 +58,12 @@ pub enum Role {
 }
 
 /// What every connection of one listener on one executor shares: the registry, the role and
-/// the configured hyper builder. `!Send`: it lives on its executor.
+/// the configured hyper builders. `!Send`: it lives on its executor.
 pub struct HttpContext {
     registry: Arc<Registry>,
     settings: HttpSettings,
     role: Role,
-    builder: auto::Builder<LocalExec>,
+    builders: protocol::Builders,
     tls: Option<reload::LocalView<Arc<rustls::ServerConfig>>>,
     auth: Option<auth::Authenticator>,
 }
@@ -72,9 +73,8 @@ const MAX_HEADERS: usize = 100;
 
 impl HttpContext {
     pub fn new(registry: Arc<Registry>, settings: HttpSettings, role: Role, security: &HttpSecurity) -> Rc<HttpContext> {
-        let mut builder = auto::Builder::new(LocalExec);
-        builder
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(GlommioTimer)
             .keep_alive(true)
             // Our connection watchdog times request heads; hyper's own timer would cost a
@@ -82,12 +82,13 @@ impl HttpContext {
             .header_read_timeout(None)
             .max_buf_size(settings.max_header_bytes)
             .max_headers(MAX_HEADERS);
-        builder
-            .http2()
+        let mut http2 = http2::Builder::new(LocalExec);
+        http2
             .timer(GlommioTimer)
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(settings.max_streams_per_connection)
             .keep_alive_interval(Some(Duration::from_secs(30)));
+        let builders = protocol::Builders { http1, http2 };
         let (tls, auth) = match role {
             Role::Registry => (
                 security.tls.as_ref().map(|config| reload::LocalView::new(Arc::clone(config))),
@@ -95,7 +96,7 @@ impl HttpContext {
             ),
             Role::Admin => (None, None),
         };
-        Rc::new(HttpContext { registry, settings, role, builder, tls, auth })
+        Rc::new(HttpContext { registry, settings, role, builders, tls, auth })
     }
 
     /// The acceptor for a new connection with the current certificate; `None`: plain TCP.
