@@ -382,6 +382,25 @@ fn big_blob_fixture(extra: &str) -> (TestServer, Layout, tempfile::TempDir) {
 }
 
 #[test]
+fn a_big_blob_is_the_same_bytes_by_sendfile_and_by_copy() {
+    // Loopback clients get copies by default ("remote"); "always" takes the sendfile path.
+    for mode in ["always", "never"] {
+        let (server, layout, dir) = big_blob_fixture(&format!(r#""sendfile": "{mode}""#));
+        let layer = &layout.image().layers[0];
+        let bytes = std::fs::read(layout.blob_path(&layer.digest)).unwrap();
+        let path = format!("/v2/big/blobs/{}", layer.digest);
+        let whole = get(server.addr, &path);
+        assert_eq!((whole.status, whole.body.len() as u64), (200, layer.size), "{mode}");
+        assert_eq!(format!("sha256:{}", hex::encode(sha2::Sha256::digest(&whole.body))), layer.digest, "{mode}");
+        let (start, end) = (5_000_000, 20_000_000);
+        let part = request(server.addr, "GET", &path, &[("Range", &format!("bytes={start}-{}", end - 1))]);
+        assert_eq!(part.status, 206, "{mode}");
+        assert!(part.body == bytes[start..end], "{mode}: the range's bytes");
+        drop((server, dir));
+    }
+}
+
+#[test]
 fn graceful_shutdown_finishes_in_flight_downloads_and_refuses_new_ones() {
     let (server, layout, _dir) = big_blob_fixture(r#""shutdownGraceMs": 30000"#);
     let layer = &layout.image().layers[0];

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use std::collections::BTreeMap;
 
-use crate::http::{AuthSettings, HttpSettings, TlsSettings};
+use crate::http::{AuthSettings, HttpSettings, Sendfile, TlsSettings};
 use crate::oci::manifest::Platform;
 use crate::registry::static_layers::StaticLayerConfig;
 use crate::registry::{MirrorSettings, RegistrySettings};
@@ -44,6 +44,7 @@ struct ConfigFile {
     idle_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     max_header_bytes: Option<usize>,
+    sendfile: Option<Sendfile>,
     log: Option<LogFile>,
     cache_max_bytes: Option<u64>,
     cache_max_open_blobs: Option<usize>,
@@ -252,6 +253,7 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
         header_read_timeout: positive_ms("headerReadTimeoutMs", file.header_read_timeout_ms, DEFAULT_HEADER_READ_TIMEOUT_MS)?,
         idle_timeout: positive_ms("idleTimeoutMs", file.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS)?,
         max_header_bytes,
+        sendfile: file.sendfile.unwrap_or_default(),
     };
     let shutdown_grace = match file.shutdown_grace_ms {
         Some(ms) => Duration::from_millis(ms),
@@ -428,6 +430,8 @@ mod tests {
         assert!(config.demo_image);
         assert_eq!(config.runtime.cores, None);
         assert_eq!(config.registry.platform, Platform::host());
+        assert_eq!(config.runtime.http.sendfile, Sendfile::Remote);
+        assert_eq!(load(r#"{"sendfile": "never"}"#).unwrap().runtime.http.sendfile, Sendfile::Never);
     }
 
     #[test]
@@ -438,6 +442,7 @@ mod tests {
         assert!(error(r#"{"listen": "localhost"}"#).contains("listen: `localhost` is not an IP address"));
         assert!(error(r#"{"log": {"format": "xml"}}"#).starts_with("test.json: log.format: unknown variant `xml`"));
         assert!(error(r#"{"log": {"level": "[["}}"#).contains("log.level"));
+        assert!(error(r#"{"sendfile": "local"}"#).starts_with("test.json: sendfile: unknown variant `local`, expected one of `remote`, `always`, `never`"));
         assert!(error(r#"{"maxHeaderBytes": 100}"#).contains("maxHeaderBytes: must be at least 8192"));
         assert!(error(r#"{"idleTimeoutMs": 0}"#).contains("idleTimeoutMs: must be greater than 0"));
         assert!(error(r#"{"platform": "linux"}"#).contains("platform:"));

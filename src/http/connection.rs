@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use super::failure::Failure;
 use super::io::{coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Protocol, Timeout, VectoredSocket};
 use super::protocol::{Connection, Ended};
-use super::{admin, dispatch, response, HttpContext, Role};
+use super::{admin, dispatch, response, HttpContext, Role, Sendfile};
 use crate::hyper_glue::within;
 use crate::metrics;
 
@@ -53,7 +53,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<HttpContext>, drain: im
             let fd = stream.as_raw_fd();
             // sendfile has no MSG_DONTWAIT: without O_NONBLOCK it could block the executor.
             let raw_fd = set_nonblocking(fd).ok().map(|()| fd);
-            let state = ConnectionState::new(raw_fd.is_some());
+            let state = ConnectionState::new(raw_fd.is_some() && sends_with_sendfile(ctx.settings.sendfile, &stream));
             serve_http(HyperIo::new(stream, raw_fd, Rc::clone(&state)), None, state, ctx, drain).await;
         }
         Some(acceptor) => {
@@ -63,6 +63,27 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<HttpContext>, drain: im
             let state = ConnectionState::new(false);
             serve_http(HyperIo::new(tls, None, Rc::clone(&state)), protocol, state, ctx, drain).await;
         }
+    }
+}
+
+/// Whether cached blobs go to this client with sendfile (see `Sendfile`).
+fn sends_with_sendfile(mode: Sendfile, stream: &TcpStream) -> bool {
+    match mode {
+        Sendfile::Always => true,
+        Sendfile::Never => false,
+        Sendfile::Remote => !peer_is_local(stream),
+    }
+}
+
+/// A client on this host: loopback, or connected from the address it reached us on.
+fn peer_is_local(stream: &TcpStream) -> bool {
+    match (stream.peer_addr(), stream.local_addr()) {
+        (Ok(peer), Ok(local)) => {
+            let peer = peer.ip().to_canonical();
+            peer.is_loopback() || peer == local.ip().to_canonical()
+        }
+        // Unknown: taken as remote (sendfile is never wrong, only sometimes slower).
+        _ => false,
     }
 }
 
