@@ -38,6 +38,7 @@ thread_local! {
     /// The executor's read buffer, shared by its connections (see the module comment).
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice());
 }
+
 /// The HTTP/2 connection preface; a connection that starts with it is h2.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
