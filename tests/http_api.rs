@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 use support::client::{self, get, read_reply, request, Reply};
+use support::tools;
 use support::image::{self, ImageOptions, Layout};
 use support::server::{import, TestServer};
 
@@ -397,6 +398,24 @@ fn a_big_blob_is_the_same_bytes_by_sendfile_and_by_copy() {
         assert_eq!(part.status, 206, "{mode}");
         assert!(part.body == bytes[start..end], "{mode}: the range's bytes");
         drop((server, dir));
+    }
+}
+
+#[test]
+fn a_local_client_that_gets_copies_has_a_bounded_send_buffer() {
+    tools::require("ss");
+    // 256 KiB asked, which the kernel doubles; "always" keeps the kernel's own sizing.
+    for (mode, bounded) in [("remote", true), ("never", true), ("always", false)] {
+        let f = fixture(&format!(r#""sendfile": "{mode}""#));
+        let stream = client::connect(f.server.addr);
+        let mut reader = BufReader::new(stream);
+        reader.get_mut().write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(read_reply(&mut reader, false).unwrap().status, 200);
+        let port = format!("sport = :{}", f.server.addr.port());
+        let listing = tools::run(std::process::Command::new("ss").args(["-tmnH", "state", "established", &port]));
+        let text = String::from_utf8_lossy(&listing.stdout);
+        let send_buffer = text.split(|c: char| c == ',' || c == '(' || c == ')').find_map(|field| field.strip_prefix("tb")).and_then(|n| n.parse::<u64>().ok());
+        assert_eq!(send_buffer == Some(512 * 1024), bounded, "{mode}: the server's socket: {text}");
     }
 }
 

@@ -491,6 +491,21 @@ pub fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
     }
 }
 
+/// Bounds the kernel's send buffer of `fd` to `bytes` (the kernel doubles the figure for its
+/// bookkeeping), which also turns off its autotuning for the socket.
+pub fn bound_send_buffer(fd: RawFd, bytes: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: setsockopt on a descriptor we own, with a pointer to an int and its size.
+    let ok = unsafe {
+        let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (&bytes as *const libc::c_int).cast(), size) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
