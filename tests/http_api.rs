@@ -414,7 +414,7 @@ fn a_local_client_that_gets_copies_has_a_bounded_send_buffer() {
         let port = format!("sport = :{}", f.server.addr.port());
         let listing = tools::run(std::process::Command::new("ss").args(["-tmnH", "state", "established", &port]));
         let text = String::from_utf8_lossy(&listing.stdout);
-        let send_buffer = text.split(|c: char| c == ',' || c == '(' || c == ')').find_map(|field| field.strip_prefix("tb")).and_then(|n| n.parse::<u64>().ok());
+        let send_buffer = text.split([',', '(', ')']).find_map(|field| field.strip_prefix("tb")).and_then(|n| n.parse::<u64>().ok());
         assert_eq!(send_buffer == Some(512 * 1024), bounded, "{mode}: the server's socket: {text}");
     }
 }
