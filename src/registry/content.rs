@@ -187,14 +187,9 @@ impl Content {
     /// The cache cannot be written.
     pub async fn store_manifest(&self, digest: &Digest, bytes: Bytes, media_type: &str) -> Result<Arc<StoredManifest>, RegistryError> {
         let stored = Arc::new(StoredManifest::new(bytes.clone(), media_type, digest.clone())?);
-        let cache = Arc::clone(&self.cache);
-        let wanted = digest.clone();
-        let size = bytes.len() as u64;
-        let written = run_blocking(move || cache.put_verified(&wanted, &bytes)).await;
-        match written {
-            Ok(_) => self.budget.add(digest.clone(), size, coarse_now_ms()),
-            // Serving what we fetched matters more than caching it.
-            Err(e) => tracing::warn!(%digest, error = %e, "manifest served without caching"),
+        // Serving what we fetched matters more than caching it.
+        if let Err(e) = self.put_blob_bytes(digest, bytes).await {
+            tracing::warn!(%digest, error = %e, "manifest served without caching");
         }
         self.manifests.insert(digest.clone(), Arc::clone(&stored));
         Ok(stored)
@@ -223,6 +218,8 @@ impl Content {
         }
     }
 
+    /// Writes verified in-memory bytes to the cache and counts them in the budget; a file it
+    /// wrote is recorded as trusted.
     async fn put_blob_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<(), StoreError> {
         let cache = Arc::clone(&self.cache);
         let wanted = digest.clone();
