@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use super::failure::Failure;
 use super::io::{bound_send_buffer, coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Protocol, Timeout, VectoredSocket};
 use super::protocol::{Connection, Ended};
+use super::tls_stream::{AlignedTls, Outbox};
 use super::{admin, dispatch, response, HttpContext, Role, Sendfile};
 use crate::hyper_glue::within;
 use crate::metrics;
@@ -68,14 +69,15 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<HttpContext>, drain: im
                 bound_local_send_buffer(&stream);
             }
             let state = ConnectionState::new(sendfile);
-            serve_http(HyperIo::new(stream, raw_fd, Rc::clone(&state)), None, state, ctx, drain).await;
+            serve_http(HyperIo::new(stream, raw_fd, Rc::clone(&state)), None, None, state, ctx, drain).await;
         }
         Some(acceptor) => {
             let Some(tls) = handshake(&acceptor, stream, ctx.settings.header_read_timeout).await else { return };
             let protocol = negotiated(&tls);
             // TLS bytes must pass through rustls: no raw socket writes, no sendfile.
             let state = ConnectionState::new(false);
-            serve_http(HyperIo::new(tls, None, Rc::clone(&state)), protocol, state, ctx, drain).await;
+            let (tls, outbox) = AlignedTls::new(tls);
+            serve_http(HyperIo::new(tls, None, Rc::clone(&state)), protocol, Some(outbox), state, ctx, drain).await;
         }
     }
 }
@@ -135,7 +137,16 @@ fn negotiated(tls: &TlsStream) -> Option<Protocol> {
     }
 }
 
-async fn serve_http<S>(io: HyperIo<S>, protocol: Option<Protocol>, activity: Rc<ConnectionState>, ctx: Rc<HttpContext>, drain: impl Future<Output = ()>)
+/// `outbox`: where the stream holds written bytes until the connection's task has done what
+/// it can for a wake-up (see `tls_stream`); they are sent after every poll of hyper.
+async fn serve_http<S>(
+    io: HyperIo<S>,
+    protocol: Option<Protocol>,
+    outbox: Option<Rc<dyn Outbox>>,
+    activity: Rc<ConnectionState>,
+    ctx: Rc<HttpContext>,
+    drain: impl Future<Output = ()>,
+)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -181,6 +192,13 @@ where
         let event = std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = connection.as_mut().poll(cx) {
                 return Poll::Ready(Event::Closed(result));
+            }
+            if let Some(held) = &outbox {
+                let sent = held.poll_send_held(cx);
+                activity.held_bytes_sent(&sent);
+                if let Poll::Ready(Err(e)) = sent {
+                    return Poll::Ready(Event::Closed(Err(e.into())));
+                }
             }
             if !closing && drain.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Drain);

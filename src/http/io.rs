@@ -154,6 +154,20 @@ impl ConnectionState {
         }
     }
 
+    /// What became of the bytes a stream held back for the end of a wake-up (see
+    /// `tls_stream::Outbox`): waiting for a full socket counts as a refused write, so a
+    /// client that stops reading is closed as stalled even once hyper is done with it.
+    pub fn held_bytes_sent(&self, sent: &Poll<std::io::Result<()>>) {
+        match sent {
+            Poll::Pending => self.write_blocked.set(true),
+            Poll::Ready(Ok(())) if self.write_blocked.get() => {
+                self.wrote_at_ms.set(coarse_now_ms());
+                self.write_blocked.set(false);
+            }
+            Poll::Ready(_) => {}
+        }
+    }
+
     /// What is due at `now_ms` given the two timeouts. A slow head is cut off at most
     /// `header_ms` late (the watchdog looks again at least that often).
     pub fn check(&self, idle_ms: u64, header_ms: u64, now_ms: u64) -> Timeout {
@@ -540,6 +554,19 @@ mod tests {
         state.wrote(&Poll::Ready(Ok(1)));
         let quiet = state.quiet_since_ms.get();
         assert_eq!(state.check(5_000, 2_000, quiet + 5_000), Timeout::Idle);
+    }
+
+    #[test]
+    fn bytes_held_for_a_full_socket_stall_a_connection_with_no_request_left() {
+        let state = state_at(0);
+        drop(state.begin_request());
+        let written = state.wrote_at_ms.get();
+        state.held_bytes_sent(&Poll::Pending);
+        assert_eq!(state.check(5_000, 2_000, written + 5_000), Timeout::Stalled, "the answer is written but not sent");
+        state.held_bytes_sent(&Poll::Ready(Ok(())));
+        let sent = state.wrote_at_ms.get();
+        assert!(sent >= written);
+        assert_eq!(state.check(5_000, 2_000, state.quiet_since_ms.get().max(sent) + 5_000), Timeout::Idle, "once sent, only idle");
     }
 
     #[test]

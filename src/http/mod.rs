@@ -13,6 +13,7 @@ mod protocol;
 mod reload;
 mod response;
 mod tls;
+mod tls_stream;
 
 use std::rc::Rc;
 use std::sync::Arc;
