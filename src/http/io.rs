@@ -92,6 +92,8 @@ pub struct ConnectionState {
     /// never registered, since only the raw write path would ever release them.
     sendfile: bool,
     regions: RefCell<Vec<FileRegion>>,
+    /// h2 frames were sent with MSG_MORE since the last push (see `CorkedFrames`).
+    corked: Cell<bool>,
 }
 
 impl ConnectionState {
@@ -157,10 +159,10 @@ impl ConnectionState {
     /// What became of the bytes a stream held back for the end of a wake-up (see
     /// `tls_stream::Outbox`): waiting for a full socket counts as a refused write, so a
     /// client that stops reading is closed as stalled even once hyper is done with it.
-    pub fn held_bytes_sent(&self, sent: &Poll<std::io::Result<()>>) {
+    pub fn held_bytes_sent(&self, sent: &Poll<std::io::Result<Held>>) {
         match sent {
             Poll::Pending => self.write_blocked.set(true),
-            Poll::Ready(Ok(())) if self.write_blocked.get() => {
+            Poll::Ready(Ok(Held::Sent)) => {
                 self.wrote_at_ms.set(coarse_now_ms());
                 self.write_blocked.set(false);
             }
@@ -213,6 +215,45 @@ impl ConnectionState {
     fn sent_up_to(&self, end: usize) {
         self.regions.borrow_mut().retain(|r| r.data.as_ptr() as usize + r.data.len() != end);
     }
+}
+
+/// The push after h2 frames sent with MSG_MORE on a plain socket. h2 writes and flushes each
+/// 16 KiB frame by itself; sent as they come, every frame is a segment on its own, and on
+/// loopback each one runs the receiver's TCP path and wakes it. With MSG_MORE the kernel
+/// holds a partial segment until more comes; once hyper is done for this wake-up the
+/// connection loop pushes it (setting TCP_NODELAY again pushes whatever is pending).
+pub struct CorkedFrames {
+    fd: RawFd,
+    state: Rc<ConnectionState>,
+}
+
+impl CorkedFrames {
+    pub fn new(fd: RawFd, state: Rc<ConnectionState>) -> CorkedFrames {
+        CorkedFrames { fd, state }
+    }
+}
+
+impl Outbox for CorkedFrames {
+    fn poll_send_held(&self, _: &mut Context<'_>) -> Poll<std::io::Result<Held>> {
+        if self.state.corked.replace(false) {
+            push_pending(self.fd)?;
+        }
+        // The kernel has the bytes (what it does with them is its flow control).
+        Poll::Ready(Ok(Held::Nothing))
+    }
+}
+
+/// Bytes a connection's writes left waiting, sent when its task is about to sleep.
+pub trait Outbox {
+    /// Sends everything held; `Pending` (with the waker registered) while the socket is full.
+    fn poll_send_held(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<Held>>;
+}
+
+/// What an outbox had to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    Nothing,
+    Sent,
 }
 
 /// A request in progress on a connection; see `ConnectionState::begin_request`.
@@ -415,7 +456,11 @@ fn write_raw(fd: RawFd, state: &ConnectionState, bufs: &[IoSlice<'_>]) -> std::i
         let run_end = (index..bufs.len()).find(|&i| state.file_behind(&bufs[i]).is_some()).unwrap_or(bufs.len());
         if run_end > index {
             let wanted: usize = bufs[index..run_end].iter().map(|b| b.len()).sum();
-            let more = run_end < bufs.len();
+            // h2 frames go with MSG_MORE: the kernel packs them into full segments, and the
+            // connection loop pushes the rest when the task is done (`CorkedFrames`).
+            let corked = state.is_h2();
+            let more = run_end < bufs.len() || corked;
+            state.corked.set(state.corked.get() || corked);
             let sent = match sendmsg_nonblocking(fd, &bufs[index..run_end], more) {
                 Ok(sent) => sent,
                 Err(e) if would_block(&e) => return Ok(written),
@@ -505,6 +550,22 @@ pub fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
     }
 }
 
+/// Sends what the kernel holds back of `fd`'s stream for MSG_MORE (Linux pushes pending
+/// segments whenever TCP_NODELAY is set, even when it already was).
+fn push_pending(fd: RawFd) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a descriptor the connection owns, with a pointer to an int.
+    let ok = unsafe {
+        let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&on as *const libc::c_int).cast(), size) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Bounds the kernel's send buffer of `fd` to `bytes` (the kernel doubles the figure for its
 /// bookkeeping), which also turns off its autotuning for the socket.
 pub fn bound_send_buffer(fd: RawFd, bytes: libc::c_int) -> std::io::Result<()> {
@@ -563,7 +624,9 @@ mod tests {
         let written = state.wrote_at_ms.get();
         state.held_bytes_sent(&Poll::Pending);
         assert_eq!(state.check(5_000, 2_000, written + 5_000), Timeout::Stalled, "the answer is written but not sent");
-        state.held_bytes_sent(&Poll::Ready(Ok(())));
+        state.held_bytes_sent(&Poll::Ready(Ok(Held::Nothing)));
+        assert_eq!(state.check(5_000, 2_000, written + 5_000), Timeout::Stalled, "nothing held is not progress");
+        state.held_bytes_sent(&Poll::Ready(Ok(Held::Sent)));
         let sent = state.wrote_at_ms.get();
         assert!(sent >= written);
         assert_eq!(state.check(5_000, 2_000, state.quiet_since_ms.get().max(sent) + 5_000), Timeout::Idle, "once sent, only idle");

@@ -27,6 +27,8 @@ use std::task::{ready, Context, Poll};
 
 use futures_io::{AsyncRead, AsyncWrite};
 
+use super::io::{Held, Outbox};
+
 /// The largest plaintext of a TLS record (RFC 8446 §5.1), which is how rustls fragments.
 const RECORD_BYTES: usize = 16 * 1024;
 
@@ -39,12 +41,6 @@ const SEND_BATCH_BYTES: usize = 64 * 1024;
 
 /// Slices of one write looked at, at most (h2 writes 2, hyper's HTTP/1.1 a few).
 const MAX_SLICES: usize = 16;
-
-/// Bytes a connection's writes left waiting, sent when its task is about to sleep.
-pub trait Outbox {
-    /// Sends everything held; `Pending` (with the waker registered) while the socket is full.
-    fn poll_send_held(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
-}
 
 /// A server-side TLS stream whose handshake is done (see the module comment); hyper gets
 /// one handle to it and the connection loop another, as its `Outbox`.
@@ -74,18 +70,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> AlignedTls<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Outbox for RefCell<Records<S>> {
-    fn poll_send_held(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_send_held(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<Held>> {
         let mut records = self.borrow_mut();
         if !records.carry.is_empty() {
             records.encrypt(&[])?;
         }
-        if records.unsent > 0 {
-            ready!(records.poll_send(cx))?;
+        if records.unsent == 0 {
+            return Poll::Ready(Ok(Held::Nothing));
         }
+        ready!(records.poll_send(cx))?;
         if std::mem::take(&mut records.writer_waiting) {
             cx.waker().wake_by_ref();
         }
-        Poll::Ready(Ok(()))
+        Poll::Ready(Ok(Held::Sent))
     }
 }
 
