@@ -243,7 +243,10 @@ impl Upstream {
         let policy = self.shared.settings.retry;
         let mut number = 1;
         loop {
-            let error = match attempt().await {
+            // On the heap: an exchange's state is ~11 KB, and without the box it would be part
+            // of every registry call's future (a manifest served from the cache included),
+            // which each request moves and copies whole.
+            let error = match Box::pin(attempt()).await {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
