@@ -15,7 +15,9 @@
 //! hyper copies every body chunk into its header buffer, notes/runtime.md §2a). Body chunks
 //! that are slices of a cached blob file go out with `sendfile(2)` instead: the kernel sends
 //! page-cache pages without copying them. hyper never knows: it sees bytes written. On `EAGAIN`
-//! glommio's own `poll_write` arms the writability poll and the waker.
+//! glommio's own `poll_write` arms the writability poll and the waker. h2 frames go with
+//! `MSG_MORE`, and the connection loop pushes them once hyper is done for a wake-up
+//! (`CorkedFrames`, an `Outbox`: what a stream holds back until its task is about to sleep).
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
@@ -157,7 +159,7 @@ impl ConnectionState {
     }
 
     /// What became of the bytes a stream held back for the end of a wake-up (see
-    /// `tls_stream::Outbox`): waiting for a full socket counts as a refused write, so a
+    /// `Outbox`): waiting for a full socket counts as a refused write, so a
     /// client that stops reading is closed as stalled even once hyper is done with it.
     pub fn held_bytes_sent(&self, sent: &Poll<std::io::Result<Held>>) {
         match sent {
@@ -553,26 +555,22 @@ pub fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
 /// Sends what the kernel holds back of `fd`'s stream for MSG_MORE (Linux pushes pending
 /// segments whenever TCP_NODELAY is set, even when it already was).
 fn push_pending(fd: RawFd) -> std::io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt on a descriptor the connection owns, with a pointer to an int.
-    let ok = unsafe {
-        let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&on as *const libc::c_int).cast(), size) == 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
 /// Bounds the kernel's send buffer of `fd` to `bytes` (the kernel doubles the figure for its
 /// bookkeeping), which also turns off its autotuning for the socket.
 pub fn bound_send_buffer(fd: RawFd, bytes: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: setsockopt on a descriptor we own, with a pointer to an int and its size.
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes)
+}
+
+/// `setsockopt` of an int-valued option.
+fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: setsockopt on a descriptor the connection owns, with a pointer to an int and
+    // its size.
     let ok = unsafe {
         let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (&bytes as *const libc::c_int).cast(), size) == 0
+        libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), size) == 0
     };
     if ok {
         Ok(())
