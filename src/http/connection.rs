@@ -16,7 +16,8 @@ use glommio::net::TcpStream;
 use hyper::body::Incoming;
 
 use super::failure::Failure;
-use super::io::{bound_send_buffer, coarse_now_ms, set_nonblocking, ConnectionState, CorkedFrames, HyperIo, Outbox, Protocol, Timeout, VectoredSocket};
+use super::io::{bound_send_buffer, coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Outbox, Protocol, Timeout, VectoredSocket};
+use super::frame_batch::{BatchOutbox, SharedSocket};
 use super::protocol::{Connection, Ended};
 use super::tls_stream::AlignedTls;
 use super::{admin, dispatch, response, HttpContext, Role, Sendfile};
@@ -69,8 +70,10 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<HttpContext>, drain: im
                 bound_local_send_buffer(&stream);
             }
             let state = ConnectionState::new(sendfile);
-            let outbox = raw_fd.map(|fd| Rc::new(CorkedFrames::new(fd, Rc::clone(&state))) as Rc<dyn Outbox>);
-            serve_http(HyperIo::new(stream, raw_fd, Rc::clone(&state)), None, outbox, state, ctx, drain).await;
+            let socket = SharedSocket::new(stream);
+            let io = HyperIo::new(socket.clone(), raw_fd, Rc::clone(&state));
+            let outbox = io.frames().map(|frames| Rc::new(BatchOutbox::new(frames, socket)) as Rc<dyn Outbox>);
+            serve_http(io, None, outbox, state, ctx, drain).await;
         }
         Some(acceptor) => {
             let Some(tls) = handshake(&acceptor, stream, ctx.settings.header_read_timeout).await else { return };

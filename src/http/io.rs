@@ -15,9 +15,9 @@
 //! hyper copies every body chunk into its header buffer, notes/runtime.md §2a). Body chunks
 //! that are slices of a cached blob file go out with `sendfile(2)` instead: the kernel sends
 //! page-cache pages without copying them. hyper never knows: it sees bytes written. On `EAGAIN`
-//! glommio's own `poll_write` arms the writability poll and the waker. h2 frames go with
-//! `MSG_MORE`, and the connection loop pushes them once hyper is done for a wake-up
-//! (`CorkedFrames`, an `Outbox`: what a stream holds back until its task is about to sleep).
+//! glommio's own `poll_write` arms the writability poll and the waker. h2 frames are gathered
+//! into batches (`frame_batch`), which the connection loop sends once hyper is done for a
+//! wake-up (an `Outbox`: what a stream holds back until its task is about to sleep).
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
@@ -31,6 +31,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use futures_io::{AsyncRead, AsyncWrite};
 
+use super::frame_batch::FrameBatch;
 pub use crate::hyper_glue::coarse_now_ms;
 
 /// Bytes read from the socket per read call, at most.
@@ -94,8 +95,6 @@ pub struct ConnectionState {
     /// never registered, since only the raw write path would ever release them.
     sendfile: bool,
     regions: RefCell<Vec<FileRegion>>,
-    /// h2 frames were sent with MSG_MORE since the last push (see `CorkedFrames`).
-    corked: Cell<bool>,
 }
 
 impl ConnectionState {
@@ -219,32 +218,6 @@ impl ConnectionState {
     }
 }
 
-/// The push after h2 frames sent with MSG_MORE on a plain socket. h2 writes and flushes each
-/// 16 KiB frame by itself; sent as they come, every frame is a segment on its own, and on
-/// loopback each one runs the receiver's TCP path and wakes it. With MSG_MORE the kernel
-/// holds a partial segment until more comes; once hyper is done for this wake-up the
-/// connection loop pushes it (setting TCP_NODELAY again pushes whatever is pending).
-pub struct CorkedFrames {
-    fd: RawFd,
-    state: Rc<ConnectionState>,
-}
-
-impl CorkedFrames {
-    pub fn new(fd: RawFd, state: Rc<ConnectionState>) -> CorkedFrames {
-        CorkedFrames { fd, state }
-    }
-}
-
-impl Outbox for CorkedFrames {
-    fn poll_send_held(&self, _: &mut Context<'_>) -> Poll<std::io::Result<Held>> {
-        if self.state.corked.replace(false) {
-            push_pending(self.fd)?;
-        }
-        // The kernel has the bytes (what it does with them is its flow control).
-        Poll::Ready(Ok(Held::Nothing))
-    }
-}
-
 /// Bytes a connection's writes left waiting, sent when its task is about to sleep.
 pub trait Outbox {
     /// Sends everything held; `Pending` (with the waker registered) while the socket is full.
@@ -280,6 +253,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: S,
         raw_fd: Option<RawFd>,
+        // Where h2 frames wait for the end of a wake-up (with `raw_fd` only).
+        frames: Option<Rc<FrameBatch>>,
         state: Rc<ConnectionState>,
         // The first bytes, read to learn the protocol; hyper's first read gets them.
         replay: Vec<u8>,
@@ -287,10 +262,17 @@ pin_project_lite::pin_project! {
 }
 
 impl<S> HyperIo<S> {
-    /// `raw_fd` enables raw `sendmsg`/`sendfile` on the socket; pass it only for a plain,
-    /// non-blocking TCP socket (never for TLS, whose bytes must go through rustls).
+    /// `raw_fd` enables raw `sendmsg`/`sendfile` on the socket, and batches of h2 frames;
+    /// pass it only for a plain, non-blocking TCP socket (never for TLS, whose bytes must go
+    /// through rustls).
     pub fn new(inner: S, raw_fd: Option<RawFd>, state: Rc<ConnectionState>) -> HyperIo<S> {
-        HyperIo { inner, raw_fd, state, replay: Vec::new() }
+        let frames = raw_fd.map(|fd| Rc::new(FrameBatch::new(fd)));
+        HyperIo { inner, raw_fd, frames, state, replay: Vec::new() }
+    }
+
+    /// The batch of h2 frames, which the connection loop must send (`BatchOutbox`).
+    pub fn frames(&self) -> Option<Rc<FrameBatch>> {
+        self.frames.clone()
     }
 }
 
@@ -366,9 +348,10 @@ impl<S: AsyncWrite> hyper::rt::Write for HyperIo<S> {
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
         let this = self.project();
-        let polled = match *this.raw_fd {
-            None => this.inner.poll_write_vectored(cx, bufs),
-            Some(fd) => {
+        let polled = match (*this.raw_fd, this.frames.as_ref()) {
+            (Some(_), Some(frames)) if this.state.is_h2() => frames.poll_take(this.inner, cx, bufs),
+            (None, _) | (Some(_), None) => this.inner.poll_write_vectored(cx, bufs),
+            (Some(fd), Some(_)) => {
                 let written = write_raw(fd, this.state, bufs);
                 ready_or_wait_writable(written, this.inner, cx, bufs)
             }
@@ -386,7 +369,11 @@ impl<S: AsyncWrite> hyper::rt::Write for HyperIo<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_close(cx)
+        let mut this = self.project();
+        if let Some(frames) = this.frames {
+            ready!(frames.poll_send(this.inner.as_mut(), cx))?;
+        }
+        this.inner.poll_close(cx)
     }
 }
 
@@ -458,11 +445,7 @@ fn write_raw(fd: RawFd, state: &ConnectionState, bufs: &[IoSlice<'_>]) -> std::i
         let run_end = (index..bufs.len()).find(|&i| state.file_behind(&bufs[i]).is_some()).unwrap_or(bufs.len());
         if run_end > index {
             let wanted: usize = bufs[index..run_end].iter().map(|b| b.len()).sum();
-            // h2 frames go with MSG_MORE: the kernel packs them into full segments, and the
-            // connection loop pushes the rest when the task is done (`CorkedFrames`).
-            let corked = state.is_h2();
-            let more = run_end < bufs.len() || corked;
-            state.corked.set(state.corked.get() || corked);
+            let more = run_end < bufs.len();
             let sent = match sendmsg_nonblocking(fd, &bufs[index..run_end], more) {
                 Ok(sent) => sent,
                 Err(e) if would_block(&e) => return Ok(written),
@@ -494,13 +477,13 @@ fn write_raw(fd: RawFd, state: &ConnectionState, bufs: &[IoSlice<'_>]) -> std::i
     Ok(written)
 }
 
-fn would_block(error: &std::io::Error) -> bool {
+pub(super) fn would_block(error: &std::io::Error) -> bool {
     matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted)
 }
 
 /// One non-blocking `sendmsg` of up to `IOV_MAX` slices; `more` tells the kernel that more
 /// data follows at once (MSG_MORE), so a response head and its file body share segments.
-fn sendmsg_nonblocking(fd: RawFd, bufs: &[IoSlice<'_>], more: bool) -> std::io::Result<usize> {
+pub(super) fn sendmsg_nonblocking(fd: RawFd, bufs: &[IoSlice<'_>], more: bool) -> std::io::Result<usize> {
     const IOV_MAX: usize = 1024;
     let count = bufs.len().min(IOV_MAX);
     if bufs[..count].iter().all(|b| b.is_empty()) {
@@ -550,12 +533,6 @@ pub fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-/// Sends what the kernel holds back of `fd`'s stream for MSG_MORE (Linux pushes pending
-/// segments whenever TCP_NODELAY is set, even when it already was).
-fn push_pending(fd: RawFd) -> std::io::Result<()> {
-    set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
 /// Bounds the kernel's send buffer of `fd` to `bytes` (the kernel doubles the figure for its

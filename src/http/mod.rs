@@ -8,6 +8,7 @@ mod body;
 mod connection;
 mod dispatch;
 mod failure;
+mod frame_batch;
 mod io;
 mod protocol;
 mod reload;
