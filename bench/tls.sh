@@ -4,6 +4,9 @@
 # connection against one HTTP/1.1 connection moving a 64 MiB blob (h2load with the windows
 # containerd's Go client opens: 4 MiB per stream, 1 GiB per connection), over TLS and over
 # plain h2c. Prints each figure and the facade/nginx and h2/HTTP-1.1 ratios (median of rounds).
+# One connection is one server core's work: those runs go to servers of one core (a facade
+# with `cores: 1`, nginx with one worker) pinned to the first CPU, and h2load is pinned to the
+# second, so neither protocol's figure depends on whether client and server shared a core.
 #
 # Usage: bench/tls.sh [--json FILE]
 # Env: DURATION=10 (s per wrk run)  ROUNDS=3  CORES=$(nproc)  MANIFEST_CONNS=64  BLOB_CONNS=16
@@ -58,11 +61,20 @@ target/release/registry-facade serve --config "$WORK/facade.json" 2>"$WORK/facad
 RF_PID=$!
 PIDS+=("$RF_PID")
 wait_https "https://127.0.0.1:$RF_PORT/v2/"
+# ---- for one connection: a facade of one core (its first CPU) over TLS and one on plain
+# HTTP for h2c; h2load then runs on the second CPU (see the header)
+ONE_PORT="$(free_port)"
+sed -e "s/127.0.0.1:$RF_PORT/127.0.0.1:$ONE_PORT/" -e "s/\"cores\": $CORES/\"cores\": 1/" "$WORK/facade.json" > "$WORK/one.json"
+target/release/registry-facade serve --config "$WORK/one.json" 2>"$WORK/one.log" &
+PIDS+=("$!")
+wait_https "https://127.0.0.1:$ONE_PORT/v2/"
 PLAIN_PORT="$(free_port)"
-RUST_LOG=warn target/release/registry-facade serve --listen "127.0.0.1:$PLAIN_PORT" --cache-dir "$WORK/cache" --cores "$CORES" 2>"$WORK/plain.log" &
+RUST_LOG=warn target/release/registry-facade serve --listen "127.0.0.1:$PLAIN_PORT" --cache-dir "$WORK/cache" --cores 1 2>"$WORK/plain.log" &
 PLAIN_PID=$!
 PIDS+=("$PLAIN_PID")
 wait_http "http://127.0.0.1:$PLAIN_PORT/v2/"
+CLIENT_CPU=()
+[ "$(nproc)" -ge 2 ] && CLIENT_CPU=(taskset -c 1)
 
 # ---- nginx with TLS (1.2 and 1.3, session cache, h2 by ALPN), same files, same cores
 NGX_PORT="$(free_port)"
@@ -73,15 +85,20 @@ start_nginx nginx-tls "$NGX_PORT" "ssl http2 reuseport" "" \
   "${FILES[@]}"
 NGX_PID=$NGINX_PID
 wait_https "https://127.0.0.1:$NGX_PORT/v2/$REPO/manifests/$MDIGEST"
+NGX_ONE_PORT="$(free_port)"
+CORES=1 start_nginx nginx-one "$NGX_ONE_PORT" "ssl http2" "worker_cpu_affinity 1;" \
+  "ssl_certificate $WORK/server.crt; ssl_certificate_key $WORK/server.key; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:rf1:10m;" \
+  "${FILES[@]}"
+wait_https "https://127.0.0.1:$NGX_ONE_PORT/v2/$REPO/manifests/$MDIGEST"
 
-for base in "https://127.0.0.1:$RF_PORT" "https://127.0.0.1:$NGX_PORT" "http://127.0.0.1:$PLAIN_PORT"; do
+for base in "https://127.0.0.1:$RF_PORT" "https://127.0.0.1:$NGX_PORT" "https://127.0.0.1:$ONE_PORT" "https://127.0.0.1:$NGX_ONE_PORT" "http://127.0.0.1:$PLAIN_PORT"; do
   curl -fs --cacert "$WORK/ca.crt" "$base/v2/$REPO/blobs/$BDIGEST" | cmp -s - "${FILES[3]}" || { echo "bench: wrong blob from $base" >&2; exit 1; }
 done
 
 # h2load over one connection: "<protocol>\t<MB/s>\t<failed requests>"
 one_connection() {  # label url [--h1]
   local out
-  out=$(h2load -c1 -m1 -n "$H2_REQUESTS" -w 22 -W 30 "${@:3}" "$2" 2>&1)
+  out=$("${CLIENT_CPU[@]}" h2load -c1 -m1 -n "$H2_REQUESTS" -w 22 -W 30 "${@:3}" "$2" 2>&1)
   printf '%s\t%s\t%s\n' "$1" \
     "$(echo "$out" | sed -n 's/.*finished in [^,]*, [^,]*, \([0-9.]*\)\([KMG]\)B\/s.*/\1 \2/p' | awk '{m=$1; if($2=="K")m/=1024; if($2=="G")m*=1024; print m}')" \
     "$(echo "$out" | sed -n 's/^requests: .* \([0-9]*\) failed.*/\1/p')"
@@ -99,7 +116,7 @@ for round in $(seq "$ROUNDS"); do
     printf '%s\twrk\t%s\tmanifest\t%s\n' "$round" "$server" "$(run_wrk "$pid" "$MANIFEST_CONNS" "$base/manifests/$MDIGEST")" >> "$RESULTS"
     printf '%s\twrk\t%s\tblob\t%s\n' "$round" "$server" "$(run_wrk "$pid" "$BLOB_CONNS" "$base/blobs/$BDIGEST")" >> "$RESULTS"
   done
-  for setup in "tls https://127.0.0.1:$RF_PORT" "h2c http://127.0.0.1:$PLAIN_PORT" "nginx-tls https://127.0.0.1:$NGX_PORT"; do
+  for setup in "tls https://127.0.0.1:$ONE_PORT" "h2c http://127.0.0.1:$PLAIN_PORT" "nginx-tls https://127.0.0.1:$NGX_ONE_PORT"; do
     read -r label base <<<"$setup"
     printf '%s\tone\t%s\t%s\n' "$round" "$label" "$(one_connection h2 "$base/v2/$REPO/blobs/$BDIGEST")" >> "$RESULTS"
     printf '%s\tone\t%s\t%s\n' "$round" "$label" "$(one_connection http/1.1 "$base/v2/$REPO/blobs/$BDIGEST" --h1)" >> "$RESULTS"
