@@ -16,8 +16,8 @@ use glommio::net::TcpStream;
 use hyper::body::Incoming;
 
 use super::failure::Failure;
-use super::io::{bound_send_buffer, coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Outbox, Protocol, Timeout, VectoredSocket};
 use super::frame_batch::{BatchOutbox, SharedSocket};
+use super::io::{bound_send_buffer, coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Outbox, Protocol, Timeout, VectoredSocket};
 use super::protocol::{Connection, Ended};
 use super::tls_stream::AlignedTls;
 use super::{admin, dispatch, response, HttpContext, Role, Sendfile};
