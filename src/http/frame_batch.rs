@@ -1,17 +1,19 @@
 //! h2 frames on a plain socket, gathered into one `sendmsg` per batch.
 //!
 //! h2 writes and flushes each DATA frame by itself: a 9-byte head and a 16 KiB payload (the
-//! client's frame size; h2load, curl and Go advertise 16 KiB). Sent as they come, that is a
-//! `sendmsg` per 16 KiB, and each one is a trip through TCP's send path: with BBR, the
-//! kernel's default here, every send re-arms the socket's pacing timer, which on this VM is a
-//! `wrmsr` and a VM exit (perf: 15% of the facade's samples in `tcp_write_xmit`'s
-//! `_raw_spin_unlock_irqrestore`, one core saturated at 1.4 GB/s where HTTP/1.1 moves
-//! 2.7 GB/s). So a frame written here is copied into the connection's batch, and the batch
-//! goes out in one `sendmsg` once `BATCH_BYTES` wait, and, whatever it holds, when the
-//! connection's task has done what it can for this wake-up (`Outbox::poll_send_held`, called
-//! by the connection loop after each poll of hyper). A small response (a manifest) thus
-//! still leaves in one `sendmsg` in the wake-up that wrote it. The copy reads the payload
-//! once from the page cache; the kernel then copies it out of a buffer still in the CPU cache.
+//! largest frame a client takes unless its SETTINGS allow more; h2load's and curl's
+//! default). Sent as they come, that is a `sendmsg` per 16 KiB, and each one is a trip
+//! through TCP's send path: with BBR, the kernel's default here, every send re-arms the
+//! socket's pacing timer, which on this VM is a `wrmsr` and a VM exit (perf: 15% of the
+//! facade's samples in `tcp_write_xmit`'s `_raw_spin_unlock_irqrestore`, one core saturated
+//! at 1.4 GB/s where HTTP/1.1 moves 2.7 GB/s). So a frame written here is copied into the
+//! connection's batch, and the batch goes out in one `sendmsg` once `BATCH_BYTES` wait,
+//! and, whatever it holds, when the connection's task has done what it can for this wake-up
+//! (`Outbox::poll_send_held`, called by the connection loop after each poll of hyper). A
+//! small response (a manifest) thus still leaves in one `sendmsg` in the wake-up that wrote
+//! it. The copy reads the payload once from the page cache; the kernel then copies it out
+//! of a buffer still in the CPU cache. A write of a batch or more (frames a client allowed
+//! to be larger) goes out as it is.
 //!
 //! The batch needs the socket in two places: hyper's writes (through `HyperIo`) and the
 //! outbox, which may have to wait for a full socket. Both hold a `SharedSocket`; they run in
@@ -95,6 +97,11 @@ impl FrameBatch {
     /// Takes a prefix of `bufs` into the batch, first sending a full batch; `socket` (the
     /// stream behind `fd`) is where a refused write waits for writability.
     pub fn poll_take<S: AsyncWrite>(&self, socket: Pin<&mut S>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        if self.unsent() == 0 && bufs.iter().map(|b| b.len()).sum::<usize>() >= BATCH_BYTES {
+            // A batch's worth in one write (a client that allows frames over 64 KiB) gains
+            // nothing from gathering: it goes as it is, without the copy.
+            return poll_send_now(self.fd, socket, cx, bufs);
+        }
         if self.unsent() >= BATCH_BYTES {
             let sent = self.poll_send(socket, cx);
             self.writer_waiting.set(sent.is_pending());
@@ -135,6 +142,18 @@ impl FrameBatch {
             }
             self.sent.set(self.sent.get() + sent);
         }
+    }
+}
+
+/// One `sendmsg` of `bufs`, or, if the socket is full, glommio's write of the first slice,
+/// which waits for writability.
+fn poll_send_now<S: AsyncWrite>(fd: RawFd, socket: Pin<&mut S>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    match sendmsg_nonblocking(fd, bufs, false) {
+        Err(e) if would_block(&e) => {
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+            socket.poll_write(cx, first)
+        }
+        sent => Poll::Ready(sent),
     }
 }
 
@@ -310,6 +329,20 @@ mod tests {
         assert!(connection.outbox.poll_send_held(&mut cx).is_ready());
         connection.receive_until(&mut received, taken);
         assert_eq!(received, frames.concat());
+    }
+
+    #[test]
+    fn a_write_of_a_batch_or_more_goes_out_at_once_without_a_copy() {
+        let mut connection = connection(None);
+        let mut cx = Context::from_waker(Waker::noop());
+        // One 128 KiB DATA frame, as for a client whose SETTINGS allow frames that big.
+        let frame: Vec<u8> = (0..9 + 128 * 1024).map(|b| (b * 7) as u8).collect();
+        let Poll::Ready(Ok(sent)) = connection.write(&mut cx, &frame) else { panic!("a socket with room refused a write") };
+        assert!(sent > BATCH_BYTES, "more than a batch left at once ({sent} bytes)");
+        assert_eq!(connection.frames.bytes.borrow().capacity(), 0, "nothing was copied into the batch");
+        let mut received = Vec::new();
+        connection.receive_until(&mut received, sent);
+        assert_eq!(received, frame[..sent]);
     }
 
     #[test]
