@@ -107,8 +107,8 @@ impl FrameBatch {
             self.writer_waiting.set(sent.is_pending());
             ready!(sent)?;
         }
+        let mut room = BATCH_BYTES - self.unsent();
         let mut bytes = self.bytes.borrow_mut();
-        let mut room = BATCH_BYTES - (bytes.len() - self.sent.get());
         let mut taken = 0;
         for buf in bufs {
             let take = buf.len().min(room);

@@ -148,13 +148,15 @@ impl ConnectionState {
 
     fn wrote(&self, written: &Poll<std::io::Result<usize>>) {
         match written {
-            Poll::Ready(Ok(n)) if *n > 0 => {
-                self.wrote_at_ms.set(coarse_now_ms());
-                self.write_blocked.set(false);
-            }
+            Poll::Ready(Ok(n)) if *n > 0 => self.bytes_moved(),
             Poll::Pending => self.write_blocked.set(true),
             _ => {}
         }
+    }
+
+    fn bytes_moved(&self) {
+        self.wrote_at_ms.set(coarse_now_ms());
+        self.write_blocked.set(false);
     }
 
     /// What became of the bytes a stream held back for the end of a wake-up (see
@@ -163,10 +165,7 @@ impl ConnectionState {
     pub fn held_bytes_sent(&self, sent: &Poll<std::io::Result<Held>>) {
         match sent {
             Poll::Pending => self.write_blocked.set(true),
-            Poll::Ready(Ok(Held::Sent)) => {
-                self.wrote_at_ms.set(coarse_now_ms());
-                self.write_blocked.set(false);
-            }
+            Poll::Ready(Ok(Held::Sent)) => self.bytes_moved(),
             Poll::Ready(_) => {}
         }
     }
@@ -252,9 +251,7 @@ pin_project_lite::pin_project! {
     pub struct HyperIo<S> {
         #[pin]
         inner: S,
-        raw_fd: Option<RawFd>,
-        // Where h2 frames wait for the end of a wake-up (with `raw_fd` only).
-        frames: Option<Rc<FrameBatch>>,
+        raw: Option<RawSocket>,
         state: Rc<ConnectionState>,
         // The first bytes, read to learn the protocol; hyper's first read gets them.
         replay: Vec<u8>,
@@ -266,14 +263,21 @@ impl<S> HyperIo<S> {
     /// pass it only for a plain, non-blocking TCP socket (never for TLS, whose bytes must go
     /// through rustls).
     pub fn new(inner: S, raw_fd: Option<RawFd>, state: Rc<ConnectionState>) -> HyperIo<S> {
-        let frames = raw_fd.map(|fd| Rc::new(FrameBatch::new(fd)));
-        HyperIo { inner, raw_fd, frames, state, replay: Vec::new() }
+        let raw = raw_fd.map(|fd| RawSocket { fd, frames: Rc::new(FrameBatch::new(fd)) });
+        HyperIo { inner, raw, state, replay: Vec::new() }
     }
 
     /// The batch of h2 frames, which the connection loop must send (`BatchOutbox`).
     pub fn frames(&self) -> Option<Rc<FrameBatch>> {
-        self.frames.clone()
+        self.raw.as_ref().map(|raw| Rc::clone(&raw.frames))
     }
+}
+
+/// A plain, non-blocking TCP socket written to directly, and where its h2 frames wait for the
+/// end of a wake-up.
+struct RawSocket {
+    fd: RawFd,
+    frames: Rc<FrameBatch>,
 }
 
 impl<S: AsyncRead> HyperIo<S> {
@@ -348,11 +352,11 @@ impl<S: AsyncWrite> hyper::rt::Write for HyperIo<S> {
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
         let this = self.project();
-        let polled = match (*this.raw_fd, this.frames.as_ref()) {
-            (Some(_), Some(frames)) if this.state.is_h2() => frames.poll_take(this.inner, cx, bufs),
-            (None, _) | (Some(_), None) => this.inner.poll_write_vectored(cx, bufs),
-            (Some(fd), Some(_)) => {
-                let written = write_raw(fd, this.state, bufs);
+        let polled = match this.raw {
+            Some(raw) if this.state.is_h2() => raw.frames.poll_take(this.inner, cx, bufs),
+            None => this.inner.poll_write_vectored(cx, bufs),
+            Some(raw) => {
+                let written = write_raw(raw.fd, this.state, bufs);
                 ready_or_wait_writable(written, this.inner, cx, bufs)
             }
         };
@@ -370,8 +374,8 @@ impl<S: AsyncWrite> hyper::rt::Write for HyperIo<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let mut this = self.project();
-        if let Some(frames) = this.frames {
-            ready!(frames.poll_send(this.inner.as_mut(), cx))?;
+        if let Some(raw) = this.raw {
+            ready!(raw.frames.poll_send(this.inner.as_mut(), cx))?;
         }
         this.inner.poll_close(cx)
     }
@@ -538,16 +542,10 @@ pub fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
 /// Bounds the kernel's send buffer of `fd` to `bytes` (the kernel doubles the figure for its
 /// bookkeeping), which also turns off its autotuning for the socket.
 pub fn bound_send_buffer(fd: RawFd, bytes: libc::c_int) -> std::io::Result<()> {
-    set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes)
-}
-
-/// `setsockopt` of an int-valued option.
-fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: setsockopt on a descriptor the connection owns, with a pointer to an int and
-    // its size.
+    // SAFETY: setsockopt on a descriptor we own, with a pointer to an int and its size.
     let ok = unsafe {
         let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), size) == 0
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (&bytes as *const libc::c_int).cast(), size) == 0
     };
     if ok {
         Ok(())
