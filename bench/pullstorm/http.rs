@@ -14,7 +14,7 @@ pub const MAX_REDIRECTS: usize = 5;
 const MAX_HEAD_BYTES: usize = 64 << 10;
 const MAX_CHUNK_LINE_BYTES: usize = 4 << 10;
 /// Bodies are read straight into this buffer (BufReader bypasses its own for big reads).
-const READ_BUFFER_BYTES: usize = 64 << 10;
+const READ_BUFFER_BYTES: usize = 128 << 10;
 const HEAD_BUFFER_BYTES: usize = 8 << 10;
 /// How much of an error response is kept for the message (and read to keep the connection).
 const ERROR_BODY_BYTES: usize = 16 << 10;

@@ -6,10 +6,12 @@ mod cli;
 mod ctr;
 mod http;
 mod manifest;
+mod paired_sha256;
 mod procstat;
 mod progress;
 mod pull;
 mod report;
+mod sha_ni;
 mod storm;
 mod svg;
 mod url;
@@ -96,6 +98,7 @@ fn run_target(args: &Args, plan: &Plan, settings: &PullSettings, target: &Target
     let bar = Bar::start(show_bar, target.name.clone(), plan.workspaces.len(), Arc::clone(&counters));
     let sampler = (!target.pids.is_empty()).then(|| Sampler::start(target.pids.clone()));
     let cpu_before = procstat::own_cpu_seconds();
+    let paired_before = paired_sha256::paired_bytes();
     let timeout = Duration::from_secs(args.timeout_s);
     let (mut outcome, peak_connections, ctr_puller) = match args.client {
         ClientKind::Http => {
@@ -116,7 +119,7 @@ fn run_target(args: &Args, plan: &Plan, settings: &PullSettings, target: &Target
             (storm::run(plan, &puller, &counters), None, Some(puller))
         }
     };
-    let client = ClientCost { peak_connections, cpu_s: procstat::own_cpu_seconds() - cpu_before };
+    let client = ClientCost { peak_connections, cpu_s: procstat::own_cpu_seconds() - cpu_before, paired_hash_bytes: paired_sha256::paired_bytes() - paired_before };
     let server = sampler.map(Sampler::finish);
     bar.finish();
     if let Some(puller) = ctr_puller {

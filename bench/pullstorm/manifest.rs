@@ -5,6 +5,8 @@
 use serde::Deserialize;
 use sha2::Digest as _;
 
+use crate::paired_sha256::PairedSha256;
+
 /// containerd's resolver Accept list, in its order.
 pub const ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
 /// The OCI image spec's limit on manifest size, which containerd enforces too.
@@ -93,7 +95,7 @@ pub fn host_platform() -> (String, String) {
 /// A running sha256 for a body that must match `digest`.
 pub struct Verifier {
     expected_hex: String,
-    hasher: sha2::Sha256,
+    hasher: PairedSha256,
 }
 
 impl Verifier {
@@ -101,7 +103,7 @@ impl Verifier {
     /// `digest` is not `sha256:<64 hex>`.
     pub fn new(digest: &str) -> Result<Verifier, ManifestError> {
         let hex = digest.strip_prefix("sha256:").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())).ok_or_else(|| ManifestError::UnsupportedDigest(digest.to_owned()))?;
-        Ok(Verifier { expected_hex: hex.to_ascii_lowercase(), hasher: sha2::Sha256::new() })
+        Ok(Verifier { expected_hex: hex.to_ascii_lowercase(), hasher: PairedSha256::new() })
     }
 
     pub fn update(&mut self, bytes: &[u8]) {

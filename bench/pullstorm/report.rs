@@ -33,6 +33,8 @@ pub struct TargetReport {
     pub peak_client_connections: Option<usize>,
     /// CPU seconds pullstorm itself used (receiving and hashing; for containerd, starting ctr).
     pub client_cpu_s: f64,
+    /// Of the bytes pullstorm hashed, how many it hashed two messages at a time.
+    pub client_paired_hash_bytes: u64,
     pub server: Option<ServerStats>,
     /// Distinct error messages, first few, with how many workspaces failed so.
     pub error_samples: Vec<ErrorSample>,
@@ -100,6 +102,7 @@ pub fn sorted_times(runs: &[Run]) -> Vec<f64> {
 pub struct ClientCost {
     pub peak_connections: Option<usize>,
     pub cpu_s: f64,
+    pub paired_hash_bytes: u64,
 }
 
 pub fn summarize(name: &str, url: &str, outcome: Outcome, client: ClientCost, server: Option<ServerStats>) -> TargetReport {
@@ -126,6 +129,7 @@ pub fn summarize(name: &str, url: &str, outcome: Outcome, client: ClientCost, se
         bytes,
         peak_client_connections: client.peak_connections,
         client_cpu_s: client.cpu_s,
+        client_paired_hash_bytes: client.paired_hash_bytes,
         server,
         error_samples: error_samples(&outcome.runs),
         runs: outcome.runs,
