@@ -7,8 +7,10 @@
 #             registry     docker-registry 2.8 holding the pre-composed images,
 #             nginx        nginx serving the same images as static files;
 #           and how often the facade fetched each distinct blob upstream (its access log);
-#           then warm facade, registry and nginx again in reverse order (shared-again), and the
-#           warm ratios use the mean of both rounds, so drifting load favours no target.
+#           then warm facade, registry and nginx again, WARM_ROUNDS in all, in alternating order
+#           (shared-again reversed, shared-3 forward, …); the warm ratios use each target's median
+#           p99 over the rounds, so drifting load favours no target and one slow round (this
+#           machine has them, for every target) does not decide a ratio.
 #   rss     RSS_WORKSPACES workspaces at once (up to 3 connections each) on the warm facade,
 #           and on nginx for reference: the facade's anonymous RSS (no page cache).
 #   mixed   N workspaces with a shared base and a distinct 4 MiB content layer each
@@ -24,7 +26,7 @@
 # Usage: bench/pullstorm.sh [--out DIR]     (default DIR: target/pullstorm/<UTC time>)
 # Env: WORKSPACES=100 RSS_WORKSPACES=1000 CORES=$(nproc) CLIENT=http|containerd
 #      SCENARIOS="shared rss mixed" (any subset; ctr follows CLIENT=containerd)
-#      CTR_WORKSPACES=10 (at most WORKSPACES) KEEP_WORK=1 (keep the temp dir)
+#      CTR_WORKSPACES=10 (at most WORKSPACES) KEEP_WORK=1 (keep the temp dir) WARM_ROUNDS=4
 # Needs: docker-registry, skopeo, nginx, curl, python3 (and containerd, ctr for CLIENT=containerd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +34,8 @@ WORKSPACES="${WORKSPACES:-100}"
 RSS_WORKSPACES="${RSS_WORKSPACES:-1000}"
 CORES="${CORES:-$(nproc)}"
 CLIENT="${CLIENT:-http}"
+WARM_ROUNDS="${WARM_ROUNDS:-4}"
+[[ "$WARM_ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench: WARM_ROUNDS must be a positive number, not '$WARM_ROUNDS'" >&2; exit 2; }
 SCENARIOS="${SCENARIOS:-shared rss mixed}"
 [ "$CLIENT" = containerd ] && SCENARIOS="$SCENARIOS ctr"
 want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
@@ -129,6 +133,9 @@ storm() {  # name args... : runs pullstorm, output in $OUT/<name>.{json,svg,txt}
   "$BIN/pullstorm" "$@" --json "$OUT/$name.json" --svg "$OUT/$name.svg" | tee "$OUT/$name.txt" || echo "bench: $name had failed workspaces" >&2
 }
 
+# The shared storm's rounds after the first: shared-again (its name before there were more), shared-3, …
+warm_round_name() { if [ "$1" = 2 ]; then echo shared-again; else echo "shared-$1"; fi; }
+
 # ---- shared: cold, warm, registry, nginx; upstream fetches counted from the access log
 start_facade storm
 FACADE_URL="http://127.0.0.1:$FACADE_PORT"
@@ -141,12 +148,17 @@ storm shared --title "$WORKSPACES workspaces at once, 4-layer 64 MiB image (shar
   --target "facade-cold=$FACADE_URL" --target "facade-warm=$FACADE_URL" --target "registry=$REGISTRY_URL" --target "nginx=$NGINX_URL" \
   --server-pid "facade-cold=$STORM_PID" --server-pid "facade-warm=$STORM_PID" --server-pid "registry=$REG_PID" --server-pid "nginx=$NGX_PID"
 tail -n +"$((LOG_BEFORE + 1))" "$REG_LOG" > "$OUT/shared-upstream.log"
-# The warm comparison again in reverse order: load from other work drifts during a run, and a
-# target that always goes first or last would carry that drift. Ratios use both rounds.
-storm shared-again --title "$WORKSPACES workspaces at once, 4-layer 64 MiB image, second round (reverse order)" \
-  --image 'remote/ws-{i}:latest' --workspaces "$WORKSPACES" \
-  --target "nginx=$NGINX_URL" --target "registry=$REGISTRY_URL" --target "facade-warm=$FACADE_URL" \
-  --server-pid "nginx=$NGX_PID" --server-pid "registry=$REG_PID" --server-pid "facade-warm=$STORM_PID"
+# The warm comparison again, order alternating: load from other work drifts during a run, and
+# a target that always goes first or last would carry that drift. Ratios use the median round.
+declare -A WARM_URL=([facade-warm]="$FACADE_URL" [registry]="$REGISTRY_URL" [nginx]="$NGINX_URL")
+declare -A WARM_PID=([facade-warm]="$STORM_PID" [registry]="$REG_PID" [nginx]="$NGX_PID")
+for round in $(seq 2 "$WARM_ROUNDS"); do
+  if (( round % 2 == 0 )); then order=(nginx registry facade-warm) direction=reverse; else order=(facade-warm registry nginx) direction=forward; fi
+  targets=()
+  for t in "${order[@]}"; do targets+=(--target "$t=${WARM_URL[$t]}" --server-pid "$t=${WARM_PID[$t]}"); done
+  storm "$(warm_round_name "$round")" --title "$WORKSPACES workspaces at once, 4-layer 64 MiB image, round $round ($direction order)" \
+    --image 'remote/ws-{i}:latest' --workspaces "$WORKSPACES" "${targets[@]}"
+done
 fi
 
 # ---- rss: many workspaces at once on the warm facade (and nginx for reference)
@@ -201,14 +213,15 @@ fi
 
 # ---- the targets' ratios, checks, and the record of the machine
 python3 - "$OUT" "$WORKSPACES" "$RSS_WORKSPACES" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src bench || echo -dirty)" \
-  "$LOAD_AT_START" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nice)" <<'PY'
-import json, os, platform, re, sys
+  "$LOAD_AT_START" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nice)" "$WARM_ROUNDS" <<'PY'
+import json, os, platform, re, statistics, sys
 out, n, rss_n, rev = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-load_start, load_end, niceness = sys.argv[5], sys.argv[6], int(sys.argv[7])
+load_start, load_end, niceness, warm_rounds = sys.argv[5], sys.argv[6], int(sys.argv[7]), int(sys.argv[8])
 def load(name):
     path = f"{out}/{name}.json"
     return {t["name"]: t for t in json.load(open(path))["targets"]} if os.path.exists(path) else None
 shared, again, rss, mixed, ctr = load("shared"), load("shared-again"), load("rss"), load("mixed"), load("ctr")
+shared_rounds = [shared, again] + [load(f"shared-{r}") for r in range(3, warm_rounds + 1)]
 ctr_again = load("ctr-again")
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 machine = {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "git": rev,
@@ -226,18 +239,19 @@ for line in (open(f"{out}/shared-upstream.log") if shared else []):
 
 def ratio(a, b, key="p99_ms"):
     return a[key] / b[key] if a and b and a.get(key) and b.get(key) else None
-def both_rounds(name):  # a shared-run target with its p99 averaged over both rounds
-    rounds = [r[name]["p99_ms"] for r in (shared, again) if r and r.get(name) and r[name].get("p99_ms")]
-    return {"p99_ms": sum(rounds) / len(rounds), "rounds_p99_ms": rounds} if rounds else None
-warm, registry, nginx = both_rounds("facade-warm"), both_rounds("registry"), both_rounds("nginx")
+def all_rounds(name):  # a shared-run target with its median p99 over the rounds
+    rounds = [r[name]["p99_ms"] for r in shared_rounds if r and r.get(name) and r[name].get("p99_ms")]
+    return {"p99_ms": statistics.median(rounds), "rounds_p99_ms": rounds} if rounds else None
+warm, registry, nginx = all_rounds("facade-warm"), all_rounds("registry"), all_rounds("nginx")
+rounds_label = f"median of {sum(1 for r in shared_rounds if r)} rounds"
 checks = []
 def check(label, value, limit, better="lower"):
     ok = value is not None and (value <= limit if better == "lower" else value >= limit)
     checks.append({"check": label, "value": value, "target": limit, "met": ok})
-check("warm: facade p99 / registry p99 (mean of 2 rounds each)", ratio(warm, registry), 0.5)
-check("warm: facade p99 / nginx p99 (mean of 2 rounds each)", ratio(warm, nginx), 0.8)
+check(f"warm: facade p99 / registry p99 ({rounds_label} each)", ratio(warm, registry), 0.5)
+check(f"warm: facade p99 / nginx p99 ({rounds_label} each)", ratio(warm, nginx), 0.8)
 shared_run, rss_run, mixed_run = shared or {}, rss or {}, mixed or {}
-check("cold: facade p99 / registry p99 (direct pull, mean of 2 rounds)", ratio(shared_run.get("facade-cold"), registry), 1.2)
+check(f"cold: facade p99 / registry p99 (direct pull, {rounds_label})", ratio(shared_run.get("facade-cold"), registry), 1.2)
 check("cold: upstream GETs per distinct blob (max)", max(fetches.values()) if fetches else None, 1)
 if rss:
     anon = rss["facade-warm"]["server"]["rss_anon_peak_bytes"] / 2**20
@@ -258,7 +272,8 @@ if ctr_again:
 
 # Every target must have served the same images (same digest per workspace), without errors.
 errors = []
-for run_name, run in [("shared", shared), ("shared-again", again), ("rss", rss), ("mixed", mixed), ("ctr", ctr), ("ctr-again", ctr_again)]:
+extra_rounds = [(f"shared-{r}", load(f"shared-{r}")) for r in range(3, warm_rounds + 1)]
+for run_name, run in [("shared", shared), ("shared-again", again)] + extra_rounds + [("rss", rss), ("mixed", mixed), ("ctr", ctr), ("ctr-again", ctr_again)]:
     if not run:
         continue
     digests = {name: [r["manifest_digest"] for r in t["runs"]] for name, t in run.items()}
@@ -278,7 +293,8 @@ for name, t in [("facade-warm", warm), ("registry", registry), ("nginx", nginx)]
 print(f"upstream blob GETs in the shared run: {len(fetches)} distinct blobs, counts {sorted(fetches.values())}")
 for e in errors:
     print("ERROR:", e)
-json.dump({"machine": machine, "checks": checks, "context": context, "upstream_blob_gets": fetches, "errors": errors},
+rounds_p99 = {name: t["rounds_p99_ms"] for name, t in [("facade-warm", warm), ("registry", registry), ("nginx", nginx)] if t}
+json.dump({"machine": machine, "checks": checks, "context": context, "shared_rounds_p99_ms": rounds_p99, "upstream_blob_gets": fetches, "errors": errors},
           open(f"{out}/summary.json", "w"), indent=2)
 print(f"\nresults in {out}")
 sys.exit(1 if errors else 0)
