@@ -209,17 +209,8 @@ impl Handback {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sha_ni::tests::noise;
     use sha2::Digest as _;
-
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..len)
-            .map(|_| {
-                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                (x >> 33) as u8
-            })
-            .collect()
-    }
 
     fn paired(pieces: impl IntoIterator<Item = impl AsRef<[u8]>>) -> [u8; 32] {
         let mut hasher = PairedSha256::new();

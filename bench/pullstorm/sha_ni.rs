@@ -164,12 +164,13 @@ mod ni {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const INITIAL: [u32; 8] = [0x6a09_e667, 0xbb67_ae85, 0x3c6e_f372, 0xa54f_f53a, 0x510e_527f, 0x9b05_688c, 0x1f83_d9ab, 0x5be0_cd19];
 
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
+    /// `len` bytes of a fixed pseudo-random sequence (an LCG's high bits).
+    pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed;
         (0..len)
             .map(|_| {
