@@ -24,8 +24,10 @@ impl Nginx {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let body = server_body(port, dir.path());
         let d = dir.path().display();
+        // One process, no master: the guard's SIGKILL at the end of a test then stops all of
+        // nginx (killing a master leaves its workers serving, orphaned, after the test).
         let config = format!(
-            "user root;\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+            "user root;\nmaster_process off;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  log_format rf '$server_protocol \"$request\" $status auth=\"$http_authorization\"';\n  access_log {d}/access.log rf;\n\
              client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
