@@ -221,7 +221,8 @@ def load(name):
     path = f"{out}/{name}.json"
     return {t["name"]: t for t in json.load(open(path))["targets"]} if os.path.exists(path) else None
 shared, again, rss, mixed, ctr = load("shared"), load("shared-again"), load("rss"), load("mixed"), load("ctr")
-shared_rounds = [shared, again] + [load(f"shared-{r}") for r in range(3, warm_rounds + 1)]
+named_rounds = [("shared", shared), ("shared-again", again)] + [(f"shared-{r}", load(f"shared-{r}")) for r in range(3, warm_rounds + 1)]
+shared_rounds = [run for _, run in named_rounds]
 ctr_again = load("ctr-again")
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 machine = {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "git": rev,
@@ -272,8 +273,7 @@ if ctr_again:
 
 # Every target must have served the same images (same digest per workspace), without errors.
 errors = []
-extra_rounds = [(f"shared-{r}", load(f"shared-{r}")) for r in range(3, warm_rounds + 1)]
-for run_name, run in [("shared", shared), ("shared-again", again)] + extra_rounds + [("rss", rss), ("mixed", mixed), ("ctr", ctr), ("ctr-again", ctr_again)]:
+for run_name, run in named_rounds + [("rss", rss), ("mixed", mixed), ("ctr", ctr), ("ctr-again", ctr_again)]:
     if not run:
         continue
     digests = {name: [r["manifest_digest"] for r in t["runs"]] for name, t in run.items()}

@@ -24,8 +24,6 @@ const PARTNER_WAIT: Duration = Duration::from_micros(70);
 /// Below this a pair saves less than the rendezvous costs.
 const MIN_PAIRED_BYTES: usize = 4 << 10;
 
-const INITIAL_STATE: [u32; 8] = [0x6a09_e667, 0xbb67_ae85, 0x3c6e_f372, 0xa54f_f53a, 0x510e_527f, 0x9b05_688c, 0x1f83_d9ab, 0x5be0_cd19];
-
 static RENDEZVOUS: Rendezvous = Rendezvous { waiting: Mutex::new(None), hashers: AtomicUsize::new(0), paired_bytes: AtomicU64::new(0) };
 
 /// Bytes this process has hashed two messages at a time so far (each pair counts both).
@@ -45,7 +43,7 @@ pub struct PairedSha256 {
 impl PairedSha256 {
     pub fn new() -> PairedSha256 {
         RENDEZVOUS.hashers.fetch_add(1, Ordering::Relaxed);
-        PairedSha256 { state: INITIAL_STATE, partial: [0; BLOCK_BYTES], partial_len: 0, total_len: 0 }
+        PairedSha256 { state: sha_ni::INITIAL_STATE, partial: [0; BLOCK_BYTES], partial_len: 0, total_len: 0 }
     }
 
     pub fn update(&mut self, mut bytes: &[u8]) {

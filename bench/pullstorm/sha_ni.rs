@@ -5,6 +5,9 @@
 //! message on this machine's EPYC; one message alone runs at the `sha2` crate's speed). Without
 //! SHA-NI both forms fall back to `sha2::compress256`, one message after the other.
 
+/// SHA-256's state before the first block.
+pub const INITIAL_STATE: [u32; 8] = [0x6a09_e667, 0xbb67_ae85, 0x3c6e_f372, 0xa54f_f53a, 0x510e_527f, 0x9b05_688c, 0x1f83_d9ab, 0x5be0_cd19];
+
 /// Whether `compress_pair` really hashes two messages in one pass.
 pub fn pairs_help() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -167,8 +170,6 @@ mod ni {
 pub(crate) mod tests {
     use super::*;
 
-    const INITIAL: [u32; 8] = [0x6a09_e667, 0xbb67_ae85, 0x3c6e_f372, 0xa54f_f53a, 0x510e_527f, 0x9b05_688c, 0x1f83_d9ab, 0x5be0_cd19];
-
     /// `len` bytes of a fixed pseudo-random sequence (an LCG's high bits).
     pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed;
@@ -184,13 +185,13 @@ pub(crate) mod tests {
     fn one_and_two_messages_match_the_portable_function() {
         for blocks in [1usize, 2, 7, 64] {
             let (a, b) = (noise(64 * blocks, blocks as u64), noise(64 * blocks, 1000 + blocks as u64));
-            let (mut want_a, mut want_b) = (INITIAL, INITIAL);
+            let (mut want_a, mut want_b) = (INITIAL_STATE, INITIAL_STATE);
             portable(&mut want_a, &a);
             portable(&mut want_b, &b);
-            let mut one = INITIAL;
+            let mut one = INITIAL_STATE;
             compress(&mut one, &a);
             assert_eq!(one, want_a, "{blocks} blocks alone");
-            let (mut pa, mut pb) = (INITIAL, INITIAL);
+            let (mut pa, mut pb) = (INITIAL_STATE, INITIAL_STATE);
             compress_pair(&mut pa, &a, &mut pb, &b);
             assert_eq!((pa, pb), (want_a, want_b), "{blocks} blocks in a pair");
         }
