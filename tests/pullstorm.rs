@@ -100,6 +100,10 @@ fn workspaces_pull_verified_composed_images_from_each_target() {
     let targets = report["targets"].as_array().expect("targets");
     assert_eq!(targets.iter().map(|t| t["name"].as_str().unwrap_or_default()).collect::<Vec<_>>(), ["first", "second"]);
     assert_eq!(report["p99_ms"], targets[0]["p99_ms"]);
+    let started = |t: &Value| t["started_unix_s"].as_f64().unwrap_or_else(|| panic!("started_unix_s in {t}"));
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_secs_f64();
+    let wall = targets[0]["wall_s"].as_f64().expect("wall_s");
+    assert!(since_epoch - 600.0 < started(&targets[0]) && started(&targets[0]) + wall <= started(&targets[1]) && started(&targets[1]) < since_epoch, "targets run one after the other, just now");
     for target in targets {
         assert_eq!((target["ok"].as_u64(), target["errors"].as_u64(), target["bytes"].as_u64()), (Some(WORKSPACES as u64), Some(0), Some(total)));
         let p = |key: &str| target[key].as_f64().unwrap_or_else(|| panic!("{key} in {target}"));

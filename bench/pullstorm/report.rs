@@ -3,6 +3,7 @@
 //! and the table printed at the end.
 
 use std::collections::BTreeMap;
+use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
 
@@ -25,6 +26,8 @@ pub struct TargetReport {
     pub min_ms: Option<f64>,
     pub mean_ms: Option<f64>,
     pub wall_s: f64,
+    /// When this target's storm started: seconds since the Unix epoch.
+    pub started_unix_s: f64,
     pub throughput_workspaces_per_s: f64,
     pub throughput_bytes_per_s: f64,
     /// Verified bytes of every successful workspace (manifests, configs, layers).
@@ -124,6 +127,7 @@ pub fn summarize(name: &str, url: &str, outcome: Outcome, client: ClientCost, se
         min_ms: times.first().copied(),
         mean_ms: (ok > 0).then(|| times.iter().sum::<f64>() / ok as f64),
         wall_s,
+        started_unix_s: outcome.started.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
         throughput_workspaces_per_s: per_second(ok as f64),
         throughput_bytes_per_s: per_second(bytes as f64),
         bytes,

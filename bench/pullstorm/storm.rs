@@ -3,7 +3,7 @@
 //! its pull's end. Knows nothing of how a pull is done (HTTP or containerd).
 
 use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -59,6 +59,9 @@ pub struct Outcome {
     pub runs: Vec<Run>,
     /// From the storm's start to the last workspace's end.
     pub wall: Duration,
+    /// When the storm started, by the wall clock: to line a storm up with other records of
+    /// the machine (a probe, a monitor) taken during the same run.
+    pub started: SystemTime,
 }
 
 /// Holds every workspace thread until all are spawned, then hands them the start instant.
@@ -88,7 +91,7 @@ impl Gate {
 
 pub fn run(plan: &Plan, puller: &dyn Puller, counters: &Counters) -> Outcome {
     let gate = Gate { start: Mutex::new(None), opened: Condvar::new() };
-    let (runs, wall) = std::thread::scope(|scope| {
+    let (runs, wall, started) = std::thread::scope(|scope| {
         let handles: Vec<_> = plan
             .workspaces
             .iter()
@@ -104,6 +107,7 @@ pub fn run(plan: &Plan, puller: &dyn Puller, counters: &Counters) -> Outcome {
             })
             .collect();
         let start = gate.open();
+        let started = SystemTime::now();
         let runs: Vec<Run> = handles
             .into_iter()
             .map(|handle| match handle {
@@ -111,9 +115,9 @@ pub fn run(plan: &Plan, puller: &dyn Puller, counters: &Counters) -> Outcome {
                 Err(not_started) => not_started,
             })
             .collect();
-        (runs, start.elapsed())
+        (runs, start.elapsed(), started)
     });
-    Outcome { runs, wall }
+    Outcome { runs, wall, started }
 }
 
 fn one(workspace: usize, image: &str, scheduled: Instant, offset: Duration, puller: &dyn Puller, counters: &Counters) -> Run {
