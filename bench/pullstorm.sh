@@ -27,6 +27,8 @@
 # Env: WORKSPACES=100 RSS_WORKSPACES=1000 CORES=$(nproc) CLIENT=http|containerd
 #      SCENARIOS="shared rss mixed" (any subset; ctr follows CLIENT=containerd)
 #      CTR_WORKSPACES=10 (at most WORKSPACES) KEEP_WORK=1 (keep the temp dir) WARM_ROUNDS=4
+#      CPU_PROBE=1 (pullstorm --cpu-probe: each storm also records how far apart, in cache
+#      terms, the host ran the first two vCPUs; 0 to leave it out)
 # Needs: docker-registry, skopeo, nginx, curl, python3 (and containerd, ctr for CLIENT=containerd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +37,7 @@ RSS_WORKSPACES="${RSS_WORKSPACES:-1000}"
 CORES="${CORES:-$(nproc)}"
 CLIENT="${CLIENT:-http}"
 WARM_ROUNDS="${WARM_ROUNDS:-4}"
+CPU_PROBE="${CPU_PROBE:-$([ "$(nproc)" -ge 2 ] && echo 1 || echo 0)}"
 [[ "$WARM_ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench: WARM_ROUNDS must be a positive number, not '$WARM_ROUNDS'" >&2; exit 2; }
 SCENARIOS="${SCENARIOS:-shared rss mixed}"
 [ "$CLIENT" = containerd ] && SCENARIOS="$SCENARIOS ctr"
@@ -130,7 +133,8 @@ NGINX_URL="http://127.0.0.1:$NGX_PORT"
 storm() {  # name args... : runs pullstorm, output in $OUT/<name>.{json,svg,txt}
   local name="$1"; shift
   echo "bench: storm $name" >&2
-  "$BIN/pullstorm" "$@" --json "$OUT/$name.json" --svg "$OUT/$name.svg" | tee "$OUT/$name.txt" || echo "bench: $name had failed workspaces" >&2
+  local probe=(); [ "$CPU_PROBE" = 1 ] && probe=(--cpu-probe)
+  "$BIN/pullstorm" "$@" "${probe[@]}" --json "$OUT/$name.json" --svg "$OUT/$name.svg" | tee "$OUT/$name.txt" || echo "bench: $name had failed workspaces" >&2
 }
 
 # The shared storm's rounds after the first: shared-again (its name before there were more), shared-3, …
@@ -241,8 +245,21 @@ for line in (open(f"{out}/shared-upstream.log") if shared else []):
 def ratio(a, b, key="p99_ms"):
     return a[key] / b[key] if a and b and a.get(key) and b.get(key) else None
 def all_rounds(name):  # a shared-run target with its median p99 over the rounds
-    rounds = [r[name]["p99_ms"] for r in shared_rounds if r and r.get(name) and r[name].get("p99_ms")]
-    return {"p99_ms": statistics.median(rounds), "rounds_p99_ms": rounds} if rounds else None
+    rounds = [r[name] for r in shared_rounds if r and r.get(name) and r[name].get("p99_ms")]
+    p99s = [t["p99_ms"] for t in rounds]
+    probes = [(t.get("cpu_distance") or {}).get("samples_ns") or None for t in rounds]
+    return {"p99_ms": statistics.median(p99s), "rounds_p99_ms": p99s, "rounds_cpu_round_trip_ns": probes} if rounds else None
+# The probe's round trips fall in groups on the VM this was written on: about 30 ns (the vCPUs
+# on one core's two threads), 50-75 ns (one cache domain), 300-340 ns (two), and the host may
+# move them mid-storm. A round is "near" when at most a tenth of its samples are far.
+NEAR_NS, FAR_SHARE_OF_NEAR_ROUND = 150, 0.1
+def far_share(samples):
+    return sum(ns >= NEAR_NS for ns in samples) / len(samples)
+def near_rounds(t):  # the same target, its rounds with both vCPUs near only
+    if not t:
+        return None
+    p99s = [p for p, ns in zip(t["rounds_p99_ms"], t["rounds_cpu_round_trip_ns"]) if ns and far_share(ns) <= FAR_SHARE_OF_NEAR_ROUND]
+    return {"p99_ms": statistics.median(p99s), "rounds": len(p99s)} if p99s else None
 warm, registry, nginx = all_rounds("facade-warm"), all_rounds("registry"), all_rounds("nginx")
 rounds_label = f"median of {sum(1 for r in shared_rounds if r)} rounds"
 checks = []
@@ -263,6 +280,11 @@ context = {
     "rss run: facade p99 / nginx p99": ratio(rss_run.get("facade-warm"), rss_run.get("nginx")),
     "cold: facade p99 / warm facade p99": ratio(shared_run.get("facade-cold"), shared_run.get("facade-warm")),
 }
+near = {name: near_rounds(t) for name, t in [("facade-warm", warm), ("registry", registry), ("nginx", nginx)]}
+if all(near.values()):
+    counts = "/".join(str(near[name]["rounds"]) for name in ("facade-warm", "registry", "nginx"))
+    context[f"warm, vCPUs near only ({counts} rounds): facade p99 / registry p99"] = ratio(near["facade-warm"], near["registry"])
+    context[f"warm, vCPUs near only ({counts} rounds): facade p99 / nginx p99"] = ratio(near["facade-warm"], near["nginx"])
 if ctr:
     context["ctr warm: facade p99 / registry p99"] = ratio(ctr["facade-warm"], ctr["registry"])
     context["ctr warm: facade p99 / nginx p99"] = ratio(ctr["facade-warm"], ctr["nginx"])
@@ -290,11 +312,16 @@ for label, value in context.items():
 for name, t in [("facade-warm", warm), ("registry", registry), ("nginx", nginx)]:
     if t:
         print(f"shared p99 ms by round, {name}: {', '.join(f'{v:.0f}' for v in t['rounds_p99_ms'])}")
+        if any(t["rounds_cpu_round_trip_ns"]):
+            shares = ', '.join('-' if not ns else f'{100 * far_share(ns):.0f}%' for ns in t['rounds_cpu_round_trip_ns'])
+            print(f"  share of the round with the vCPUs far apart (probe ≥ {NEAR_NS} ns): {shares}")
 print(f"upstream blob GETs in the shared run: {len(fetches)} distinct blobs, counts {sorted(fetches.values())}")
 for e in errors:
     print("ERROR:", e)
 rounds_p99 = {name: t["rounds_p99_ms"] for name, t in [("facade-warm", warm), ("registry", registry), ("nginx", nginx)] if t}
-json.dump({"machine": machine, "checks": checks, "context": context, "shared_rounds_p99_ms": rounds_p99, "upstream_blob_gets": fetches, "errors": errors},
+rounds_far = {name: [ns and far_share(ns) for ns in t["rounds_cpu_round_trip_ns"]] for name, t in [("facade-warm", warm), ("registry", registry), ("nginx", nginx)] if t}
+json.dump({"machine": machine, "checks": checks, "context": context, "shared_rounds_p99_ms": rounds_p99,
+           "shared_rounds_vcpus_far_share": rounds_far, "upstream_blob_gets": fetches, "errors": errors},
           open(f"{out}/summary.json", "w"), indent=2)
 print(f"\nresults in {out}")
 sys.exit(1 if errors else 0)

@@ -88,11 +88,16 @@ fn workspaces_pull_verified_composed_images_from_each_target() {
     let url = format!("http://{}", setup.facade.addr);
     let svg = setup.dir.path().join("out.svg");
     let pid = std::process::id().to_string();
-    let (output, report) = setup.pullstorm(&[
-        "--target", &format!("first={url}"), "--target", &format!("second={url}"),
-        "--image", "remote/ws-{i}:latest", "--workspaces", &WORKSPACES.to_string(),
-        "--svg", svg.to_str().expect("utf-8 path"), "--server-pid", &pid,
-    ]);
+    let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    let mut args = vec![
+        "--target".to_owned(), format!("first={url}"), "--target".to_owned(), format!("second={url}"),
+        "--image".to_owned(), "remote/ws-{i}:latest".to_owned(), "--workspaces".to_owned(), WORKSPACES.to_string(),
+        "--svg".to_owned(), svg.to_str().expect("utf-8 path").to_owned(), "--server-pid".to_owned(), pid,
+    ];
+    if two_cpus {
+        args.push("--cpu-probe".to_owned());
+    }
+    let (output, report) = setup.pullstorm(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(output.status.success(), "{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
 
     let total: u64 = expected.iter().map(|(_, size, _)| size).sum();
@@ -113,6 +118,10 @@ fn workspaces_pull_verified_composed_images_from_each_target() {
         assert!((1..=(WORKSPACES as u64) * 3).contains(&connections), "{connections} connections");
         assert!(target["server"]["rss_peak_bytes"].as_u64() > Some(0) && target["server"]["rss_anon_peak_bytes"].as_u64() > Some(0));
         assert!(target["server"]["cpu_s"].as_f64().is_some());
+        if two_cpus {
+            let probe = &target["cpu_distance"];
+            assert!(probe["cpus"].as_array().is_some_and(|c| c.len() == 2) && probe["samples_ns"].is_array(), "{probe}");
+        }
         for (run, (digest, size, layers)) in target["runs"].as_array().expect("runs").iter().zip(&expected) {
             assert_eq!(run["manifest_digest"].as_str(), Some(digest.as_str()), "{run}");
             assert_eq!(run["bytes"].as_u64(), Some(*size));

@@ -71,6 +71,10 @@ pub struct Args {
     /// Keep the pulled images and each run's containerd namespace.
     #[arg(long)]
     pub keep_images: bool,
+    /// Time a cache line's round trip between the first two CPUs every 200 ms during each
+    /// storm and report it per target: on a VM it shows where the host ran the vCPUs.
+    #[arg(long)]
+    pub cpu_probe: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

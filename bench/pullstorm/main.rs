@@ -3,6 +3,7 @@
 //! percentiles, throughput, errors and server cost as a table, JSON and an SVG of the CDFs.
 
 mod cli;
+mod cpu_distance;
 mod ctr;
 mod http;
 mod manifest;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use cli::{Args, ClientKind, CliError, Target};
+use cpu_distance::Probe;
 use ctr::{CtrError, CtrPuller, CtrSettings};
 use http::{Client, Gauge};
 use procstat::Sampler;
@@ -42,6 +44,8 @@ enum MainError {
     Ctr(#[from] CtrError),
     #[error("target {target}: {source}")]
     Url { target: String, source: ParseUrlError },
+    #[error("--cpu-probe needs two CPUs this process may run on")]
+    NoProbe,
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
 }
@@ -98,6 +102,7 @@ fn run_target(args: &Args, plan: &Plan, settings: &PullSettings, target: &Target
     let bar = Bar::start(show_bar, target.name.clone(), plan.workspaces.len(), Arc::clone(&counters));
     let sampler = (!target.pids.is_empty()).then(|| Sampler::start(target.pids.clone()));
     let cpu_before = procstat::own_cpu_seconds();
+    let probe = if args.cpu_probe { Some(Probe::start().ok_or(MainError::NoProbe)?) } else { None };
     let paired_before = paired_sha256::paired_bytes();
     let timeout = Duration::from_secs(args.timeout_s);
     let (mut outcome, peak_connections, ctr_puller) = match args.client {
@@ -119,7 +124,14 @@ fn run_target(args: &Args, plan: &Plan, settings: &PullSettings, target: &Target
             (storm::run(plan, &puller, &counters), None, Some(puller))
         }
     };
-    let client = ClientCost { peak_connections, cpu_s: procstat::own_cpu_seconds() - cpu_before, paired_hash_bytes: paired_sha256::paired_bytes() - paired_before };
+    let cpu_distance = probe.map(Probe::finish);
+    let probe_cpu_s = cpu_distance.as_ref().map_or(0.0, |d| d.cpu_s);
+    let client = ClientCost {
+        peak_connections,
+        cpu_s: procstat::own_cpu_seconds() - cpu_before - probe_cpu_s,
+        paired_hash_bytes: paired_sha256::paired_bytes() - paired_before,
+        cpu_distance,
+    };
     let server = sampler.map(Sampler::finish);
     bar.finish();
     if let Some(puller) = ctr_puller {

@@ -7,6 +7,7 @@ use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
 
+use crate::cpu_distance::CpuDistance;
 use crate::procstat::ServerStats;
 use crate::storm::{Outcome, Run};
 
@@ -39,6 +40,8 @@ pub struct TargetReport {
     /// Of the bytes pullstorm hashed, how many it hashed two messages at a time.
     pub client_paired_hash_bytes: u64,
     pub server: Option<ServerStats>,
+    /// `--cpu-probe`: how far apart the first two CPUs were while the storm ran.
+    pub cpu_distance: Option<CpuDistance>,
     /// Distinct error messages, first few, with how many workspaces failed so.
     pub error_samples: Vec<ErrorSample>,
     pub runs: Vec<Run>,
@@ -106,6 +109,7 @@ pub struct ClientCost {
     pub peak_connections: Option<usize>,
     pub cpu_s: f64,
     pub paired_hash_bytes: u64,
+    pub cpu_distance: Option<CpuDistance>,
 }
 
 pub fn summarize(name: &str, url: &str, outcome: Outcome, client: ClientCost, server: Option<ServerStats>) -> TargetReport {
@@ -135,6 +139,7 @@ pub fn summarize(name: &str, url: &str, outcome: Outcome, client: ClientCost, se
         client_cpu_s: client.cpu_s,
         client_paired_hash_bytes: client.paired_hash_bytes,
         server,
+        cpu_distance: client.cpu_distance,
         error_samples: error_samples(&outcome.runs),
         runs: outcome.runs,
     }
@@ -158,6 +163,10 @@ pub fn table(targets: &[TargetReport]) -> String {
         "{:<16} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>9} {:>9}\n",
         "target", "ok", "err", "p50 ms", "p90 ms", "p99 ms", "max ms", "p99/1st", "ws/s", "MiB/s", "client s", "server s", "rss MiB", "anon MiB"
     );
+    let probed = targets.iter().any(|t| t.cpu_distance.is_some());
+    if probed {
+        out.insert_str(out.len() - 1, &format!(" {:>9}", "cpu rt ns"));
+    }
     for t in targets {
         let ratio = match (t.p99_ms, first_p99) {
             (Some(p99), Some(first)) if first > 0.0 => format!("{:.2}", p99 / first),
@@ -181,6 +190,10 @@ pub fn table(targets: &[TargetReport]) -> String {
             server(|s| format!("{:.1}", s.rss_peak_bytes as f64 / f64::from(1u32 << 20))),
             server(|s| format!("{:.1}", s.rss_anon_peak_bytes as f64 / f64::from(1u32 << 20))),
         ));
+        if probed {
+            let median = t.cpu_distance.as_ref().and_then(|d| d.median_ns);
+            out.insert_str(out.len() - 1, &format!(" {:>9}", ms(median)));
+        }
     }
     for t in targets.iter().filter(|t| !t.error_samples.is_empty()) {
         for sample in &t.error_samples {
