@@ -249,9 +249,8 @@ def all_rounds(name):  # a shared-run target with its median p99 over the rounds
     p99s = [t["p99_ms"] for t in rounds]
     probes = [(t.get("cpu_distance") or {}).get("samples_ns") or None for t in rounds]
     return {"p99_ms": statistics.median(p99s), "rounds_p99_ms": p99s, "rounds_cpu_round_trip_ns": probes} if rounds else None
-# The probe's round trips fall in groups on the VM this was written on: about 30 ns (the vCPUs
-# on one core's two threads), 50-75 ns (one cache domain), 300-340 ns (two), and the host may
-# move them mid-storm. A round is "near" when at most a tenth of its samples are far.
+# The probe's round trips fall in two groups on the VM this was written on: 50-100 ns (the
+# vCPUs in one cache domain) and 275-375 ns (in two), and the host may move them mid-storm. A round is "near" when at most a tenth of its samples are far.
 NEAR_NS, FAR_SHARE_OF_NEAR_ROUND = 150, 0.1
 def far_share(samples):
     return sum(ns >= NEAR_NS for ns in samples) / len(samples)

@@ -2,8 +2,8 @@
 //! pinned one to each of the first two CPUs pullstorm may use and at real-time priority where
 //! allowed, wake together every 200 ms and time a cache line's round trip between them. On a
 //! VM the host may run the two vCPUs on cores that share a last-level cache or on cores that do
-//! not, and move them from one to the other while the guest runs (a 2-vCPU EPYC here: 50-65 ns
-//! against 300-340 ns, changing from one storm to the next). A server that copies into socket
+//! not, and move them from one to the other while the guest runs (a 2-vCPU EPYC here: 50-100 ns
+//! against 275-375 ns, changing from one storm to the next). A server that copies into socket
 //! buffers its client reads on the other CPU pays for that distance on every byte; one that
 //! sends with sendfile hardly does. So each target's report says what the storm ran under.
 
@@ -275,7 +275,9 @@ mod tests {
         std::thread::sleep(PERIOD * 3 + PERIOD / 2);
         let seen = probe.finish();
         assert_ne!(seen.cpus[0], seen.cpus[1]);
-        assert_eq!(seen.samples_ns.len() + seen.missed, 3, "one sample per period: {seen:?}");
+        // Without real-time priority a loaded machine may delay a thread past the last period.
+        let expected = if seen.realtime { 3..=3 } else { 2..=3 };
+        assert!(expected.contains(&(seen.samples_ns.len() + seen.missed)), "one sample per period: {seen:?}");
         // A round trip between two CPUs moves a cache line twice: tens of ns at the least,
         // and under the 20 ms limit of a sample spread over its round trips.
         assert!(seen.samples_ns.iter().all(|&ns| (10.0..4_100.0).contains(&ns)), "{seen:?}");
