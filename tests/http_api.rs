@@ -403,7 +403,6 @@ fn a_big_blob_is_the_same_bytes_by_sendfile_and_by_copy() {
 
 #[test]
 fn a_local_client_that_gets_copies_has_a_bounded_send_buffer() {
-    tools::require("ss");
     // 256 KiB asked, which the kernel doubles; "always" keeps the kernel's own sizing.
     for (mode, bounded) in [("remote", true), ("never", true), ("always", false)] {
         let f = fixture(&format!(r#""sendfile": "{mode}""#));
@@ -411,11 +410,8 @@ fn a_local_client_that_gets_copies_has_a_bounded_send_buffer() {
         let mut reader = BufReader::new(stream);
         reader.get_mut().write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(read_reply(&mut reader, false).unwrap().status, 200);
-        let port = format!("sport = :{}", f.server.addr.port());
-        let listing = tools::run(std::process::Command::new("ss").args(["-tmnH", "state", "established", &port]));
-        let text = String::from_utf8_lossy(&listing.stdout);
-        let send_buffer = text.split([',', '(', ')']).find_map(|field| field.strip_prefix("tb")).and_then(|n| n.parse::<u64>().ok());
-        assert_eq!(send_buffer == Some(512 * 1024), bounded, "{mode}: the server's socket: {text}");
+        let send_buffer = tools::server_send_buffer(f.server.addr);
+        assert_eq!(send_buffer == Some(512 * 1024), bounded, "{mode}: the server's socket: {send_buffer:?}");
     }
 }
 

@@ -311,6 +311,30 @@ fn tags_are_re_resolved_after_their_ttl_and_unknown_ones_are_404() {
 }
 
 #[test]
+fn a_local_client_gets_a_fill_by_sendfile_and_the_cached_blob_by_copy() {
+    // The default "remote": a client on this host gets a fill's bytes by sendfile, with the
+    // send buffer opened for it (2 MiB asked, 4 MiB after the kernel doubles it), and copies of
+    // a cached blob with the buffer bounded again (256 KiB, 512 KiB).
+    let dir = tempfile::tempdir().unwrap();
+    let registry = ReferenceRegistry::start(RegistryAuth::None);
+    let layout = push_image(&registry, dir.path(), ImageOptions { layers: vec![24 << 20], gzip: false, seed: 13, ..ImageOptions::default() });
+    let layer = layout.image().layers[0].clone();
+    let facade = TestServer::start(&mirror_config(&registry.host(), &registry.host(), ""));
+    let path = mirror_path("blobs", &layer.digest);
+    let mut reader = std::io::BufReader::new(support::client::connect(facade.addr));
+    let pull = |reader: &mut std::io::BufReader<std::net::TcpStream>| {
+        write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let reply = support::client::read_reply(reader, false).unwrap();
+        assert_blob(&reply, &layer.digest, layer.size);
+        support::tools::server_send_buffer(facade.addr)
+    };
+    assert_eq!(pull(&mut reader), Some(4 << 20), "sized for the fill's sendfile");
+    wait_published(&facade.cache_dir, layer.hex());
+    assert_eq!(pull(&mut reader), Some(512 << 10), "bounded again for copies of the cached blob");
+    assert_eq!(registry.blob_gets(&layer.digest), 1);
+}
+
+#[test]
 fn ranges_inside_the_written_part_are_served_while_the_fill_waits() {
     let dir = tempfile::tempdir().unwrap();
     let registry = ReferenceRegistry::start(RegistryAuth::None);

@@ -92,7 +92,7 @@ impl hyper::body::Body for ResponseBody {
             }
             Content::FileSlice(data, file, offset) => {
                 if let Some(in_flight) = &this.in_flight {
-                    in_flight.connection().register_file_region(data.clone(), file, offset);
+                    in_flight.connection().register_file_region(data.clone(), file, offset, false);
                 }
                 metrics::served(this.source, data.len() as u64);
                 Poll::Ready(Some(Ok(Frame::data(data))))
@@ -116,7 +116,7 @@ impl hyper::body::Body for ResponseBody {
                     let left = remaining.map(|r| r.saturating_sub(data.len() as u64));
                     this.content = Content::Stream(stream, left);
                     if let (Some((file, offset)), Some(in_flight)) = (file, &this.in_flight) {
-                        in_flight.connection().register_file_region(data.clone(), file, offset);
+                        in_flight.connection().register_file_region(data.clone(), file, offset, true);
                     }
                     Poll::Ready(Some(Ok(Frame::data(data))))
                 }

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use super::failure::Failure;
 use super::frame_batch::{BatchOutbox, SharedSocket};
-use super::io::{bound_send_buffer, coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Outbox, Protocol, Timeout, VectoredSocket};
+use super::io::{coarse_now_ms, set_nonblocking, ConnectionState, HyperIo, Outbox, Protocol, SendfileUse, Timeout, VectoredSocket};
 use super::protocol::{Connection, Ended};
 use super::tls_stream::AlignedTls;
 use super::{admin, dispatch, response, HttpContext, Role, Sendfile};
@@ -27,15 +27,6 @@ use crate::metrics;
 /// The whole life of a refused connection (TLS handshake included): a client that does not
 /// read its refusal in this time is simply closed.
 const REFUSAL_TIME: Duration = Duration::from_secs(2);
-
-/// The send buffer of a socket that copies to a client on this host (the kernel doubles it).
-/// Unbounded, the kernel queues megabytes per connection: the receiver copies them out of
-/// memory that has long left the CPU cache, and under load its queue overflows and segments
-/// wait for 200 ms+ retransmission timeouts. wrk, 16 connections fetching a 16 MiB blob:
-/// longest request 0.8-1.6 s unbounded, 0.17-0.24 s with this bound (sendfile: 0.3-0.4 s).
-/// pullstorm, 100 workspaces on a warm cache: p99 3.48-3.65 s unbounded, 3.06-3.12 s bounded
-/// (client CPU 5.9-6.1 s vs 4.8 s; facade 0.9-1.2 s vs 1.3 s).
-const LOCAL_SEND_BUFFER_BYTES: libc::c_int = 256 * 1024;
 
 enum Event {
     Closed(Ended),
@@ -65,11 +56,11 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<HttpContext>, drain: im
             // sendfile has no MSG_DONTWAIT: without O_NONBLOCK it could block the executor.
             let raw_fd = set_nonblocking(fd).ok().map(|()| fd);
             let local = peer_is_local(&stream);
-            let sendfile = raw_fd.is_some() && sends_by_sendfile(ctx.settings.sendfile, local);
-            if local && !sendfile {
-                bound_local_send_buffer(&stream);
-            }
-            let state = ConnectionState::new(sendfile);
+            let sendfile = if raw_fd.is_some() { sendfile_use(ctx.settings.sendfile, local) } else { SendfileUse::Never };
+            // Remote clients and TLS keep the kernel's autotuning: with the bound, bench/tls.sh's
+            // 16 TLS connections moved the same GiB/s for 20-50% more facade CPU.
+            let sized_locally = (local && sendfile != SendfileUse::Always).then_some(fd);
+            let state = ConnectionState::new(sendfile, sized_locally);
             let socket = SharedSocket::new(stream);
             let io = HyperIo::new(socket.clone(), raw_fd, Rc::clone(&state));
             let outbox = io.frames().map(|frames| Rc::new(BatchOutbox::new(frames, socket)) as Rc<dyn Outbox>);
@@ -79,28 +70,20 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<HttpContext>, drain: im
             let Some(tls) = handshake(&acceptor, stream, ctx.settings.header_read_timeout).await else { return };
             let protocol = negotiated(&tls);
             // TLS bytes must pass through rustls: no raw socket writes, no sendfile.
-            let state = ConnectionState::new(false);
+            let state = ConnectionState::new(SendfileUse::Never, None);
             let (tls, outbox) = AlignedTls::new(tls);
             serve_http(HyperIo::new(tls, None, Rc::clone(&state)), protocol, Some(outbox), state, ctx, drain).await;
         }
     }
 }
 
-/// Whether cached blobs go with sendfile to a client that is `local` or not (see `Sendfile`).
-fn sends_by_sendfile(mode: Sendfile, local: bool) -> bool {
+/// Which bytes go with sendfile to a client that is `local` or not (see `Sendfile`).
+fn sendfile_use(mode: Sendfile, local: bool) -> SendfileUse {
     match mode {
-        Sendfile::Always => true,
-        Sendfile::Never => false,
-        Sendfile::Remote => !local,
-    }
-}
-
-/// Bounds the send buffer of a plain socket that copies to a client on this host (see
-/// `LOCAL_SEND_BUFFER_BYTES`). Remote clients and TLS keep the kernel's autotuning: with the
-/// bound, bench/tls.sh's 16 TLS connections moved the same GiB/s for 20-50% more facade CPU.
-fn bound_local_send_buffer(stream: &TcpStream) {
-    if let Err(e) = bound_send_buffer(stream.as_raw_fd(), LOCAL_SEND_BUFFER_BYTES) {
-        tracing::debug!(error = %e, "could not bound a local client's send buffer");
+        Sendfile::Always => SendfileUse::Always,
+        Sendfile::Never => SendfileUse::Never,
+        Sendfile::Remote if local => SendfileUse::FollowingFills,
+        Sendfile::Remote => SendfileUse::Always,
     }
 }
 
@@ -240,11 +223,11 @@ pub async fn refuse(stream: TcpStream, ctx: Rc<HttpContext>, refusal: Refusal) {
     let _ = stream.set_nodelay(true);
     let answer = async {
         match ctx.tls_acceptor() {
-            None => refuse_http(HyperIo::new(stream, None, ConnectionState::new(false)), None, &ctx, refusal).await,
+            None => refuse_http(HyperIo::new(stream, None, ConnectionState::new(SendfileUse::Never, None)), None, &ctx, refusal).await,
             Some(acceptor) => {
                 if let Some(tls) = handshake(&acceptor, stream, REFUSAL_TIME).await {
                     let protocol = negotiated(&tls);
-                    refuse_http(HyperIo::new(tls, None, ConnectionState::new(false)), protocol, &ctx, refusal).await;
+                    refuse_http(HyperIo::new(tls, None, ConnectionState::new(SendfileUse::Never, None)), protocol, &ctx, refusal).await;
                 }
             }
         }

@@ -52,3 +52,13 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// The kernel's send buffer (`ss`'s `tb`, bytes) of the one established socket a server at
+/// `server` holds; `None` if `ss` shows none.
+pub fn server_send_buffer(server: std::net::SocketAddr) -> Option<u64> {
+    require("ss");
+    let port = format!("sport = :{}", server.port());
+    let listing = run(Command::new("ss").args(["-tmnH", "state", "established", &port]));
+    let text = String::from_utf8_lossy(&listing.stdout);
+    text.split([',', '(', ')']).find_map(|field| field.strip_prefix("tb")).and_then(|n| n.parse::<u64>().ok())
+}
