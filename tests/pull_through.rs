@@ -311,26 +311,38 @@ fn tags_are_re_resolved_after_their_ttl_and_unknown_ones_are_404() {
 }
 
 #[test]
-fn a_local_client_gets_a_fill_by_sendfile_and_the_cached_blob_by_copy() {
-    // The default "remote": a client on this host gets a fill's bytes by sendfile, with the
-    // send buffer opened for it (2 MiB asked, 4 MiB after the kernel doubles it), and copies of
-    // a cached blob with the buffer bounded again (256 KiB, 512 KiB).
+fn a_local_client_close_behind_a_fill_gets_it_by_sendfile_and_the_cached_blob_by_copy() {
+    // The default "remote": a client on this host close behind a running fill gets those bytes
+    // by sendfile, with the send buffer opened for it (2 MiB asked, 4 MiB after the kernel
+    // doubles it); a cached blob goes by copy with the buffer bounded (256 KiB, 512 KiB).
     let dir = tempfile::tempdir().unwrap();
     let registry = ReferenceRegistry::start(RegistryAuth::None);
-    let layout = push_image(&registry, dir.path(), ImageOptions { layers: vec![24 << 20], gzip: false, seed: 13, ..ImageOptions::default() });
+    let layout = push_image(&registry, dir.path(), ImageOptions { layers: vec![8 << 20], gzip: false, seed: 13, ..ImageOptions::default() });
     let layer = layout.image().layers[0].clone();
-    let facade = TestServer::start(&mirror_config(&registry.host(), &registry.host(), ""));
+    let bytes = std::fs::read(layout.blob_path(&layer.digest)).unwrap();
+    // Upstream stalls after 2 MiB: the client's first bytes are the last the fill wrote.
+    let proxy = FaultProxy::start(registry.addr(), vec![Fault::StallAfter(2 << 20, Duration::from_secs(2))]);
+    let upstream = format!(r#""readTimeoutMs": 60000, {QUICK_RETRIES}"#);
+    let facade = TestServer::start(&mirror_config_with(&registry.host(), &proxy.addr().to_string(), &upstream, ""));
     let path = mirror_path("blobs", &layer.digest);
     let mut reader = std::io::BufReader::new(support::client::connect(facade.addr));
-    let pull = |reader: &mut std::io::BufReader<std::net::TcpStream>| {
-        write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let reply = support::client::read_reply(reader, false).unwrap();
-        assert_blob(&reply, &layer.digest, layer.size);
-        support::tools::server_send_buffer(facade.addr)
-    };
-    assert_eq!(pull(&mut reader), Some(4 << 20), "sized for the fill's sendfile");
+
+    write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut line = String::new();
+    while line != "\r\n" {
+        line.clear();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    }
+    let mut body = vec![0; bytes.len()];
+    reader.read_exact(&mut body[..1 << 20]).unwrap();
+    assert_eq!(support::tools::server_send_buffer(facade.addr), Some(4 << 20), "sized for sendfile while the fill waits");
+    reader.read_exact(&mut body[1 << 20..]).unwrap();
+    assert!(body == bytes, "the bytes sent while following the fill");
+
     wait_published(&facade.cache_dir, layer.hex());
-    assert_eq!(pull(&mut reader), Some(512 << 10), "bounded again for copies of the cached blob");
+    write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_blob(&support::client::read_reply(&mut reader, false).unwrap(), &layer.digest, layer.size);
+    assert_eq!(support::tools::server_send_buffer(facade.addr), Some(512 << 10), "bounded again for copies of the cached blob");
     assert_eq!(registry.blob_gets(&layer.digest), 1);
 }
 

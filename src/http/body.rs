@@ -111,12 +111,12 @@ impl hyper::body::Body for ResponseBody {
                     tracing::warn!(%error, "aborting a response whose blob stream failed");
                     Poll::Ready(Some(Err(error)))
                 }
-                Poll::Ready(Some(Ok(BlobChunk { data, file, source }))) => {
+                Poll::Ready(Some(Ok(BlobChunk { data, file, just_written, source }))) => {
                     metrics::served(source, data.len() as u64);
                     let left = remaining.map(|r| r.saturating_sub(data.len() as u64));
                     this.content = Content::Stream(stream, left);
                     if let (Some((file, offset)), Some(in_flight)) = (file, &this.in_flight) {
-                        in_flight.connection().register_file_region(data.clone(), file, offset, true);
+                        in_flight.connection().register_file_region(data.clone(), file, offset, just_written);
                     }
                     Poll::Ready(Some(Ok(Frame::data(data))))
                 }

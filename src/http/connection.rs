@@ -82,7 +82,7 @@ fn sendfile_use(mode: Sendfile, local: bool) -> SendfileUse {
     match mode {
         Sendfile::Always => SendfileUse::Always,
         Sendfile::Never => SendfileUse::Never,
-        Sendfile::Remote if local => SendfileUse::FollowingFills,
+        Sendfile::Remote if local => SendfileUse::JustWritten,
         Sendfile::Remote => SendfileUse::Always,
     }
 }

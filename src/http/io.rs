@@ -52,10 +52,10 @@ pub enum SendfileUse {
     /// None (TLS, `sendfile: never`, or no raw socket to send on).
     #[default]
     Never,
-    /// Only the bytes a response takes from a fill as it writes them: they were written a
+    /// Only the bytes a response takes close behind a running fill: they were written a
     /// moment ago and are still in the CPU cache, so a receiver on this host copies them out
     /// cheaply, and every reader of the fill saves the server a copy.
-    FollowingFills,
+    JustWritten,
     /// Those and slices of cached blobs.
     Always,
 }
@@ -69,9 +69,9 @@ pub enum SendfileUse {
 /// (client CPU 5.9-6.1 s vs 4.8 s; facade 0.9-1.2 s vs 1.3 s).
 const LOCAL_COPY_SEND_BUFFER_BYTES: libc::c_int = 256 * 1024;
 
-/// The send buffer of a socket that sends a fill to a client on this host with sendfile: the
-/// most the kernel's autotuning would give it (tcp_wmem's default maximum, 4 MiB, which is
-/// twice this). The queue holds page references, not copies, so the bound above has nothing
+/// The send buffer of a socket that sends just-written bytes to a client on this host with
+/// sendfile: the most the kernel's autotuning would give it (tcp_wmem's default maximum,
+/// 4 MiB, which is twice this). The queue holds page references, not copies, so the bound above has nothing
 /// to keep in the cache: pullstorm, 100 workspaces on a cold facade, facade CPU 1.45-2.0 s
 /// with the bound and 0.99-1.16 s with this (copying those bytes: 1.6-1.9 s).
 const LOCAL_SENDFILE_SEND_BUFFER_BYTES: libc::c_int = 2 * 1024 * 1024;
@@ -261,12 +261,12 @@ impl ConnectionState {
     }
 
     /// Lets `data` (a slice of `file` starting at `file_offset`) be sent with sendfile, if
-    /// this connection sends such bytes so (`following_fill`: taken from a fill as it wrote
-    /// them; else a slice of a cached blob).
-    pub fn register_file_region(&self, data: Bytes, file: Arc<File>, file_offset: u64, following_fill: bool) {
+    /// this connection sends such bytes so (`just_written`: taken close behind a running
+    /// fill; else a slice of a cached blob, or of a fill written a while ago).
+    pub fn register_file_region(&self, data: Bytes, file: Arc<File>, file_offset: u64, just_written: bool) {
         let wanted = match self.sendfile {
             SendfileUse::Never => false,
-            SendfileUse::FollowingFills => following_fill,
+            SendfileUse::JustWritten => just_written,
             SendfileUse::Always => true,
         };
         // h2 cuts bodies into frames of 16 KiB (the client's frame size); a sendfile per frame

@@ -50,13 +50,13 @@ pub struct HttpSettings {
 /// server saved: 100 workspaces pulling 64 MiB each over loopback (pullstorm) took 7.4 s of
 /// client CPU with sendfile and 6.1 s without, for 0.46 s and 1.05 s of facade CPU, and
 /// finished 8% sooner without. Over a network the receiver's copy is the same either way.
-/// Bytes that follow a fill are the exception: just written, they are still in the CPU cache,
-/// so they go by sendfile to local clients too (see `http::io::SendfileUse`).
+/// Bytes read close behind a running fill are the exception: just written, they are still in
+/// the CPU cache, so they go by sendfile to local clients too (see `http::io::SendfileUse`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sendfile {
     /// Clients on other hosts; a client on this host (loopback, or our own address) gets
-    /// copies of cached blobs, and a fill's bytes by sendfile.
+    /// copies, except of bytes read close behind a running fill (sent by sendfile).
     #[default]
     Remote,
     Always,

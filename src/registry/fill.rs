@@ -34,12 +34,20 @@ use crate::upstream::{BlobDownload, BlobLocation, Upstream, UpstreamError};
 const WRITE_BATCH: usize = 1 << 20;
 /// Largest chunk a reader sends at a time (one mapping of the file each).
 const READ_CHUNK: u64 = 4 << 20;
+/// How far behind a running fill's written end a chunk may start and still count as just
+/// written. A cold pullstorm's readers keep this close and gain from sending such bytes by
+/// sendfile (docs/architecture.md, "Zero-copy paths"); 64 curls of a 256 MiB blob fall
+/// hundreds of MiB behind a fast fill, and sendfile of those long-written pages cost them more.
+const JUST_WRITTEN_BYTES: u64 = 8 << 20;
 
 /// A piece of a blob for a response: bytes, and where they lie in a file that never changes
 /// (so the stream adapter may send them with sendfile) when they come from one.
 pub struct BlobChunk {
     pub data: Bytes,
     pub file: Option<(Arc<File>, u64)>,
+    /// Written moments ago: the reader is close behind a running fill, so the bytes are
+    /// likely still in the CPU cache (`JUST_WRITTEN_BYTES`).
+    pub just_written: bool,
     /// Where the bytes came from, for the served-bytes metric.
     pub source: ByteSource,
 }
@@ -459,7 +467,8 @@ impl FillReader {
                 _ => written,
             };
             if self.pos < readable {
-                return Some(self.read_file(readable));
+                let just_written = matches!(outcome, Outcome::Running) && written - self.pos <= JUST_WRITTEN_BYTES;
+                return Some(self.read_file(readable, just_written));
             }
             match outcome {
                 Outcome::Running => listener.await,
@@ -489,14 +498,14 @@ impl FillReader {
     /// Maps the next chunk below `written` of the fill's file. The file is only ever appended
     /// to and never truncated, so the mapping stays valid; the bytes were just written, so
     /// they are in the page cache.
-    fn read_file(&mut self, written: u64) -> io::Result<BlobChunk> {
+    fn read_file(&mut self, written: u64, just_written: bool) -> io::Result<BlobChunk> {
         if self.file.is_none() {
             self.file = self.fill.snapshot().1;
         }
         let (file, source) = self.file.as_ref().ok_or_else(|| io::Error::other("no file"))?;
         let len = READ_CHUNK.min(written - self.pos).min(self.end - self.pos);
         let data = map_range(file, self.pos, len)?;
-        let chunk = BlobChunk { data, file: Some((Arc::clone(file), self.pos)), source: *source };
+        let chunk = BlobChunk { data, file: Some((Arc::clone(file), self.pos)), just_written, source: *source };
         self.pos += len;
         Ok(chunk)
     }
@@ -558,7 +567,7 @@ impl FillReader {
                     return Some(Err(io::Error::other(format!("content from upstream does not match {}", self.fill.digest))));
                 }
                 self.pos += take as u64;
-                Some(Ok(BlobChunk { data, file: None, source: ByteSource::Upstream }))
+                Some(Ok(BlobChunk { data, file: None, just_written: false, source: ByteSource::Upstream }))
             }
             Ok(None) if self.end == u64::MAX => match self.verified_with(&[]) {
                 Some(false) => Some(Err(io::Error::other(format!("content from upstream does not match {}", self.fill.digest)))),
