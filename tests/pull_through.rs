@@ -310,20 +310,40 @@ fn tags_are_re_resolved_after_their_ttl_and_unknown_ones_are_404() {
     assert_eq!(tags.json(), serde_json::json!({"name": format!("mirror/up/{REPO}"), "tags": ["latest"]}));
 }
 
+/// An 8 MiB uncompressed layer in the reference registry, reached through a proxy that stalls
+/// the first upstream response after `stall_after` bytes for `stall`, and a facade mirroring
+/// it whose read timeout outlasts the stall: a fill that waits part-written. Bind every field:
+/// the proxy and the directory must live as long as the test.
+struct StalledFill {
+    registry: ReferenceRegistry,
+    layer: image::Desc,
+    bytes: Vec<u8>,
+    facade: TestServer,
+    _proxy: FaultProxy,
+    _dir: tempfile::TempDir,
+}
+
+impl StalledFill {
+    fn start(seed: u64, stall_after: u64, stall: Duration) -> StalledFill {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = ReferenceRegistry::start(RegistryAuth::None);
+        let layout = push_image(&registry, dir.path(), ImageOptions { layers: vec![8 << 20], gzip: false, seed, ..ImageOptions::default() });
+        let layer = layout.image().layers[0].clone();
+        let bytes = std::fs::read(layout.blob_path(&layer.digest)).unwrap();
+        let proxy = FaultProxy::start(registry.addr(), vec![Fault::StallAfter(stall_after, stall)]);
+        let upstream = format!(r#""readTimeoutMs": 60000, {QUICK_RETRIES}"#);
+        let facade = TestServer::start(&mirror_config_with(&registry.host(), &proxy.addr().to_string(), &upstream, ""));
+        StalledFill { registry, layer, bytes, facade, _proxy: proxy, _dir: dir }
+    }
+}
+
 #[test]
 fn a_local_client_close_behind_a_fill_gets_it_by_sendfile_and_the_cached_blob_by_copy() {
     // The default "remote": a client on this host close behind a running fill gets those bytes
     // by sendfile, with the send buffer opened for it (2 MiB asked, 4 MiB after the kernel
     // doubles it); a cached blob goes by copy with the buffer bounded (256 KiB, 512 KiB).
-    let dir = tempfile::tempdir().unwrap();
-    let registry = ReferenceRegistry::start(RegistryAuth::None);
-    let layout = push_image(&registry, dir.path(), ImageOptions { layers: vec![8 << 20], gzip: false, seed: 13, ..ImageOptions::default() });
-    let layer = layout.image().layers[0].clone();
-    let bytes = std::fs::read(layout.blob_path(&layer.digest)).unwrap();
     // Upstream stalls after 2 MiB: the client's first bytes are the last the fill wrote.
-    let proxy = FaultProxy::start(registry.addr(), vec![Fault::StallAfter(2 << 20, Duration::from_secs(2))]);
-    let upstream = format!(r#""readTimeoutMs": 60000, {QUICK_RETRIES}"#);
-    let facade = TestServer::start(&mirror_config_with(&registry.host(), &proxy.addr().to_string(), &upstream, ""));
+    let StalledFill { registry, layer, bytes, facade, _proxy, _dir } = StalledFill::start(13, 2 << 20, Duration::from_secs(2));
     let path = mirror_path("blobs", &layer.digest);
     let mut reader = std::io::BufReader::new(support::client::connect(facade.addr));
 
@@ -348,14 +368,8 @@ fn a_local_client_close_behind_a_fill_gets_it_by_sendfile_and_the_cached_blob_by
 
 #[test]
 fn ranges_inside_the_written_part_are_served_while_the_fill_waits() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = ReferenceRegistry::start(RegistryAuth::None);
-    let layout = push_image(&registry, dir.path(), ImageOptions { layers: vec![8 << 20], gzip: false, seed: 12, ..ImageOptions::default() });
-    let layer = layout.image().layers[0].clone();
-    let bytes = std::fs::read(layout.blob_path(&layer.digest)).unwrap();
     let stall = Duration::from_secs(8);
-    let proxy = FaultProxy::start(registry.addr(), vec![Fault::StallAfter(3 << 20, stall)]);
-    let facade = TestServer::start(&mirror_config_with(&registry.host(), &proxy.addr().to_string(), &format!(r#""readTimeoutMs": 60000, {QUICK_RETRIES}"#), ""));
+    let StalledFill { registry, layer, bytes, facade, _proxy, _dir } = StalledFill::start(12, 3 << 20, stall);
     let path = mirror_path("blobs", &layer.digest);
     let (addr, whole_path) = (facade.addr, path.clone());
     let whole = std::thread::spawn(move || get(addr, &whole_path));
