@@ -71,9 +71,9 @@ const LOCAL_COPY_SEND_BUFFER_BYTES: libc::c_int = 256 * 1024;
 
 /// The send buffer of a socket that sends just-written bytes to a client on this host with
 /// sendfile: the most the kernel's autotuning would give it (tcp_wmem's default maximum,
-/// 4 MiB, which is twice this). The queue holds page references, not copies, so the bound above has nothing
-/// to keep in the cache: pullstorm, 100 workspaces on a cold facade, facade CPU 1.45-2.0 s
-/// with the bound and 0.99-1.16 s with this (copying those bytes: 1.6-1.9 s).
+/// 4 MiB, which is twice this). The queue holds page references, not copies, so the bound
+/// above has nothing to keep in the cache: pullstorm, 100 workspaces on a cold facade,
+/// facade CPU 1.45-2.0 s with the bound and 0.99-1.16 s with this (copying: 1.6-1.9 s).
 const LOCAL_SENDFILE_SEND_BUFFER_BYTES: libc::c_int = 2 * 1024 * 1024;
 
 /// What the send buffer of a socket to a client on this host is sized for.
