@@ -348,11 +348,7 @@ fn a_local_client_close_behind_a_fill_gets_it_by_sendfile_and_the_cached_blob_by
     let mut reader = std::io::BufReader::new(support::client::connect(facade.addr));
 
     write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut line = String::new();
-    while line != "\r\n" {
-        line.clear();
-        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
-    }
+    support::client::read_reply(&mut reader, true).unwrap();
     let mut body = vec![0; bytes.len()];
     reader.read_exact(&mut body[..1 << 20]).unwrap();
     assert_eq!(support::tools::server_send_buffer(facade.addr), Some(4 << 20), "sized for sendfile while the fill waits");

@@ -98,10 +98,15 @@ fn spin_until(line: &Line, value: u64, limit: Instant) -> bool {
     true
 }
 
-/// What one probe thread hands back when it stops.
-struct ThreadEnd {
+/// What one probe thread hands back when it stops: how it ran, and what its side measured.
+struct ThreadEnd<T> {
     realtime: bool,
     cpu_s: f64,
+    measured: T,
+}
+
+/// The initiator's measurements.
+struct Samples {
     samples_ns: Vec<f64>,
     missed: usize,
 }
@@ -109,8 +114,8 @@ struct ThreadEnd {
 pub struct Probe {
     cpus: [usize; 2],
     shared: Arc<Shared>,
-    initiator: JoinHandle<ThreadEnd>,
-    responder: JoinHandle<ThreadEnd>,
+    initiator: JoinHandle<ThreadEnd<Samples>>,
+    responder: JoinHandle<ThreadEnd<()>>,
 }
 
 impl Probe {
@@ -124,17 +129,8 @@ impl Probe {
             stopped: Condvar::new(),
             origin: Instant::now(),
         });
-        let spawn = |cpu: usize, body: fn(&Shared) -> ThreadEnd| {
-            let shared = Arc::clone(&shared);
-            std::thread::Builder::new().name(format!("cpu-probe-{cpu}")).spawn(move || {
-                let pinned = pin_to(cpu);
-                let realtime = pinned && raise_to_realtime();
-                let end = body(&shared);
-                ThreadEnd { realtime, cpu_s: thread_cpu_seconds(), ..end }
-            })
-        };
-        let responder = spawn(cpus[1], respond).ok()?;
-        let initiator = match spawn(cpus[0], initiate) {
+        let responder = spawn_pinned(&shared, cpus[1], respond).ok()?;
+        let initiator = match spawn_pinned(&shared, cpus[0], initiate) {
             Ok(thread) => thread,
             Err(_) => {
                 stop(&shared);
@@ -151,9 +147,19 @@ impl Probe {
         let responder = self.responder.join().ok();
         let realtime = initiator.as_ref().is_some_and(|t| t.realtime) && responder.as_ref().is_some_and(|t| t.realtime);
         let cpu_s = initiator.as_ref().map_or(0.0, |t| t.cpu_s) + responder.as_ref().map_or(0.0, |t| t.cpu_s);
-        let (samples_ns, missed) = initiator.map_or((Vec::new(), 0), |t| (t.samples_ns, t.missed));
+        let (samples_ns, missed) = initiator.map_or((Vec::new(), 0), |t| (t.measured.samples_ns, t.measured.missed));
         CpuDistance { cpus: self.cpus, realtime, median_ns: median(&samples_ns), samples_ns, missed, cpu_s }
     }
+}
+
+/// Runs `body` on a thread pinned to `cpu`, at real-time priority where allowed.
+fn spawn_pinned<T: Send + 'static>(shared: &Arc<Shared>, cpu: usize, body: fn(&Shared) -> T) -> std::io::Result<JoinHandle<ThreadEnd<T>>> {
+    let shared = Arc::clone(shared);
+    std::thread::Builder::new().name(format!("cpu-probe-{cpu}")).spawn(move || {
+        let realtime = pin_to(cpu) && raise_to_realtime();
+        let measured = body(&shared);
+        ThreadEnd { realtime, cpu_s: thread_cpu_seconds(), measured }
+    })
 }
 
 fn stop(shared: &Shared) {
@@ -162,7 +168,7 @@ fn stop(shared: &Shared) {
 }
 
 /// The timing side: waits for the responder, then sends the ball `ROUND_TRIPS` times.
-fn initiate(shared: &Shared) -> ThreadEnd {
+fn initiate(shared: &Shared) -> Samples {
     let (mut samples_ns, mut missed) = (Vec::new(), 0);
     for sample in 1.. {
         if !shared.sleep_until_sample(sample) {
@@ -185,11 +191,11 @@ fn initiate(shared: &Shared) -> ThreadEnd {
             missed += 1;
         }
     }
-    ThreadEnd { realtime: false, cpu_s: 0.0, samples_ns, missed }
+    Samples { samples_ns, missed }
 }
 
 /// The answering side: says it is ready, then returns each ball it receives.
-fn respond(shared: &Shared) -> ThreadEnd {
+fn respond(shared: &Shared) {
     for sample in 1.. {
         if !shared.sleep_until_sample(sample) {
             break;
@@ -207,7 +213,6 @@ fn respond(shared: &Shared) -> ThreadEnd {
             shared.ball.0.store(base + 2 * i + 2, Ordering::Release);
         }
     }
-    ThreadEnd { realtime: false, cpu_s: 0.0, samples_ns: Vec::new(), missed: 0 }
 }
 
 fn median(values: &[f64]) -> Option<f64> {
