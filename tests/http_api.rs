@@ -384,7 +384,7 @@ fn big_blob_fixture(extra: &str) -> (TestServer, Layout, tempfile::TempDir) {
 
 #[test]
 fn a_big_blob_is_the_same_bytes_by_sendfile_and_by_copy() {
-    // Loopback clients get copies by default ("remote"); "always" takes the sendfile path.
+    // "always" (the default) takes the sendfile path, "never" the copy path.
     for mode in ["always", "never"] {
         let (server, layout, dir) = big_blob_fixture(&format!(r#""sendfile": "{mode}""#));
         let layer = &layout.image().layers[0];
@@ -413,6 +413,28 @@ fn a_local_client_that_gets_copies_has_a_bounded_send_buffer() {
         let send_buffer = tools::server_send_buffer(f.server.addr);
         assert_eq!(send_buffer == Some(512 * 1024), bounded, "{mode}: the server's socket: {send_buffer:?}");
     }
+}
+
+#[test]
+fn connections_get_the_configured_congestion_control() {
+    // cubic by default, whatever the system's (BBR here, whose pacing costs local receivers).
+    let system = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap().trim().to_owned();
+    for (config, expected) in [("", "cubic"), (r#""tcpCongestion": "reno""#, "reno"), (r#""tcpCongestion": "system""#, system.as_str())] {
+        let f = fixture(config);
+        let mut reader = BufReader::new(client::connect(f.server.addr));
+        reader.get_mut().write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(read_reply(&mut reader, false).unwrap().status, 200);
+        assert_eq!(tools::server_congestion(f.server.addr).as_deref(), Some(expected), "{config}");
+    }
+}
+
+#[test]
+fn a_congestion_control_the_kernel_lacks_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TestServer::config(dir.path(), r#""tcpCongestion": "no_such_cc""#);
+    let error = registry_facade::app::start(&config).err().expect("the kernel refuses it").to_string();
+    assert!(error.contains("tcpCongestion: the kernel refused `no_such_cc`"), "{error}");
+    assert!(error.contains("available: ") && error.contains("cubic"), "the message lists what there is: {error}");
 }
 
 #[test]

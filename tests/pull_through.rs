@@ -324,7 +324,8 @@ struct StalledFill {
 }
 
 impl StalledFill {
-    fn start(seed: u64, stall_after: u64, stall: Duration) -> StalledFill {
+    /// `extra`: more top-level configuration for the facade.
+    fn start(seed: u64, stall_after: u64, stall: Duration, extra: &str) -> StalledFill {
         let dir = tempfile::tempdir().unwrap();
         let registry = ReferenceRegistry::start(RegistryAuth::None);
         let layout = push_image(&registry, dir.path(), ImageOptions { layers: vec![8 << 20], gzip: false, seed, ..ImageOptions::default() });
@@ -332,18 +333,18 @@ impl StalledFill {
         let bytes = std::fs::read(layout.blob_path(&layer.digest)).unwrap();
         let proxy = FaultProxy::start(registry.addr(), vec![Fault::StallAfter(stall_after, stall)]);
         let upstream = format!(r#""readTimeoutMs": 60000, {QUICK_RETRIES}"#);
-        let facade = TestServer::start(&mirror_config_with(&registry.host(), &proxy.addr().to_string(), &upstream, ""));
+        let facade = TestServer::start(&mirror_config_with(&registry.host(), &proxy.addr().to_string(), &upstream, extra));
         StalledFill { registry, layer, bytes, facade, _proxy: proxy, _dir: dir }
     }
 }
 
 #[test]
 fn a_local_client_close_behind_a_fill_gets_it_by_sendfile_and_the_cached_blob_by_copy() {
-    // The default "remote": a client on this host close behind a running fill gets those bytes
+    // "remote": a client on this host close behind a running fill gets those bytes
     // by sendfile, with the send buffer opened for it (2 MiB asked, 4 MiB after the kernel
     // doubles it); a cached blob goes by copy with the buffer bounded (256 KiB, 512 KiB).
     // Upstream stalls after 2 MiB: the client's first bytes are the last the fill wrote.
-    let StalledFill { registry, layer, bytes, facade, _proxy, _dir } = StalledFill::start(13, 2 << 20, Duration::from_secs(2));
+    let StalledFill { registry, layer, bytes, facade, _proxy, _dir } = StalledFill::start(13, 2 << 20, Duration::from_secs(2), r#""sendfile": "remote""#);
     let path = mirror_path("blobs", &layer.digest);
     let mut reader = std::io::BufReader::new(support::client::connect(facade.addr));
 
@@ -365,7 +366,7 @@ fn a_local_client_close_behind_a_fill_gets_it_by_sendfile_and_the_cached_blob_by
 #[test]
 fn ranges_inside_the_written_part_are_served_while_the_fill_waits() {
     let stall = Duration::from_secs(8);
-    let StalledFill { registry, layer, bytes, facade, _proxy, _dir } = StalledFill::start(12, 3 << 20, stall);
+    let StalledFill { registry, layer, bytes, facade, _proxy, _dir } = StalledFill::start(12, 3 << 20, stall, "");
     let path = mirror_path("blobs", &layer.digest);
     let (addr, whole_path) = (facade.addr, path.clone());
     let whole = std::thread::spawn(move || get(addr, &whole_path));

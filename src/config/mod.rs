@@ -15,7 +15,7 @@ use crate::http::{AuthSettings, HttpSettings, Sendfile, TlsSettings};
 use crate::oci::manifest::Platform;
 use crate::registry::static_layers::StaticLayerConfig;
 use crate::registry::{MirrorSettings, RegistrySettings};
-use crate::runtime::RuntimeSettings;
+use crate::runtime::{RuntimeSettings, TcpCongestion};
 use crate::redis_client::RedisSettings;
 use crate::upstream::{RegistryConfig, RetryPolicy, UpstreamSettings};
 
@@ -45,6 +45,7 @@ struct ConfigFile {
     shutdown_grace_ms: Option<u64>,
     max_header_bytes: Option<usize>,
     sendfile: Option<Sendfile>,
+    tcp_congestion: Option<String>,
     log: Option<LogFile>,
     cache_max_bytes: Option<u64>,
     cache_max_open_blobs: Option<usize>,
@@ -255,6 +256,7 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
         max_header_bytes,
         sendfile: file.sendfile.unwrap_or_default(),
     };
+    let tcp_congestion = file.tcp_congestion.map(|name| tcp_congestion(name).map_err(|m| invalid("tcpCongestion", m))).transpose()?.unwrap_or_default();
     let shutdown_grace = match file.shutdown_grace_ms {
         Some(ms) => Duration::from_millis(ms),
         None => Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
@@ -318,7 +320,7 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
     Ok(Config {
         cache_dir,
         demo_image: file.demo_image.unwrap_or(true),
-        runtime: RuntimeSettings { listen, admin_listen, cores, shutdown_grace, http, limits },
+        runtime: RuntimeSettings { listen, admin_listen, cores, shutdown_grace, http, limits, tcp_congestion },
         registry,
         upstream,
         redis,
@@ -406,6 +408,20 @@ fn upstream_settings(
     })
 }
 
+/// `"system"`, or the name of a congestion control as the kernel spells it (at most 15
+/// bytes: letters, digits, `_`). Whether the kernel has it is only known when the listener is
+/// set up.
+fn tcp_congestion(name: String) -> Result<TcpCongestion, String> {
+    if name == "system" {
+        return Ok(TcpCongestion::System);
+    }
+    let well_formed = (1..=15).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !well_formed {
+        return Err(format!("`{name}` is not a congestion control name (e.g. cubic, reno, bbr) or \"system\""));
+    }
+    Ok(TcpCongestion::Named(name))
+}
+
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| format!("`{text}` is not an IP address with a port, e.g. 127.0.0.1:5000 or [::]:5000"))
 }
@@ -430,8 +446,20 @@ mod tests {
         assert!(config.demo_image);
         assert_eq!(config.runtime.cores, None);
         assert_eq!(config.registry.platform, Platform::host());
-        assert_eq!(config.runtime.http.sendfile, Sendfile::Remote);
+        assert_eq!(config.runtime.http.sendfile, Sendfile::Always);
         assert_eq!(load(r#"{"sendfile": "never"}"#).unwrap().runtime.http.sendfile, Sendfile::Never);
+        assert_eq!(config.runtime.tcp_congestion, TcpCongestion::Default);
+    }
+
+    #[test]
+    fn tcp_congestion_is_system_or_a_kernel_name() {
+        let congestion = |json: &str| load(json).unwrap().runtime.tcp_congestion;
+        assert_eq!(congestion(r#"{"tcpCongestion": "system"}"#), TcpCongestion::System);
+        assert_eq!(congestion(r#"{"tcpCongestion": "reno"}"#), TcpCongestion::Named("reno".into()));
+        for bad in ["", "cubic ", "a/b", "sixteen_letters_"] {
+            let message = error(&format!(r#"{{"tcpCongestion": "{bad}"}}"#));
+            assert!(message.contains(&format!("tcpCongestion: `{bad}` is not a congestion control name")), "{message}");
+        }
     }
 
     #[test]

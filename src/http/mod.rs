@@ -45,20 +45,19 @@ pub struct HttpSettings {
 }
 
 /// To which clients cached blobs go out with `sendfile(2)` (plain HTTP/1.1 only; TLS and h2
-/// always copy). sendfile saves the server its copy, but a receiver on the same host then
-/// copies from page-cache pages that are cold in the CPU cache, which costs it more than the
-/// server saved: 100 workspaces pulling 64 MiB each over loopback (pullstorm) took 7.4 s of
-/// client CPU with sendfile and 6.1 s without, for 0.46 s and 1.05 s of facade CPU, and
-/// finished 8% sooner without. Over a network the receiver's copy is the same either way.
-/// Bytes read close behind a running fill are the exception: just written, they are still in
-/// the CPU cache, so they go by sendfile to local clients too (see `http::io::SendfileUse`).
+/// always copy). sendfile saves the server its copy. Towards a receiver on this host under a
+/// pacing congestion control (BBR), the socket's long sendfile queue leaves in softirq work
+/// on the receiver's time, which cost it more than the server saved. Under the listener's
+/// default congestion control (`tcpCongestion`: `cubic`), sendfile to every client is the cheaper choice:
+/// a warm 100-workspace pullstorm took 4.5-4.9 s of CPU in all, against 5.2-5.9 s with copies
+/// to local clients under BBR. `Remote` remains for hosts that keep a pacing congestion control.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sendfile {
     /// Clients on other hosts; a client on this host (loopback, or our own address) gets
     /// copies, except of bytes read close behind a running fill (sent by sendfile).
-    #[default]
     Remote,
+    #[default]
     Always,
     Never,
 }

@@ -19,6 +19,7 @@ use glommio::sync::Gate;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
 pub use limits::LimitSettings;
+pub use listener::TcpCongestion;
 pub use shutdown::ShutdownKind;
 
 use crate::http::{self, HttpContext, HttpSecurity, HttpSettings, Role};
@@ -48,6 +49,8 @@ pub struct RuntimeSettings {
     pub shutdown_grace: Duration,
     pub http: HttpSettings,
     pub limits: LimitSettings,
+    /// The TCP congestion control of the registry listener's connections.
+    pub tcp_congestion: TcpCongestion,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,8 @@ pub enum RuntimeError {
     TooManyCores { requested: usize, available: usize },
     #[error("executor {core} failed: {reason}")]
     Executor { core: usize, reason: String },
+    #[error("tcpCongestion: the kernel refused `{name}` ({source}); available: {available}; allowed without CAP_NET_ADMIN: {allowed}; \"system\" keeps the kernel's default")]
+    Congestion { name: String, source: std::io::Error, available: String, allowed: String },
 }
 
 /// A running server; dropping it does not stop it (use `stopper` and `join`).
@@ -92,8 +97,8 @@ impl Server {
             return Err(RuntimeError::TooManyCores { requested: count, available: cpus.len() });
         }
         raise_open_file_limit();
-        let (sockets, local_addr) = listener::bind_all(settings.listen, count)?;
-        let admin = settings.admin_listen.map(|addr| listener::bind_all(addr, 1)).transpose()?;
+        let (sockets, local_addr) = listener::bind_all(settings.listen, count, &settings.tcp_congestion)?;
+        let admin = settings.admin_listen.map(|addr| listener::bind_all(addr, 1, &TcpCongestion::System)).transpose()?;
         let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
         let mut admin_socket = admin.and_then(|(mut sockets, _)| sockets.pop());
         // One waker slot per accept loop: one per executor, and the admin loop's.
