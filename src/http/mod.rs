@@ -48,9 +48,10 @@ pub struct HttpSettings {
 /// always copy). sendfile saves the server its copy. Towards a receiver on this host under a
 /// pacing congestion control (BBR), the socket's long sendfile queue leaves in softirq work
 /// on the receiver's time, which cost it more than the server saved. Under the listener's
-/// default congestion control (`tcpCongestion`: `cubic`), sendfile to every client is the cheaper choice:
-/// a warm 100-workspace pullstorm took 4.5-4.9 s of CPU in all, against 5.2-5.9 s with copies
-/// to local clients under BBR. `Remote` remains for hosts that keep a pacing congestion control.
+/// default congestion control (`tcpCongestion`: `cubic`), sendfile to every client is the
+/// cheaper choice: a warm 100-workspace pullstorm took 4.5-4.9 s of CPU in all, against
+/// 5.2-5.9 s with copies to local clients under BBR. `Remote` remains for hosts that keep a
+/// pacing congestion control.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sendfile {

@@ -13,7 +13,7 @@ use super::RuntimeError;
 const BACKLOG: i32 = 1024;
 
 /// The congestion control picked when the configuration names none: it does not pace.
-pub const DEFAULT_TCP_CONGESTION: &str = "cubic";
+const DEFAULT_TCP_CONGESTION: &str = "cubic";
 
 /// The TCP congestion control a listener's connections start with. It is set on the
 /// listening socket because accepted sockets inherit it: switching an accepted socket away
