@@ -61,9 +61,10 @@ pub enum SendfileUse {
 }
 
 /// The send buffer of a socket that copies to a client on this host (the kernel doubles it).
-/// Unbounded, the kernel queues megabytes per connection: the receiver copies them out of
-/// memory that has long left the CPU cache, and under load its queue overflows and segments
-/// wait for 200 ms+ retransmission timeouts. wrk, 16 connections fetching a 16 MiB blob:
+/// Unbounded, the kernel queues megabytes per connection, which leave later in softirq work
+/// on the receiver's time (profiled for sendfile queues: docs/benchmarks.md, "What a local
+/// receiver pays for sendfile"), and under load its queue overflows and segments wait for
+/// 200 ms+ retransmission timeouts. wrk, 16 connections fetching a 16 MiB blob:
 /// longest request 0.8-1.6 s unbounded, 0.17-0.24 s with this bound (sendfile: 0.3-0.4 s).
 /// pullstorm, 100 workspaces on a warm cache: p99 3.48-3.65 s unbounded, 3.06-3.12 s bounded
 /// (client CPU 5.9-6.1 s vs 4.8 s; facade 0.9-1.2 s vs 1.3 s).

@@ -53,23 +53,26 @@ impl Drop for ChildGuard {
     }
 }
 
+/// What `ss` says (with `detail`, e.g. `-i`) about the established sockets a server at
+/// `server` holds, in its no-header form.
+fn server_sockets(server: std::net::SocketAddr, detail: &str) -> String {
+    require("ss");
+    let port = format!("sport = :{}", server.port());
+    let listing = run(Command::new("ss").args([&format!("-tn{detail}H"), "state", "established", &port]));
+    String::from_utf8_lossy(&listing.stdout).into_owned()
+}
+
 /// The TCP congestion control of the one established socket a server at `server` holds:
 /// the first word of `ss -i` that the kernel lists as available; `None` if `ss` shows none.
 pub fn server_congestion(server: std::net::SocketAddr) -> Option<String> {
-    require("ss");
     let available = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control").unwrap();
-    let port = format!("sport = :{}", server.port());
-    let listing = run(Command::new("ss").args(["-tinH", "state", "established", &port]));
-    let text = String::from_utf8_lossy(&listing.stdout);
+    let text = server_sockets(server, "i");
     text.split_whitespace().find(|word| available.split_whitespace().any(|name| name == *word)).map(str::to_owned)
 }
 
 /// The kernel's send buffer (`ss`'s `tb`, bytes) of the one established socket a server at
 /// `server` holds; `None` if `ss` shows none.
 pub fn server_send_buffer(server: std::net::SocketAddr) -> Option<u64> {
-    require("ss");
-    let port = format!("sport = :{}", server.port());
-    let listing = run(Command::new("ss").args(["-tmnH", "state", "established", &port]));
-    let text = String::from_utf8_lossy(&listing.stdout);
+    let text = server_sockets(server, "m");
     text.split([',', '(', ')']).find_map(|field| field.strip_prefix("tb")).and_then(|n| n.parse::<u64>().ok())
 }
