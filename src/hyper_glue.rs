@@ -107,14 +107,17 @@ impl<S: futures_io::AsyncWrite> hyper::rt::Write for ClientIo<S> {
 }
 
 /// Runs `future` for at most `limit`; `None` if the time ran out first (the future is dropped).
+/// The limit counts from the future's first wait: one that is ready at once (a cached answer)
+/// costs no timer.
 pub async fn within<T>(limit: std::time::Duration, future: impl Future<Output = T>) -> Option<T> {
     let mut future = std::pin::pin!(future);
-    let mut timer = std::pin::pin!(glommio::timer::Timer::new(limit));
+    let mut timer: Option<glommio::timer::Timer> = None;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(value) = future.as_mut().poll(cx) {
             return Poll::Ready(Some(value));
         }
-        timer.as_mut().poll(cx).map(|_| None)
+        let timer = timer.get_or_insert_with(|| glommio::timer::Timer::new(limit));
+        Pin::new(timer).poll(cx).map(|_| None)
     })
     .await
 }

@@ -114,6 +114,30 @@ fn an_upstream_that_stalls_forever_is_504_in_time_and_frees_the_fill() {
 }
 
 #[test]
+fn an_upstream_slower_than_the_idle_timeout_gets_the_client_a_504_not_a_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = ReferenceRegistry::start(RegistryAuth::None);
+    push(&registry, dir.path(), ImageOptions { layers: vec![1 << 10], gzip: false, seed: 36, ..ImageOptions::default() });
+    let forever = Duration::from_secs(600);
+    let proxy = FaultProxy::start(registry.addr(), vec![Fault::StallAfter(0, forever); 4]);
+    // Upstream's budget (3 attempts of 2 s) outlasts the idle timeout (1 s): the client must
+    // still get an answer, on a connection that stays usable.
+    let upstream = format!(r#""responseTimeoutMs": 2000, "readTimeoutMs": 2000, {QUICK_RETRIES}"#);
+    let facade = TestServer::start(&mirror_config(&registry.host(), &proxy.addr().to_string(), &upstream, r#""idleTimeoutMs": 1000"#));
+    let mut stream = connect(facade.addr);
+    let started = Instant::now();
+    write!(stream, "GET /v2/mirror/up/{REPO}/manifests/latest HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+    let reply = support::client::read_reply(&mut reader, false).expect("an answer, not a cut connection");
+    let took = started.elapsed();
+    assert_eq!((reply.status, reply.error_code().as_str()), (504, "UNAVAILABLE"), "{:?}", String::from_utf8_lossy(&reply.body));
+    assert!(reply.json()["errors"][0]["message"].as_str().unwrap().contains("idleTimeoutMs"), "{:?}", reply.json());
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "answered after {took:?}");
+    write!(stream, "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").expect("send again");
+    assert_eq!(support::client::read_reply(&mut reader, false).expect("the connection is still served").status, 200);
+}
+
+#[test]
 fn a_body_that_stalls_forever_is_cut_and_its_temp_file_removed() {
     let dir = tempfile::tempdir().unwrap();
     let registry = ReferenceRegistry::start(RegistryAuth::None);

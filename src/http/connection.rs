@@ -146,7 +146,13 @@ where
             // hyper keeps room for this future in every connection, idle or not; boxed, the
             // ~13 KB of a registry call's state exist only while a request is being answered.
             let mut response = match ctx.role {
-                Role::Registry => Box::pin(dispatch::handle(request, &ctx)).await,
+                Role::Registry => {
+                    // A read has no body to wait for: until the answer is made, only this
+                    // server is working (and `dispatch` bounds that), so no stall clock runs.
+                    let _preparing = in_flight.connection().preparing();
+                    Box::pin(dispatch::handle(request, &ctx)).await
+                }
+                // An admin PUT reads its body from the client: the stall clock keeps running.
                 Role::Admin => Box::pin(admin::handle(request, &ctx)).await,
             };
             response.body_mut().track(in_flight);

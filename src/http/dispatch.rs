@@ -9,6 +9,7 @@ use super::body::ResponseBody;
 use super::failure::Failure;
 use super::response;
 use super::HttpContext;
+use crate::hyper_glue::within;
 use crate::oci::accept::AcceptList;
 use crate::oci::range::parse_range;
 use crate::oci::route::{self, Route};
@@ -25,7 +26,11 @@ pub async fn handle<B>(request: Request<B>, ctx: &HttpContext) -> Response<Respo
     let span = request_span(request.method(), parsed);
     let label = parsed.map_or(metrics::Route::Unknown, metrics_route);
     let response = async {
-        match answer(&request, ctx, route).await {
+        // However long upstreams take through their retries, the client gets an answer: the
+        // connection's stall clock does not run while this one is being made.
+        let deadline = ctx.settings.idle_timeout;
+        let answered = within(deadline, answer(&request, ctx, route)).await.unwrap_or(Err(Failure::AnswerTooSlow(deadline)));
+        match answered {
             Ok(response) => response,
             Err(failure) => response::error(&failure, request.method(), request.uri().path()),
         }

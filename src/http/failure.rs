@@ -25,6 +25,8 @@ pub enum Failure {
     Unauthenticated { refused: Refused, challenges: Vec<http::HeaderValue> },
     #[error("{}", match .0 { Refusal::ServerFull => "the server is at its connection limit; retry shortly", Refusal::ClientFull => "this client holds too many connections; retry shortly" })]
     Overloaded(Refusal),
+    #[error("no answer within {} ms (idleTimeoutMs): an upstream or a shared-state source is too slow", .0.as_millis())]
+    AnswerTooSlow(std::time::Duration),
 }
 
 /// The error as it goes on the wire.
@@ -38,6 +40,7 @@ impl Failure {
     fn class(&self) -> FailureClass {
         match self {
             Failure::Registry(e) => e.class(),
+            Failure::AnswerTooSlow(_) => FailureClass::Upstream,
             _ => FailureClass::Client,
         }
     }
@@ -56,6 +59,7 @@ impl Failure {
             Failure::Overloaded(Refusal::ServerFull) => ErrorCode::Unavailable,
             Failure::Overloaded(Refusal::ClientFull) => ErrorCode::TooManyRequests,
             Failure::Registry(e) => registry_code(e),
+            Failure::AnswerTooSlow(_) => ErrorCode::UpstreamTimeout,
         }
     }
 

@@ -131,7 +131,7 @@ pub enum Timeout {
     HeadTooSlow,
     /// No request for longer than the idle timeout.
     Idle,
-    /// Answers due (requests in flight, or bytes waiting for the socket), but nothing written
+    /// Answers due (a response begun, or bytes waiting for the socket), but nothing written
     /// for longer than the idle timeout: a client that stopped reading, or an h2 client that
     /// keeps its flow-control window shut.
     Stalled,
@@ -141,6 +141,10 @@ pub enum Timeout {
 #[derive(Default)]
 pub struct ConnectionState {
     in_flight: Cell<usize>,
+    /// Of those, requests whose response this server is still working out (an upstream may
+    /// take its time): nothing is due from the client for them, and `dispatch` bounds the
+    /// wait with an error answer of its own.
+    preparing: Cell<usize>,
     /// When the last request ended, or the connection began.
     quiet_since_ms: Cell<u64>,
     /// When the first byte of a request head arrived (HTTP/1.1, no request in progress).
@@ -182,6 +186,13 @@ impl ConnectionState {
         self.in_flight.set(self.in_flight.get() + 1);
         self.head_started_ms.set(None);
         InFlight(Rc::clone(self))
+    }
+
+    /// Marks a request's response as being worked out until the returned guard is dropped:
+    /// until then the stall clock does not run for it (see `Timeout::Stalled`).
+    pub fn preparing(self: &Rc<Self>) -> Preparing {
+        self.preparing.set(self.preparing.get() + 1);
+        Preparing(Rc::clone(self))
     }
 
     fn received(&self, bytes: &[u8]) {
@@ -247,9 +258,13 @@ impl ConnectionState {
             let due = started.saturating_add(header_ms);
             return if now_ms >= due { Timeout::HeadTooSlow } else { Timeout::Wait(due - now_ms) };
         }
-        if self.in_flight.get() > 0 || self.write_blocked.get() {
+        if self.in_flight.get() > self.preparing.get() || self.write_blocked.get() {
             let due = self.wrote_at_ms.get().saturating_add(idle_ms);
             return if now_ms >= due { Timeout::Stalled } else { Timeout::Wait((due - now_ms).min(header_ms)) };
+        }
+        if self.in_flight.get() > 0 {
+            // Every answer is still being worked out here; the client owes nothing yet.
+            return Timeout::Wait(header_ms);
         }
         let due = self.quiet_since_ms.get().saturating_add(idle_ms);
         if now_ms >= due {
@@ -315,7 +330,7 @@ pub enum Held {
 pub struct InFlight(Rc<ConnectionState>);
 
 impl InFlight {
-    pub fn connection(&self) -> &ConnectionState {
+    pub fn connection(&self) -> &Rc<ConnectionState> {
         &self.0
     }
 }
@@ -324,6 +339,18 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.set(self.0.in_flight.get().saturating_sub(1));
         self.0.quiet_since_ms.set(coarse_now_ms());
+    }
+}
+
+/// A request whose response is being worked out; see `ConnectionState::preparing`.
+pub struct Preparing(Rc<ConnectionState>);
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        self.0.preparing.set(self.0.preparing.get().saturating_sub(1));
+        // The client's part begins now: it has the idle timeout to take the answer, however
+        // long the server took to make it.
+        self.0.wrote_at_ms.set(coarse_now_ms());
     }
 }
 
@@ -669,6 +696,25 @@ mod tests {
         state.wrote(&Poll::Ready(Ok(1)));
         let quiet = state.quiet_since_ms.get();
         assert_eq!(state.check(5_000, 2_000, quiet + 5_000), Timeout::Idle);
+    }
+
+    #[test]
+    fn an_answer_being_worked_out_never_stalls_and_starts_the_clock_when_ready() {
+        let state = state_at(0);
+        let request = state.begin_request();
+        let preparing = state.preparing();
+        let began = state.wrote_at_ms.get();
+        assert_eq!(state.check(5_000, 2_000, began + 60_000), Timeout::Wait(2_000), "the server's own wait is not the client's stall");
+        let other = state.begin_request();
+        assert_eq!(state.check(5_000, 2_000, began + 60_000), Timeout::Stalled, "another answer begun and not taken (h2) still stalls");
+        drop(other);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        drop(preparing);
+        let ready = state.wrote_at_ms.get();
+        assert!(ready > began, "the clock starts when the answer is ready");
+        assert_eq!(state.check(5_000, 2_000, ready + 4_000), Timeout::Wait(1_000));
+        assert_eq!(state.check(5_000, 2_000, ready + 5_000), Timeout::Stalled, "then the client has the idle timeout to take it");
+        drop(request);
     }
 
     #[test]
