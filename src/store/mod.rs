@@ -4,6 +4,7 @@
 
 mod error;
 mod ingest;
+mod instance;
 mod record;
 
 use std::path::{Path, PathBuf};
@@ -53,19 +54,20 @@ impl FileIdentity {
 }
 
 /// The cache directory: `blobs/sha256/<hex>`, `repos/<name>/_repository.json`,
-/// `tmp/<pid>-<n>/` for ingests in progress.
+/// `tmp/<pid>-<random>/` for the ingests in progress of each open cache (see `instance`).
 #[derive(Debug)]
 pub struct CacheDir {
     root: PathBuf,
     blobs: PathBuf,
     repos: PathBuf,
-    tmp: PathBuf,
+    tmp: instance::InstanceDir,
     next_temp: AtomicU64,
 }
 
 impl CacheDir {
-    /// Opens (creating if needed) a cache directory and removes temp files left by processes
-    /// that are gone, e.g. after `kill -9`.
+    /// Opens (creating if needed) a cache directory and removes temp files left by instances
+    /// that are gone, e.g. after `kill -9`; those of live instances (another process, even one
+    /// with the same pid in another container, or another open in this process) are kept.
     ///
     /// # Errors
     /// The directories cannot be created or read.
@@ -76,13 +78,10 @@ impl CacheDir {
         for dir in [&blobs, &repos, &tmp_root] {
             std::fs::create_dir_all(dir).map_err(StoreError::io("create directory", dir))?;
         }
-        remove_stale_temp_dirs(&tmp_root)?;
-        // One temp directory per open cache (per process and instance), so that two users of
-        // one cache directory never delete each other's ingests.
-        static INSTANCES: AtomicU64 = AtomicU64::new(0);
-        let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
-        let tmp = tmp_root.join(format!("{}-{instance}", std::process::id()));
-        std::fs::create_dir_all(&tmp).map_err(StoreError::io("create directory", &tmp))?;
+        instance::remove_stale(&tmp_root)?;
+        // One temp directory per open cache, so that two users of one cache directory never
+        // share or delete each other's ingests.
+        let tmp = instance::InstanceDir::create(&tmp_root)?;
         Ok(CacheDir { root: root.to_owned(), blobs, repos, tmp, next_temp: AtomicU64::new(0) })
     }
 
@@ -157,11 +156,12 @@ impl CacheDir {
         }
     }
 
-    /// Reads a small blob (a manifest or config) and verifies its digest; a corrupted file is
-    /// reported as an error, never returned.
+    /// Reads a small blob (a manifest or config) and verifies its digest. A corrupted file is
+    /// never returned: it is deleted (it can only be wrong) and reported as a miss, so that the
+    /// caller fetches the blob again instead of failing on it forever.
     ///
     /// # Errors
-    /// I/O failure, a blob larger than `max_len`, or a digest mismatch.
+    /// I/O failure, or a blob larger than `max_len`.
     pub fn read_verified(&self, digest: &Digest, max_len: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let Ok(path) = self.blob_path(digest) else { return Ok(None) };
         let size = match std::fs::metadata(&path) {
@@ -175,7 +175,9 @@ impl CacheDir {
         let bytes = std::fs::read(&path).map_err(StoreError::io("read", &path))?;
         let actual = Digest::sha256_of(&bytes);
         if &actual != digest {
-            return Err(StoreError::DigestMismatch { expected: digest.clone(), actual });
+            tracing::warn!(path = %path.display(), expected = %digest, %actual, "removing a cached blob whose bytes do not match its digest");
+            remove_corrupt(&path)?;
+            return Ok(None);
         }
         Ok(Some(bytes))
     }
@@ -186,17 +188,18 @@ impl CacheDir {
     /// The temp file cannot be created.
     pub fn begin_ingest(&self) -> Result<Ingest, StoreError> {
         let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
-        Ingest::create(self.tmp.join(format!("ingest-{n}")), self.blobs.clone())
+        Ingest::create(self.tmp.path().join(format!("ingest-{n}")), self.blobs.clone())
     }
 
     /// Stores a whole in-memory blob (small documents; streams use `begin_ingest`). Returns
     /// the identity of the file it wrote (so it can be opened later without hashing it again),
-    /// `None` if the blob was already there.
+    /// `None` if the blob was already there. A file already there with other bytes is
+    /// corrupt (`bytes` are verified against `digest` before they replace it) and is replaced.
     ///
     /// # Errors
     /// As `Ingest::commit`, or the written file cannot be examined.
     pub fn put_verified(&self, digest: &Digest, bytes: &[u8]) -> Result<Option<FileIdentity>, StoreError> {
-        if self.contains(digest) {
+        if self.holds_bytes(digest, bytes)? {
             return Ok(None);
         }
         let mut ingest = self.begin_ingest()?;
@@ -204,6 +207,30 @@ impl CacheDir {
         let path = ingest.commit(digest, Some(bytes.len() as u64))?;
         let meta = std::fs::metadata(&path).map_err(StoreError::io("stat", &path))?;
         Ok(Some(FileIdentity::of(&meta)))
+    }
+
+    /// Whether the file of `digest` holds exactly `bytes`. Compared in chunks rather than
+    /// read whole: static layers are put this way too and may be large.
+    fn holds_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<bool, StoreError> {
+        use std::io::Read;
+        let path = self.blob_path(digest)?;
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StoreError::io("open", &path)(e)),
+        };
+        let mut chunk = vec![0; 64 * 1024];
+        let mut expected = bytes;
+        loop {
+            let n = file.read(&mut chunk).map_err(StoreError::io("read", &path))?;
+            if n == 0 {
+                return Ok(expected.is_empty());
+            }
+            match expected.split_at_checked(n) {
+                Some((head, rest)) if head == &chunk[..n] => expected = rest,
+                _ => return Ok(false),
+            }
+        }
     }
 
     /// Lists every cached blob with its size; files whose names are not sha256 digests are junk
@@ -276,26 +303,12 @@ impl CacheDir {
     }
 }
 
-impl Drop for CacheDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.tmp);
+/// Deletes a blob file found corrupt; already gone (a concurrent reader found it first) is fine.
+fn remove_corrupt(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io("remove corrupt blob", path)(e)),
+        _ => Ok(()),
     }
-}
-
-/// Removes `tmp/<pid>-<n>` directories whose process no longer runs.
-fn remove_stale_temp_dirs(tmp_root: &Path) -> Result<(), StoreError> {
-    let entries = std::fs::read_dir(tmp_root).map_err(StoreError::io("list", tmp_root))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let pid = name.to_str().and_then(|s| s.split('-').next()).and_then(|s| s.parse::<u32>().ok());
-        let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if !alive {
-            let path = entry.path();
-            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-            removed.map_err(StoreError::io("remove stale temp files", &path))?;
-        }
-    }
-    Ok(())
 }
 
 /// Makes a directory's entries (a rename, a new file) durable.
@@ -361,12 +374,31 @@ mod tests {
     }
 
     #[test]
-    fn corrupted_small_blob_is_detected() {
+    fn a_corrupted_small_blob_is_removed_and_reported_as_a_miss() {
         let (_dir, cache) = cache();
         let digest = Digest::sha256_of(b"{}");
         cache.put_verified(&digest, b"{}").unwrap();
-        std::fs::write(cache.blob_path(&digest).unwrap(), b"{ }").unwrap();
-        assert!(matches!(cache.read_verified(&digest, 10), Err(StoreError::DigestMismatch { .. })));
+        let path = cache.blob_path(&digest).unwrap();
+        std::fs::write(&path, b"{ }").unwrap();
+        assert_eq!(cache.read_verified(&digest, 10).unwrap(), None, "a miss, so the caller fetches it again");
+        assert!(!path.exists(), "the corrupt file is gone");
+        assert!(cache.put_verified(&digest, b"{}").unwrap().is_some(), "and storing it again writes it");
+        assert_eq!(cache.read_verified(&digest, 10).unwrap().unwrap(), b"{}");
+    }
+
+    #[test]
+    fn putting_a_blob_replaces_a_corrupt_file_and_keeps_a_good_one() {
+        let (_dir, cache) = cache();
+        let digest = Digest::sha256_of(b"config");
+        let path = cache.blob_path(&digest).unwrap();
+        for corrupt in [&b"CONFIG"[..], b"conf", b"config and more"] {
+            std::fs::write(&path, corrupt).unwrap();
+            assert!(cache.put_verified(&digest, b"config").unwrap().is_some(), "{corrupt:?} is replaced");
+            assert_eq!(std::fs::read(&path).unwrap(), b"config");
+        }
+        assert_eq!(cache.put_verified(&digest, b"config").unwrap(), None, "the right bytes are kept as they are");
+        assert!(matches!(cache.put_verified(&digest, b"other"), Err(StoreError::DigestMismatch { .. })));
+        assert_eq!(std::fs::read(&path).unwrap(), b"config", "wrong bytes never replace a good file");
     }
 
     #[test]
