@@ -89,15 +89,55 @@ pub struct Health {
     /// Becomes true once the first connection attempt has ended either way: a command that
     /// arrives while the facade is still starting waits for it instead of failing at once.
     attempted: tokio::sync::watch::Sender<bool>,
+    /// The URL without its password, for log lines.
+    url: String,
 }
 
-impl Default for Health {
-    fn default() -> Health {
-        Health { up: AtomicBool::new(false), last_error: Mutex::new("not connected yet".into()), attempted: tokio::sync::watch::Sender::new(false) }
+/// What the probe before the current one found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Previous<'a> {
+    /// No probe has ended yet.
+    Nothing,
+    Up,
+    Down(&'a str),
+}
+
+/// What a probe result is worth a log line for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HealthChange {
+    Reachable,
+    /// Down after being up, or from the start: a wrong host, password or TLS setting shows
+    /// only this way.
+    Unreachable,
+    /// Still down, for another reason than the one logged last.
+    ReasonChanged,
+    /// Nothing new: the same answer as the probe before.
+    Same,
+}
+
+/// Logged: every change of state and of the reason Redis is down, so an operator sees why
+/// from the first failed attempt on; not logged: a retry failing the same way again, which
+/// while Redis stays down would be a line every few seconds.
+fn health_change(previous: Previous<'_>, result: Result<(), &str>) -> HealthChange {
+    match (previous, result) {
+        (Previous::Up, Ok(())) => HealthChange::Same,
+        (_, Ok(())) => HealthChange::Reachable,
+        (Previous::Down(before), Err(now)) if before == now => HealthChange::Same,
+        (Previous::Down(_), Err(_)) => HealthChange::ReasonChanged,
+        (_, Err(_)) => HealthChange::Unreachable,
     }
 }
 
 impl Health {
+    fn new(url: &str) -> Health {
+        Health {
+            up: AtomicBool::new(false),
+            last_error: Mutex::new("not connected yet".into()),
+            attempted: tokio::sync::watch::Sender::new(false),
+            url: redact_redis_url(url),
+        }
+    }
+
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
@@ -114,19 +154,26 @@ impl Health {
     }
 
     fn set(&self, result: Result<(), String>) {
-        self.attempted.send_replace(true);
+        // Only the probe sets health, one result at a time; the lock keeps `last_error` whole
+        // for readers. Poisoned only by a panic elsewhere, which left a whole string behind.
+        let mut last_error = self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // `up` first: a command woken by `attempted` must see this result.
         let was_up = self.up.swap(result.is_ok(), Ordering::AcqRel);
-        match result {
-            Ok(()) if !was_up => tracing::info!("Redis is reachable"),
-            Err(error) => {
-                if was_up {
-                    tracing::warn!(%error, "Redis is unreachable; serving without it");
-                }
-                if let Ok(mut last) = self.last_error.lock() {
-                    *last = error;
-                }
-            }
-            Ok(()) => {}
+        let previous = match (self.attempted.send_replace(true), was_up) {
+            (false, _) => Previous::Nothing,
+            (true, true) => Previous::Up,
+            (true, false) => Previous::Down(&last_error),
+        };
+        let change = health_change(previous, result.as_ref().map(|_| ()).map_err(String::as_str));
+        let url = &self.url;
+        match (change, &result) {
+            (HealthChange::Reachable, _) => tracing::info!(%url, "Redis is reachable"),
+            (HealthChange::Unreachable, Err(error)) => tracing::warn!(%url, %error, "Redis is unreachable; serving without it"),
+            (HealthChange::ReasonChanged, Err(error)) => tracing::warn!(%url, %error, "Redis is still unreachable"),
+            _ => {}
+        }
+        if let Err(error) = result {
+            *last_error = error;
         }
     }
 }
@@ -157,7 +204,7 @@ impl RedisClient {
         // installed is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (jobs, receiver) = mpsc::unbounded_channel();
-        let health = Arc::new(Health::default());
+        let health = Arc::new(Health::new(&settings.url));
         let (thread_health, cluster, timeout) = (Arc::clone(&health), settings.cluster, settings.timeout);
         std::thread::Builder::new()
             .name("rf-redis".into())
@@ -305,7 +352,7 @@ async fn probe(info: redis::ConnectionInfo, cluster: bool, timeout: Duration, co
 
 async fn connect(info: &redis::ConnectionInfo, cluster: bool, timeout: Duration) -> Result<Connection, String> {
     if cluster {
-        let client = redis::cluster::ClusterClient::new(vec![info.clone()]).map_err(|e| e.to_string())?;
+        let client = cluster_client(info, timeout).map_err(|e| e.to_string())?;
         return client.get_async_connection().await.map(Connection::Cluster).map_err(|e| e.to_string());
     }
     let client = redis::Client::open(info.clone()).map_err(|e| e.to_string())?;
@@ -316,9 +363,99 @@ async fn connect(info: &redis::ConnectionInfo, cluster: bool, timeout: Duration)
     client.get_connection_manager_with_config(config).await.map(Connection::Single).map_err(|e| e.to_string())
 }
 
+/// A cluster client bounded like the single-node connection: the library's defaults have no
+/// response timeout, so a command to a node that stopped answering would wait for ever inside
+/// the connection after the caller gave up on it. The overall timeout (retries included)
+/// follows the response timeout.
+fn cluster_client(info: &redis::ConnectionInfo, timeout: Duration) -> redis::RedisResult<redis::cluster::ClusterClient> {
+    redis::cluster::ClusterClient::builder(vec![info.clone()])
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_seed_that_does_not_answer_is_given_up_within_the_timeout() {
+        // Accepts connections (the kernel does, into the backlog) and never says a word.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let info = format!("redis://{}", silent.local_addr().unwrap()).into_connection_info().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let started = std::time::Instant::now();
+        let attempt = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), connect(&info, true, Duration::from_millis(200))).await });
+        assert!(matches!(attempt, Ok(Err(_))), "the attempt fails by itself");
+        // The library's default is a second.
+        assert!(started.elapsed() < Duration::from_millis(700), "gave up after {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn the_cluster_client_has_the_configured_response_timeout() {
+        // Not observable from outside without a node that accepts commands and never answers
+        // them (callers are bounded by `within` anyway); the client's own description says it.
+        let info = "redis://127.0.0.1:1".into_connection_info().unwrap();
+        let described = format!("{:?}", cluster_client(&info, Duration::from_millis(321)).unwrap());
+        assert!(described.contains("response_timeout: Some(321ms)"), "{described}");
+        assert!(described.contains("connection_timeout: 321ms"), "{described}");
+        assert!(described.contains("overall_response_timeout: Some(321ms)"), "{described}");
+    }
+
+    #[test]
+    fn health_logs_every_change_and_no_repeat() {
+        use HealthChange::*;
+        let failed = |reason| Err(reason);
+        assert_eq!(health_change(Previous::Nothing, failed("refused")), Unreachable, "down from the start is logged");
+        assert_eq!(health_change(Previous::Down("refused"), failed("refused")), Same, "a retry failing alike is not");
+        assert_eq!(health_change(Previous::Down("refused"), failed("WRONGPASS")), ReasonChanged);
+        assert_eq!(health_change(Previous::Down("WRONGPASS"), Ok(())), Reachable);
+        assert_eq!(health_change(Previous::Nothing, Ok(())), Reachable);
+        assert_eq!(health_change(Previous::Up, Ok(())), Same);
+        assert_eq!(health_change(Previous::Up, failed("refused")), Unreachable);
+    }
+
+    /// The log lines `work` produces, as text.
+    fn logged(work: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).without_time().with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, work);
+        let text = lines.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn a_redis_unreachable_from_the_start_is_logged_once_per_reason() {
+        let health = Health::new("redis://app:hunter2@redis.invalid:6379");
+        let log = logged(|| {
+            for _ in 0..3 {
+                health.set(Err("Connection refused (os error 111)".into()));
+            }
+            health.set(Err("WRONGPASS invalid username-password pair".into()));
+            health.set(Err("WRONGPASS invalid username-password pair".into()));
+            health.set(Ok(()));
+            health.set(Ok(()));
+        });
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 3, "{log}");
+        assert!(lines[0].contains("WARN") && lines[0].contains("Redis is unreachable") && lines[0].contains("Connection refused"), "{log}");
+        assert!(lines[1].contains("WARN") && lines[1].contains("WRONGPASS"), "{log}");
+        assert!(lines[2].contains("INFO") && lines[2].contains("Redis is reachable"), "{log}");
+        assert!(lines.iter().all(|l| l.contains("redis.invalid") && !l.contains("hunter2")), "{log}");
+        assert!(health.is_up());
+    }
 
     #[test]
     fn settings_never_print_their_secrets() {
