@@ -1,6 +1,7 @@
 //! The configuration file (JSON, camelCase keys) and command-line overrides, validated into
 //! the settings of each layer. Every error names the key (or flag) it is about.
 
+mod host;
 mod server;
 
 use std::net::SocketAddr;
@@ -372,6 +373,11 @@ fn upstream_settings(
     file: UpstreamFile,
     invalid: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<UpstreamSettings, ConfigError> {
+    // A key that is no registry host (`https://ghcr.io`, `ghcr.io/org`) would never match an
+    // image's host and be ignored without a word.
+    for host in registries.keys() {
+        host::check_registry_host(host).map_err(|m| invalid(&format!("registries.{host}"), m))?;
+    }
     let defaults = UpstreamSettings::default();
     let ms = |key: &str, value: Option<u64>, default: Duration| match value {
         Some(0) => Err(invalid(key, "must be greater than 0".into())),
@@ -481,6 +487,9 @@ mod tests {
         assert!(error(r#"{"upstream": {"retry": {"initialDelayMs": 500, "maxDelayMs": 100}}}"#).contains("upstream.retry.maxDelayMs"));
         assert!(error(r#"{"upstream": {"readTimeoutMs": 0}}"#).contains("upstream.readTimeoutMs: must be greater than 0"));
         assert!(error(r#"{"registries": {"r": {"endpiont": "x"}}}"#).contains("registries.r.endpiont: unknown field"));
+        assert!(error(r#"{"registries": {"https://ghcr.io": {}}}"#).contains("registries.https://ghcr.io: `https://ghcr.io` is not a registry host"));
+        assert!(error(r#"{"registries": {"ghcr.io/foo": {"endpoint": "https://ghcr.io"}}}"#).contains("registries.ghcr.io/foo: `ghcr.io/foo` is not a registry host"));
+        assert!(error(r#"{"registries": {"ghcr.io:0": {}}}"#).contains("registries.ghcr.io:0: `ghcr.io:0`: the port must be"));
         assert!(error(r#"{"cacheMaxBytes": 0}"#).contains("cacheMaxBytes"));
         assert!(error(r#"{"staticLayers": [{"type": "tarball", "ref": "x"}]}"#).contains("staticLayers[0].type: unknown variant"));
         assert!(error(r#"{"staticLayers": [{"type": "image", "ref": "B@D"}]}"#).contains("staticLayers[0].ref:"));
@@ -498,6 +507,13 @@ mod tests {
         assert!(error(r#"{"limits": {"maxConnections": 0}}"#).contains("limits.maxConnections: must be at least 1"));
         assert!(error(r#"{"limits": {"maxConnections": 10, "maxConnectionsPerClient": 20}}"#).contains("limits.maxConnectionsPerClient: must not exceed"));
         assert!(error(r#"{"limits": {"maxStreamsPerConnection": 0}}"#).contains("limits.maxStreamsPerConnection"));
+    }
+
+    #[test]
+    fn registries_are_keyed_by_the_host_images_name() {
+        let json = r#"{"registries": {"ghcr.io": {}, "127.0.0.1:5001": {"endpoint": "http://127.0.0.1:5001"}, "[::1]:5000": {}}}"#;
+        let hosts: Vec<String> = load(json).unwrap().upstream.registries.into_keys().collect();
+        assert_eq!(hosts, ["127.0.0.1:5001", "[::1]:5000", "ghcr.io"]);
     }
 
     #[test]
