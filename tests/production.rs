@@ -215,6 +215,35 @@ fn credentials_are_checked_challenged_and_reloaded() {
     assert_eq!(request(facade.addr, "GET", DEMO, &[("Authorization", &basic("alice:n3w"))]).status, 200);
 }
 
+#[test]
+fn password_guesses_queue_boundedly_and_a_repeated_wrong_password_costs_no_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    // Cost 10: ~50-100 ms a check, so 96 guesses at once are far past the queue of 16. One
+    // executor: verdicts are remembered per executor.
+    std::fs::write(&htpasswd, format!("alice:{}\n", bcrypt::hash("s3cret", 10).unwrap())).unwrap();
+    let auth = format!(r#""cores": 1, "auth": {{"realm": "nodes", "basic": {{"htpasswd": {:?}}}}}"#, htpasswd.display().to_string());
+    let facade = TestServer::start(&auth);
+    let basic = |user_password: &str| format!("Basic {}", base64_encode(user_password));
+    let at_once = |headers: Vec<String>| -> Vec<support::client::Reply> {
+        let threads: Vec<_> = headers.into_iter().map(|h| std::thread::spawn(move || request(facade.addr, "GET", DEMO, &[("Authorization", &h)]))).collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    };
+
+    let guesses = at_once((0..96).map(|n| basic(&format!("alice:guess-{n}"))).collect());
+    let busy: Vec<_> = guesses.iter().filter(|r| r.status == 429).collect();
+    assert!(guesses.iter().all(|r| r.status == 401 || r.status == 429), "{:?}", guesses.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!(!busy.is_empty(), "past the queue's bound a guess is told to retry, not queued");
+    assert!(busy.iter().all(|r| r.error_code() == "TOOMANYREQUESTS" && r.header("retry-after") == Some("1")));
+
+    // A node with a wrong password repeats the same header: refused from memory, it never
+    // waits for a check, so a burst of it finds no queue to fill.
+    assert_eq!(request(facade.addr, "GET", DEMO, &[("Authorization", &basic("alice:stale"))]).status, 401);
+    let repeats = at_once(vec![basic("alice:stale"); 96]);
+    assert!(repeats.iter().all(|r| r.status == 401), "{:?}", repeats.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert_eq!(request(facade.addr, "GET", DEMO, &[("Authorization", &basic("alice:s3cret"))]).status, 200);
+}
+
 fn base64_encode(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)

@@ -6,9 +6,12 @@
 //!
 //! bcrypt costs tens of milliseconds by design, so it runs on the executor's blocking pool,
 //! one verification per executor at a time (a client guessing passwords cannot take the
-//! pool from fills), and a verified `Authorization` value is remembered per executor, by its
-//! sha256, until the credentials change or a few minutes pass: containerd sends the same
-//! header on every request of a pull.
+//! pool from fills), and the verdict on an `Authorization` value, accepted or refused, is
+//! remembered per executor, by its sha256, until the credentials change or a few minutes
+//! pass: containerd sends the same header on every request of a pull, and a node with a
+//! wrong password keeps sending it. At most `MAX_BCRYPT_WAITING` checks wait for their turn
+//! on an executor; past that a request is told to retry (429) rather than queued behind a
+//! stream of guesses for as long as they last.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -22,10 +25,12 @@ use sha2::{Digest, Sha256};
 
 use super::reload::{LocalView, Reloadable};
 
-/// How long a verified `Authorization` value is trusted without checking it again.
+/// How long the verdict on an `Authorization` value stands without checking it again.
 const VERIFIED_FOR: Duration = Duration::from_secs(300);
-/// Verified values remembered per executor; past it the memory starts over.
+/// Verdicts remembered per executor; past it the memory starts over.
 const VERIFIED_ENTRIES: usize = 10_000;
+/// bcrypt checks that may wait for an executor's one turn (each some tens of ms).
+const MAX_BCRYPT_WAITING: usize = 16;
 
 /// From the configuration (`auth.realm`, `auth.basic.htpasswd`, `auth.bearer.tokensFile`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +121,8 @@ pub enum Refused {
     NoCredentials,
     /// Credentials were given and are wrong.
     Invalid,
+    /// Too many password checks are waiting on this executor to queue one more.
+    Busy,
 }
 
 /// One executor's authenticator.
@@ -123,9 +130,19 @@ pub struct Authenticator {
     credentials: LocalView<Credentials>,
     basic_challenge: Option<HeaderValue>,
     bearer_realm: Option<String>,
-    /// sha256 of an accepted `Authorization` value → (credentials generation, accepted at).
-    verified: RefCell<HashMap<[u8; 32], (u64, Instant)>>,
+    /// sha256 of a checked `Authorization` value → its verdict.
+    verified: RefCell<HashMap<[u8; 32], Verdict>>,
     bcrypt_turn: glommio::sync::Semaphore,
+    /// bcrypt checks waiting for or holding `bcrypt_turn`.
+    bcrypt_queued: std::cell::Cell<usize>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Verdict {
+    /// Of the credentials it was made against; a reload makes it void.
+    generation: u64,
+    at: Instant,
+    accepted: bool,
 }
 
 impl Authenticator {
@@ -139,6 +156,7 @@ impl Authenticator {
             bearer_realm,
             verified: RefCell::default(),
             bcrypt_turn: glommio::sync::Semaphore::new(1),
+            bcrypt_queued: std::cell::Cell::new(0),
         }
     }
 
@@ -150,49 +168,52 @@ impl Authenticator {
         let Some(value) = headers.get(http::header::AUTHORIZATION) else { return Err(Refused::NoCredentials) };
         let fingerprint: [u8; 32] = Sha256::digest(value.as_bytes()).into();
         let generation = self.credentials.generation();
-        if self.remembered(&fingerprint, generation) {
-            return Ok(());
+        if let Some(accepted) = self.remembered(&fingerprint, generation) {
+            return if accepted { Ok(()) } else { Err(Refused::Invalid) };
         }
         let text = value.to_str().map_err(|_| Refused::Invalid)?;
         let (scheme, credential) = text.split_once(' ').ok_or(Refused::Invalid)?;
         let accepted = if scheme.eq_ignore_ascii_case("basic") && self.basic_challenge.is_some() {
-            self.check_basic(credential.trim()).await
+            self.check_basic(credential.trim()).await?
         } else if scheme.eq_ignore_ascii_case("bearer") && self.bearer_realm.is_some() {
             let token: [u8; 32] = Sha256::digest(credential.trim().as_bytes()).into();
             self.credentials.with(|c| c.tokens.contains(&token))
         } else {
             return Err(Refused::NoCredentials);
         };
-        if !accepted {
-            return Err(Refused::Invalid);
+        self.remember(fingerprint, Verdict { generation, at: Instant::now(), accepted });
+        if accepted {
+            Ok(())
+        } else {
+            Err(Refused::Invalid)
         }
-        self.remember(fingerprint, generation);
-        Ok(())
     }
 
-    async fn check_basic(&self, encoded: &str) -> bool {
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else { return false };
-        let Ok(pair) = String::from_utf8(decoded) else { return false };
-        let Some((user, password)) = pair.split_once(':') else { return false };
-        let Some(hash) = self.credentials.with(|c| c.users.get(user).cloned()) else { return false };
+    /// Whether the user's password is right; `Busy` if the executor's queue of checks is full.
+    async fn check_basic(&self, encoded: &str) -> Result<bool, Refused> {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else { return Ok(false) };
+        let Ok(pair) = String::from_utf8(decoded) else { return Ok(false) };
+        let Some((user, password)) = pair.split_once(':') else { return Ok(false) };
+        let Some(hash) = self.credentials.with(|c| c.users.get(user).cloned()) else { return Ok(false) };
         let password = password.to_owned();
-        let Ok(_turn) = self.bcrypt_turn.acquire_permit(1).await else { return false };
-        glommio::executor().spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await
+        let _queued = BcryptQueued::enter(&self.bcrypt_queued)?;
+        let Ok(_turn) = self.bcrypt_turn.acquire_permit(1).await else { return Ok(false) };
+        Ok(glommio::executor().spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await)
     }
 
-    fn remembered(&self, fingerprint: &[u8; 32], generation: u64) -> bool {
-        self.verified
-            .borrow()
-            .get(fingerprint)
-            .is_some_and(|&(seen, at)| seen == generation && at.elapsed() < VERIFIED_FOR)
+    /// The standing verdict on a value, if any: made against these credentials, lately.
+    fn remembered(&self, fingerprint: &[u8; 32], generation: u64) -> Option<bool> {
+        let verified = self.verified.borrow();
+        let verdict = verified.get(fingerprint)?;
+        (verdict.generation == generation && verdict.at.elapsed() < VERIFIED_FOR).then_some(verdict.accepted)
     }
 
-    fn remember(&self, fingerprint: [u8; 32], generation: u64) {
+    fn remember(&self, fingerprint: [u8; 32], verdict: Verdict) {
         let mut verified = self.verified.borrow_mut();
         if verified.len() >= VERIFIED_ENTRIES {
             verified.clear();
         }
-        verified.insert(fingerprint, (generation, Instant::now()));
+        verified.insert(fingerprint, verdict);
     }
 
     /// The `WWW-Authenticate` values for a refusal: one per configured scheme.
@@ -200,11 +221,31 @@ impl Authenticator {
         let mut challenges: Vec<HeaderValue> = self.basic_challenge.iter().cloned().collect();
         if let Some(realm) = &self.bearer_realm {
             challenges.push(header(match refused {
-                Refused::NoCredentials => format!("Bearer realm=\"{realm}\""),
+                Refused::NoCredentials | Refused::Busy => format!("Bearer realm=\"{realm}\""),
                 Refused::Invalid => format!("Bearer realm=\"{realm}\", error=\"invalid_token\""),
             }));
         }
         challenges
+    }
+}
+
+/// A place in an executor's queue of bcrypt checks, left when dropped (the check done, or the
+/// request gone).
+struct BcryptQueued<'a>(&'a std::cell::Cell<usize>);
+
+impl<'a> BcryptQueued<'a> {
+    fn enter(queued: &'a std::cell::Cell<usize>) -> Result<BcryptQueued<'a>, Refused> {
+        if queued.get() >= MAX_BCRYPT_WAITING {
+            return Err(Refused::Busy);
+        }
+        queued.set(queued.get() + 1);
+        Ok(BcryptQueued(queued))
+    }
+}
+
+impl Drop for BcryptQueued<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 

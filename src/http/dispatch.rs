@@ -5,6 +5,7 @@
 use http::{HeaderMap, Method, Request, Response};
 use tracing::{Instrument, Span};
 
+use super::auth::Refused;
 use super::body::ResponseBody;
 use super::failure::Failure;
 use super::response;
@@ -73,7 +74,10 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Option<Result
     }
     if let Some(auth) = &ctx.auth {
         // Before routing: an unauthenticated client learns nothing, not even which names exist.
-        auth.check(request.headers()).await.map_err(|refused| Failure::Unauthenticated { refused, challenges: auth.challenges(refused) })?;
+        auth.check(request.headers()).await.map_err(|refused| match refused {
+            Refused::Busy => Failure::CredentialChecksBusy,
+            refused => Failure::Unauthenticated { refused, challenges: auth.challenges(refused) },
+        })?;
     }
     let Some(route) = route else { return Err(route::RouteError::NotFound.into()) };
     let head = match *request.method() {

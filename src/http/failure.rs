@@ -21,12 +21,14 @@ pub enum Failure {
     RangeNotSatisfiable { len: u64 },
     #[error("transfer-encoding other than a single chunked: the request's end is ambiguous")]
     AmbiguousFraming,
-    #[error("{}", match .refused { Refused::NoCredentials => "authentication required", Refused::Invalid => "invalid credentials" })]
+    #[error("{}", match .refused { Refused::NoCredentials | Refused::Busy => "authentication required", Refused::Invalid => "invalid credentials" })]
     Unauthenticated { refused: Refused, challenges: Vec<http::HeaderValue> },
     #[error("{}", match .0 { Refusal::ServerFull => "the server is at its connection limit; retry shortly", Refusal::ClientFull => "this client holds too many connections; retry shortly" })]
     Overloaded(Refusal),
     #[error("no answer within {} ms (idleTimeoutMs): an upstream or a shared-state source is too slow", .0.as_millis())]
     AnswerTooSlow(std::time::Duration),
+    #[error("too many password checks are waiting on this server; retry shortly")]
+    CredentialChecksBusy,
 }
 
 /// The error as it goes on the wire.
@@ -60,6 +62,7 @@ impl Failure {
             Failure::Overloaded(Refusal::ClientFull) => ErrorCode::TooManyRequests,
             Failure::Registry(e) => registry_code(e),
             Failure::AnswerTooSlow(_) => ErrorCode::UpstreamTimeout,
+            Failure::CredentialChecksBusy => ErrorCode::TooManyRequests,
         }
     }
 

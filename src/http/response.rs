@@ -203,7 +203,7 @@ pub fn error(failure: &Failure, method: &http::Method, path: &str) -> Response<R
                 headers.append(header::WWW_AUTHENTICATE, challenge.clone());
             }
         }
-        Failure::Overloaded(_) => {
+        Failure::Overloaded(_) | Failure::CredentialChecksBusy => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ if status == StatusCode::UNAUTHORIZED => {

@@ -43,8 +43,10 @@ impl TestServer {
 
     pub fn config(cache_dir: &Path, extra_config: &str) -> Config {
         let separator = if extra_config.trim().is_empty() { "" } else { "," };
+        // Two executors unless the test asks for its own number (a key may appear only once).
+        let cores = if extra_config.contains("\"cores\"") { "" } else { r#""cores": 2, "# };
         let json = format!(
-            r#"{{"listen": "127.0.0.1:0", "cores": 2, "cacheDir": {:?}{separator}{extra_config}}}"#,
+            r#"{{"listen": "127.0.0.1:0", {cores}"cacheDir": {:?}{separator}{extra_config}}}"#,
             cache_dir.display().to_string()
         );
         Config::from_json(json.as_bytes(), "test config", &Overrides::default()).expect("valid test config")
