@@ -525,3 +525,122 @@ fn a_client_that_disconnects_does_not_cancel_the_fill_others_wait_on() {
     assert_blob(&get(facade.addr, &path), &layer.digest, layer.size);
     assert_eq!(registry.blob_gets(&layer.digest), 1, "the fill went on after its first client left, and was shared");
 }
+
+/// ghcr.io serves its token endpoint on the registry's own origin. With one connection per
+/// host, the 401 that asks for a token must not keep the only connection while the token is
+/// fetched (it did, and the first pull hung forever).
+#[test]
+fn a_token_endpoint_on_the_registry_origin_works_with_one_connection_per_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start("alice", "s3cret", 300);
+    let registry = ReferenceRegistry::start(RegistryAuth::Token(&tokens));
+    let layout = push_image(&registry, dir.path(), ImageOptions { layers: vec![1 << 20], seed: 17, ..ImageOptions::default() });
+    let layer = layout.image().layers[0].clone();
+    // One origin for both: /token goes to the token service, the rest to the registry, whose
+    // challenge is rewritten to name this origin's realm.
+    let front = support::nginx::Nginx::start(|port, _| {
+        format!(
+            "listen 127.0.0.1:{port};\nlocation = /token {{ proxy_pass http://{t}; }}\n\
+             location / {{ proxy_pass http://{r}; proxy_set_header Host $http_host; proxy_hide_header WWW-Authenticate;\n\
+               add_header WWW-Authenticate 'Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"{s}\"' always; }}",
+            t = tokens.addr(),
+            r = registry.host(),
+            s = tokens.service()
+        )
+    });
+    let config = write_docker_config(dir.path(), &front.host(), "alice", "s3cret");
+    let extra = format!(r#""dockerConfig": {:?}"#, config.display().to_string());
+    let upstream = format!(r#""maxConnectionsPerHost": 1, "responseTimeoutMs": 10000, {QUICK_RETRIES}"#);
+    let facade = TestServer::start(&mirror_config_with(&front.host(), &front.host(), &upstream, &extra));
+    let started = Instant::now();
+    let manifest = get(facade.addr, &mirror_path("manifests", "latest"));
+    assert_eq!((manifest.status, manifest.header("docker-content-digest")), (200, Some(layout.top.digest.as_str())), "{:?}", String::from_utf8_lossy(&manifest.body));
+    assert_blob(&get(facade.addr, &mirror_path("blobs", &layer.digest)), &layer.digest, layer.size);
+    assert!(started.elapsed() < Duration::from_secs(10), "no request waited for a connection: {:?}", started.elapsed());
+    assert!(tokens.tokens_issued() >= 1, "the token came from the registry's origin");
+    let log = front.access_log();
+    assert!(log.iter().any(|l| l.contains("GET /token?") && l.contains(" 200 ")), "{log:#?}");
+}
+
+/// An upstream whose blob GETs answer 200 with a chunked body that goes on and on (up to
+/// `cap` bytes, so that a facade without a bound does not fill the disk), counting the bytes
+/// it got out before the facade hung up.
+struct EndlessUpstream {
+    addr: std::net::SocketAddr,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EndlessUpstream {
+    fn start(cap: u64) -> EndlessUpstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (thread_sent, thread_stop) = (Arc::clone(&sent), Arc::clone(&stop));
+        let acceptor = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if thread_stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                if let Ok(stream) = stream {
+                    let _ = EndlessUpstream::serve(stream, cap, &thread_sent);
+                }
+            }
+        });
+        EndlessUpstream { addr, sent, stop, acceptor: Some(acceptor) }
+    }
+
+    fn serve(mut stream: std::net::TcpStream, cap: u64, sent: &std::sync::atomic::AtomicU64) -> std::io::Result<()> {
+        let mut head = Vec::new();
+        let mut byte = [0; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte)?;
+            head.push(byte[0]);
+        }
+        stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+        let chunk = vec![b'x'; 64 << 10];
+        while sent.load(std::sync::atomic::Ordering::SeqCst) < cap {
+            stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+            stream.write_all(&chunk)?;
+            stream.write_all(b"\r\n")?;
+            sent.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        }
+        stream.write_all(b"0\r\n\r\n")
+    }
+}
+
+impl Drop for EndlessUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // A connection wakes the blocking accept so the thread sees the flag and ends.
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+#[test]
+fn a_blob_of_unannounced_length_is_cut_off_at_the_cache_budget() {
+    const BUDGET: u64 = 8 << 20;
+    const CAP: u64 = 96 << 20;
+    let upstream = EndlessUpstream::start(CAP);
+    let host = upstream.addr.to_string();
+    let facade = TestServer::start(&mirror_config(&host, &host, &format!(r#""cacheMaxBytes": {BUDGET}, "demoImage": false"#)));
+    let mut client = support::client::connect(facade.addr);
+    write!(client, "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", mirror_path("blobs", &format!("sha256:{}", "ab".repeat(32)))).unwrap();
+    let mut received = Vec::new();
+    let ended = client.read_to_end(&mut received);
+    assert!(received.starts_with(b"HTTP/1.1 200 "), "{:?}", String::from_utf8_lossy(&received[..received.len().min(300)]));
+    assert!(ended.is_err() || !received.ends_with(b"0\r\n\r\n"), "the response is cut, never complete");
+    let sent = upstream.sent.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(sent < CAP / 2, "the download stopped soon after the budget ({sent} bytes sent)");
+    assert!((received.len() as u64) <= BUDGET + (1 << 20), "{} bytes reached the client", received.len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while temp_bytes(&facade.cache_dir) > 0 {
+        assert!(Instant::now() < deadline, "the failed fill's temp file is removed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -49,6 +49,11 @@ impl Budget {
         self.used_bytes.load(Ordering::Relaxed)
     }
 
+    /// The limit (`cacheMaxBytes`); `None`: unlimited.
+    pub fn max_bytes(&self) -> Option<u64> {
+        self.max_bytes
+    }
+
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
     }

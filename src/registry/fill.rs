@@ -273,6 +273,11 @@ impl FillContext {
             Err(error) => return (Outcome::Failed(error.into()), 0),
         };
         let total = download.total();
+        // A body of unannounced length is bounded by nothing else: an endless one would fill
+        // the disk before the digest check could fail it. No blob outgrows the whole budget.
+        if let (None, Some(max_bytes)) = (total, self.content.budget().max_bytes()) {
+            download.limit_to(max_bytes);
+        }
         if exposure == Exposure::AsItArrives {
             fill.update(|state| state.total = Some(total));
         }

@@ -20,6 +20,9 @@ const RELOAD_CHECK_MS: u64 = 1_000;
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// Tokens are dropped this long before they expire, so none expires in flight.
 const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+/// A token is kept at most this long, whatever its `expires_in` says: a token service's
+/// number is not trusted to be sane (a huge one would overflow the clock arithmetic).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A credential or token: never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -136,7 +139,8 @@ fn credential_of(entry: AuthEntry) -> Option<Credential> {
 }
 
 struct Loaded {
-    stamp: FileVersion,
+    /// `None` until the first load, so that it happens even for a missing file.
+    stamp: Option<FileVersion>,
     credentials: Arc<HashMap<String, Credential>>,
 }
 
@@ -149,8 +153,12 @@ pub struct CredentialStore {
 }
 
 impl CredentialStore {
+    /// A missing file is no credentials, with a warning naming it: the file is re-read when
+    /// it changes, so one that appears later (written by a credential helper after start)
+    /// is picked up then.
+    ///
     /// # Errors
-    /// The file exists but cannot be read or parsed (a missing file is no credentials).
+    /// The file exists but cannot be read or parsed, naming its path and the cause.
     pub fn open(path: Option<&Path>) -> Result<CredentialStore, String> {
         let store = CredentialStore {
             path: path.map(Path::to_owned),
@@ -175,16 +183,17 @@ impl CredentialStore {
 
     fn reload(&self) -> Result<(), String> {
         let Some(path) = &self.path else { return Ok(()) };
-        let stamp = file_version(path);
+        let stamp = Some(file_version(path));
         if self.loaded.read().map(|l| l.stamp == stamp).unwrap_or(false) {
             return Ok(());
         }
-        let credentials = match stamp {
-            None => HashMap::new(),
-            Some(_) => {
-                let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                parse_docker_config(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        let credentials = match std::fs::read(path) {
+            Ok(text) => parse_docker_config(&text).map_err(|e| format!("{}: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), error = %e, "the docker config file is missing: pulls carry no credentials until it appears");
+                HashMap::new()
             }
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         tracing::info!(path = %path.display(), hosts = credentials.len(), "loaded registry credentials");
         if let Ok(mut loaded) = self.loaded.write() {
@@ -264,8 +273,11 @@ pub fn parse_token_response(body: &[u8], now: Instant) -> Result<(Secret, Instan
     }
     let response: TokenResponse = serde_json::from_slice(body).map_err(|_| "token endpoint answered something that is not a token document".to_owned())?;
     let token = response.token.or(response.access_token).filter(|t| !t.is_empty()).ok_or("token endpoint returned no token")?;
-    let lifetime = response.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_TOKEN_LIFETIME);
-    Ok((Secret(token), now + lifetime.saturating_sub(TOKEN_EXPIRY_MARGIN)))
+    let lifetime = response.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_TOKEN_LIFETIME).min(MAX_TOKEN_LIFETIME);
+    // Checked all the same: an `Instant` near its end must not panic; such a token is then
+    // used once and not cached.
+    let expires = now.checked_add(lifetime.saturating_sub(TOKEN_EXPIRY_MARGIN)).unwrap_or(now);
+    Ok((Secret(token), expires))
 }
 
 /// Bearer tokens by (host, scope), shared by every executor.
@@ -347,6 +359,51 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_docker_config_is_no_credentials_with_a_warning_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let (store, warnings) = logged(|| CredentialStore::open(Some(&path)));
+        assert!(store.is_ok_and(|s| s.get("h", 0).is_none()));
+        assert!(warnings.contains("WARN") && warnings.contains(&path.display().to_string()) && warnings.contains("No such file"), "{warnings}");
+        // Once it is there the warning is not repeated at every check.
+        std::fs::write(&path, br#"{"auths":{"h":{"username":"a","password":"b"}}}"#).unwrap();
+        let (store, warnings) = logged(|| CredentialStore::open(Some(&path)).unwrap());
+        assert!(store.get("h", 0).is_some() && !warnings.contains("WARN"), "{warnings}");
+    }
+
+    #[test]
+    fn an_unreadable_or_broken_docker_config_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = CredentialStore::open(Some(dir.path())).err().unwrap();
+        assert!(error.contains(&format!("cannot read {}", dir.path().display())) && error.contains("Is a directory"), "{error}");
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, b"{not json").unwrap();
+        let error = CredentialStore::open(Some(&path)).err().unwrap();
+        assert!(error.starts_with(&format!("{}: not a docker config file", path.display())), "{error}");
+    }
+
+    /// What `f` logs at warn and above, as the fmt layer prints it, and its result.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_ansi(false).with_writer(move || writer.clone()).finish();
+        let result = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&buffer.0.lock().unwrap()).into_owned();
+        (result, text)
+    }
+
+    #[test]
     fn challenges() {
         let header = r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#;
         assert_eq!(
@@ -375,6 +432,10 @@ mod tests {
         let (_, short) = parse_token_response(br#"{"token":"u"}"#, now).unwrap();
         assert_eq!(short, now + Duration::from_secs(55));
         assert!(parse_token_response(br#"{"token":""}"#, now).is_err());
+        // An absurd lifetime is cut to a day rather than overflowing the clock.
+        let huge = format!(r#"{{"token":"v","expires_in":{}}}"#, u64::MAX);
+        let (_, capped) = parse_token_response(huge.as_bytes(), now).unwrap();
+        assert_eq!(capped, now + Duration::from_secs(24 * 60 * 60 - 5));
         let cache = TokenCache::default();
         cache.put("h", "s", token, expires);
         assert!(cache.get("h", "s", now).is_some());

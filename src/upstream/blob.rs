@@ -8,9 +8,10 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
 use super::connection::UpstreamBody;
-use crate::metrics::{self, RetryKind};
+use super::endpoint::url_host;
 use super::error::{AttemptError, UpstreamError};
 use super::{content_length, header_str, RemoteRepository, Upstream};
+use crate::metrics::{self, RetryKind};
 
 /// Where a blob is downloaded from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -22,10 +23,11 @@ pub enum BlobLocation {
 }
 
 impl BlobLocation {
+    /// The host (and non-default port) for error messages and the retry metric's label.
     fn host(&self) -> String {
         match self {
             BlobLocation::Registry { repo, .. } => repo.host.clone(),
-            BlobLocation::Url(url) => url.parse::<http::Uri>().ok().and_then(|u| u.authority().map(|a| a.to_string())).unwrap_or_default(),
+            BlobLocation::Url(url) => url.parse::<http::Uri>().ok().and_then(|u| url_host(&u)).unwrap_or_default(),
         }
     }
 }
@@ -59,6 +61,8 @@ pub struct BlobDownload {
     location: BlobLocation,
     received: u64,
     total: Option<u64>,
+    /// The most bytes the blob may have (`limit_to`).
+    max_bytes: Option<u64>,
     body: Option<UpstreamBody>,
     /// Bytes of the current body to drop: a server that ignored our `Range` resends them.
     skip: u64,
@@ -68,7 +72,7 @@ pub struct BlobDownload {
 
 impl BlobDownload {
     pub(super) async fn start(upstream: Upstream, location: BlobLocation, offset: u64) -> Result<BlobDownload, UpstreamError> {
-        let mut download = BlobDownload { upstream, location, received: offset, total: None, body: None, skip: 0, failures: 0 };
+        let mut download = BlobDownload { upstream, location, received: offset, total: None, max_bytes: None, body: None, skip: 0, failures: 0 };
         download.open().await?;
         Ok(download)
     }
@@ -82,11 +86,20 @@ impl BlobDownload {
         self.received
     }
 
+    /// Accepts at most `max_bytes` in all: the first byte beyond (or a resumed response that
+    /// announces more) fails the download. Without it, a body whose length the upstream does
+    /// not announce is bounded by nothing, and an endless one is only caught by the digest
+    /// check after the last byte, which never comes.
+    pub fn limit_to(&mut self, max_bytes: u64) {
+        self.max_bytes = Some(max_bytes);
+    }
+
     /// The next chunk; `Ok(None)` once all bytes arrived.
     ///
     /// # Errors
     /// The body kept breaking without progress for all the policy's attempts, the upstream
-    /// sent more than it announced, or a resumed response does not fit the first one.
+    /// sent more than it announced or than `limit_to` allows, or a resumed response does not
+    /// fit the first one.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
         let stall = self.upstream.settings().read_timeout;
         loop {
@@ -106,6 +119,9 @@ impl BlobDownload {
                     self.received += chunk.len() as u64;
                     if self.total.is_some_and(|total| self.received > total) {
                         return Err(self.invalid("more bytes than the announced length"));
+                    }
+                    if let Some(max_bytes) = self.max_bytes.filter(|max| self.received > *max) {
+                        return Err(self.invalid(&format!("more than the {max_bytes} bytes it may have")));
                     }
                     self.failures = 0;
                     return Ok(Some(chunk));
@@ -180,6 +196,11 @@ impl BlobDownload {
                 content_length(&exchange.headers)
             }
         };
+        if let (Some(max_bytes), Some(now)) = (self.max_bytes, total) {
+            if now > max_bytes {
+                return Err(self.invalid(&format!("announces {now} bytes, more than the {max_bytes} it may have")));
+            }
+        }
         match (self.total, total) {
             (Some(known), Some(now)) if known != now => return Err(self.invalid(&format!("size changed from {known} to {now}"))),
             (None, _) => self.total = total,
@@ -211,6 +232,16 @@ mod tests {
         assert!(!location.to_string().contains("deadbeef") && !location.to_string().contains("pw"), "{location}");
         assert_eq!(redact_url("http://gw.example/ipfs/bafy"), "http://gw.example/ipfs/bafy");
         assert_eq!(redact_url("not a url"), "<unparsable URL>");
+    }
+
+    #[test]
+    fn blob_hosts_carry_no_user_info() {
+        let signed = BlobLocation::Url("https://user:pw@bucket.s3.example:8443/layers/abc?X-Amz-Signature=deadbeef".into());
+        assert_eq!(signed.host(), "bucket.s3.example:8443");
+        let default_port = BlobLocation::Url("https://user:pw@bucket.s3.example:443/layers/abc".into());
+        assert_eq!(default_port.host(), "bucket.s3.example");
+        let repo = RemoteRepository::new("registry.example:5000", "team/app");
+        assert_eq!(BlobLocation::Registry { repo, digest: "sha256:ab".into() }.host(), "registry.example:5000");
     }
 
     #[test]

@@ -100,6 +100,9 @@ fn with_pool<T>(endpoint: &Endpoint, settings: &ConnectSettings, f: impl FnOnce(
 }
 
 /// A connection (pooled or new) and the permit that counts it against the origin's limit.
+/// Waiting for a permit is not bounded here: under load it is a fair queue behind downloads
+/// whose bodies have their own read timeouts, and every permit is let go once its response
+/// is (the 401s and redirects included: see `Exchange::discard`).
 pub async fn checkout(endpoint: &Endpoint, settings: &ConnectSettings) -> Result<(Sender, StaticPermit), AttemptError> {
     let limit = with_pool(endpoint, settings, |pool| Rc::clone(&pool.limit));
     let permit = limit.acquire_static_permit(1).await.map_err(|e| AttemptError::Connect(e.to_string()))?;

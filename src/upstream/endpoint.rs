@@ -27,6 +27,45 @@ pub enum Scheme {
     Https,
 }
 
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// `host[:port]` (IPv6 in brackets), the port only when given and not the scheme's default.
+fn host_and_port(scheme: Scheme, host: &str, port: Option<u16>) -> String {
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    match port.filter(|p| *p != scheme.default_port()) {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    }
+}
+
+/// The host (and a port that is not the scheme's default) of an absolute http(s) URL, for
+/// error messages and metric labels: never its user info (`user:password@`), which
+/// `Uri::authority` keeps.
+pub fn url_host(uri: &http::Uri) -> Option<String> {
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::Http,
+        Some("https") => Scheme::Https,
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    Some(host_and_port(scheme, host, authority.port_u16()))
+}
+
 /// A resolved origin: everything a connection needs.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -49,11 +88,19 @@ impl Endpoint {
 
     /// The pool key: one pool per scheme and authority.
     pub fn key(&self) -> String {
-        let scheme = match self.scheme {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        };
-        format!("{scheme}://{}", self.authority())
+        format!("{}://{}", self.scheme.as_str(), self.authority())
+    }
+
+    /// `host[:port]` as it goes into `Host` and h2's `:authority`: without the scheme's
+    /// default port, as browsers and curl send it. Presigned object-storage URLs sign the
+    /// `host` header as the URL spells it, and `s3.example:443` is not `s3.example` to them.
+    pub fn host_header(&self) -> String {
+        host_and_port(self.scheme, &self.host, Some(self.port))
+    }
+
+    /// `scheme://host[:port]`, the origin an h2 request's URI names.
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.scheme.as_str(), self.host_header())
     }
 
     pub fn server_name(&self) -> Result<ServerName<'static>, String> {
@@ -137,7 +184,7 @@ fn parse_endpoint(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<Endpoint,
     };
     let authority = uri.authority().ok_or_else(|| format!("`{url}` has no host"))?;
     let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
-    let port = authority.port_u16().unwrap_or(if scheme == Scheme::Https { 443 } else { 80 });
+    let port = authority.port_u16().unwrap_or(scheme.default_port());
     if uri.path() != "/" && !uri.path().is_empty() {
         return Err(format!("`{url}` must not have a path"));
     }
@@ -198,6 +245,35 @@ mod tests {
         assert_eq!(repository_path("ghcr.io", "ubuntu"), "ubuntu");
         let realm: http::Uri = "http://127.0.0.1:5001/token?x=1".parse().unwrap();
         assert_eq!(endpoints.for_url(&realm).unwrap().key(), "http://127.0.0.1:5001");
+    }
+
+    #[test]
+    fn host_headers_leave_out_the_default_port_only() {
+        let endpoint = |url: &str| parse_endpoint(url, tls_config(&[], &[]).unwrap()).unwrap();
+        let cases = [
+            ("https://s3.example", "s3.example", "https://s3.example"),
+            ("https://s3.example:443", "s3.example", "https://s3.example"),
+            ("https://s3.example:8443", "s3.example:8443", "https://s3.example:8443"),
+            ("http://gw.example:80", "gw.example", "http://gw.example"),
+            ("http://gw.example:443", "gw.example:443", "http://gw.example:443"),
+            ("https://[::1]:443", "[::1]", "https://[::1]"),
+            ("http://[::1]:5000", "[::1]:5000", "http://[::1]:5000"),
+        ];
+        for (url, host, origin) in cases {
+            let endpoint = endpoint(url);
+            assert_eq!((endpoint.host_header().as_str(), endpoint.origin().as_str()), (host, origin), "{url}");
+        }
+        // The pool key still tells ports apart explicitly.
+        assert_eq!(endpoint("https://s3.example").key(), "https://s3.example:443");
+    }
+
+    #[test]
+    fn url_hosts_carry_no_user_info() {
+        let host = |url: &str| url_host(&url.parse().unwrap());
+        assert_eq!(host("https://user:pw@bucket.s3.example:8443/l?X-Amz-Signature=x").as_deref(), Some("bucket.s3.example:8443"));
+        assert_eq!(host("https://user:pw@bucket.s3.example:443/l").as_deref(), Some("bucket.s3.example"));
+        assert_eq!(host("http://token@[::1]:80/x").as_deref(), Some("[::1]"));
+        assert_eq!(host("/relative/path"), None);
     }
 
     #[test]

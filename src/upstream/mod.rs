@@ -37,6 +37,8 @@ const MAX_TAG_PAGES: usize = 100;
 const MAX_REDIRECTS: usize = 5;
 /// Error documents and token answers are read up to this size.
 const SMALL_BODY_LIMIT: usize = 64 * 1024;
+/// A 401's or redirect's body is read (to keep its connection) only while it flows this well.
+const DISCARD_STALL: Duration = Duration::from_secs(1);
 const USER_AGENT: HeaderValue = HeaderValue::from_static(concat!("registry-facade/", env!("CARGO_PKG_VERSION")));
 
 #[derive(Debug, Clone)]
@@ -279,7 +281,11 @@ impl Upstream {
             match exchange.status {
                 StatusCode::UNAUTHORIZED if !challenged => {
                     challenged = true;
-                    authorization = Some(self.answer_challenge(repo, &scope, &exchange.headers).await?);
+                    // The 401 lets go of its connection before the token is fetched: the realm
+                    // is often this very origin (ghcr.io/token), and with its slots all held by
+                    // such 401s the token request would wait for itself.
+                    let challenge = exchange.discard().await;
+                    authorization = Some(self.answer_challenge(repo, &scope, &challenge).await?);
                 }
                 StatusCode::UNAUTHORIZED => {
                     self.shared.tokens.forget(&repo.host, &scope);
@@ -366,10 +372,13 @@ impl Upstream {
         }
     }
 
-    async fn follow_redirects(&self, origin: &Endpoint, method: &Method, mut exchange: Exchange, headers: HeaderMap) -> Result<Exchange, AttemptError> {
+    async fn follow_redirects(&self, origin: &Endpoint, method: &Method, mut redirect: Exchange, headers: HeaderMap) -> Result<Exchange, AttemptError> {
         let mut current = origin.clone();
         for _ in 0..MAX_REDIRECTS {
-            let location = header_str(&exchange.headers, header::LOCATION).ok_or_else(|| AttemptError::Invalid("redirect without Location".into()))?;
+            // Each redirect lets go of its connection before the next request takes one (a
+            // redirect within the origin would otherwise wait for its own slot).
+            let redirect_headers = redirect.discard().await;
+            let location = header_str(&redirect_headers, header::LOCATION).ok_or_else(|| AttemptError::Invalid("redirect without Location".into()))?;
             let uri: http::Uri = location.parse().map_err(|_| AttemptError::Invalid("redirect to a bad URL".into()))?;
             if uri.scheme().is_some() {
                 current = self.shared.endpoints.for_url(&uri).map_err(AttemptError::Invalid)?;
@@ -378,28 +387,20 @@ impl Upstream {
             // Credentials never follow a redirect to another host (distribution spec).
             let mut next_headers = headers.clone();
             next_headers.remove(header::AUTHORIZATION);
-            exchange = self.exchange(&current, method, &path, next_headers, Bytes::new()).await?;
+            let exchange = self.exchange(&current, method, &path, next_headers, Bytes::new()).await?;
             if !exchange.status.is_redirection() {
                 return check_status(exchange).await;
             }
+            redirect = exchange;
         }
         Err(AttemptError::Invalid(format!("more than {MAX_REDIRECTS} redirects")))
     }
 
     /// One request on a pooled connection, waiting at most the response timeout for its head.
-    async fn exchange(&self, endpoint: &Endpoint, method: &Method, path: &str, mut headers: HeaderMap, body: Bytes) -> Result<Exchange, AttemptError> {
+    async fn exchange(&self, endpoint: &Endpoint, method: &Method, path: &str, headers: HeaderMap, body: Bytes) -> Result<Exchange, AttemptError> {
         let shared = &self.shared;
         let (sender, permit) = connection::checkout(endpoint, &shared.connect).await?;
-        let uri = if sender.is_h2() { format!("{}{path}", endpoint.key()) } else { path.to_owned() };
-        if !sender.is_h2() {
-            let host = HeaderValue::try_from(endpoint.authority()).map_err(|_| AttemptError::Invalid("bad host".into()))?;
-            headers.insert(header::HOST, host);
-        }
-        headers.insert(header::USER_AGENT, USER_AGENT);
-        let mut request = http::Request::new(RequestBody::new(body));
-        *request.method_mut() = method.clone();
-        *request.uri_mut() = uri.parse().map_err(|_| AttemptError::Invalid(format!("bad request path {path}")))?;
-        *request.headers_mut() = headers;
+        let request = build_request(endpoint, sender.is_h2(), method, path, headers, body)?;
         let sent = Instant::now();
         let response = within(shared.settings.response_timeout, sender.send(request))
             .await
@@ -409,6 +410,33 @@ impl Upstream {
         let body = UpstreamBody::new(incoming, endpoint.clone(), shared.connect, sender, permit);
         Ok(Exchange { status: parts.status, headers: parts.headers, body })
     }
+}
+
+impl Exchange {
+    /// Reads what little body there is (so an HTTP/1.1 connection can be used again), lets
+    /// go of the connection and its slot, and returns the headers. A body that is large or
+    /// slow is dropped unread instead: that connection is closed.
+    async fn discard(self) -> HeaderMap {
+        let _ = self.body.collect(SMALL_BODY_LIMIT, DISCARD_STALL).await;
+        self.headers
+    }
+}
+
+/// The request for `path` at `endpoint`: over h2 the URI carries the origin (its
+/// `:authority`), over HTTP/1.1 the `Host` header does; neither names the scheme's default
+/// port.
+fn build_request(endpoint: &Endpoint, h2: bool, method: &Method, path: &str, mut headers: HeaderMap, body: Bytes) -> Result<http::Request<RequestBody>, AttemptError> {
+    let uri = if h2 { format!("{}{path}", endpoint.origin()) } else { path.to_owned() };
+    if !h2 {
+        let host = HeaderValue::try_from(endpoint.host_header()).map_err(|_| AttemptError::Invalid("bad host".into()))?;
+        headers.insert(header::HOST, host);
+    }
+    headers.insert(header::USER_AGENT, USER_AGENT);
+    let mut request = http::Request::new(RequestBody::new(body));
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri.parse().map_err(|_| AttemptError::Invalid(format!("bad request path {path}")))?;
+    *request.headers_mut() = headers;
+    Ok(request)
 }
 
 /// Passes 2xx through; turns anything else into the attempt error it is (with the upstream's
@@ -471,6 +499,24 @@ mod tests {
         assert_eq!(next_link(r#"</v2/a/tags/list?n=2&last=b>; rel="next""#).as_deref(), Some("/v2/a/tags/list?n=2&last=b"));
         assert_eq!(next_link(r#"<https://r.example/v2/a/tags/list?last=b>; rel="next""#).as_deref(), Some("/v2/a/tags/list?last=b"));
         assert_eq!(next_link("garbage"), None);
+    }
+
+    #[test]
+    fn requests_name_the_host_without_the_default_port() {
+        let endpoints = Endpoints::new(&BTreeMap::new()).unwrap();
+        let request = |url: &str, h2: bool| {
+            let endpoint = endpoints.for_url(&url.parse().unwrap()).unwrap();
+            build_request(&endpoint, h2, &Method::GET, "/bucket/layer?X-Amz-Signature=s", HeaderMap::new(), Bytes::new()).unwrap()
+        };
+        let h1 = request("https://s3.example/", false);
+        assert_eq!((h1.headers()[header::HOST].to_str().unwrap(), h1.uri().to_string().as_str()), ("s3.example", "/bucket/layer?X-Amz-Signature=s"));
+        let h2 = request("https://s3.example:443/", true);
+        assert_eq!((h2.uri().authority().map(|a| a.as_str()), h2.headers().get(header::HOST)), (Some("s3.example"), None));
+        assert_eq!(h2.uri().to_string(), "https://s3.example/bucket/layer?X-Amz-Signature=s");
+        let other_port = request("http://minio.example:9000/", false);
+        assert_eq!(other_port.headers()[header::HOST], "minio.example:9000");
+        let plain = request("http://gw.example/", false);
+        assert_eq!(plain.headers()[header::HOST], "gw.example");
     }
 
     #[test]
