@@ -85,6 +85,47 @@ pub fn default_max_open_blobs() -> usize {
     usize::try_from(hard / 4).unwrap_or(usize::MAX).clamp(16, DEFAULT_MAX_OPEN_BLOBS_CEILING)
 }
 
+/// What the cache holds under a digest asked for as a manifest of no recorded type.
+pub enum SniffedManifest {
+    Found(Arc<StoredManifest>),
+    /// Nothing cached under the digest.
+    Missing,
+    /// Cached, verified and no manifest (a layer or a config): content is named by its
+    /// digest, so no manifest anywhere has this one.
+    NotAManifest,
+}
+
+/// Bytes at the start of a cached file looked at to tell a manifest from other content.
+const MANIFEST_PEEK_BYTES: usize = 64;
+
+/// Whether content of `size` bytes starting with `start` can be a manifest: a JSON object of at
+/// most `MAX_MANIFEST_BYTES`. Layers (gzip, zstd, tar) fail on their first byte. A start that
+/// is all whitespace cannot tell, so it may be.
+fn may_be_manifest(size: u64, start: &[u8]) -> bool {
+    let start = &start[..start.len().min(MANIFEST_PEEK_BYTES)];
+    size <= MAX_MANIFEST_BYTES as u64 && start.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')).is_none_or(|&b| b == b'{')
+}
+
+/// `may_be_manifest` for the cached file of `digest`, from a stat and a short read; `None`
+/// when nothing is cached under it. The bytes are not verified: a `false` is a reason to look
+/// closer, not an answer.
+///
+/// # Errors
+/// The file exists but cannot be opened, examined or read.
+fn peek_may_be_manifest(cache: &CacheDir, digest: &Digest) -> Result<Option<bool>, StoreError> {
+    use std::io::Read;
+    let Ok(path) = cache.blob_path(digest) else { return Ok(None) };
+    let mut file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("open", &path)(e)),
+    };
+    let size = file.metadata().map_err(StoreError::io("stat", &path))?.len();
+    let mut start = [0u8; MANIFEST_PEEK_BYTES];
+    let n = file.read(&mut start).map_err(StoreError::io("read", &path))?;
+    Ok(Some(may_be_manifest(size, &start[..n])))
+}
+
 /// `Docker-Content-Digest` and `ETag` (the quoted digest) for content of `digest`.
 pub fn digest_headers(digest: &Digest) -> (HeaderValue, HeaderValue) {
     // A digest is `algorithm:hex`: always a valid header value, quoted or not.
@@ -140,45 +181,78 @@ impl Content {
     /// The manifest `digest` (of `media_type`) from memory or the cache, verified on load.
     ///
     /// # Errors
-    /// The cached file cannot be read or does not match its digest.
+    /// The cached file cannot be read.
     pub async fn manifest(&self, digest: &Digest, media_type: &str) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
-        self.load_manifest(digest, Some(media_type)).await
-    }
-
-    /// Like `manifest`, for content whose media type is not recorded (mirrored manifests): it
-    /// is read from the document itself.
-    ///
-    /// # Errors
-    /// As `manifest`, or a document that is no manifest.
-    pub async fn manifest_sniffed(&self, digest: &Digest) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
-        self.load_manifest(digest, None).await
-    }
-
-    async fn load_manifest(&self, digest: &Digest, media_type: Option<&str>) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
         let found = self.read_manifest(digest, media_type).await;
         metrics::cache_lookup(CacheKind::Manifest, matches!(found, Ok(Some(_))));
         found
     }
 
-    async fn read_manifest(&self, digest: &Digest, media_type: Option<&str>) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
+    async fn read_manifest(&self, digest: &Digest, media_type: &str) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
         if let Some(hit) = self.manifests.get(digest) {
             return Ok(Some(hit));
         }
+        let Some(bytes) = self.read_small_file(digest).await? else { return Ok(None) };
+        self.hold_manifest(digest, bytes, media_type).map(Some)
+    }
+
+    /// Like `manifest`, for content whose media type is not recorded (mirrored manifests): it
+    /// is read from the document itself. Any cached digest may be asked for this way, and
+    /// cached content that is no manifest (a layer, a config) is told apart without reading
+    /// a layer whole; see `SniffedManifest`.
+    ///
+    /// # Errors
+    /// The cached file cannot be read.
+    pub async fn manifest_sniffed(&self, digest: &Digest) -> Result<SniffedManifest, RegistryError> {
+        let found = self.sniff_manifest(digest).await;
+        metrics::cache_lookup(CacheKind::Manifest, matches!(found, Ok(SniffedManifest::Found(_))));
+        found
+    }
+
+    async fn sniff_manifest(&self, digest: &Digest) -> Result<SniffedManifest, RegistryError> {
+        if let Some(hit) = self.manifests.get(digest) {
+            return Ok(SniffedManifest::Found(hit));
+        }
+        if self.is_other_content(digest).await? {
+            return Ok(SniffedManifest::NotAManifest);
+        }
+        let Some(bytes) = self.read_small_file(digest).await? else { return Ok(SniffedManifest::Missing) };
+        match sniff_media_type(&bytes) {
+            Some(media_type) => Ok(SniffedManifest::Found(self.hold_manifest(digest, bytes, &media_type)?)),
+            // Verified bytes (a config, say): no manifest can have their digest.
+            None => Ok(SniffedManifest::NotAManifest),
+        }
+    }
+
+    /// Whether the cached content of `digest` is, verifiably, no manifest: larger than one
+    /// may be, or no JSON object. A peek at the file says whether to look closer, so that a
+    /// manifest is never mapped like a layer; content that looks like none is then opened as
+    /// a blob, which hashes a file not verified yet (once: it is trusted after) and deletes a
+    /// corrupt one, which is then simply not cached.
+    async fn is_other_content(&self, digest: &Digest) -> Result<bool, RegistryError> {
         let cache = Arc::clone(&self.cache);
         let wanted = digest.clone();
-        let read = run_blocking(move || cache.read_verified(&wanted, MAX_MANIFEST_BYTES as u64)).await?;
-        let Some(bytes) = read else { return Ok(None) };
-        let media_type = match media_type {
-            Some(media_type) => media_type.to_owned(),
-            None => sniff_media_type(&bytes).ok_or_else(|| RegistryError::CorruptManifest {
-                digest: digest.clone(),
-                reason: "not a manifest document".into(),
-            })?,
-        };
-        let stored = Arc::new(StoredManifest::new(Bytes::from(bytes), &media_type, digest.clone())?);
+        if run_blocking(move || peek_may_be_manifest(&cache, &wanted)).await? != Some(false) {
+            return Ok(false);
+        }
+        let blob = self.find_blob(digest).await?;
+        Ok(blob.is_some_and(|blob| !may_be_manifest(blob.body.len() as u64, &blob.body)))
+    }
+
+    /// A small cached file (a manifest, a config) read whole and verified; `None` if it is not
+    /// cached (or was corrupt, and is gone now).
+    async fn read_small_file(&self, digest: &Digest) -> Result<Option<Vec<u8>>, RegistryError> {
+        let cache = Arc::clone(&self.cache);
+        let wanted = digest.clone();
+        Ok(run_blocking(move || cache.read_verified(&wanted, MAX_MANIFEST_BYTES as u64)).await?)
+    }
+
+    /// Keeps verified manifest bytes in memory, ready to serve.
+    fn hold_manifest(&self, digest: &Digest, bytes: Vec<u8>, media_type: &str) -> Result<Arc<StoredManifest>, RegistryError> {
+        let stored = Arc::new(StoredManifest::new(Bytes::from(bytes), media_type, digest.clone())?);
         self.manifests.insert(digest.clone(), Arc::clone(&stored));
         self.budget.touch(digest, coarse_now_ms());
-        Ok(Some(stored))
+        Ok(stored)
     }
 
     /// Stores a manifest fetched from upstream (already verified against `digest`).
@@ -410,5 +484,22 @@ impl Content {
             self.trusted.insert(digest.clone(), identity);
         }
         self.budget.commit(digest.clone(), size, reserved, coarse_now_ms());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_json_object_small_enough_may_be_a_manifest() {
+        assert!(may_be_manifest(2, b"{}"));
+        assert!(may_be_manifest(20, b" \r\n\t{\"schemaVersion\": 2}"));
+        assert!(may_be_manifest(0, b""), "empty: cannot tell from the start");
+        assert!(!may_be_manifest(10, &[0x1f, 0x8b, 8, 0]), "gzip");
+        assert!(!may_be_manifest(10, &[0x28, 0xb5, 0x2f, 0xfd]), "zstd");
+        assert!(!may_be_manifest(1024, b"layer0/data.bin\0\0\0"), "tar");
+        assert!(!may_be_manifest(4, b"[{}]"), "JSON, but no object");
+        assert!(!may_be_manifest(MAX_MANIFEST_BYTES as u64 + 1, b"{}"), "over the manifest limit");
     }
 }

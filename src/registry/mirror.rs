@@ -75,6 +75,11 @@ impl Mirrors {
         Some(if fresh { CachedTag::Fresh(answer.digest.clone()) } else { CachedTag::Stale(answer.digest.clone()) })
     }
 
+    /// Drops a tag's cached digest: upstream said the tag is gone or no longer ours to see.
+    pub fn forget_tag(&self, remote: &RemoteRepository, tag: &str) {
+        self.tags.remove(&(remote.clone(), tag.to_owned()));
+    }
+
     pub fn remember_tag(&self, remote: &RemoteRepository, tag: &str, digest: Digest, now: Instant) {
         self.tags.insert((remote.clone(), tag.to_owned()), Arc::new(TagAnswer { digest, fetched_at: now }));
     }
@@ -116,5 +121,7 @@ mod tests {
         assert!(matches!(m.cached_tag(&remote, "latest", now + Duration::from_secs(29)), Some(CachedTag::Fresh(_))));
         assert!(matches!(m.cached_tag(&remote, "latest", now + Duration::from_secs(30)), Some(CachedTag::Stale(_))));
         assert!(m.cached_tag(&remote, "other", now).is_none());
+        m.forget_tag(&remote, "latest");
+        assert!(m.cached_tag(&remote, "latest", now).is_none());
     }
 }

@@ -1,13 +1,14 @@
 //! Answers for mirrored names: manifests fetched from upstream and verified against their
-//! digest before they are cached (tags for a short TTL, and served stale if upstream fails;
-//! digests for good), blobs through single-flight fills, and tag lists.
+//! digest before they are cached (tags for a short TTL, and served stale only while upstream
+//! is unavailable; digests for good), blobs through single-flight fills, and tag lists.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::error::RegistryError;
 use super::mirror::{CachedTag, ACCEPT_ALL_MANIFESTS};
-use super::{content, BlobReply, FillingBlob, Registry, StoredManifest};
+use super::content::{self, SniffedManifest};
+use super::{BlobReply, FillingBlob, Registry, StoredManifest};
 use crate::oci::manifest::sniff_media_type;
 use crate::oci::media_type;
 use crate::oci::{Digest, RepositoryName, Tag};
@@ -25,14 +26,7 @@ impl Registry {
         }
         let fetched = match self.fills.upstream.manifest(remote, tag.as_str(), ACCEPT_ALL_MANIFESTS).await {
             Ok(fetched) => fetched,
-            Err(error) => {
-                if let Some(CachedTag::Stale(digest)) = cached {
-                    // Better an answer that was right a moment ago than none; logged, not silent.
-                    tracing::warn!(remote = %remote, tag = %tag, %error, "upstream unavailable; serving the tag's last known digest");
-                    return self.mirror_digest(remote, &digest).await;
-                }
-                return Err(manifest_error(remote, tag.as_str(), error));
-            }
+            Err(error) => return self.tag_unresolved(remote, tag, cached, error).await,
         };
         let digest = Digest::sha256_of(&fetched.bytes);
         if let Some(claimed) = fetched.claimed_digest.as_deref().filter(|c| *c != digest.to_string()) {
@@ -42,6 +36,25 @@ impl Registry {
         self.share_tag(remote, tag, &digest).await;
         self.mirrors.remember_tag(remote, tag.as_str(), digest, Instant::now());
         Ok(stored)
+    }
+
+    /// The answer for a tag upstream did not resolve. While upstream is unavailable, the tag's
+    /// last known digest: better an answer that was right a moment ago than none (logged, not
+    /// silent). Any other failure is upstream's answer about the tag (gone, refused, garbage):
+    /// the last known digest is forgotten, so that neither this request nor a later outage
+    /// serves a tag that was deleted or whose access was revoked.
+    ///
+    /// There is no bound on how stale a digest may be served: an outage is when it is needed,
+    /// and a bound would turn a long outage into failed pulls of images that still exist. A
+    /// bound needs its own setting (`mirrorTagMaxStaleMs`) if an operator ever wants one.
+    async fn tag_unresolved(&self, remote: &RemoteRepository, tag: &Tag, cached: Option<CachedTag>, error: UpstreamError) -> Result<Arc<StoredManifest>, RegistryError> {
+        let Some(CachedTag::Stale(digest)) = cached else { return Err(manifest_error(remote, tag.as_str(), error)) };
+        if is_unavailable(&error) {
+            tracing::warn!(remote = %remote, tag = %tag, %error, "upstream unavailable; serving the tag's last known digest");
+            return self.mirror_digest(remote, &digest).await;
+        }
+        self.mirrors.forget_tag(remote, tag.as_str());
+        Err(manifest_error(remote, tag.as_str(), error))
     }
 
     /// What another node resolved the tag to, within the tag TTL (any Redis trouble: nothing).
@@ -61,8 +74,12 @@ impl Registry {
     }
 
     pub(super) async fn mirror_digest(&self, remote: &RemoteRepository, digest: &Digest) -> Result<Arc<StoredManifest>, RegistryError> {
-        if let Some(cached) = self.content.manifest_sniffed(digest).await? {
-            return Ok(cached);
+        match self.content.manifest_sniffed(digest).await? {
+            SniffedManifest::Found(cached) => return Ok(cached),
+            // A layer or config asked for as a manifest: upstream cannot know better (and
+            // distribution answers such a request with a 500, which would be retried).
+            SniffedManifest::NotAManifest => return Err(manifest_unknown(remote, &digest.to_string())),
+            SniffedManifest::Missing => {}
         }
         let fetched = self
             .fills
@@ -132,6 +149,16 @@ impl Registry {
     }
 }
 
+/// Whether upstream could not be asked (unreachable, timed out, overloaded, failing) rather than
+/// answered: the same line `AttemptError::is_transient` draws for retries, on the final error.
+fn is_unavailable(error: &UpstreamError) -> bool {
+    match error {
+        UpstreamError::Unreachable { .. } | UpstreamError::TimedOut { .. } | UpstreamError::TooManyRequests { .. } => true,
+        UpstreamError::BadStatus { status, .. } => *status >= 500 && *status != 501,
+        UpstreamError::NotFound { .. } | UpstreamError::Unauthorized { .. } | UpstreamError::Denied { .. } | UpstreamError::Invalid { .. } | UpstreamError::Config(_) => false,
+    }
+}
+
 fn upstream(remote: &RemoteRepository, error: UpstreamError) -> RegistryError {
     RegistryError::Upstream { remote: remote.to_string(), error }
 }
@@ -140,12 +167,16 @@ fn invalid(remote: &RemoteRepository, reason: String) -> RegistryError {
     upstream(remote, UpstreamError::Invalid { host: remote.host.clone(), reason })
 }
 
+fn manifest_unknown(remote: &RemoteRepository, reference: &str) -> RegistryError {
+    RegistryError::UpstreamManifestUnknown { remote: remote.to_string(), reference: reference.to_owned() }
+}
+
 /// An upstream 404 for a manifest is the client's `MANIFEST_UNKNOWN` (or `NAME_UNKNOWN` when the
 /// upstream says the repository does not exist); anything else stays an upstream failure.
 fn manifest_error(remote: &RemoteRepository, reference: &str, error: UpstreamError) -> RegistryError {
     match error {
         UpstreamError::NotFound { code: Some(code), .. } if code == "NAME_UNKNOWN" => RegistryError::UpstreamNameUnknown(remote.to_string()),
-        UpstreamError::NotFound { .. } => RegistryError::UpstreamManifestUnknown { remote: remote.to_string(), reference: reference.to_owned() },
+        UpstreamError::NotFound { .. } => manifest_unknown(remote, reference),
         other => upstream(remote, other),
     }
 }
@@ -154,5 +185,31 @@ fn blob_error(name: &RepositoryName, digest: &Digest, remote: &RemoteRepository,
     match error {
         UpstreamError::NotFound { .. } => RegistryError::BlobUnknown { name: name.clone(), digest: digest.clone() },
         other => upstream(remote, other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_upstream_that_could_not_answer_is_unavailable() {
+        let host = || "r.example".to_owned();
+        let unavailable = [
+            UpstreamError::Unreachable { host: host(), attempts: 3, cause: "refused".into() },
+            UpstreamError::TimedOut { host: host(), attempts: 3, what: "response" },
+            UpstreamError::TooManyRequests { host: host(), attempts: 3 },
+            UpstreamError::BadStatus { host: host(), status: 503, attempts: 3 },
+        ];
+        let answered = [
+            UpstreamError::NotFound { host: host(), code: Some("MANIFEST_UNKNOWN".into()) },
+            UpstreamError::Unauthorized { host: host() },
+            UpstreamError::Denied { host: host() },
+            UpstreamError::BadStatus { host: host(), status: 501, attempts: 1 },
+            UpstreamError::BadStatus { host: host(), status: 400, attempts: 1 },
+            UpstreamError::Invalid { host: host(), reason: "not JSON".into() },
+        ];
+        assert!(unavailable.iter().all(is_unavailable));
+        assert!(!answered.iter().any(is_unavailable));
     }
 }

@@ -160,6 +160,15 @@ impl ReferenceRegistry {
         }
     }
 
+    /// Restarts it (same port, same storage) requiring `auth` from now on: an upstream that
+    /// revokes access to what it served a moment ago.
+    pub fn restart_with_auth(&mut self, auth: RegistryAuth) {
+        let (auth_yaml, creds) = auth_config(self.dir.path(), &auth);
+        self.auth_yaml = auth_yaml;
+        self.creds = creds;
+        self.restart();
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("registry.log")
     }

@@ -1,0 +1,151 @@
+//! Mirrored tags and digests against the real reference registry: a tag whose TTL ran out is
+//! served from its last known digest only while upstream is unavailable (not once upstream
+//! says it is gone or refuses it), and a cached blob asked for as a manifest is no manifest.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::client::{get, request, Reply};
+use support::image::{self, ImageOptions, Layout};
+use support::registry::{ReferenceRegistry, RegistryAuth};
+use support::server::TestServer;
+
+const REPO: &str = "team/app";
+/// Short, so that the tests outlive it without waiting long.
+const TAG_TTL_MS: u64 = 300;
+
+/// Facade config keys that mirror `registry` (alias `up`) with a short tag TTL and quick retries.
+fn mirror_config(registry: &ReferenceRegistry) -> String {
+    format!(
+        r#""registries": {{"{h}": {{"endpoint": "http://{h}"}}}}, "mirrors": {{"up": "{h}"}},
+        "upstream": {{"retry": {{"attempts": 2, "initialDelayMs": 20, "maxDelayMs": 50}}}}, "mirrorTagTtlMs": {TAG_TTL_MS}"#,
+        h = registry.host()
+    )
+}
+
+fn push_image(registry: &ReferenceRegistry, dir: &std::path::Path, options: ImageOptions) -> Layout {
+    let layout = image::write_layout(&dir.join(format!("image-{}", options.seed)), &options);
+    registry.push(&layout, REPO, &options.tag);
+    layout
+}
+
+fn mirror_path(kind: &str, reference: &str) -> String {
+    format!("/v2/mirror/up/{REPO}/{kind}/{reference}")
+}
+
+fn digest_of(reply: &Reply) -> Option<&str> {
+    reply.header("docker-content-digest")
+}
+
+fn status_and_code(reply: &Reply) -> (u16, String) {
+    let code = if reply.status == 200 { String::new() } else { reply.error_code() };
+    (reply.status, code)
+}
+
+/// Outlives the tag TTL. Not a readiness wait: the behaviour under test starts only after it.
+fn outlive_the_tag_ttl() {
+    std::thread::sleep(Duration::from_millis(TAG_TTL_MS + 200));
+}
+
+/// Waits until the facade published `digest` in its cache (just after a client read it).
+fn wait_published(facade: &TestServer, digest: &str) {
+    let path = facade.cache_dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "blob {digest} was never published");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_tag_deleted_upstream_is_manifest_unknown_after_its_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = ReferenceRegistry::start(RegistryAuth::None);
+    let first = push_image(&registry, dir.path(), ImageOptions { seed: 30, ..ImageOptions::default() });
+    let facade = TestServer::start(&mirror_config(&registry));
+    assert_eq!(digest_of(&get(facade.addr, &mirror_path("manifests", "latest"))), Some(first.top.digest.as_str()));
+
+    // distribution deletes the manifest and untags every tag that pointed at it.
+    let deleted = request(registry.addr(), "DELETE", &format!("/v2/{REPO}/manifests/{}", first.top.digest), &[]);
+    assert_eq!(deleted.status, 202, "upstream deletes the manifest");
+    assert_eq!(get(registry.addr(), &format!("/v2/{REPO}/manifests/latest")).status, 404, "the tag is gone upstream");
+    outlive_the_tag_ttl();
+    let gone = get(facade.addr, &mirror_path("manifests", "latest"));
+    assert_eq!(status_and_code(&gone), (404, "MANIFEST_UNKNOWN".into()), "not the stale digest");
+    let again = get(facade.addr, &mirror_path("manifests", "latest"));
+    assert_eq!(status_and_code(&again), (404, "MANIFEST_UNKNOWN".into()), "the stale digest was forgotten, not kept for a later outage");
+
+    let second = push_image(&registry, dir.path(), ImageOptions { seed: 31, ..ImageOptions::default() });
+    assert_eq!(digest_of(&get(facade.addr, &mirror_path("manifests", "latest"))), Some(second.top.digest.as_str()), "a tag pushed again is found");
+}
+
+#[test]
+fn a_tag_is_served_from_its_last_known_digest_while_upstream_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = ReferenceRegistry::start(RegistryAuth::None);
+    let layout = push_image(&registry, dir.path(), ImageOptions { seed: 32, ..ImageOptions::default() });
+    let facade = TestServer::start(&mirror_config(&registry));
+    assert_eq!(digest_of(&get(facade.addr, &mirror_path("manifests", "latest"))), Some(layout.top.digest.as_str()));
+
+    registry.kill();
+    outlive_the_tag_ttl();
+    for _ in 0..2 {
+        let stale = get(facade.addr, &mirror_path("manifests", "latest"));
+        assert_eq!((stale.status, digest_of(&stale)), (200, Some(layout.top.digest.as_str())), "an outage serves the last known digest");
+    }
+    let unknown = get(facade.addr, &mirror_path("manifests", "never-resolved"));
+    assert_eq!(status_and_code(&unknown), (503, "UNAVAILABLE".into()), "a tag never resolved has nothing to fall back on");
+
+    registry.restart();
+    let fresh = get(facade.addr, &mirror_path("manifests", "latest"));
+    assert_eq!((fresh.status, digest_of(&fresh)), (200, Some(layout.top.digest.as_str())), "and upstream again once it is back");
+}
+
+#[test]
+fn a_tag_upstream_now_refuses_is_not_served_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = ReferenceRegistry::start(RegistryAuth::None);
+    let layout = push_image(&registry, dir.path(), ImageOptions { seed: 33, ..ImageOptions::default() });
+    let facade = TestServer::start(&mirror_config(&registry));
+    assert_eq!(digest_of(&get(facade.addr, &mirror_path("manifests", "latest"))), Some(layout.top.digest.as_str()));
+
+    // Access revoked: the facade has no credentials for the registry any more.
+    registry.restart_with_auth(RegistryAuth::Htpasswd { user: "owner", password: "s3cret" });
+    outlive_the_tag_ttl();
+    let refused = get(facade.addr, &mirror_path("manifests", "latest"));
+    assert_eq!(status_and_code(&refused), (401, "UNAUTHORIZED".into()), "upstream's refusal, not the stale digest");
+    registry.kill();
+    let down = get(facade.addr, &mirror_path("manifests", "latest"));
+    assert_eq!(status_and_code(&down), (503, "UNAVAILABLE".into()), "a refused tag is forgotten: a later outage does not bring it back");
+}
+
+#[test]
+fn a_cached_blob_asked_for_as_a_manifest_is_manifest_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = ReferenceRegistry::start(RegistryAuth::None);
+    // A layer over the 4 MiB manifest limit, one under it, and the config (JSON, but no manifest).
+    let options = ImageOptions { layers: vec![5 << 20, 2 << 10], seed: 34, ..ImageOptions::default() };
+    let layout = push_image(&registry, dir.path(), options);
+    let facade = TestServer::start(&mirror_config(&registry));
+    let image = layout.image();
+    let blobs: Vec<&image::Desc> = image.layers.iter().chain([&image.config]).collect();
+    for blob in &blobs {
+        assert_eq!(get(facade.addr, &mirror_path("blobs", &blob.digest)).status, 200);
+        wait_published(&facade, &blob.digest);
+    }
+    let asked = |blob: &image::Desc| (blob.size, status_and_code(&get(facade.addr, &mirror_path("manifests", &blob.digest))));
+    for round in 0..2 {
+        let answers: Vec<_> = blobs.iter().map(|blob| asked(blob)).collect();
+        let expected: Vec<_> = blobs.iter().map(|blob| (blob.size, (404, "MANIFEST_UNKNOWN".to_owned()))).collect();
+        assert_eq!(answers, expected, "(size, answer) of each blob asked for as a manifest, round {round}");
+    }
+    let asked_upstream = registry.access_entries().into_iter().filter(|e| e.method == "GET" && e.uri.contains("/manifests/sha256:")).count();
+    assert_eq!(asked_upstream, 0, "content the cache holds and verified is no manifest: upstream cannot know better");
+    for blob in &blobs {
+        let served = get(facade.addr, &mirror_path("blobs", &blob.digest));
+        assert_eq!((served.status, served.body.len() as u64), (200, blob.size), "{} is still served as a blob", blob.digest);
+    }
+    let manifest = get(facade.addr, &mirror_path("manifests", &image.manifest.digest));
+    assert_eq!(digest_of(&manifest), Some(image.manifest.digest.as_str()), "a real manifest by digest still is one");
+}
