@@ -2,7 +2,9 @@
 //! (spec, static layers) at a time, kept in a table every core reads. A composition whose
 //! inputs named tags is trusted for the tag TTL; one made only of digests, for good. The last
 //! few compositions of each name stay reachable, so a client pulling a manifest that was just
-//! replaced still gets its blobs.
+//! replaced still gets its blobs. What is held is bounded by the specs held: a spec that is
+//! replaced or deleted takes its composition along (and, deleted, its name's recent ones),
+//! and a reload of the static layers drops the compositions made with the previous ones.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,11 +16,12 @@ use super::join::join_all;
 use super::single_flight::SingleFlight;
 use super::static_layers::{StaticEntry, StaticLayers};
 use super::{shared, Registry, Source, StoredManifest};
+use crate::hyper_glue::coarse_now_ms;
 use crate::redis_client::keys::COMPOSED_TTL;
 use crate::oci::manifest::Descriptor;
 use crate::oci::media_type::OCI_LAYER_TAR;
 use crate::oci::{Digest, Reference, RepositoryName};
-use crate::spec::{ContentLayer, SourceRef, StoredSpec};
+use crate::spec::{ContentLayer, SourceRef, SpecChange, SpecListener, StoredSpec};
 use crate::table::SharedMap;
 
 /// Compositions kept reachable per name besides the current one.
@@ -33,10 +36,13 @@ pub struct ComposedImage {
 
 struct Current {
     image: Arc<ComposedImage>,
+    /// The static layers it was composed with.
+    revision: Digest,
     /// `None`: made only of digests, good forever.
     valid_until: Option<Instant>,
 }
 
+/// A spec's key and the static-layer revision: what a composition is made of.
 type CompositionKey = (Digest, Digest);
 
 /// What one composition flight ends with: the image and when it stops being current.
@@ -44,27 +50,64 @@ type FlightResult = Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryEr
 
 #[derive(Default)]
 pub struct Compositions {
-    current: SharedMap<CompositionKey, Arc<Current>>,
+    /// By spec key: one composition per spec at a time, that of the current static layers (an
+    /// entry of another revision is composed again on its next use).
+    current: SharedMap<Digest, Arc<Current>>,
     recent: SharedMap<RepositoryName, Arc<Vec<Arc<ComposedImage>>>>,
     flights: SingleFlight<CompositionKey, FlightResult>,
 }
 
 impl Compositions {
-    fn remember(&self, name: &RepositoryName, image: &Arc<ComposedImage>) {
+    /// Adds `image` to `name`'s recent compositions; returns whether it was not there yet.
+    fn remember(&self, name: &RepositoryName, image: &Arc<ComposedImage>) -> bool {
         let mut recent = self.recent.get(name).map(|r| r.as_ref().clone()).unwrap_or_default();
         if recent.iter().any(|r| Arc::ptr_eq(r, image)) {
-            return;
+            return false;
         }
+        // The same manifest composed again (after its spec's twin was deleted, say) is one image.
+        recent.retain(|r| r.manifest.digest != image.manifest.digest);
         recent.push(Arc::clone(image));
         if recent.len() > RECENT_PER_NAME {
             recent.remove(0);
         }
         self.recent.insert(name.clone(), Arc::new(recent));
+        true
     }
 
     /// Recent compositions of `name`, newest first.
     pub fn recent(&self, name: &RepositoryName) -> Vec<Arc<ComposedImage>> {
         self.recent.get(name).map(|r| r.iter().rev().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Drops what was composed from `spec`, which `name` no longer has. Another name with the
+    /// very same spec loses the shared composition too and composes it again: rare, and
+    /// cheaper than counting who uses which composition.
+    fn forget(&self, name: &RepositoryName, spec: &StoredSpec, change: SpecChange) {
+        self.current.remove(&spec.spec.key);
+        if change == SpecChange::Removed {
+            self.recent.remove(name);
+        }
+    }
+
+    /// Drops the compositions made with static layers other than `revision`'s. Their names'
+    /// recent compositions keep them reachable for pulls under way.
+    pub fn keep_revision(&self, revision: &Digest) {
+        for (key, current) in self.current.entries() {
+            if &current.revision != revision {
+                self.current.remove_if(&key, |now| Arc::ptr_eq(now, &current));
+            }
+        }
+    }
+
+    /// A listener for a spec source whose specs are named `<provider>/<id>`.
+    pub fn listener(self: &Arc<Self>, provider: &'static str) -> SpecListener {
+        let compositions = Arc::clone(self);
+        Arc::new(move |id, spec, change| {
+            // An id that makes no valid name was never served, so nothing was composed for it.
+            if let Ok(name) = format!("{provider}/{id}").parse::<RepositoryName>() {
+                compositions.forget(&name, spec, change);
+            }
+        })
     }
 }
 
@@ -76,8 +119,11 @@ impl Registry {
     pub(super) async fn composed(&self, name: &RepositoryName, spec: &Arc<StoredSpec>) -> Result<Arc<ComposedImage>, RegistryError> {
         let statics = self.static_layers();
         let key = (spec.spec.key.clone(), statics.revision.clone());
-        if let Some(current) = self.compositions.current.get(&key).filter(|c| c.valid_until.is_none_or(|until| Instant::now() < until)) {
-            self.compositions.remember(name, &current.image);
+        let usable = |c: &Arc<Current>| c.revision == statics.revision && c.valid_until.is_none_or(|until| Instant::now() < until);
+        if let Some(current) = self.compositions.current.get(&key.0).filter(usable) {
+            if self.compositions.remember(name, &current.image) {
+                self.drop_if_orphaned(name, spec, None);
+            }
             return Ok(Arc::clone(&current.image));
         }
         let result = self.compositions.flights.run(key.clone(), || async {
@@ -92,9 +138,31 @@ impl Registry {
             Ok((image, valid_until))
         });
         let (image, valid_until) = result.await.map_err(RegistryError::Composition)?;
-        self.compositions.current.insert(key, Arc::new(Current { image: Arc::clone(&image), valid_until }));
+        let (spec_key, revision) = key;
+        let current = Arc::new(Current { image: Arc::clone(&image), revision, valid_until });
+        self.compositions.current.insert(spec_key, Arc::clone(&current));
         self.compositions.remember(name, &image);
+        self.drop_if_orphaned(name, spec, Some(&current));
         Ok(image)
+    }
+
+    /// Takes back what was just added for `spec` (its composition `current`, `name`'s recent
+    /// ones) if the spec was replaced or deleted, or the static layers reloaded, meanwhile:
+    /// the listener or the reload may have run before the addition, and would leave it there
+    /// for good. What they remove after this check is theirs to remove.
+    fn drop_if_orphaned(&self, name: &RepositoryName, spec: &StoredSpec, current: Option<&Arc<Current>>) {
+        let held = match name.split_provider() {
+            Some(("remote", id)) => self.specs.remote.held(id),
+            Some(("fixed", id)) => self.specs.fixed.as_ref().and_then(|fixed| fixed.get(id, coarse_now_ms())),
+            _ => return,
+        };
+        let replaced = held.as_ref().is_none_or(|held| held.spec.key != spec.spec.key);
+        if let Some(current) = current.filter(|c| replaced || c.revision != self.static_layers().revision) {
+            self.compositions.current.remove_if(&spec.spec.key, |now| Arc::ptr_eq(now, current));
+        }
+        if held.is_none() {
+            self.compositions.recent.remove(name);
+        }
     }
 
     /// A composition another node wrote to Redis, if there is one (and Redis answers).
@@ -225,3 +293,7 @@ fn content_layer(layer: &ContentLayer) -> LoneLayer {
         },
     }
 }
+
+#[cfg(test)]
+#[path = "composed_tests.rs"]
+mod tests;

@@ -146,7 +146,7 @@ pub struct Registry {
     mirrors: Mirrors,
     fills: FillContext,
     specs: SpecSources,
-    compositions: Compositions,
+    compositions: Arc<Compositions>,
     resolving: SingleFlight<String, Result<Arc<ResolvedImage>, Arc<RegistryError>>>,
     resolved: SharedMap<Digest, Arc<ResolvedImage>>,
     static_layers: RwLock<Arc<StaticLayers>>,
@@ -180,7 +180,10 @@ impl Registry {
         }
         let statics = static_layers::load(&cache, &settings.static_layers)?;
         content.pin(statics.pinned());
-        let fixed = settings.fixed_specs.as_deref().map(FixedSpecFile::open).transpose()?;
+        // The spec stores tell the compositions which specs went, so that nothing composed
+        // from a spec outlives it.
+        let compositions = Arc::new(Compositions::default());
+        let fixed = settings.fixed_specs.as_deref().map(|path| FixedSpecFile::open(path, Some(compositions.listener("fixed")))).transpose()?;
         let keeper = content_keeper(&content);
         let fills = FillContext { cache: Arc::clone(&cache), upstream, content: Arc::clone(&content), fills: Arc::new(Fills::default()), ipfs: shared.ipfs };
         Ok(Registry {
@@ -188,8 +191,8 @@ impl Registry {
             mirrors: Mirrors::new(&settings.mirrors),
             content,
             fills,
-            specs: SpecSources { remote: RemoteSpecs::new(shared.redis.clone(), Some(keeper)), fixed },
-            compositions: Compositions::default(),
+            specs: SpecSources { remote: RemoteSpecs::new(shared.redis.clone(), Some(keeper), Some(compositions.listener("remote"))), fixed },
+            compositions,
             resolving: SingleFlight::default(),
             resolved: SharedMap::new(),
             static_layers: RwLock::new(Arc::new(statics)),
@@ -219,7 +222,8 @@ impl Registry {
     }
 
     /// Loads a new set of static layers (the config file changed). Images composed with the
-    /// previous set keep serving their blobs. Blocking: call from a reload thread.
+    /// previous set are no longer current but keep serving their blobs to pulls under way.
+    /// Blocking: call from a reload thread.
     ///
     /// # Errors
     /// A layer cannot be loaded; the previous set stays.
@@ -228,7 +232,10 @@ impl Registry {
         self.content.pin(statics.pinned());
         if let Ok(mut current) = self.static_layers.write() {
             tracing::info!(revision = %statics.revision, layers = statics.entries.len(), "static layers loaded");
+            let revision = statics.revision.clone();
             *current = Arc::new(statics);
+            drop(current);
+            self.compositions.keep_revision(&revision);
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use crate::file_version::{file_version, FileVersion};
 use crate::oci::Digest;
 
-pub use remote::{ContentKeeper, RemoteSpecs};
+pub use remote::{ContentKeeper, RemoteSpecs, SpecChange, SpecListener};
 pub use image_spec::{ContentLayer, ContentLayerSpec, DirectLayerSpec, ImageSpec, RemoteLayerSpec, SourceRef, ValidSpec, LOCAL_PREFIX};
 
 
@@ -97,18 +97,21 @@ struct FixedFile {
 
 /// The `fixed/<id>` specs: a JSON object `{ "<id>": <spec>, … }` re-read when the file's
 /// modification time or size changes. A file that stops parsing keeps the previous specs
-/// (with an error in the log), so a bad edit does not take workspaces down.
+/// (with an error in the log), so a bad edit does not take workspaces down. Specs an edit
+/// replaced or removed are told to the listener, as `RemoteSpecs` tells its own.
 pub struct FixedSpecFile {
     path: PathBuf,
     loaded: RwLock<FixedFile>,
     checked_ms: AtomicU64,
+    listener: Option<SpecListener>,
 }
 
 impl FixedSpecFile {
     /// # Errors
     /// The file cannot be read or has an invalid spec (naming the id).
-    pub fn open(path: &Path) -> Result<FixedSpecFile, SpecError> {
-        let file = FixedSpecFile { path: path.to_owned(), loaded: RwLock::new(FixedFile { stamp: None, specs: Arc::default() }), checked_ms: AtomicU64::new(0) };
+    pub fn open(path: &Path, listener: Option<SpecListener>) -> Result<FixedSpecFile, SpecError> {
+        let loaded = RwLock::new(FixedFile { stamp: None, specs: Arc::default() });
+        let file = FixedSpecFile { path: path.to_owned(), loaded, checked_ms: AtomicU64::new(0), listener };
         file.reload()?;
         Ok(file)
     }
@@ -138,10 +141,24 @@ impl FixedSpecFile {
             specs.insert(id, Arc::new(stored));
         }
         tracing::info!(path = %self.path.display(), specs = specs.len(), "loaded fixed specs");
-        if let Ok(mut loaded) = self.loaded.write() {
-            *loaded = FixedFile { stamp, specs: Arc::new(specs) };
-        }
+        let specs = Arc::new(specs);
+        let previous = match self.loaded.write() {
+            Ok(mut loaded) => std::mem::replace(&mut *loaded, FixedFile { stamp, specs: Arc::clone(&specs) }).specs,
+            Err(_) => return Ok(()),
+        };
+        self.tell_changes(&previous, &specs);
         Ok(())
+    }
+
+    fn tell_changes(&self, previous: &HashMap<String, Arc<StoredSpec>>, now: &HashMap<String, Arc<StoredSpec>>) {
+        let Some(listener) = &self.listener else { return };
+        for (id, old) in previous {
+            match now.get(id) {
+                None => listener(id, old, SpecChange::Removed),
+                Some(new) if new.spec.key != old.spec.key => listener(id, old, SpecChange::Replaced),
+                Some(_) => {}
+            }
+        }
     }
 }
 
@@ -154,15 +171,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("specs.json");
         std::fs::write(&path, br#"{"one": {"baseRef": "a:1"}}"#).unwrap();
-        let file = FixedSpecFile::open(&path).unwrap();
+        let heard: Arc<std::sync::Mutex<Vec<(String, SpecChange)>>> = Arc::default();
+        let record = Arc::clone(&heard);
+        let listener: SpecListener = Arc::new(move |id, _, change| record.lock().unwrap().push((id.to_owned(), change)));
+        let file = FixedSpecFile::open(&path, Some(listener)).unwrap();
         assert!(file.get("one", 0).is_some());
         std::fs::write(&path, br#"{"two": {"baseRef": "b:1"}, "three": {"baseRef": "c:1"}}"#).unwrap();
         assert!(file.get("two", 500).is_none(), "looked at again only after a second");
         assert!(file.get("two", 1_500).is_some());
+        assert_eq!(heard.lock().unwrap().as_slice(), &[("one".to_owned(), SpecChange::Removed)], "what was built from `one` can go");
         std::fs::write(&path, br#"{"four": {"baseRef": "NOT VALID"}}"#).unwrap();
         assert!(file.get("three", 3_000).is_some(), "a bad edit keeps the previous specs");
         std::fs::write(&path, b"{").unwrap();
-        assert!(FixedSpecFile::open(&path).is_err());
+        assert!(FixedSpecFile::open(&path, None).is_err());
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! (orchestrators write there, the admin API writes through) and memory is a cache every core
 //! reads, so a hot lookup never touches Redis. A cached spec older than `REVALIDATE` is served
 //! and re-read in the background; a write reaches Redis before it counts, so nothing is stored
-//! on one node only while Redis is down. A spec's direct layer content is handed to the
-//! `ContentKeeper` before it is held, so memory keeps the spec and not megabytes of layer.
+//! on one node only while Redis is down, and a re-read never overwrites a newer local write.
+//! A spec's direct layer content is handed to the `ContentKeeper` before it is held, so memory
+//! keeps the spec and not megabytes of layer. A held spec that is replaced or dropped is told
+//! to the `SpecListener`, so that what was built from it can go too.
 
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,10 +24,24 @@ use crate::table::SharedMap;
 /// A spec read from Redis is looked up there again (in the background) after this long.
 const REVALIDATE_MS: u64 = 5_000;
 
+/// Local writes are counted per stripe of ids (by a hash of the id), and a read from Redis
+/// that a write of its stripe overlapped is not cached: it may be older than the write. Per
+/// stripe rather than one count for all, so that a busy admin API writing other specs does not
+/// keep discarding re-reads; not per id, so that the counts take fixed memory however many
+/// ids come and go. Two ids sharing a stripe only cost a re-read.
+const WRITE_STRIPES: usize = 64;
+
 struct Cached {
     spec: Arc<StoredSpec>,
     read_at_ms: u64,
+    /// A background re-read of this entry is under way (at most one).
     refreshing: AtomicBool,
+}
+
+impl Cached {
+    fn new(spec: Arc<StoredSpec>) -> Arc<Cached> {
+        Arc::new(Cached { spec, read_at_ms: coarse_now_ms(), refreshing: AtomicBool::new(false) })
+    }
 }
 
 /// Takes a direct layer's verified content (its digest and bytes) and returns the same bytes
@@ -32,18 +49,47 @@ struct Cached {
 /// returns the file's mapping), or the bytes it was given if it cannot.
 pub type ContentKeeper = Arc<dyn Fn(Digest, Bytes) -> Pin<Box<dyn Future<Output = Bytes>>> + Send + Sync>;
 
+/// How a spec this node held changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecChange {
+    /// Another spec (another key) took its place, or its place is empty until the next read.
+    Replaced,
+    /// Deleted, here or in Redis.
+    Removed,
+}
+
+/// Told the id, the spec as it was and how it changed, after the change took effect.
+pub type SpecListener = Arc<dyn Fn(&str, &StoredSpec, SpecChange) + Send + Sync>;
+
 pub struct RemoteSpecs {
     memory: SharedMap<String, Arc<Cached>>,
     redis: Option<RedisClient>,
     keeper: Option<ContentKeeper>,
-    /// Bumped by every local write, so a background refresh that read an older value does not
-    /// overwrite a newer one.
-    generation: AtomicU64,
+    listener: Option<SpecListener>,
+    /// Local writes so far, by stripe of ids; see `WRITE_STRIPES`.
+    writes: [AtomicU64; WRITE_STRIPES],
+}
+
+/// A read of one id from Redis under way: the count of its stripe's local writes when it
+/// began, and the cached entry it re-reads, if any, whose `refreshing` flag it clears however
+/// it ends (cached, discarded, failed or dropped), so that a later lookup re-reads again.
+struct Read {
+    writes_seen: u64,
+    revalidating: Option<Arc<Cached>>,
+}
+
+impl Drop for Read {
+    fn drop(&mut self) {
+        if let Some(cached) = &self.revalidating {
+            cached.refreshing.store(false, Ordering::Release);
+        }
+    }
 }
 
 impl RemoteSpecs {
-    pub fn new(redis: Option<RedisClient>, keeper: Option<ContentKeeper>) -> Arc<RemoteSpecs> {
-        Arc::new(RemoteSpecs { memory: SharedMap::new(), redis, keeper, generation: AtomicU64::new(0) })
+    pub fn new(redis: Option<RedisClient>, keeper: Option<ContentKeeper>, listener: Option<SpecListener>) -> Arc<RemoteSpecs> {
+        let writes = std::array::from_fn(|_| AtomicU64::new(0));
+        Arc::new(RemoteSpecs { memory: SharedMap::new(), redis, keeper, listener, writes })
     }
 
     async fn kept(&self, spec: StoredSpec) -> StoredSpec {
@@ -62,47 +108,100 @@ impl RemoteSpecs {
         if let Some(cached) = self.memory.get(id) {
             let stale = self.redis.is_some() && now.saturating_sub(cached.read_at_ms) >= REVALIDATE_MS;
             if stale && !cached.refreshing.swap(true, Ordering::AcqRel) {
-                let (this, id) = (Arc::clone(self), id.to_owned());
-                glommio::spawn_local(async move {
-                    if let Err(e) = this.read_through(&id).await {
-                        tracing::debug!(id, error = %e, "cannot revalidate a spec; keeping the cached one");
-                        if let Some(cached) = this.memory.get(&id) {
-                            cached.refreshing.store(false, Ordering::Release);
-                        }
-                    }
-                })
-                .detach();
+                self.refresh_in_background(id, Arc::clone(&cached));
             }
             return Ok(Some(Arc::clone(&cached.spec)));
         }
         if self.redis.is_none() {
             return Ok(None);
         }
-        self.read_through(id).await
+        self.read_through(id, self.begin_read(id, None)).await
     }
 
-    async fn read_through(&self, id: &str) -> Result<Option<Arc<StoredSpec>>, SpecError> {
-        let Some(redis) = &self.redis else { return Ok(None) };
-        let generation = self.generation.load(Ordering::Acquire);
-        let found = redis.get(&redis.keys().spec(id)).await.map_err(|e| SpecError::Unavailable(e.to_string()))?;
-        let Some(json) = found else {
-            if self.generation.load(Ordering::Acquire) == generation {
-                self.memory.remove(id);
+    /// The spec of `id` as this node holds it now, without asking Redis.
+    pub fn held(&self, id: &str) -> Option<Arc<StoredSpec>> {
+        self.memory.get(id).map(|cached| Arc::clone(&cached.spec))
+    }
+
+    fn refresh_in_background(self: &Arc<Self>, id: &str, cached: Arc<Cached>) {
+        // Begun before the task is spawned: a task dropped unpolled still clears the flag.
+        let read = self.begin_read(id, Some(cached));
+        let (this, id) = (Arc::clone(self), id.to_owned());
+        glommio::spawn_local(async move {
+            if let Err(e) = this.read_through(&id, read).await {
+                tracing::debug!(id, error = %e, "cannot revalidate a spec; keeping the cached one");
             }
-            return Ok(None);
-        };
-        let parsed = parse_spec(&json).map_err(|e| SpecError::Invalid(format!("spec `{id}` in Redis: {e}")))?;
-        drop(json);
-        let spec = Arc::new(self.kept(parsed).await);
-        if self.generation.load(Ordering::Acquire) == generation {
-            self.cache(id, Arc::clone(&spec));
-        }
-        Ok(Some(spec))
+        })
+        .detach();
     }
 
-    fn cache(&self, id: &str, spec: Arc<StoredSpec>) {
-        let cached = Cached { spec, read_at_ms: coarse_now_ms(), refreshing: AtomicBool::new(false) };
-        self.memory.insert(id.to_owned(), Arc::new(cached));
+    fn stripe(&self, id: &str) -> &AtomicU64 {
+        &self.writes[stripe_of(id)]
+    }
+
+    fn begin_read(&self, id: &str, revalidating: Option<Arc<Cached>>) -> Read {
+        Read { writes_seen: self.stripe(id).load(Ordering::Acquire), revalidating }
+    }
+
+    async fn read_through(&self, id: &str, read: Read) -> Result<Option<Arc<StoredSpec>>, SpecError> {
+        let Some(redis) = &self.redis else { return Ok(None) };
+        let found = redis.get(&redis.keys().spec(id)).await.map_err(|e| SpecError::Unavailable(e.to_string()))?;
+        let spec = match found {
+            Some(json) => {
+                let parsed = parse_spec(&json).map_err(|e| SpecError::Invalid(format!("spec `{id}` in Redis: {e}")))?;
+                drop(json);
+                Some(Arc::new(self.kept(parsed).await))
+            }
+            None => None,
+        };
+        self.settle(id, read, spec.clone());
+        Ok(spec)
+    }
+
+    /// Caches what a read from Redis found for `id` (or forgets the entry it re-read, if Redis
+    /// no longer has the spec), unless a local write of the id's stripe overlapped the read:
+    /// the write is newer, and the next lookup reads again.
+    fn settle(&self, id: &str, read: Read, found: Option<Arc<StoredSpec>>) {
+        let writes = self.stripe(id);
+        if writes.load(Ordering::Acquire) != read.writes_seen {
+            return;
+        }
+        let Some(spec) = found else {
+            if let Some(old) = &read.revalidating {
+                // Only the entry that was re-read: a spec written meanwhile stays.
+                if self.memory.remove_if(id, |current| Arc::ptr_eq(current, old)) {
+                    self.tell(id, &old.spec, SpecChange::Removed);
+                }
+            }
+            return;
+        };
+        let fresh = Cached::new(spec);
+        let replaced = match read.revalidating {
+            Some(_) => self.memory.insert(id.to_owned(), Arc::clone(&fresh)),
+            None => {
+                // A first read never replaces what another core cached or a write stored.
+                let held = self.memory.get_or_insert_with(id.to_owned(), || Arc::clone(&fresh));
+                if !Arc::ptr_eq(&held, &fresh) {
+                    return;
+                }
+                None
+            }
+        };
+        if let Some(old) = replaced.filter(|old| old.spec.spec.key != fresh.spec.spec.key) {
+            self.tell(id, &old.spec, SpecChange::Replaced);
+        }
+        // A write may have come between the check above and the insert, and been overwritten by
+        // this older read. Writes count before they change memory, so a changed count shows it:
+        // take this read back out, and the next lookup reads Redis, which the write reached first.
+        if writes.load(Ordering::Acquire) != read.writes_seen && self.memory.remove_if(id, |current| Arc::ptr_eq(current, &fresh)) {
+            self.tell(id, &fresh.spec, SpecChange::Replaced);
+        }
+    }
+
+    fn tell(&self, id: &str, spec: &StoredSpec, change: SpecChange) {
+        if let Some(listener) = &self.listener {
+            listener(id, spec, change);
+        }
     }
 
     /// Stores (or replaces) a spec; returns whether one was there before.
@@ -110,32 +209,48 @@ impl RemoteSpecs {
     /// # Errors
     /// Redis is configured and did not take the write.
     pub async fn put(&self, id: &str, spec: StoredSpec) -> Result<bool, SpecError> {
-        let existed_locally = self.memory.get(id).is_some();
+        let mut existed = self.memory.get(id).is_some();
         // Kept before anything counts, so no await sits between counting a write and caching it.
         let spec = self.kept(spec).await;
         if let Some(redis) = &self.redis {
             let key = redis.keys().spec(id);
-            let existed = redis.get(&key).await.map_err(|e| SpecError::Unavailable(e.to_string()))?.is_some();
+            existed |= redis.get(&key).await.map_err(|e| SpecError::Unavailable(e.to_string()))?.is_some();
             redis.set(&key, spec.to_json(), Some(SPEC_TTL)).await.map_err(|e| SpecError::Unavailable(e.to_string()))?;
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            self.cache(id, Arc::new(spec));
-            return Ok(existed || existed_locally);
         }
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.cache(id, Arc::new(spec));
-        Ok(existed_locally)
+        self.stripe(id).fetch_add(1, Ordering::AcqRel);
+        let fresh = Cached::new(Arc::new(spec));
+        if let Some(old) = self.memory.insert(id.to_owned(), Arc::clone(&fresh)).filter(|old| old.spec.spec.key != fresh.spec.spec.key) {
+            self.tell(id, &old.spec, SpecChange::Replaced);
+        }
+        Ok(existed)
     }
 
     /// Removes a spec; returns whether one was there.
     ///
     /// # Errors
-    /// Redis is configured and did not take the deletion.
+    /// Redis is configured and did not take the deletion (the spec is then still held).
     pub async fn delete(&self, id: &str) -> Result<bool, SpecError> {
-        let mut existed = self.memory.remove(id).is_some();
+        let mut existed = false;
         if let Some(redis) = &self.redis {
-            existed |= redis.delete(&redis.keys().spec(id)).await.map_err(|e| SpecError::Unavailable(e.to_string()))?;
+            existed = redis.delete(&redis.keys().spec(id)).await.map_err(|e| SpecError::Unavailable(e.to_string()))?;
         }
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.stripe(id).fetch_add(1, Ordering::AcqRel);
+        if let Some(old) = self.memory.remove(id) {
+            self.tell(id, &old.spec, SpecChange::Removed);
+            existed = true;
+        }
         Ok(existed)
     }
 }
+
+/// The write stripe of `id`.
+fn stripe_of(id: &str) -> usize {
+    // SipHash with fixed keys: the same stripe for an id on every core and every start.
+    let mut hasher = std::hash::DefaultHasher::new();
+    id.hash(&mut hasher);
+    (hasher.finish() % WRITE_STRIPES as u64) as usize
+}
+
+#[cfg(test)]
+#[path = "remote_tests.rs"]
+mod tests;
