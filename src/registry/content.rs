@@ -269,10 +269,11 @@ impl Content {
         Ok(stored)
     }
 
-    /// A small blob (an image config) read whole and verified; `None` if not cached.
+    /// A small blob (an image config) read whole and verified; `None` if not cached (a file
+    /// that no longer matches its digest is deleted and counts as not cached).
     ///
     /// # Errors
-    /// The file cannot be read, is larger than `max_len`, or does not match its digest.
+    /// The file cannot be read or is larger than `max_len`.
     pub async fn small_blob(&self, digest: &Digest, max_len: usize) -> Result<Option<Bytes>, RegistryError> {
         let cache = Arc::clone(&self.cache);
         let wanted = digest.clone();
