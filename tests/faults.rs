@@ -51,13 +51,15 @@ fn assert_blob(reply: &Reply, digest: &str) {
     assert_eq!(sha256(&reply.body), digest);
 }
 
-/// Files under the cache's temp directories (fills in progress or left behind).
+/// Ingest files under the cache's temp directories (fills in progress or left behind); each
+/// directory's `lock` file is the live instance's, not a fill's.
 fn temp_files(cache: &Path) -> usize {
     std::fs::read_dir(cache.join("tmp"))
         .into_iter()
         .flatten()
         .flatten()
         .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .filter(|f| f.file_name() != "lock")
         .count()
 }
 
