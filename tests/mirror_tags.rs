@@ -1,6 +1,7 @@
 //! Mirrored tags and digests against the real reference registry: a tag whose TTL ran out is
-//! served from its last known digest only while upstream is unavailable (not once upstream
-//! says it is gone or refuses it), and a cached blob asked for as a manifest is no manifest.
+//! revalidated with a HEAD (a GET only when its digest changed), served from its last known
+//! digest only while upstream is unavailable (not once upstream says it is gone or refuses
+//! it), and a cached blob asked for as a manifest is no manifest.
 
 mod support;
 
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::client::{get, request, Reply};
 use support::image::{self, ImageOptions, Layout};
+use support::nginx::Nginx;
 use support::registry::{ReferenceRegistry, RegistryAuth};
 use support::server::TestServer;
 
@@ -17,10 +19,14 @@ const TAG_TTL_MS: u64 = 300;
 
 /// Facade config keys that mirror `registry` (alias `up`) with a short tag TTL and quick retries.
 fn mirror_config(registry: &ReferenceRegistry) -> String {
+    mirror_config_for(&registry.host())
+}
+
+/// `mirror_config` for the registry at `host` (`127.0.0.1:PORT`, plain HTTP).
+fn mirror_config_for(host: &str) -> String {
     format!(
-        r#""registries": {{"{h}": {{"endpoint": "http://{h}"}}}}, "mirrors": {{"up": "{h}"}},
-        "upstream": {{"retry": {{"attempts": 2, "initialDelayMs": 20, "maxDelayMs": 50}}}}, "mirrorTagTtlMs": {TAG_TTL_MS}"#,
-        h = registry.host()
+        r#""registries": {{"{host}": {{"endpoint": "http://{host}"}}}}, "mirrors": {{"up": "{host}"}},
+        "upstream": {{"retry": {{"attempts": 2, "initialDelayMs": 20, "maxDelayMs": 50}}}}, "mirrorTagTtlMs": {TAG_TTL_MS}"#
     )
 }
 
@@ -43,6 +49,22 @@ fn status_and_code(reply: &Reply) -> (u16, String) {
     (reply.status, code)
 }
 
+/// How many requests for `REPO:tag`'s manifest upstream has answered, as (HEADs, GETs).
+fn tag_requests(registry: &ReferenceRegistry, tag: &str) -> (usize, usize) {
+    let path = format!("/v2/{REPO}/manifests/{tag}");
+    let entries = registry.access_entries();
+    let count = |method: &str| entries.iter().filter(|e| e.method == method && e.uri == path).count();
+    (count("HEAD"), count("GET"))
+}
+
+/// The (HEADs, GETs) of `REPO:tag` upstream answered while `pull` ran.
+fn tag_requests_during<T>(registry: &ReferenceRegistry, tag: &str, pull: impl FnOnce() -> T) -> ((usize, usize), T) {
+    let (heads, gets) = tag_requests(registry, tag);
+    let pulled = pull();
+    let (heads_after, gets_after) = tag_requests(registry, tag);
+    ((heads_after - heads, gets_after - gets), pulled)
+}
+
 /// Outlives the tag TTL. Not a readiness wait: the behaviour under test starts only after it.
 fn outlive_the_tag_ttl() {
     std::thread::sleep(Duration::from_millis(TAG_TTL_MS + 200));
@@ -59,6 +81,71 @@ fn wait_published(facade: &TestServer, digest: &str) {
 }
 
 #[test]
+fn an_unchanged_tag_is_revalidated_with_a_head_and_no_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = ReferenceRegistry::start(RegistryAuth::None);
+    let layout = push_image(&registry, dir.path(), ImageOptions { seed: 35, ..ImageOptions::default() });
+    let facade = TestServer::start(&mirror_config(&registry));
+    let pull = || get(facade.addr, &mirror_path("manifests", "latest"));
+
+    let (asked, first) = tag_requests_during(&registry, "latest", pull);
+    assert_eq!(digest_of(&first), Some(layout.top.digest.as_str()));
+    assert_eq!(asked, (0, 1), "(HEADs, GETs) for a tag never resolved: one GET, not a HEAD before it");
+    // Twice: a revalidated tag keeps its digest for the next revalidation to compare with.
+    for round in 0..2 {
+        outlive_the_tag_ttl();
+        let (asked, again) = tag_requests_during(&registry, "latest", pull);
+        assert_eq!((again.status, digest_of(&again)), (200, Some(layout.top.digest.as_str())), "round {round}");
+        assert_eq!(again.body, first.body, "the cached manifest, round {round}");
+        assert_eq!(asked, (1, 0), "(HEADs, GETs) for an unchanged tag after its TTL, round {round}");
+    }
+}
+
+#[test]
+fn a_head_without_a_digest_falls_back_to_a_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = ReferenceRegistry::start(RegistryAuth::None);
+    let layout = push_image(&registry, dir.path(), ImageOptions { seed: 38, ..ImageOptions::default() });
+    // A front that drops the digest header, as some registries do on HEAD. nginx cannot drop
+    // it for HEAD alone (`proxy_hide_header` is not allowed in `if`); a GET without it is
+    // still verified, against its bytes' digest as the tag's.
+    let front = Nginx::start(|port, _| {
+        format!(
+            "listen 127.0.0.1:{port};\nlocation / {{ proxy_pass http://{}; proxy_set_header Host $http_host; proxy_hide_header Docker-Content-Digest; }}",
+            registry.host()
+        )
+    });
+    let facade = TestServer::start(&mirror_config_for(&front.host()));
+    let pull = || get(facade.addr, &mirror_path("manifests", "latest"));
+    let first = pull();
+    assert_eq!((first.status, digest_of(&first)), (200, Some(layout.top.digest.as_str())));
+
+    outlive_the_tag_ttl();
+    let (asked, again) = tag_requests_during(&registry, "latest", pull);
+    assert_eq!((again.status, digest_of(&again)), (200, Some(layout.top.digest.as_str())));
+    assert_eq!(asked, (1, 1), "(HEADs, GETs): a HEAD that names no digest cannot revalidate the tag");
+}
+
+#[test]
+fn a_tag_pushed_again_upstream_is_fetched_after_its_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = ReferenceRegistry::start(RegistryAuth::None);
+    let first = push_image(&registry, dir.path(), ImageOptions { seed: 36, ..ImageOptions::default() });
+    let facade = TestServer::start(&mirror_config(&registry));
+    let pull = || get(facade.addr, &mirror_path("manifests", "latest"));
+    assert_eq!(digest_of(&pull()), Some(first.top.digest.as_str()));
+
+    let second = push_image(&registry, dir.path(), ImageOptions { seed: 37, ..ImageOptions::default() });
+    assert_ne!(first.top.digest, second.top.digest);
+    outlive_the_tag_ttl();
+    let (asked, moved) = tag_requests_during(&registry, "latest", pull);
+    assert_eq!((moved.status, digest_of(&moved)), (200, Some(second.top.digest.as_str())), "the tag's new manifest");
+    assert_eq!(asked, (1, 1), "(HEADs, GETs): the HEAD saw a new digest, the GET fetched (and verified) it");
+    let by_digest = get(facade.addr, &mirror_path("manifests", &second.top.digest));
+    assert_eq!(by_digest.body, moved.body, "the new manifest is cached under its digest");
+}
+
+#[test]
 fn a_tag_deleted_upstream_is_manifest_unknown_after_its_ttl() {
     let dir = tempfile::tempdir().unwrap();
     let registry = ReferenceRegistry::start(RegistryAuth::None);
@@ -71,8 +158,9 @@ fn a_tag_deleted_upstream_is_manifest_unknown_after_its_ttl() {
     assert_eq!(deleted.status, 202, "upstream deletes the manifest");
     assert_eq!(get(registry.addr(), &format!("/v2/{REPO}/manifests/latest")).status, 404, "the tag is gone upstream");
     outlive_the_tag_ttl();
-    let gone = get(facade.addr, &mirror_path("manifests", "latest"));
+    let (asked, gone) = tag_requests_during(&registry, "latest", || get(facade.addr, &mirror_path("manifests", "latest")));
     assert_eq!(status_and_code(&gone), (404, "MANIFEST_UNKNOWN".into()), "not the stale digest");
+    assert_eq!(asked, (1, 0), "(HEADs, GETs): the revalidating HEAD's 404 (no error body) is the answer");
     let again = get(facade.addr, &mirror_path("manifests", "latest"));
     assert_eq!(status_and_code(&again), (404, "MANIFEST_UNKNOWN".into()), "the stale digest was forgotten, not kept for a later outage");
 

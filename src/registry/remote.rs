@@ -1,6 +1,7 @@
 //! Answers for mirrored names: manifests fetched from upstream and verified against their
-//! digest before they are cached (tags for a short TTL, and served stale only while upstream
-//! is unavailable; digests for good), blobs through single-flight fills, and tag lists.
+//! digest before they are cached (tags for a short TTL, then revalidated with a HEAD and served
+//! stale only while upstream is unavailable; digests for good), blobs through single-flight
+//! fills, and tag lists.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +25,39 @@ impl Registry {
             self.mirrors.remember_tag(remote, tag.as_str(), digest.clone(), Instant::now());
             return self.mirror_digest(remote, &digest).await;
         }
+        if let Some(CachedTag::Stale(known)) = &cached {
+            if let Some(stored) = self.revalidate_tag(remote, tag, known).await? {
+                return Ok(stored);
+            }
+        }
+        self.fetch_tag(remote, tag, cached).await
+    }
+
+    /// Asks upstream with a HEAD whether a stale tag still names `known`: if it does and the
+    /// cache holds that manifest, that manifest (and the tag's TTL starts again). `None` when
+    /// only a GET can tell: the digest changed, upstream did not say (some registries leave
+    /// `Docker-Content-Digest` off a HEAD), or the manifest is no longer cached. Upstream's
+    /// failure is handled as a GET's would be (`tag_unresolved`).
+    ///
+    /// A HEAD rather than a GET because registries that limit pulls (Docker Hub) count manifest
+    /// GETs and not HEADs; distribution's own pull-through cache revalidates the same way. A
+    /// tag never resolved skips it: a GET answers that in one round trip instead of two.
+    async fn revalidate_tag(&self, remote: &RemoteRepository, tag: &Tag, known: &Digest) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
+        let current = match self.fills.upstream.manifest_digest(remote, tag.as_str(), ACCEPT_ALL_MANIFESTS).await {
+            Ok(current) => current,
+            Err(error) => return self.tag_unresolved(remote, tag, Some(CachedTag::Stale(known.clone())), error).await.map(Some),
+        };
+        if current.as_ref() != Some(known) {
+            return Ok(None);
+        }
+        let SniffedManifest::Found(stored) = self.content.manifest_sniffed(known).await? else { return Ok(None) };
+        self.share_tag(remote, tag, known).await;
+        self.mirrors.remember_tag(remote, tag.as_str(), known.clone(), Instant::now());
+        Ok(Some(stored))
+    }
+
+    /// Resolves a tag with a GET, verifying the bytes against the digest upstream claims.
+    async fn fetch_tag(&self, remote: &RemoteRepository, tag: &Tag, cached: Option<CachedTag>) -> Result<Arc<StoredManifest>, RegistryError> {
         let fetched = match self.fills.upstream.manifest(remote, tag.as_str(), ACCEPT_ALL_MANIFESTS).await {
             Ok(fetched) => fetched,
             Err(error) => return self.tag_unresolved(remote, tag, cached, error).await,

@@ -26,6 +26,7 @@ pub use retry::RetryPolicy;
 
 use crate::hyper_glue::within;
 use crate::metrics::{self, RetryKind};
+use crate::oci::Digest;
 use auth::{Challenge, CredentialStore, TokenCache};
 use connection::{ConnectSettings, RequestBody, UpstreamBody};
 use endpoint::{Endpoint, Endpoints};
@@ -154,8 +155,7 @@ impl Upstream {
     /// The final error once retries are exhausted or a permanent error is met.
     pub async fn manifest(&self, repo: &RemoteRepository, reference: &str, accept: &str) -> Result<FetchedManifest, UpstreamError> {
         let path = format!("/v2/{}/manifests/{reference}", repo.path);
-        let mut headers = HeaderMap::new();
-        headers.insert(header::ACCEPT, HeaderValue::try_from(accept).map_err(|_| UpstreamError::Config("bad Accept".into()))?);
+        let headers = accept_headers(accept)?;
         let limit = crate::oci::manifest::MAX_MANIFEST_BYTES;
         let stall = self.shared.settings.read_timeout;
         self.with_retries(&repo.host, || async {
@@ -164,6 +164,25 @@ impl Upstream {
             let claimed_digest = header_str(&exchange.headers, "docker-content-digest");
             let bytes = exchange.body.collect(limit, stall).await?;
             Ok(FetchedManifest { bytes, media_type, claimed_digest })
+        })
+        .await
+    }
+
+    /// The digest of the manifest `reference` names (HEAD, with retries): what a GET with the
+    /// same `accept` would serve, without counting as a pull where registries (Docker Hub)
+    /// limit pulls. `None` if the upstream does not say, or says something that is no digest:
+    /// some registries leave `Docker-Content-Digest` off a HEAD.
+    ///
+    /// # Errors
+    /// As `manifest`; a 404 is `NotFound` without a code (a HEAD has no error body to carry one).
+    pub async fn manifest_digest(&self, repo: &RemoteRepository, reference: &str, accept: &str) -> Result<Option<Digest>, UpstreamError> {
+        let path = format!("/v2/{}/manifests/{reference}", repo.path);
+        let headers = accept_headers(accept)?;
+        self.with_retries(&repo.host, || async {
+            let exchange = self.registry_exchange(repo, &Method::HEAD, &path, headers.clone()).await?;
+            // Read to its (empty) end, so that the connection goes back to the pool.
+            let headers = exchange.discard().await;
+            Ok(header_str(&headers, "docker-content-digest").and_then(|d| d.parse().ok()))
         })
         .await
     }
@@ -467,6 +486,13 @@ fn next_link(link: &str) -> Option<String> {
     let target = link.split(';').next()?.trim().strip_prefix('<')?.strip_suffix('>')?;
     let uri: http::Uri = target.parse().ok()?;
     uri.path_and_query().map(|p| p.as_str().to_owned())
+}
+
+/// Request headers that ask for the manifest types in `accept`.
+fn accept_headers(accept: &str) -> Result<HeaderMap, UpstreamError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ACCEPT, HeaderValue::try_from(accept).map_err(|_| UpstreamError::Config("bad Accept".into()))?);
+    Ok(headers)
 }
 
 fn header_str(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<String> {
