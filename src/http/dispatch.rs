@@ -30,7 +30,10 @@ pub async fn handle<B>(request: Request<B>, ctx: &HttpContext) -> Response<Respo
         // However long upstreams take through their retries, the client gets an answer: the
         // connection's stall clock does not run while this one is being made.
         let deadline = ctx.settings.idle_timeout;
-        let answered = within(deadline, answer(&request, ctx, route)).await.unwrap_or(Err(Failure::AnswerTooSlow(deadline)));
+        // Pinned here and lent: a registry call's future is kilobytes, and `within` taking it
+        // by value would copy it on every request.
+        let answering = std::pin::pin!(answer(&request, ctx, route));
+        let answered = within(deadline, answering).await.unwrap_or(Err(Failure::AnswerTooSlow(deadline)));
         match answered {
             Ok(response) => response,
             Err(failure) => response::error(&failure, request.method(), request.uri().path()),
