@@ -5,13 +5,13 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::client::{get, request, Reply};
 use support::image::{self, ImageOptions, Layout};
 use support::nginx::Nginx;
 use support::registry::{ReferenceRegistry, RegistryAuth};
-use support::server::TestServer;
+use support::server::{wait_published, TestServer};
 
 const REPO: &str = "team/app";
 /// Short, so that the tests outlive it without waiting long.
@@ -68,16 +68,6 @@ fn tag_requests_during<T>(registry: &ReferenceRegistry, tag: &str, pull: impl Fn
 /// Outlives the tag TTL. Not a readiness wait: the behaviour under test starts only after it.
 fn outlive_the_tag_ttl() {
     std::thread::sleep(Duration::from_millis(TAG_TTL_MS + 200));
-}
-
-/// Waits until the facade published `digest` in its cache (just after a client read it).
-fn wait_published(facade: &TestServer, digest: &str) {
-    let path = facade.cache_dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "blob {digest} was never published");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
@@ -220,7 +210,7 @@ fn a_cached_blob_asked_for_as_a_manifest_is_manifest_unknown() {
     let blobs: Vec<&image::Desc> = image.layers.iter().chain([&image.config]).collect();
     for blob in &blobs {
         assert_eq!(get(facade.addr, &mirror_path("blobs", &blob.digest)).status, 200);
-        wait_published(&facade, &blob.digest);
+        wait_published(&facade.cache_dir, blob.hex());
     }
     let asked = |blob: &image::Desc| (blob.size, status_and_code(&get(facade.addr, &mirror_path("manifests", &blob.digest))));
     for round in 0..2 {

@@ -16,7 +16,7 @@ use support::exposition::{self, Exposition};
 use support::image::{self, ImageOptions, Layout};
 use support::proxy::{Fault, FaultProxy};
 use support::registry::{ReferenceRegistry, RegistryAuth};
-use support::server::TestServer;
+use support::server::{wait_published, TestServer};
 use support::tools::{facade_binary, ChildGuard};
 
 const REPO: &str = "team/app";
@@ -66,14 +66,6 @@ fn scrape_until(admin: SocketAddr, done: impl Fn(&Exposition) -> bool) -> Exposi
 /// The change of the sum of `name{labels}` from `before` to `after`.
 fn delta(before: &Exposition, after: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
     after.sum(name, labels) - before.sum(name, labels)
-}
-
-fn wait_published(cache: &std::path::Path, hex: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cache.join("blobs/sha256").join(hex).exists() {
-        assert!(Instant::now() < deadline, "blob {hex} was never published");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

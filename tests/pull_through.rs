@@ -16,7 +16,7 @@ use support::docker_config::write_docker_config;
 use support::image::{self, ImageOptions, Layout};
 use support::proxy::{Fault, FaultProxy};
 use support::registry::{ReferenceRegistry, RegistryAuth};
-use support::server::TestServer;
+use support::server::{wait_published, TestServer};
 use support::token::TokenServer;
 use support::tools::{run, skopeo};
 
@@ -37,15 +37,6 @@ fn mirror_config_with(upstream_host: &str, endpoint: &str, upstream: &str, extra
         r#""registries": {{"{upstream_host}": {{"endpoint": "http://{endpoint}"}}}}, "mirrors": {{"up": "{upstream_host}"}},
         "upstream": {{{upstream}}}{separator}{extra}"#
     )
-}
-
-/// Waits until the blob file is published (just after its last byte reached the client).
-fn wait_published(cache: &std::path::Path, hex: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cache.join("blobs/sha256").join(hex).exists() {
-        assert!(Instant::now() < deadline, "blob {hex} was never published");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn push_image(registry: &ReferenceRegistry, dir: &std::path::Path, options: ImageOptions) -> Layout {

@@ -13,7 +13,7 @@
 //! on an executor; past that a request is told to retry (429) rather than queued behind a
 //! stream of guesses for as long as they last.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -134,7 +134,7 @@ pub struct Authenticator {
     verified: RefCell<HashMap<[u8; 32], Verdict>>,
     bcrypt_turn: glommio::sync::Semaphore,
     /// bcrypt checks waiting for or holding `bcrypt_turn`.
-    bcrypt_queued: std::cell::Cell<usize>,
+    bcrypt_queued: Cell<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -156,7 +156,7 @@ impl Authenticator {
             bearer_realm,
             verified: RefCell::default(),
             bcrypt_turn: glommio::sync::Semaphore::new(1),
-            bcrypt_queued: std::cell::Cell::new(0),
+            bcrypt_queued: Cell::new(0),
         }
     }
 
@@ -231,10 +231,10 @@ impl Authenticator {
 
 /// A place in an executor's queue of bcrypt checks, left when dropped (the check done, or the
 /// request gone).
-struct BcryptQueued<'a>(&'a std::cell::Cell<usize>);
+struct BcryptQueued<'a>(&'a Cell<usize>);
 
 impl<'a> BcryptQueued<'a> {
-    fn enter(queued: &'a std::cell::Cell<usize>) -> Result<BcryptQueued<'a>, Refused> {
+    fn enter(queued: &'a Cell<usize>) -> Result<BcryptQueued<'a>, Refused> {
         if queued.get() >= MAX_BCRYPT_WAITING {
             return Err(Refused::Busy);
         }

@@ -124,3 +124,13 @@ fn spawn_command_with_admin(mut command: std::process::Command) -> (super::tools
     let admin = field("admin").and_then(|a| a.parse().ok());
     (child, addr, admin)
 }
+
+/// Waits until the cache at `cache` has published the blob `hex` (just after a client read
+/// its last byte: a fill publishes after it hands the bytes out).
+pub fn wait_published(cache: &Path, hex: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cache.join("blobs/sha256").join(hex).exists() {
+        assert!(std::time::Instant::now() < deadline, "blob {hex} was never published");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
