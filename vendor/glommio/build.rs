@@ -9,16 +9,9 @@ fn main() {
 
     let liburing = match env::var("GLOMMIO_LIBURING_DIR") {
         Ok(path) => PathBuf::from(path).canonicalize().unwrap(),
-        Err(_) => {
-            Command::new("git")
-                .arg("submodule")
-                .arg("update")
-                .arg("--init")
-                .status()
-                .unwrap();
-
-            project.join("liburing")
-        }
+        // registry-facade patch: liburing is vendored beside this file, so no
+        // `git submodule update` (which would run in the enclosing repository).
+        Err(_) => project.join("liburing"),
     };
 
     // Run the configure script in OUT_DIR to get `compat.h`

@@ -895,6 +895,23 @@ struct SleepableRing {
     in_kernel: usize,
 }
 
+/// registry-facade patch: the sleepable rings are set up with `IORING_SETUP_COOP_TASKRUN`.
+/// Without it, every socket poll that completes while the executor runs in userspace costs a
+/// reschedule IPI to the executor's CPU, to make it run the completion at once; the executor
+/// picks completions up at its next syscall anyway (and the kernel runs them at the latest on
+/// the next tick). Kernels older than 5.19 refuse the flag with EINVAL: they get the ring
+/// without it, as before.
+fn sleepable_ring(entries: u32) -> io::Result<iou::IoUring> {
+    match iou::IoUring::new_with_flags(
+        entries,
+        iou::SetupFlags::COOP_TASKRUN,
+        iou::SetupFeatures::empty(),
+    ) {
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => iou::IoUring::new(entries),
+        result => result,
+    }
+}
+
 impl SleepableRing {
     fn new(
         size: usize,
@@ -904,7 +921,7 @@ impl SleepableRing {
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring: sleepable_ring(size as _)?,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
