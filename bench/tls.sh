@@ -9,14 +9,14 @@
 # second, so neither protocol's figure depends on whether client and server shared a core.
 #
 # Usage: bench/tls.sh [--json FILE]
-# Env: DURATION=10 (s per wrk run)  ROUNDS=3  CORES=$(nproc)  MANIFEST_CONNS=64  BLOB_CONNS=16
+# Env: DURATION=10 (s per wrk run)  ROUNDS=4 (even: each server goes first as often)  CORES=$(nproc)  MANIFEST_CONNS=64  BLOB_CONNS=16
 #      H2_REQUESTS=20 (64 MiB downloads per one-connection run)  WRK_THREADS=2
 # Needs: wrk, h2load (nghttp2-client), nginx, openssl, curl, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION="${DURATION:-10}"
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-4}"
 CORES="${CORES:-$(nproc)}"
 MANIFEST_CONNS="${MANIFEST_CONNS:-64}"
 BLOB_CONNS="${BLOB_CONNS:-16}"
@@ -108,13 +108,23 @@ export SSL_CERT_FILE="$WORK/ca.crt"
 RESULTS="$WORK/results.txt"
 : > "$RESULTS"
 for round in $(seq "$ROUNDS"); do
-  for server in facade nginx; do
-    case "$server" in
-      facade) base="https://127.0.0.1:$RF_PORT/v2/$REPO"; pid=$RF_PID ;;
-      nginx) base="https://127.0.0.1:$NGX_PORT/v2/$REPO"; pid=$NGX_PID ;;
-    esac
-    printf '%s\twrk\t%s\tmanifest\t%s\n' "$round" "$server" "$(run_wrk "$pid" "$MANIFEST_CONNS" "$base/manifests/$MDIGEST")" >> "$RESULTS"
-    printf '%s\twrk\t%s\tblob\t%s\n' "$round" "$server" "$(run_wrk "$pid" "$BLOB_CONNS" "$base/blobs/$BDIGEST")" >> "$RESULTS"
+  # The two runs of a ratio go back to back, since this machine's speed drifts by up to 10%
+  # within a minute; which server goes first alternates by round, so neither always gets
+  # the later (or earlier) minute.
+  order="facade nginx"
+  [ $((round % 2)) -eq 0 ] && order="nginx facade"
+  for object in manifest blob; do
+    for server in $order; do
+      case "$server" in
+        facade) base="https://127.0.0.1:$RF_PORT/v2/$REPO"; pid=$RF_PID ;;
+        nginx) base="https://127.0.0.1:$NGX_PORT/v2/$REPO"; pid=$NGX_PID ;;
+      esac
+      case "$object" in
+        manifest) url="$base/manifests/$MDIGEST"; conns=$MANIFEST_CONNS ;;
+        blob) url="$base/blobs/$BDIGEST"; conns=$BLOB_CONNS ;;
+      esac
+      printf '%s\twrk\t%s\t%s\t%s\n' "$round" "$server" "$object" "$(run_wrk "$pid" "$conns" "$url")" >> "$RESULTS"
+    done
   done
   for setup in "tls https://127.0.0.1:$ONE_PORT" "h2c http://127.0.0.1:$PLAIN_PORT" "nginx-tls https://127.0.0.1:$NGX_ONE_PORT"; do
     read -r label base <<<"$setup"
