@@ -1,7 +1,8 @@
 //! Mirrored tags and digests against the real reference registry: a tag whose TTL ran out is
 //! revalidated with a HEAD (a GET only when its digest changed), served from its last known
 //! digest only while upstream is unavailable (not once upstream says it is gone or refuses
-//! it), and a cached blob asked for as a manifest is no manifest.
+//! it), a cached blob asked for as a manifest is no manifest, and `tags/list` is paged by
+//! upstream as the client asks.
 
 mod support;
 
@@ -226,4 +227,89 @@ fn a_cached_blob_asked_for_as_a_manifest_is_manifest_unknown() {
     }
     let manifest = get(facade.addr, &mirror_path("manifests", &image.manifest.digest));
     assert_eq!(digest_of(&manifest), Some(image.manifest.digest.as_str()), "a real manifest by digest still is one");
+}
+
+/// Pushes one image under each of `tags`.
+fn push_tags(registry: &ReferenceRegistry, dir: &std::path::Path, tags: &[&str]) {
+    let layout = image::write_layout(&dir.join("tagged"), &ImageOptions { seed: 39, ..ImageOptions::default() });
+    for tag in tags {
+        registry.push(&layout, REPO, tag);
+    }
+}
+
+/// The facade's `tags/list` of the mirrored `REPO`, with `query` (`""` or `?…`).
+fn mirror_tags_list(facade: &TestServer, query: &str) -> Reply {
+    get(facade.addr, &format!("/v2/mirror/up/{REPO}/tags/list{query}"))
+}
+
+/// The tags of a `tags/list` answer, and its `Link` header.
+fn tags_and_link(reply: &Reply) -> (Vec<String>, Option<String>) {
+    assert_eq!(reply.status, 200, "tags/list: {:?}", String::from_utf8_lossy(&reply.body));
+    let tags = reply.json()["tags"].as_array().expect("a tags array").iter().map(|t| t.as_str().expect("a string tag").to_owned()).collect();
+    (tags, reply.header("link").map(str::to_owned))
+}
+
+/// The queries of the `tags/list` requests of `REPO` upstream answered, in order.
+fn upstream_tags_queries(registry: &ReferenceRegistry) -> Vec<String> {
+    let path = format!("/v2/{REPO}/tags/list");
+    let query = |e: &support::registry::AccessEntry| e.uri.strip_prefix(&path).map(str::to_owned);
+    registry.access_entries().iter().filter(|e| e.method == "GET").filter_map(query).collect()
+}
+
+#[test]
+fn a_mirrors_tags_are_paged_by_upstream_as_the_client_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = ReferenceRegistry::start(RegistryAuth::None);
+    push_tags(&registry, dir.path(), &["v_3", "latest", "2.0-rc", "1.1", "1.0"]);
+    let facade = TestServer::start(&mirror_config(&registry));
+
+    let mut pages = Vec::new();
+    let mut path = format!("/v2/mirror/up/{REPO}/tags/list?n=2");
+    while pages.len() < 5 {
+        let (tags, link) = tags_and_link(&get(facade.addr, &path));
+        pages.push((tags, link.clone()));
+        let Some(link) = link else { break };
+        let target = link.strip_prefix('<').and_then(|l| l.split_once(">; rel=\"next\"")).map(|(target, _)| target);
+        path = target.unwrap_or_else(|| panic!("a next link: {link}")).to_owned();
+    }
+    let link = |last: &str| Some(format!("</v2/mirror/up/{REPO}/tags/list?n=2&last={last}>; rel=\"next\""));
+    let strings = |tags: &[&str]| tags.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    let expected = vec![(strings(&["1.0", "1.1"]), link("1.1")), (strings(&["2.0-rc", "latest"]), link("latest")), (strings(&["v_3"]), None)];
+    assert_eq!(pages, expected, "(tags, Link) of each page");
+    assert_eq!(upstream_tags_queries(&registry), ["?n=2", "?n=2&last=1.1", "?n=2&last=latest"], "one upstream page per page, as the client asked");
+}
+
+#[test]
+fn a_mirrors_tags_without_n_are_the_whole_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = ReferenceRegistry::start(RegistryAuth::None);
+    push_tags(&registry, dir.path(), &["b", "a", "c"]);
+    let facade = TestServer::start(&mirror_config(&registry));
+
+    let strings = |tags: &[&str]| tags.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    assert_eq!(tags_and_link(&mirror_tags_list(&facade, "")), (strings(&["a", "b", "c"]), None));
+    assert_eq!(tags_and_link(&mirror_tags_list(&facade, "?last=a")), (strings(&["b", "c"]), None));
+    assert_eq!(upstream_tags_queries(&registry), ["?n=1000", "?n=1000&last=a"], "upstream is asked for tags after `last`");
+}
+
+#[test]
+fn an_upstream_link_means_more_tags_and_a_whole_list_is_not_cut_at_the_page_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = ReferenceRegistry::start(RegistryAuth::None);
+    push_tags(&registry, dir.path(), &["b", "a"]);
+    // An upstream that always links a next page (distribution 2.8 lists every tag at once).
+    let front = Nginx::start(|port, _| {
+        let link = format!(r#"'</v2/{REPO}/tags/list?n=1000&last=a>; rel="next"'"#);
+        format!("listen 127.0.0.1:{port};\nlocation / {{ proxy_pass http://{}; add_header Link {link} always; }}", registry.host())
+    });
+    let facade = TestServer::start(&mirror_config_for(&front.host()));
+
+    let strings = |tags: &[&str]| tags.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    let next = format!(r#"</v2/mirror/up/{REPO}/tags/list?n=2&last=b>; rel="next""#);
+    assert_eq!(tags_and_link(&mirror_tags_list(&facade, "?n=2")), (strings(&["a", "b"]), Some(next)), "a full page that upstream says more follow");
+    assert_eq!(upstream_tags_queries(&registry), ["?n=2"], "one upstream page");
+
+    let whole = mirror_tags_list(&facade, "");
+    assert_eq!(status_and_code(&whole), (400, "PAGINATION_NUMBER_INVALID".into()), "not a list cut at the page limit");
+    assert_eq!(upstream_tags_queries(&registry).len(), 1 + 100, "the page limit's pages were followed");
 }

@@ -113,7 +113,7 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Option<Result
         }
         Route::TagsList { name } => {
             let page = registry.tags(&name, query.n, query.last.as_deref(), query.ns.as_deref()).await?;
-            Ok(response::tags(&page, query.n, head))
+            Ok(response::tags(&page, query.n, query.ns.as_deref(), head))
         }
     }
 }

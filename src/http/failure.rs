@@ -123,6 +123,8 @@ fn upstream_code(error: &UpstreamError) -> ErrorCode {
         UpstreamError::Unreachable { .. } => ErrorCode::Unavailable,
         UpstreamError::TimedOut { .. } => ErrorCode::UpstreamTimeout,
         UpstreamError::BadStatus { .. } | UpstreamError::Invalid { .. } => ErrorCode::UpstreamInvalid,
+        // As distribution answers an `n` above its limit: the client asked for more than we list.
+        UpstreamError::TooManyTagPages { .. } => ErrorCode::PaginationNumberInvalid,
         UpstreamError::Config(_) => ErrorCode::Unknown,
     }
 }

@@ -11,6 +11,7 @@ use super::failure::{Failure, WireError};
 use crate::metrics::ByteSource;
 use crate::oci::error_code::error_body;
 use crate::oci::range::RangeRequest;
+use crate::oci::route::encode_query;
 use crate::registry::{FillingBlob, MappedBlob, StoredManifest, TagsPage};
 
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
@@ -166,14 +167,18 @@ fn blob_headers(mut response: Response<ResponseBody>, digest_header: &HeaderValu
     response
 }
 
-pub fn tags(page: &TagsPage, n: Option<usize>, head: bool) -> Response<ResponseBody> {
+/// A `tags/list` page; `n` and `ns` are the client's, carried into the `Link` to the next page
+/// (without `ns`, a mirror's next page would be routed as a different repository).
+pub fn tags(page: &TagsPage, n: Option<usize>, ns: Option<&str>, head: bool) -> Response<ResponseBody> {
     let document = serde_json::json!({ "name": page.name.as_str(), "tags": page.tags });
     let body = Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
     let mut response = with_body(StatusCode::OK, body, head);
     response.headers_mut().insert(header::CONTENT_TYPE, JSON);
     if let Some(last) = &page.next_last {
-        let n = n.unwrap_or(page.tags.len());
-        let link = format!("</v2/{}/tags/list?n={n}&last={last}>; rel=\"next\"", page.name);
+        let n = n.unwrap_or(page.tags.len()).to_string();
+        let mut query = vec![("n", n.as_str()), ("last", last.as_str())];
+        query.extend(ns.map(|ns| ("ns", ns)));
+        let link = format!("</v2/{}/tags/list?{}>; rel=\"next\"", page.name, encode_query(&query));
         response.headers_mut().insert(header::LINK, header_value(link));
     }
     response
@@ -217,4 +222,19 @@ pub fn error(failure: &Failure, method: &http::Method, path: &str) -> Response<R
 /// Header values we format ourselves from validated parts (numbers, names, tags).
 fn header_value(text: String) -> HeaderValue {
     HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tags_link_keeps_the_clients_ns_and_encodes_what_it_carries() {
+        let page = TagsPage { name: "library/app".parse().unwrap(), tags: vec!["1.0".into(), "v+1".into()], next_last: Some("v+1".into()) };
+        let link = |ns| tags(&page, Some(2), ns, false).headers().get(header::LINK).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(link(None).as_deref(), Some(r#"</v2/library/app/tags/list?n=2&last=v%2B1>; rel="next""#));
+        assert_eq!(link(Some("docker.io")).as_deref(), Some(r#"</v2/library/app/tags/list?n=2&last=v%2B1&ns=docker.io>; rel="next""#));
+        let without_more = TagsPage { next_last: None, ..page.clone() };
+        assert!(tags(&without_more, Some(2), None, false).headers().get(header::LINK).is_none());
+    }
 }

@@ -59,6 +59,8 @@ pub enum RegistryError {
 impl RegistryError {
     pub fn class(&self) -> FailureClass {
         match self {
+            // Upstream answered fine; the client can have the list by paging with `n`.
+            RegistryError::Upstream { error: UpstreamError::TooManyTagPages { .. }, .. } => FailureClass::Client,
             RegistryError::NameUnknown(_)
             | RegistryError::ManifestUnknown { .. }
             | RegistryError::NotAcceptable(_)

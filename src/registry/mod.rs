@@ -45,7 +45,7 @@ use crate::redis_client::RedisClient;
 use crate::spec::{ContentKeeper, FixedSpecFile, RemoteSpecs, SpecError, StoredSpec};
 use crate::store::{CacheDir, StoreError};
 use crate::table::SharedMap;
-use crate::upstream::{BlobLocation, RemoteRepository, Upstream};
+use crate::upstream::{BlobLocation, RemoteRepository, TagPage, Upstream};
 use compose::{BlobSource, ResolvedImage};
 use composed::Compositions;
 use content::Content;
@@ -339,19 +339,13 @@ impl Registry {
     /// # Errors
     /// Unknown name, a denied mirror, or an upstream failure.
     pub async fn tags(&self, name: &RepositoryName, n: Option<usize>, last: Option<&str>, ns: Option<&str>) -> Result<TagsPage, RegistryError> {
-        let all: Vec<String> = match self.source(name, ns).await? {
-            Source::Local(repo) => repo.record.tags.keys().map(Tag::to_string).collect(),
-            Source::Mirror(remote) => self.mirror_tags(name, &remote).await?,
+        let listed = match self.source(name, ns).await? {
+            Source::Local(repo) => TagPage { tags: repo.record.tags.keys().map(Tag::to_string).collect(), more: false },
+            Source::Mirror(remote) => self.mirror_tags(name, &remote, n, last).await?,
             // Any tag names a composed image's current manifest; `latest` is the one to list.
-            Source::Composed(_) => vec![Tag::latest().to_string()],
+            Source::Composed(_) => TagPage { tags: vec![Tag::latest().to_string()], more: false },
         };
-        let mut after: Vec<String> = all.into_iter().filter(|t| last.is_none_or(|last| t.as_str() > last)).collect();
-        after.sort();
-        let limit = n.unwrap_or(usize::MAX);
-        let more = after.len() > limit;
-        after.truncate(limit);
-        let next_last = if more { after.last().cloned() } else { None };
-        Ok(TagsPage { name: name.clone(), tags: after, next_last })
+        Ok(tags_page(name, listed, n, last))
     }
 
     async fn source(&self, name: &RepositoryName, ns: Option<&str>) -> Result<Source, RegistryError> {
@@ -443,4 +437,36 @@ fn content_keeper(content: &Arc<Content>) -> ContentKeeper {
 
 fn manifest_unknown(name: &RepositoryName, reference: &Reference) -> RegistryError {
     RegistryError::ManifestUnknown { name: name.clone(), reference: reference.to_string() }
+}
+
+/// The page of `listed` after `last`, sorted, at most `n`. Trimmed here for every source: an
+/// upstream may ignore `n` or `last` and send more than was asked for.
+fn tags_page(name: &RepositoryName, listed: TagPage, n: Option<usize>, last: Option<&str>) -> TagsPage {
+    let mut tags: Vec<String> = listed.tags.into_iter().filter(|t| last.is_none_or(|last| t.as_str() > last)).collect();
+    tags.sort();
+    let limit = n.unwrap_or(usize::MAX);
+    let more = listed.more || tags.len() > limit;
+    tags.truncate(limit);
+    let next_last = if more { tags.last().cloned() } else { None };
+    TagsPage { name: name.clone(), tags, next_last }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(tags: &[&str], more: bool, n: Option<usize>, last: Option<&str>) -> (Vec<String>, Option<String>) {
+        let listed = TagPage { tags: tags.iter().map(|t| t.to_string()).collect(), more };
+        let page = tags_page(&"up/app".parse().unwrap(), listed, n, last);
+        (page.tags, page.next_last)
+    }
+
+    #[test]
+    fn tag_pages_are_trimmed_to_n_and_say_whether_more_follow() {
+        let strings = |tags: &[&str]| tags.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        assert_eq!(page(&["b", "a"], false, None, None), (strings(&["a", "b"]), None));
+        assert_eq!(page(&["a", "b"], true, Some(2), None), (strings(&["a", "b"]), Some("b".into())), "upstream links a next page");
+        assert_eq!(page(&["c", "a", "b"], false, Some(2), None), (strings(&["a", "b"]), Some("b".into())), "upstream ignored n");
+        assert_eq!(page(&["a", "b", "c"], false, Some(2), Some("a")), (strings(&["b", "c"]), None), "upstream ignored last");
+    }
 }

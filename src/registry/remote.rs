@@ -13,7 +13,7 @@ use super::{BlobReply, FillingBlob, Registry, StoredManifest};
 use crate::oci::manifest::sniff_media_type;
 use crate::oci::media_type;
 use crate::oci::{Digest, RepositoryName, Tag};
-use crate::upstream::{BlobLocation, FetchedManifest, RemoteRepository, UpstreamError};
+use crate::upstream::{BlobLocation, FetchedManifest, RemoteRepository, TagPage, UpstreamError};
 
 impl Registry {
     pub(super) async fn mirror_tag(&self, remote: &RemoteRepository, tag: &Tag) -> Result<Arc<StoredManifest>, RegistryError> {
@@ -175,8 +175,11 @@ impl Registry {
         Ok(BlobReply::Filling(FillingBlob { fill, upstream: self.fills.upstream.clone(), digest_header, etag }))
     }
 
-    pub(super) async fn mirror_tags(&self, name: &RepositoryName, remote: &RemoteRepository) -> Result<Vec<String>, RegistryError> {
-        self.fills.upstream.tags(remote).await.map_err(|error| match error {
+    /// The mirror's tags after `last`: with `n` the one upstream page of that size (upstream
+    /// pages its own list, so a client pages through it without us fetching all of it on every
+    /// request), without it the whole list.
+    pub(super) async fn mirror_tags(&self, name: &RepositoryName, remote: &RemoteRepository, n: Option<usize>, last: Option<&str>) -> Result<TagPage, RegistryError> {
+        self.fills.upstream.tags(remote, n, last).await.map_err(|error| match error {
             UpstreamError::NotFound { .. } => RegistryError::NameUnknown(name.clone()),
             other => upstream(remote, other),
         })
@@ -190,6 +193,7 @@ fn is_unavailable(error: &UpstreamError) -> bool {
         UpstreamError::Unreachable { .. } | UpstreamError::TimedOut { .. } | UpstreamError::TooManyRequests { .. } => true,
         UpstreamError::BadStatus { status, .. } => *status >= 500 && *status != 501,
         UpstreamError::NotFound { .. } | UpstreamError::Unauthorized { .. } | UpstreamError::Denied { .. } | UpstreamError::Invalid { .. } | UpstreamError::Config(_) => false,
+        UpstreamError::TooManyTagPages { .. } => false,
     }
 }
 

@@ -66,6 +66,9 @@ pub enum UpstreamError {
     TooManyRequests { host: String, attempts: u32 },
     #[error("{host} sent an invalid response: {reason}")]
     Invalid { host: String, reason: String },
+    /// A whole tag list was asked for (no `n`) and it takes more pages than we follow.
+    #[error("{host} lists more than {pages} pages of tags: ask for them a page at a time with `n`")]
+    TooManyTagPages { host: String, pages: usize },
     #[error("upstream configuration: {0}")]
     Config(String),
 }

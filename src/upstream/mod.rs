@@ -8,6 +8,7 @@ mod connection;
 mod endpoint;
 mod error;
 mod retry;
+mod tags;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,17 +24,17 @@ pub use blob::{redact_url, BlobDownload, BlobLocation};
 pub use endpoint::{repository_path, RegistryConfig};
 pub use error::UpstreamError;
 pub use retry::RetryPolicy;
+pub use tags::TagPage;
 
 use crate::hyper_glue::within;
 use crate::metrics::{self, RetryKind};
+use crate::oci::route::encode_query;
 use crate::oci::Digest;
 use auth::{Challenge, CredentialStore, TokenCache};
 use connection::{ConnectSettings, RequestBody, UpstreamBody};
 use endpoint::{Endpoint, Endpoints};
 use error::AttemptError;
 
-/// Pages of `tags/list` followed at most (1000 tags each).
-const MAX_TAG_PAGES: usize = 100;
 /// Redirects followed before giving up (registries redirect blobs to object storage).
 const MAX_REDIRECTS: usize = 5;
 /// Error documents and token answers are read up to this size.
@@ -200,32 +201,6 @@ impl Upstream {
         .await
     }
 
-    /// Every tag of a repository (following `Link` pages, at most `MAX_TAG_PAGES`).
-    ///
-    /// # Errors
-    /// As `manifest`.
-    pub async fn tags(&self, repo: &RemoteRepository) -> Result<Vec<String>, UpstreamError> {
-        let mut tags = Vec::new();
-        let mut path = format!("/v2/{}/tags/list?n=1000", repo.path);
-        for _ in 0..MAX_TAG_PAGES {
-            let stall = self.shared.settings.read_timeout;
-            let (next, body) = self
-                .with_retries(&repo.host, || async {
-                    let exchange = self.registry_exchange(repo, &Method::GET, &path, HeaderMap::new()).await?;
-                    let next = header_str(&exchange.headers, header::LINK).and_then(|link| next_link(&link));
-                    Ok((next, exchange.body.collect(crate::oci::manifest::MAX_MANIFEST_BYTES, stall).await?))
-                })
-                .await?;
-            let page: serde_json::Value = serde_json::from_slice(&body).map_err(|_| UpstreamError::Invalid { host: repo.host.clone(), reason: "tags/list is not JSON".into() })?;
-            tags.extend(page["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)));
-            match next {
-                Some(next) => path = next,
-                None => return Ok(tags),
-            }
-        }
-        Ok(tags)
-    }
-
     /// Starts downloading a blob of a registry repository from byte `offset` on.
     ///
     /// # Errors
@@ -370,7 +345,7 @@ impl Upstream {
                 let mut form = query.clone();
                 form.extend([("grant_type", "refresh_token"), ("refresh_token", token.expose()), ("client_id", "registry-facade")]);
                 headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
-                (Method::POST, uri.path().to_owned(), Bytes::from(form_encode(&form)))
+                (Method::POST, uri.path().to_owned(), Bytes::from(encode_query(&form)))
             }
             other => {
                 if let Some(basic) = other.and_then(|c| c.basic_header()) {
@@ -378,7 +353,7 @@ impl Upstream {
                 }
                 let separator = if uri.query().is_some() { '&' } else { '?' };
                 let existing = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-                (Method::GET, format!("{}{existing}{separator}{}", uri.path(), form_encode(&query)), Bytes::new())
+                (Method::GET, format!("{}{existing}{separator}{}", uri.path(), encode_query(&query)), Bytes::new())
             }
         };
         let exchange = self.exchange(&endpoint, &method, &path, headers, body).await?;
@@ -481,13 +456,6 @@ async fn check_status(exchange: Exchange) -> Result<Exchange, AttemptError> {
     Err(AttemptError::Status { status: status.as_u16(), retry_after, code })
 }
 
-/// The target of `Link: <…>; rel="next"`, as a path.
-fn next_link(link: &str) -> Option<String> {
-    let target = link.split(';').next()?.trim().strip_prefix('<')?.strip_suffix('>')?;
-    let uri: http::Uri = target.parse().ok()?;
-    uri.path_and_query().map(|p| p.as_str().to_owned())
-}
-
 /// Request headers that ask for the manifest types in `accept`.
 fn accept_headers(accept: &str) -> Result<HeaderMap, UpstreamError> {
     let mut headers = HeaderMap::new();
@@ -503,29 +471,9 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok())
 }
 
-/// `application/x-www-form-urlencoded` of `pairs`.
-fn form_encode(pairs: &[(&str, &str)]) -> String {
-    let encode = |text: &str| -> String {
-        text.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-                other => format!("%{other:02X}"),
-            })
-            .collect()
-    };
-    pairs.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn link_headers() {
-        assert_eq!(next_link(r#"</v2/a/tags/list?n=2&last=b>; rel="next""#).as_deref(), Some("/v2/a/tags/list?n=2&last=b"));
-        assert_eq!(next_link(r#"<https://r.example/v2/a/tags/list?last=b>; rel="next""#).as_deref(), Some("/v2/a/tags/list?last=b"));
-        assert_eq!(next_link("garbage"), None);
-    }
 
     #[test]
     fn requests_name_the_host_without_the_default_port() {
@@ -547,6 +495,6 @@ mod tests {
 
     #[test]
     fn form_encoding() {
-        assert_eq!(form_encode(&[("scope", "repository:a/b:pull"), ("service", "x y")]), "scope=repository%3Aa%2Fb%3Apull&service=x%20y");
+        assert_eq!(encode_query(&[("scope", "repository:a/b:pull"), ("service", "x y")]), "scope=repository%3Aa%2Fb%3Apull&service=x%20y");
     }
 }
