@@ -5,7 +5,10 @@
 //! on one node only while Redis is down, and a re-read never overwrites a newer local write.
 //! A spec's direct layer content is handed to the `ContentKeeper` before it is held, so memory
 //! keeps the spec and not megabytes of layer. A held spec that is replaced or dropped is told
-//! to the `SpecListener`, so that what was built from it can go too.
+//! to the `SpecListener`, so that what was built from it can go too. With Redis, a spec no
+//! lookup asked for in `IDLE_MS` is dropped from memory (Redis still has it, or has let it
+//! expire): a node sees a workspace's spec while it starts, and a daemon that runs for months
+//! must not keep every spec it ever read.
 
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -23,6 +26,14 @@ use crate::table::SharedMap;
 
 /// A spec read from Redis is looked up there again (in the background) after this long.
 const REVALIDATE_MS: u64 = 5_000;
+/// With Redis, a spec no lookup asked for in this long is dropped from memory; the next
+/// lookup reads it again.
+const IDLE_MS: u64 = 10 * 60 * 1000;
+/// Memory is searched for idle specs at most this often, by whichever lookup comes first.
+const SWEEP_EVERY_MS: u64 = 60 * 1000;
+/// A lookup records its time only when the last record is older than this, so that the
+/// cores serving one hot spec do not all write its entry on every request.
+const TOUCH_EVERY_MS: u64 = 1000;
 
 /// Local writes are counted per stripe of ids (by a hash of the id), and a read from Redis
 /// that a write of its stripe overlapped is not cached: it may be older than the write. Per
@@ -34,13 +45,22 @@ const WRITE_STRIPES: usize = 64;
 struct Cached {
     spec: Arc<StoredSpec>,
     read_at_ms: u64,
+    /// When a lookup last asked for it (to within `TOUCH_EVERY_MS`).
+    used_at_ms: AtomicU64,
     /// A background re-read of this entry is under way (at most one).
     refreshing: AtomicBool,
 }
 
 impl Cached {
     fn new(spec: Arc<StoredSpec>) -> Arc<Cached> {
-        Arc::new(Cached { spec, read_at_ms: coarse_now_ms(), refreshing: AtomicBool::new(false) })
+        let now = coarse_now_ms();
+        Arc::new(Cached { spec, read_at_ms: now, used_at_ms: AtomicU64::new(now), refreshing: AtomicBool::new(false) })
+    }
+
+    fn touch(&self, now: u64) {
+        if now.saturating_sub(self.used_at_ms.load(Ordering::Relaxed)) >= TOUCH_EVERY_MS {
+            self.used_at_ms.store(now, Ordering::Relaxed);
+        }
     }
 }
 
@@ -68,6 +88,8 @@ pub struct RemoteSpecs {
     listener: Option<SpecListener>,
     /// Local writes so far, by stripe of ids; see `WRITE_STRIPES`.
     writes: [AtomicU64; WRITE_STRIPES],
+    /// When memory was last searched for idle specs.
+    swept_at_ms: AtomicU64,
 }
 
 /// A read of one id from Redis under way: the count of its stripe's local writes when it
@@ -89,7 +111,7 @@ impl Drop for Read {
 impl RemoteSpecs {
     pub fn new(redis: Option<RedisClient>, keeper: Option<ContentKeeper>, listener: Option<SpecListener>) -> Arc<RemoteSpecs> {
         let writes = std::array::from_fn(|_| AtomicU64::new(0));
-        Arc::new(RemoteSpecs { memory: SharedMap::new(), redis, keeper, listener, writes })
+        Arc::new(RemoteSpecs { memory: SharedMap::new(), redis, keeper, listener, writes, swept_at_ms: AtomicU64::new(coarse_now_ms()) })
     }
 
     async fn kept(&self, spec: StoredSpec) -> StoredSpec {
@@ -105,7 +127,12 @@ impl RemoteSpecs {
     /// Redis is needed (the spec is not cached) and unavailable, or holds an invalid spec.
     pub async fn get(self: &Arc<Self>, id: &str) -> Result<Option<Arc<StoredSpec>>, SpecError> {
         let now = coarse_now_ms();
+        // Only while Redis answers: with Redis down, memory is all this node can serve from.
+        if self.redis.as_ref().is_some_and(|redis| redis.health().is_up()) {
+            self.sweep_if_due(now);
+        }
         if let Some(cached) = self.memory.get(id) {
+            cached.touch(now);
             let stale = self.redis.is_some() && now.saturating_sub(cached.read_at_ms) >= REVALIDATE_MS;
             if stale && !cached.refreshing.swap(true, Ordering::AcqRel) {
                 self.refresh_in_background(id, Arc::clone(&cached));
@@ -121,6 +148,26 @@ impl RemoteSpecs {
     /// The spec of `id` as this node holds it now, without asking Redis.
     pub fn held(&self, id: &str) -> Option<Arc<StoredSpec>> {
         self.memory.get(id).map(|cached| Arc::clone(&cached.spec))
+    }
+
+    fn sweep_if_due(&self, now: u64) {
+        let last = self.swept_at_ms.load(Ordering::Relaxed);
+        // One lookup among all cores wins the sweep; the others go on.
+        if now.saturating_sub(last) >= SWEEP_EVERY_MS && self.swept_at_ms.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.forget_idle(now);
+        }
+    }
+
+    /// Drops every spec that no lookup asked for in `IDLE_MS` before `now` and that is not
+    /// being re-read; what was built from it is told to go (`Replaced`: its place is empty
+    /// until the next read, and pulls under way keep what they hold).
+    fn forget_idle(&self, now: u64) {
+        for (id, cached) in self.memory.entries() {
+            let idle = now.saturating_sub(cached.used_at_ms.load(Ordering::Relaxed)) >= IDLE_MS;
+            if idle && !cached.refreshing.load(Ordering::Acquire) && self.memory.remove_if(&id, |current| Arc::ptr_eq(current, &cached)) {
+                self.tell(&id, &cached.spec, SpecChange::Replaced);
+            }
+        }
     }
 
     fn refresh_in_background(self: &Arc<Self>, id: &str, cached: Arc<Cached>) {

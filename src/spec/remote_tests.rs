@@ -130,3 +130,46 @@ fn the_listener_hears_each_replacement_and_removal_once() {
     let expected = [("x".to_owned(), key("a:1"), SpecChange::Replaced), ("x".to_owned(), key("a:2"), SpecChange::Removed)];
     assert_eq!(heard.lock().unwrap().as_slice(), &expected);
 }
+
+#[test]
+fn specs_no_lookup_asked_for_are_dropped_and_what_was_built_from_them_is_told() {
+    let (specs, heard) = store();
+    put(&specs, "idle", "a:1");
+    put(&specs, "used", "b:1");
+    put(&specs, "rereading", "c:1");
+    heard.lock().unwrap().clear();
+    let later = specs.memory.get("idle").unwrap().used_at_ms.load(Ordering::Relaxed) + IDLE_MS;
+    specs.memory.get("used").unwrap().touch(later - 1);
+    let (read, _) = begin_refresh(&specs, "rereading");
+    specs.forget_idle(later);
+    assert_eq!(held_key(&specs, "idle"), None, "asked for by no lookup for IDLE_MS");
+    assert_eq!(held_key(&specs, "used"), Some(key("b:1")), "a lookup asked for it within IDLE_MS");
+    assert_eq!(held_key(&specs, "rereading"), Some(key("c:1")), "a re-read under way settles it");
+    assert_eq!(heard.lock().unwrap().as_slice(), &[("idle".to_owned(), key("a:1"), SpecChange::Replaced)]);
+    drop(read);
+}
+
+#[test]
+fn memory_is_searched_for_idle_specs_once_a_sweep_interval() {
+    let (specs, _) = store();
+    put(&specs, "x", "a:1");
+    let start = specs.swept_at_ms.load(Ordering::Relaxed).max(specs.memory.get("x").unwrap().used_at_ms.load(Ordering::Relaxed));
+    specs.sweep_if_due(start + IDLE_MS);
+    assert_eq!(held_key(&specs, "x"), None, "the first sweep that is due drops an idle spec");
+    put(&specs, "x", "a:1");
+    specs.sweep_if_due(start + IDLE_MS + SWEEP_EVERY_MS - 1);
+    assert_eq!(held_key(&specs, "x"), Some(key("a:1")), "idle again, but the next sweep is not due");
+    specs.sweep_if_due(start + IDLE_MS + SWEEP_EVERY_MS);
+    assert_eq!(held_key(&specs, "x"), None);
+}
+
+#[test]
+fn without_redis_memory_is_the_truth_and_nothing_is_dropped_for_idleness() {
+    let (specs, _) = store();
+    put(&specs, "x", "a:1");
+    specs.swept_at_ms.store(0, Ordering::Relaxed);
+    specs.memory.get("x").unwrap().used_at_ms.store(0, Ordering::Relaxed);
+    let found = futures_lite::future::block_on(specs.get("x")).unwrap();
+    assert_eq!(found.map(|spec| spec.spec.key.clone()), Some(key("a:1")));
+    assert_eq!(held_key(&specs, "x"), Some(key("a:1")), "a lookup without Redis sweeps nothing");
+}
