@@ -83,7 +83,7 @@ impl Registry {
     /// bound needs its own setting (`mirrorTagMaxStaleMs`) if an operator ever wants one.
     async fn tag_unresolved(&self, remote: &RemoteRepository, tag: &Tag, cached: Option<CachedTag>, error: UpstreamError) -> Result<Arc<StoredManifest>, RegistryError> {
         let Some(CachedTag::Stale(digest)) = cached else { return Err(manifest_error(remote, tag.as_str(), error)) };
-        if is_unavailable(&error) {
+        if error.is_unavailable() {
             tracing::warn!(remote = %remote, tag = %tag, %error, "upstream unavailable; serving the tag's last known digest");
             return self.mirror_digest(remote, &digest).await;
         }
@@ -186,17 +186,6 @@ impl Registry {
     }
 }
 
-/// Whether upstream could not be asked (unreachable, timed out, overloaded, failing) rather than
-/// answered: the same line `AttemptError::is_transient` draws for retries, on the final error.
-fn is_unavailable(error: &UpstreamError) -> bool {
-    match error {
-        UpstreamError::Unreachable { .. } | UpstreamError::TimedOut { .. } | UpstreamError::TooManyRequests { .. } => true,
-        UpstreamError::BadStatus { status, .. } => *status >= 500 && *status != 501,
-        UpstreamError::NotFound { .. } | UpstreamError::Unauthorized { .. } | UpstreamError::Denied { .. } | UpstreamError::Invalid { .. } | UpstreamError::Config(_) => false,
-        UpstreamError::TooManyTagPages { .. } => false,
-    }
-}
-
 fn upstream(remote: &RemoteRepository, error: UpstreamError) -> RegistryError {
     RegistryError::Upstream { remote: remote.to_string(), error }
 }
@@ -223,31 +212,5 @@ fn blob_error(name: &RepositoryName, digest: &Digest, remote: &RemoteRepository,
     match error {
         UpstreamError::NotFound { .. } => RegistryError::BlobUnknown { name: name.clone(), digest: digest.clone() },
         other => upstream(remote, other),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_an_upstream_that_could_not_answer_is_unavailable() {
-        let host = || "r.example".to_owned();
-        let unavailable = [
-            UpstreamError::Unreachable { host: host(), attempts: 3, cause: "refused".into() },
-            UpstreamError::TimedOut { host: host(), attempts: 3, what: "response" },
-            UpstreamError::TooManyRequests { host: host(), attempts: 3 },
-            UpstreamError::BadStatus { host: host(), status: 503, attempts: 3 },
-        ];
-        let answered = [
-            UpstreamError::NotFound { host: host(), code: Some("MANIFEST_UNKNOWN".into()) },
-            UpstreamError::Unauthorized { host: host() },
-            UpstreamError::Denied { host: host() },
-            UpstreamError::BadStatus { host: host(), status: 501, attempts: 1 },
-            UpstreamError::BadStatus { host: host(), status: 400, attempts: 1 },
-            UpstreamError::Invalid { host: host(), reason: "not JSON".into() },
-        ];
-        assert!(unavailable.iter().all(is_unavailable));
-        assert!(!answered.iter().any(is_unavailable));
     }
 }

@@ -74,11 +74,53 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Whether upstream could not be asked (unreachable, timed out, overloaded, failing) rather
+    /// than answered: the line `AttemptError::is_transient` draws for retries, on the final
+    /// error.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            UpstreamError::Unreachable { .. } | UpstreamError::TimedOut { .. } | UpstreamError::TooManyRequests { .. } => true,
+            UpstreamError::BadStatus { status, .. } => *status >= 500 && *status != 501,
+            UpstreamError::NotFound { .. }
+            | UpstreamError::Unauthorized { .. }
+            | UpstreamError::Denied { .. }
+            | UpstreamError::Invalid { .. }
+            | UpstreamError::TooManyTagPages { .. }
+            | UpstreamError::Config(_) => false,
+        }
+    }
+
     /// The upstream's own OCI error code for a 404 (`MANIFEST_UNKNOWN`, `NAME_UNKNOWN`, …).
     pub fn upstream_code(&self) -> Option<&str> {
         match self {
             UpstreamError::NotFound { code, .. } => code.as_deref(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_upstream_that_could_not_answer_is_unavailable() {
+        let host = || "r.example".to_owned();
+        let unavailable = [
+            UpstreamError::Unreachable { host: host(), attempts: 3, cause: "refused".into() },
+            UpstreamError::TimedOut { host: host(), attempts: 3, what: "response" },
+            UpstreamError::TooManyRequests { host: host(), attempts: 3 },
+            UpstreamError::BadStatus { host: host(), status: 503, attempts: 3 },
+        ];
+        let answered = [
+            UpstreamError::NotFound { host: host(), code: Some("MANIFEST_UNKNOWN".into()) },
+            UpstreamError::Unauthorized { host: host() },
+            UpstreamError::Denied { host: host() },
+            UpstreamError::BadStatus { host: host(), status: 501, attempts: 1 },
+            UpstreamError::BadStatus { host: host(), status: 400, attempts: 1 },
+            UpstreamError::Invalid { host: host(), reason: "not JSON".into() },
+        ];
+        assert!(unavailable.iter().all(UpstreamError::is_unavailable));
+        assert!(!answered.iter().any(UpstreamError::is_unavailable));
     }
 }
