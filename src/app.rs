@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::config::{Config, Overrides};
+use crate::demo;
 use crate::file_version::{file_version, FileVersion};
-use crate::http::{CredentialStore, HttpSecurity, TlsConfig};
+use crate::http::{CredentialStore, HttpSecurity, Served, TlsConfig};
 use crate::ipfs::IpfsGateway;
+use crate::metrics::Metrics;
 use crate::redis_client::{RedisClient, RedisError};
-use crate::registry::{demo, Registry, Shared};
+use crate::registry::{Registry, Shared};
 use crate::runtime::{RuntimeError, Server};
 use crate::store::{CacheDir, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
@@ -37,15 +40,16 @@ pub enum AppError {
     Security(String),
 }
 
-/// Starts a server for `config`; it runs until stopped through `Server::stopper`.
+/// Starts a server for `config`; it runs until stopped through `Server::stopper`. Every
+/// time-based rule reads `clock` (`Clock::system()`, or a test's).
 ///
 /// # Errors
 /// The cache cannot be opened or written, the registry cannot load what the config names,
 /// or the runtime cannot start.
-pub fn start(config: &Config) -> Result<Server, AppError> {
-    let (_, registry) = assemble(config)?;
+pub fn start(config: &Config, clock: Clock) -> Result<Server, AppError> {
+    let (_, registry) = assemble(config, &clock)?;
     let security = load_security(config)?;
-    let server = launch(config, registry, &security)?;
+    let server = launch(config, registry, &security, clock)?;
     watch_files(security, None);
     Ok(server)
 }
@@ -54,10 +58,10 @@ pub fn start(config: &Config) -> Result<Server, AppError> {
 ///
 /// # Errors
 /// As `start`.
-pub fn start_watching(config: &Config, path: &Path, overrides: &Overrides) -> Result<Server, AppError> {
-    let (cache, registry) = assemble(config)?;
+pub fn start_watching(config: &Config, path: &Path, overrides: &Overrides, clock: Clock) -> Result<Server, AppError> {
+    let (cache, registry) = assemble(config, &clock)?;
     let security = load_security(config)?;
-    let server = launch(config, Arc::clone(&registry), &security)?;
+    let server = launch(config, Arc::clone(&registry), &security, clock)?;
     let config_file = ConfigFile {
         seen: file_version(path),
         path: path.to_owned(),
@@ -70,19 +74,19 @@ pub fn start_watching(config: &Config, path: &Path, overrides: &Overrides) -> Re
     Ok(server)
 }
 
-fn assemble(config: &Config) -> Result<(Arc<CacheDir>, Arc<Registry>), AppError> {
+fn assemble(config: &Config, clock: &Clock) -> Result<(Arc<CacheDir>, Arc<Registry>), AppError> {
     let cache = Arc::new(CacheDir::open(&config.cache_dir)?);
     if config.demo_image {
         let digest = demo::install(&cache, &config.registry.platform)?;
         tracing::debug!(%digest, "demo image `{}:latest` ready", demo::DEMO_REPOSITORY);
     }
-    let upstream = Upstream::new(config.upstream.clone())?;
+    let upstream = Upstream::new(config.upstream.clone(), clock.clone())?;
     let redis = config.redis.as_ref().map(RedisClient::start).transpose()?;
     let ipfs = match (&config.ipfs_gateway, &redis) {
         (Some(gateway), Some(redis)) => Some(IpfsGateway::new(gateway, redis.clone())),
         _ => None,
     };
-    let registry = Arc::new(Registry::open(Arc::clone(&cache), config.registry.clone(), upstream, Shared { redis, ipfs })?);
+    let registry = Arc::new(Registry::open(Arc::clone(&cache), config.registry.clone(), upstream, Shared { redis, ipfs }, clock.clone())?);
     Ok((cache, registry))
 }
 
@@ -124,8 +128,9 @@ fn watch_files(security: Security, mut config_file: Option<ConfigFile>) {
     }
 }
 
-fn launch(config: &Config, registry: Arc<Registry>, security: &Security) -> Result<Server, AppError> {
-    let server = Server::start(config.runtime.clone(), registry, security.http.clone())?;
+fn launch(config: &Config, registry: Arc<Registry>, security: &Security, clock: Clock) -> Result<Server, AppError> {
+    let served = Served { registry, metrics: Metrics::new(), clock };
+    let server = Server::start(config.runtime.clone(), served, security.http.clone())?;
     tracing::info!(
         listen = %server.local_addr(),
         tls = config.tls.is_some(),

@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app;
+use crate::clock::Clock;
 use crate::config::{Config, LogFormat, LogSettings, Overrides};
+use crate::import::import_layout;
 use crate::oci::{RepositoryName, Tag};
-use crate::registry::import::import_layout;
 use crate::runtime::{ShutdownKind, Stopper};
 use crate::setup::{write_hosts_config, SetupRequest, DEFAULT_HOSTS_DIR};
 use crate::store::CacheDir;
@@ -97,8 +98,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let config = Config::load(args.config.as_deref(), &overrides).map_err(|e| e.to_string())?;
     init_logging(&config.log);
     let server = match &args.config {
-        Some(path) => app::start_watching(&config, path, &overrides),
-        None => app::start(&config),
+        Some(path) => app::start_watching(&config, path, &overrides, Clock::system()),
+        None => app::start(&config, Clock::system()),
     }
     .map_err(|e| e.to_string())?;
     forward_signals(server.stopper())?;

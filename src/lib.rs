@@ -20,11 +20,13 @@
 
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod file_version;
 pub mod http;
+pub mod import;
 pub mod ipfs;
-pub mod hyper_glue;
 pub mod metrics;
 pub mod oci;
 pub mod redis_client;
@@ -34,4 +36,5 @@ pub mod setup;
 pub mod spec;
 pub mod store;
 pub mod table;
+pub mod transport;
 pub mod upstream;

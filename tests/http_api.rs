@@ -432,7 +432,7 @@ fn connections_get_the_configured_congestion_control() {
 fn a_congestion_control_the_kernel_lacks_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let config = TestServer::config(dir.path(), r#""tcpCongestion": "no_such_cc""#);
-    let error = registry_facade::app::start(&config).err().expect("the kernel refuses it").to_string();
+    let error = registry_facade::app::start(&config, registry_facade::clock::Clock::system()).err().expect("the kernel refuses it").to_string();
     assert!(error.contains("tcpCongestion: the kernel refused `no_such_cc`"), "{error}");
     assert!(error.contains("available: ") && error.contains("cubic"), "the message lists what there is: {error}");
 }
@@ -505,7 +505,7 @@ fn a_second_server_cannot_silently_share_the_port() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = TestServer::config(dir.path(), "");
     config.runtime.listen = first.addr;
-    let error = registry_facade::app::start(&config).err().expect("the second bind fails").to_string();
+    let error = registry_facade::app::start(&config, registry_facade::clock::Clock::system()).err().expect("the second bind fails").to_string();
     assert!(error.contains(&format!("cannot listen on {}", first.addr)), "{error}");
     assert_eq!(get(first.addr, "/v2/").status, 200);
 }

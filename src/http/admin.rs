@@ -4,8 +4,6 @@
 //! with the status that fits. Readiness never depends on an upstream registry, only on this
 //! node's own shared state (Redis).
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -17,7 +15,7 @@ use super::body::ResponseBody;
 use super::HttpContext;
 use crate::metrics::{self, ByteSource};
 use crate::oci::RepositoryName;
-use crate::spec::parse_spec;
+use crate::registry::{FailureClass, RegistryError, SpecWritten};
 
 /// A spec with direct content layers carries them base64; 64 MiB is plenty.
 const MAX_SPEC_BYTES: usize = 64 << 20;
@@ -55,22 +53,21 @@ async fn answer(request: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
         return error(StatusCode::NOT_FOUND, "no such endpoint");
     };
     // A spec id becomes part of a repository name (`remote/<id>`): it follows that grammar.
-    let Ok(name) = format!("remote/{id}").parse::<RepositoryName>() else {
+    if format!("remote/{id}").parse::<RepositoryName>().is_err() {
         return error(StatusCode::BAD_REQUEST, "spec id must be lowercase name components, e.g. ws-1234 or team/ws-1");
-    };
-    let specs = ctx.registry.specs();
+    }
     match *request.method() {
-        Method::GET => match specs.get(id).await {
-            Ok(Some(stored)) => json(StatusCode::OK, Bytes::from(stored.to_json())),
+        Method::GET => match ctx.registry.spec_json(id).await {
+            Ok(Some(spec)) => json(StatusCode::OK, Bytes::from(spec)),
             Ok(None) => error(StatusCode::NOT_FOUND, "no spec with this id"),
-            Err(e) => store_error(&e),
+            Err(e) => registry_error(&e),
         },
-        Method::DELETE => match specs.delete(id).await {
+        Method::DELETE => match ctx.registry.delete_spec(id).await {
             Ok(true) => empty(StatusCode::NO_CONTENT),
             Ok(false) => error(StatusCode::NOT_FOUND, "no spec with this id"),
-            Err(e) => store_error(&e),
+            Err(e) => registry_error(&e),
         },
-        Method::PUT => put(id, name, request, ctx).await,
+        Method::PUT => put(id, request, ctx).await,
         _ => {
             let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "use GET, PUT or DELETE");
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
@@ -79,7 +76,7 @@ async fn answer(request: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
     }
 }
 
-async fn put(id: &str, name: RepositoryName, request: Request<Incoming>, ctx: &HttpContext) -> Response<ResponseBody> {
+async fn put(id: &str, request: Request<Incoming>, ctx: &HttpContext) -> Response<ResponseBody> {
     let body = match http_body_util::Limited::new(request.into_body(), MAX_SPEC_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
@@ -87,20 +84,11 @@ async fn put(id: &str, name: RepositoryName, request: Request<Incoming>, ctx: &H
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}")),
     };
-    let stored = match parse_spec(&body) {
-        Ok(stored) => stored,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
-    };
-    let key = stored.spec.key.to_string();
-    let replaced = match ctx.registry.specs().put(id, stored).await {
-        Ok(replaced) => replaced,
-        Err(e) => return store_error(&e),
+    let SpecWritten { key, replaced } = match ctx.registry.put_spec(id, &body).await {
+        Ok(written) => written,
+        Err(e) => return registry_error(&e),
     };
     tracing::info!(id, %key, replaced, "spec stored");
-    // Orchestrators write a spec just before the workspace pulls: compose it now, off the
-    // request, so the first pull of the storm does not.
-    let registry = Arc::clone(&ctx.registry);
-    glommio::spawn_local(async move { registry.precompose(&name).await }).detach();
     let status = if replaced { StatusCode::OK } else { StatusCode::CREATED };
     json(status, Bytes::from(serde_json::json!({"id": id, "key": key}).to_string()))
 }
@@ -114,7 +102,7 @@ fn ready(ctx: &HttpContext) -> Response<ResponseBody> {
 
 /// The exposition, with what is read rather than counted brought up to date first.
 fn render_metrics(ctx: &HttpContext) -> Response<ResponseBody> {
-    let metrics = ctx.registry.metrics();
+    let metrics = &ctx.metrics;
     let (cache_bytes, _) = ctx.registry.cache_stats();
     metrics.set_cache_bytes(cache_bytes);
     match metrics.render() {
@@ -126,10 +114,20 @@ fn render_metrics(ctx: &HttpContext) -> Response<ResponseBody> {
     }
 }
 
-/// The shared store could not do it: the orchestrator should retry, nothing was half-done.
-fn store_error(cause: &crate::spec::SpecError) -> Response<ResponseBody> {
-    tracing::warn!(error = %cause, "spec store");
-    error(StatusCode::SERVICE_UNAVAILABLE, &cause.to_string())
+/// A refused spec is the orchestrator's to fix (400); a spec store that could not do it is
+/// for it to retry (503, nothing was half-done); anything else is ours (500).
+fn registry_error(cause: &RegistryError) -> Response<ResponseBody> {
+    match cause.class() {
+        FailureClass::Client => error(StatusCode::BAD_REQUEST, &cause.to_string()),
+        FailureClass::Upstream => {
+            tracing::warn!(error = %cause, "spec store");
+            error(StatusCode::SERVICE_UNAVAILABLE, &cause.to_string())
+        }
+        FailureClass::Internal => {
+            tracing::error!(error = %cause, "spec store");
+            error(StatusCode::INTERNAL_SERVER_ERROR, &cause.to_string())
+        }
+    }
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {

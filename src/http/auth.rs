@@ -17,13 +17,14 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 
 use super::reload::{LocalView, Reloadable};
+use crate::clock::Clock;
 
 /// How long the verdict on an `Authorization` value stands without checking it again.
 const VERIFIED_FOR: Duration = Duration::from_secs(300);
@@ -135,18 +136,19 @@ pub struct Authenticator {
     bcrypt_turn: glommio::sync::Semaphore,
     /// bcrypt checks waiting for or holding `bcrypt_turn`.
     bcrypt_queued: Cell<usize>,
+    clock: Clock,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Verdict {
     /// Of the credentials it was made against; a reload makes it void.
     generation: u64,
-    at: Instant,
+    at_ms: u64,
     accepted: bool,
 }
 
 impl Authenticator {
-    pub fn new(settings: &AuthSettings, store: Arc<CredentialStore>) -> Authenticator {
+    pub fn new(settings: &AuthSettings, store: Arc<CredentialStore>, clock: Clock) -> Authenticator {
         let realm = settings.realm.replace(['"', '\\'], "");
         let basic_challenge = settings.htpasswd.is_some().then(|| header(format!("Basic realm=\"{realm}\"")));
         let bearer_realm = settings.tokens_file.is_some().then_some(realm);
@@ -157,6 +159,7 @@ impl Authenticator {
             verified: RefCell::default(),
             bcrypt_turn: glommio::sync::Semaphore::new(1),
             bcrypt_queued: Cell::new(0),
+            clock,
         }
     }
 
@@ -181,7 +184,7 @@ impl Authenticator {
         } else {
             return Err(Refused::NoCredentials);
         };
-        self.remember(fingerprint, Verdict { generation, at: Instant::now(), accepted });
+        self.remember(fingerprint, Verdict { generation, at_ms: self.clock.now_ms(), accepted });
         if accepted {
             Ok(())
         } else {
@@ -205,7 +208,8 @@ impl Authenticator {
     fn remembered(&self, fingerprint: &[u8; 32], generation: u64) -> Option<bool> {
         let verified = self.verified.borrow();
         let verdict = verified.get(fingerprint)?;
-        (verdict.generation == generation && verdict.at.elapsed() < VERIFIED_FOR).then_some(verdict.accepted)
+        let fresh = self.clock.now_ms().saturating_sub(verdict.at_ms) < VERIFIED_FOR.as_millis() as u64;
+        (verdict.generation == generation && fresh).then_some(verdict.accepted)
     }
 
     fn remember(&self, fingerprint: [u8; 32], verdict: Verdict) {

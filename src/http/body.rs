@@ -13,9 +13,9 @@ use bytes::Bytes;
 use futures_lite::Stream;
 use hyper::body::{Frame, SizeHint};
 
-use super::io::InFlight;
 use crate::metrics::{self, ByteSource};
 use crate::registry::{BlobChunk, MappedBlob};
+use crate::transport::InFlight;
 
 pub type ChunkStream = Pin<Box<dyn Stream<Item = io::Result<BlobChunk>>>>;
 

@@ -10,13 +10,13 @@ use super::body::ResponseBody;
 use super::failure::Failure;
 use super::response;
 use super::HttpContext;
-use crate::hyper_glue::within;
 use crate::oci::accept::AcceptList;
 use crate::oci::range::parse_range;
 use crate::oci::route::{self, Route};
 use crate::oci::Reference;
 use crate::metrics;
 use crate::registry::BlobReply;
+use crate::transport::within;
 
 pub async fn handle<B>(request: Request<B>, ctx: &HttpContext) -> Response<ResponseBody> {
     let path = request.uri().path();
@@ -102,12 +102,12 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Option<Result
             let range = parse_range(request.headers().get(http::header::RANGE).and_then(|v| v.to_str().ok()));
             match registry.blob(&name, &digest, query.ns.as_deref(), head).await? {
                 BlobReply::Cached(blob) => response::blob(&blob, range, head),
-                BlobReply::Remote { size, digest_header, etag } => Ok(response::remote_blob_head(size, &digest_header, &etag)),
+                BlobReply::Remote { size, digest_text } => Ok(response::remote_blob_head(size, &digest_text)),
                 BlobReply::Filling(filling) => {
                     let size = filling.size().await?;
                     response::filling_blob(&filling, size, range, head)
                 }
-                BlobReply::Inline { bytes, digest_header, etag } => response::inline_blob(bytes, &digest_header, &etag, range, head),
+                BlobReply::Inline { bytes, digest_text } => response::inline_blob(bytes, &digest_text, range, head),
                 BlobReply::Redirect(url) => Ok(response::redirect(&url)),
             }
         }

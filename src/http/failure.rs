@@ -6,8 +6,7 @@ use super::auth::Refused;
 use super::connection::Refusal;
 use crate::oci::route::RouteError;
 use crate::oci::ErrorCode;
-use crate::registry::{FailureClass, FillError, RegistryError};
-use crate::upstream::UpstreamError;
+use crate::registry::{FailureClass, RegistryError, Verdict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -39,37 +38,31 @@ pub struct WireError {
 }
 
 impl Failure {
-    fn class(&self) -> FailureClass {
+    /// Class and code of this failure: the registry's own verdict for its failures, and the
+    /// HTTP layer's for the rest (all of them the client's doing but a slow answer).
+    fn verdict(&self) -> Verdict {
+        let client = |code| Verdict { class: FailureClass::Client, code };
         match self {
-            Failure::Registry(e) => e.class(),
-            Failure::AnswerTooSlow(_) => FailureClass::Upstream,
-            _ => FailureClass::Client,
-        }
-    }
-
-    fn code(&self) -> ErrorCode {
-        match self {
-            Failure::Route(RouteError::NotFound) => ErrorCode::NotFound,
-            Failure::Route(RouteError::NameInvalid(_)) => ErrorCode::NameInvalid,
-            Failure::Route(RouteError::DigestInvalid(_)) => ErrorCode::DigestInvalid,
-            Failure::Route(RouteError::TagInvalid(_)) => ErrorCode::TagInvalid,
-            Failure::Route(RouteError::PaginationNumberInvalid) => ErrorCode::PaginationNumberInvalid,
-            Failure::MethodNotAllowed(_) => ErrorCode::Unsupported,
-            Failure::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
-            Failure::AmbiguousFraming => ErrorCode::FramingInvalid,
-            Failure::Unauthenticated { .. } => ErrorCode::Unauthorized,
-            Failure::Overloaded(Refusal::ServerFull) => ErrorCode::Unavailable,
-            Failure::Overloaded(Refusal::ClientFull) => ErrorCode::TooManyRequests,
-            Failure::Registry(e) => registry_code(e),
-            Failure::AnswerTooSlow(_) => ErrorCode::UpstreamTimeout,
-            Failure::CredentialChecksBusy => ErrorCode::TooManyRequests,
+            Failure::Registry(e) => e.verdict(),
+            Failure::AnswerTooSlow(_) => Verdict { class: FailureClass::Upstream, code: ErrorCode::UpstreamTimeout },
+            Failure::Route(RouteError::NotFound) => client(ErrorCode::NotFound),
+            Failure::Route(RouteError::NameInvalid(_)) => client(ErrorCode::NameInvalid),
+            Failure::Route(RouteError::DigestInvalid(_)) => client(ErrorCode::DigestInvalid),
+            Failure::Route(RouteError::TagInvalid(_)) => client(ErrorCode::TagInvalid),
+            Failure::Route(RouteError::PaginationNumberInvalid) => client(ErrorCode::PaginationNumberInvalid),
+            Failure::MethodNotAllowed(_) => client(ErrorCode::Unsupported),
+            Failure::RangeNotSatisfiable { .. } => client(ErrorCode::RangeNotSatisfiable),
+            Failure::AmbiguousFraming => client(ErrorCode::FramingInvalid),
+            Failure::Unauthenticated { .. } => client(ErrorCode::Unauthorized),
+            Failure::Overloaded(Refusal::ServerFull) => client(ErrorCode::Unavailable),
+            Failure::Overloaded(Refusal::ClientFull) | Failure::CredentialChecksBusy => client(ErrorCode::TooManyRequests),
         }
     }
 
     /// Logs the cause and returns what the client is told.
     pub fn to_wire(&self, method: &http::Method, path: &str) -> WireError {
-        let code = self.code();
-        match self.class() {
+        let Verdict { class, code } = self.verdict();
+        match class {
             FailureClass::Client => {
                 tracing::debug!(%method, path, error = %self, "request refused");
                 WireError { code, message: Some(self.to_string()) }
@@ -83,48 +76,5 @@ impl Failure {
                 WireError { code, message: None }
             }
         }
-    }
-}
-
-fn registry_code(error: &RegistryError) -> ErrorCode {
-    match error {
-        RegistryError::NameUnknown(_) | RegistryError::UpstreamNameUnknown(_) => ErrorCode::NameUnknown,
-        RegistryError::ManifestUnknown { .. } | RegistryError::NotAcceptable(_) | RegistryError::UpstreamManifestUnknown { .. } => ErrorCode::ManifestUnknown,
-        RegistryError::BlobUnknown { .. } => ErrorCode::BlobUnknown,
-        RegistryError::Denied(_) => ErrorCode::Denied,
-        RegistryError::SharedState(_) => ErrorCode::Unavailable,
-        RegistryError::Upstream { error, .. } | RegistryError::Fill(FillError::Upstream(error)) => upstream_code(error),
-        RegistryError::Fill(FillError::Corrupt(_)) | RegistryError::NotAnImage { .. } | RegistryError::Compose(_) => ErrorCode::UpstreamInvalid,
-        // An image a spec names could not be had: the client cannot fix our credentials, so
-        // upstream refusals of them become 502; everything else keeps its code.
-        RegistryError::Input { error, .. } => match registry_code(error) {
-            ErrorCode::Unauthorized | ErrorCode::Denied => ErrorCode::UpstreamInvalid,
-            other => other,
-        },
-        RegistryError::Composition(error) => registry_code(error),
-        RegistryError::Fill(FillError::Cache(_))
-        | RegistryError::MissingContent(_)
-        | RegistryError::Store(_)
-        | RegistryError::CorruptManifest { .. }
-        | RegistryError::InvalidStoredSpec(_) => {
-            ErrorCode::Unknown
-        }
-    }
-}
-
-/// The client's status for an upstream failure: its refusals pass through (401, 403, 404,
-/// 429); an outage is 503, a timeout 504, anything unusable 502.
-fn upstream_code(error: &UpstreamError) -> ErrorCode {
-    match error {
-        UpstreamError::NotFound { .. } => ErrorCode::BlobUnknown,
-        UpstreamError::Unauthorized { .. } => ErrorCode::Unauthorized,
-        UpstreamError::Denied { .. } => ErrorCode::Denied,
-        UpstreamError::TooManyRequests { .. } => ErrorCode::TooManyRequests,
-        UpstreamError::Unreachable { .. } => ErrorCode::Unavailable,
-        UpstreamError::TimedOut { .. } => ErrorCode::UpstreamTimeout,
-        UpstreamError::BadStatus { .. } | UpstreamError::Invalid { .. } => ErrorCode::UpstreamInvalid,
-        // As distribution answers an `n` above its limit: the client asked for more than we list.
-        UpstreamError::TooManyTagPages { .. } => ErrorCode::PaginationNumberInvalid,
-        UpstreamError::Config(_) => ErrorCode::Unknown,
     }
 }

@@ -1,6 +1,6 @@
-//! hyper on glommio: the stream adapter, runtime hooks, connection serving, dispatch of the
-//! pull API to the registry, bodies and responses. Talks to `registry` only; never to the
-//! cache or upstream directly.
+//! The HTTP face of the facade: connections served by hyper over `transport`, the pull API
+//! dispatched to the registry, bodies and responses, client credentials, TLS settings and the
+//! admin API. Reaches the cache, specs and upstreams only through `registry`.
 
 mod admin;
 mod auth;
@@ -8,13 +8,10 @@ mod body;
 mod connection;
 mod dispatch;
 mod failure;
-mod frame_batch;
-mod io;
 mod protocol;
 mod reload;
 mod response;
 mod tls;
-mod tls_stream;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,8 +23,10 @@ pub use auth::{AuthSettings, CredentialStore};
 pub use connection::{refuse, serve_connection, Refusal};
 pub use tls::{TlsConfig, TlsSettings};
 
+use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::hyper_glue::{GlommioTimer, LocalExec};
+use crate::transport::{GlommioTimer, LocalExec};
 
 /// Connection behaviour, from the configuration.
 #[derive(Debug, Clone)]
@@ -80,10 +79,21 @@ pub enum Role {
     Admin,
 }
 
-/// What every connection of one listener on one executor shares: the registry, the role and
-/// the configured hyper builders. `!Send`: it lives on its executor.
+/// What every listener of every executor serves from, built once by the caller.
+#[derive(Clone)]
+pub struct Served {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// What connection timeouts and credential caches read.
+    pub clock: Clock,
+}
+
+/// What every connection of one listener on one executor shares: what it serves, the role
+/// and the configured hyper builders. `!Send`: it lives on its executor.
 pub struct HttpContext {
     registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
     settings: HttpSettings,
     role: Role,
     builders: protocol::Builders,
@@ -95,7 +105,7 @@ pub struct HttpContext {
 const MAX_HEADERS: usize = 100;
 
 impl HttpContext {
-    pub fn new(registry: Arc<Registry>, settings: HttpSettings, role: Role, security: &HttpSecurity) -> Rc<HttpContext> {
+    pub fn new(served: &Served, settings: HttpSettings, role: Role, security: &HttpSecurity) -> Rc<HttpContext> {
         let mut http1 = http1::Builder::new();
         http1
             .timer(GlommioTimer)
@@ -115,11 +125,20 @@ impl HttpContext {
         let (tls, auth) = match role {
             Role::Registry => (
                 security.tls.as_ref().map(|config| reload::LocalView::new(Arc::clone(config))),
-                security.auth.as_ref().map(|(settings, store)| auth::Authenticator::new(settings, Arc::clone(store))),
+                security.auth.as_ref().map(|(settings, store)| auth::Authenticator::new(settings, Arc::clone(store), served.clock.clone())),
             ),
             Role::Admin => (None, None),
         };
-        Rc::new(HttpContext { registry, settings, role, builders, tls, auth })
+        Rc::new(HttpContext {
+            registry: Arc::clone(&served.registry),
+            metrics: Arc::clone(&served.metrics),
+            clock: served.clock.clone(),
+            settings,
+            role,
+            builders,
+            tls,
+            auth,
+        })
     }
 
     /// The acceptor for a new connection with the current certificate; `None`: plain TCP.

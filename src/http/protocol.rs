@@ -18,8 +18,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
 
 use super::body::ResponseBody;
-use super::io::{HyperIo, Protocol};
-use crate::hyper_glue::LocalExec;
+use crate::transport::{HyperIo, LocalExec, Protocol};
 
 /// How a connection ends: hyper's error, or the stream's while its first bytes are read.
 pub type Ended = Result<(), Box<dyn StdError + Send + Sync>>;

@@ -12,7 +12,7 @@ use crate::metrics::ByteSource;
 use crate::oci::error_code::error_body;
 use crate::oci::range::RangeRequest;
 use crate::oci::route::encode_query;
-use crate::registry::{FillingBlob, MappedBlob, StoredManifest, TagsPage};
+use crate::registry::{DigestText, FillingBlob, MappedBlob, StoredManifest, TagsPage};
 
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 pub const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
@@ -66,9 +66,8 @@ pub fn manifest(manifest: &StoredManifest, head: bool) -> Response<ResponseBody>
     let mut response = with_body(StatusCode::OK, manifest.body.clone(), head);
     response.body_mut().count_as(ByteSource::Manifest);
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, manifest.media_type.clone());
-    headers.insert(CONTENT_DIGEST, manifest.digest_header.clone());
-    headers.insert(header::ETAG, manifest.etag.clone());
+    headers.insert(header::CONTENT_TYPE, shared_header(manifest.media_type_bytes()));
+    insert_digest(headers, &manifest.digest_text);
     response
 }
 
@@ -96,7 +95,7 @@ pub fn blob(blob: &Arc<MappedBlob>, range: RangeRequest, head: bool) -> Result<R
         None => blob_body(StatusCode::OK, blob, 0..blob.body.len(), head),
         Some(part) => with_content_range(blob_body(StatusCode::PARTIAL_CONTENT, blob, part.start as usize..part.end as usize, head), &part, len),
     };
-    let mut response = blob_headers(response, &blob.digest_header, &blob.etag);
+    let mut response = blob_headers(response, &blob.digest_text);
     response.body_mut().count_as(ByteSource::Cache);
     Ok(response)
 }
@@ -118,20 +117,20 @@ pub fn filling_blob(filling: &FillingBlob, len: Option<u64>, range: RangeRequest
             Some(part) => with_content_range(sized(StatusCode::PARTIAL_CONTENT, part.end - part.start, body(part.clone())), &part, len),
         },
     };
-    Ok(blob_headers(response, &filling.digest_header, &filling.etag))
+    Ok(blob_headers(response, &filling.digest_text))
 }
 
 /// A blob held in memory (a composed config, a direct content layer), whole or a range.
 ///
 /// # Errors
 /// `RangeNotSatisfiable` when the range selects nothing of the blob.
-pub fn inline_blob(bytes: Bytes, digest_header: &HeaderValue, etag: &HeaderValue, range: RangeRequest, head: bool) -> Result<Response<ResponseBody>, Failure> {
+pub fn inline_blob(bytes: Bytes, digest_text: &DigestText, range: RangeRequest, head: bool) -> Result<Response<ResponseBody>, Failure> {
     let len = bytes.len() as u64;
     let response = match select(range, len)? {
         None => with_body(StatusCode::OK, bytes, head),
         Some(part) => with_content_range(with_body(StatusCode::PARTIAL_CONTENT, bytes.slice(part.start as usize..part.end as usize), head), &part, len),
     };
-    let mut response = blob_headers(response, digest_header, etag);
+    let mut response = blob_headers(response, digest_text);
     response.body_mut().count_as(ByteSource::Composed);
     Ok(response)
 }
@@ -144,12 +143,12 @@ pub fn redirect(url: &str) -> Response<ResponseBody> {
 }
 
 /// HEAD of a blob that is not cached: what upstream says of it.
-pub fn remote_blob_head(size: Option<u64>, digest_header: &HeaderValue, etag: &HeaderValue) -> Response<ResponseBody> {
+pub fn remote_blob_head(size: Option<u64>, digest_text: &DigestText) -> Response<ResponseBody> {
     let response = match size {
         Some(size) => sized(StatusCode::OK, size, ResponseBody::empty()),
         None => respond(StatusCode::OK, ResponseBody::empty()),
     };
-    blob_headers(response, digest_header, etag)
+    blob_headers(response, digest_text)
 }
 
 fn with_content_range(mut response: Response<ResponseBody>, part: &std::ops::Range<u64>, len: u64) -> Response<ResponseBody> {
@@ -158,13 +157,24 @@ fn with_content_range(mut response: Response<ResponseBody>, part: &std::ops::Ran
     response
 }
 
-fn blob_headers(mut response: Response<ResponseBody>, digest_header: &HeaderValue, etag: &HeaderValue) -> Response<ResponseBody> {
+fn blob_headers(mut response: Response<ResponseBody>, digest_text: &DigestText) -> Response<ResponseBody> {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, OCTET_STREAM);
-    headers.insert(CONTENT_DIGEST, digest_header.clone());
-    headers.insert(header::ETAG, etag.clone());
+    insert_digest(headers, digest_text);
     headers.insert(header::ACCEPT_RANGES, BYTES);
     response
+}
+
+/// `Docker-Content-Digest` and `ETag` (the quoted digest) of content.
+fn insert_digest(headers: &mut http::HeaderMap, digest_text: &DigestText) {
+    headers.insert(CONTENT_DIGEST, shared_header(digest_text.plain.clone()));
+    headers.insert(header::ETAG, shared_header(digest_text.quoted.clone()));
+}
+
+/// A header value sharing text the registry made once (digests, media types: visible ASCII,
+/// which it checks), without copying it.
+fn shared_header(text: Bytes) -> HeaderValue {
+    HeaderValue::from_maybe_shared(text).unwrap_or(HeaderValue::from_static(""))
 }
 
 /// A `tags/list` page; `n` and `ns` are the client's, carried into the `Link` to the next page

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use keys::Keys;
 
-use crate::hyper_glue::within;
+use crate::transport::within;
 
 /// How often the connection is probed (PING), which also drives reconnecting.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);

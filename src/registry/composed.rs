@@ -7,20 +7,22 @@
 //! and a reload of the static layers drops the compositions made with the previous ones.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use super::compose::{compose, Addon, BlobSource, LoneLayer};
 use super::error::RegistryError;
+use super::images::Images;
 use super::join::join_all;
 use super::single_flight::SingleFlight;
 use super::static_layers::{StaticEntry, StaticLayers};
-use super::{shared, Registry, Source, StoredManifest};
-use crate::hyper_glue::coarse_now_ms;
-use crate::redis_client::keys::COMPOSED_TTL;
+use super::{shared, SpecSources, StoredManifest};
+use crate::clock::Clock;
 use crate::oci::manifest::Descriptor;
 use crate::oci::media_type::OCI_LAYER_TAR;
 use crate::oci::{Digest, Reference, RepositoryName};
+use crate::redis_client::keys::COMPOSED_TTL;
+use crate::redis_client::RedisClient;
 use crate::spec::{ContentLayer, SourceRef, SpecChange, SpecListener, StoredSpec};
 use crate::table::SharedMap;
 
@@ -39,14 +41,14 @@ struct Current {
     /// The static layers it was composed with.
     revision: Digest,
     /// `None`: made only of digests, good forever.
-    valid_until: Option<Instant>,
+    valid_until_ms: Option<u64>,
 }
 
 /// A spec's key and the static-layer revision: what a composition is made of.
 type CompositionKey = (Digest, Digest);
 
-/// What one composition flight ends with: the image and when it stops being current.
-type FlightResult = Result<(Arc<ComposedImage>, Option<Instant>), Arc<RegistryError>>;
+/// What one composition flight ends with: the image and how long it stays current.
+type FlightResult = Result<(Arc<ComposedImage>, Option<Duration>), Arc<RegistryError>>;
 
 #[derive(Default)]
 pub struct Compositions {
@@ -111,15 +113,63 @@ impl Compositions {
     }
 }
 
-impl Registry {
+/// Composes the images specs describe, and keeps what it composed while their specs live.
+pub struct Composer {
+    compositions: Arc<Compositions>,
+    statics: RwLock<Arc<StaticLayers>>,
+    images: Images,
+    /// Where a spec's present version is asked for (see `drop_if_orphaned`).
+    specs: Arc<SpecSources>,
+    /// Where nodes share compositions, when configured.
+    redis: Option<RedisClient>,
+    /// How long a composition whose inputs named tags is trusted.
+    tag_ttl: Duration,
+    clock: Clock,
+}
+
+/// What a `Composer` is made of.
+pub struct ComposerParts {
+    pub compositions: Arc<Compositions>,
+    pub statics: StaticLayers,
+    pub images: Images,
+    pub specs: Arc<SpecSources>,
+    pub redis: Option<RedisClient>,
+    pub tag_ttl: Duration,
+    pub clock: Clock,
+}
+
+impl Composer {
+    pub fn new(parts: ComposerParts) -> Composer {
+        let ComposerParts { compositions, statics, images, specs, redis, tag_ttl, clock } = parts;
+        Composer { compositions, statics: RwLock::new(Arc::new(statics)), images, specs, redis, tag_ttl, clock }
+    }
+
+    /// The static layers composed into every image now.
+    pub fn static_layers(&self) -> Arc<StaticLayers> {
+        self.statics.read().map(|s| Arc::clone(&s)).unwrap_or_else(|_| Arc::new(StaticLayers::none()))
+    }
+
+    /// Composes with `statics` from now on. Images composed with the previous set are no
+    /// longer current but keep serving their blobs to pulls under way.
+    pub fn replace_static_layers(&self, statics: StaticLayers) {
+        if let Ok(mut current) = self.statics.write() {
+            tracing::info!(revision = %statics.revision, layers = statics.entries.len(), "static layers loaded");
+            let revision = statics.revision.clone();
+            *current = Arc::new(statics);
+            drop(current);
+            self.compositions.keep_revision(&revision);
+        }
+    }
+
     /// The composed image `spec` describes for `name`, composing it if needed.
     ///
     /// # Errors
     /// An input image cannot be resolved, or composition refuses it.
-    pub(super) async fn composed(&self, name: &RepositoryName, spec: &Arc<StoredSpec>) -> Result<Arc<ComposedImage>, RegistryError> {
+    pub async fn composed(&self, name: &RepositoryName, spec: &Arc<StoredSpec>) -> Result<Arc<ComposedImage>, RegistryError> {
         let statics = self.static_layers();
         let key = (spec.spec.key.clone(), statics.revision.clone());
-        let usable = |c: &Arc<Current>| c.revision == statics.revision && c.valid_until.is_none_or(|until| Instant::now() < until);
+        let now = self.clock.now_ms();
+        let usable = |c: &Arc<Current>| c.revision == statics.revision && c.valid_until_ms.is_none_or(|until| now < until);
         if let Some(current) = self.compositions.current.get(&key.0).filter(usable) {
             if self.compositions.remember(name, &current.image) {
                 self.drop_if_orphaned(name, spec, None);
@@ -133,13 +183,14 @@ impl Registry {
             let started = Instant::now();
             let image = self.compose_now(spec, &statics).await.map_err(Arc::new)?;
             tracing::info!(name = %name, digest = %image.manifest.digest, micros = started.elapsed().as_micros() as u64, "composed");
-            let valid_until = uses_tags(spec, &statics).then(|| Instant::now() + self.settings.mirrors.tag_ttl);
-            self.write_shared(&key, &image, valid_until).await;
-            Ok((image, valid_until))
+            let valid_for = uses_tags(spec, &statics).then_some(self.tag_ttl);
+            self.write_shared(&key, &image, valid_for).await;
+            Ok((image, valid_for))
         });
-        let (image, valid_until) = result.await.map_err(RegistryError::Composition)?;
+        let (image, valid_for) = result.await.map_err(RegistryError::Composition)?;
         let (spec_key, revision) = key;
-        let current = Arc::new(Current { image: Arc::clone(&image), revision, valid_until });
+        let valid_until_ms = valid_for.map(|left| self.clock.now_ms().saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)));
+        let current = Arc::new(Current { image: Arc::clone(&image), revision, valid_until_ms });
         self.compositions.current.insert(spec_key, Arc::clone(&current));
         self.compositions.remember(name, &image);
         self.drop_if_orphaned(name, spec, Some(&current));
@@ -153,7 +204,7 @@ impl Registry {
     fn drop_if_orphaned(&self, name: &RepositoryName, spec: &StoredSpec, current: Option<&Arc<Current>>) {
         let held = match name.split_provider() {
             Some(("remote", id)) => self.specs.remote.held(id),
-            Some(("fixed", id)) => self.specs.fixed.as_ref().and_then(|fixed| fixed.get(id, coarse_now_ms())),
+            Some(("fixed", id)) => self.specs.fixed.as_ref().and_then(|fixed| fixed.get(id, self.clock.now_ms())),
             _ => return,
         };
         let replaced = held.as_ref().is_none_or(|held| held.spec.key != spec.spec.key);
@@ -166,7 +217,7 @@ impl Registry {
     }
 
     /// A composition another node wrote to Redis, if there is one (and Redis answers).
-    async fn read_shared(&self, key: &CompositionKey) -> Option<(Arc<ComposedImage>, Option<Instant>)> {
+    async fn read_shared(&self, key: &CompositionKey) -> Option<(Arc<ComposedImage>, Option<Duration>)> {
         let redis = self.redis.as_ref()?;
         let redis_key = redis.keys().composed(&key.0.to_string(), &key.1.to_string());
         match redis.get(&redis_key).await {
@@ -185,11 +236,11 @@ impl Registry {
         }
     }
 
-    async fn write_shared(&self, key: &CompositionKey, image: &ComposedImage, valid_until: Option<Instant>) {
+    async fn write_shared(&self, key: &CompositionKey, image: &ComposedImage, valid_for: Option<Duration>) {
         let Some(redis) = &self.redis else { return };
         let redis_key = redis.keys().composed(&key.0.to_string(), &key.1.to_string());
-        let ttl = valid_until.map_or(COMPOSED_TTL, |until| until.saturating_duration_since(Instant::now()));
-        if let Err(error) = redis.set(&redis_key, shared::encode(image, valid_until), Some(ttl)).await {
+        let ttl = valid_for.unwrap_or(COMPOSED_TTL);
+        if let Err(error) = redis.set(&redis_key, shared::encode(image, valid_for), Some(ttl)).await {
             tracing::warn!(%error, "composition not shared: other nodes will compose it themselves");
         }
     }
@@ -207,7 +258,7 @@ impl Registry {
             .collect();
         let mut wanted: Vec<&SourceRef> = vec![&spec.base];
         wanted.extend(addon_refs.iter().map(|(source, _)| *source));
-        let mut resolved = join_all(wanted.iter().map(|source| self.resolve_image(source)).collect()).await.into_iter();
+        let mut resolved = join_all(wanted.iter().map(|source| self.images.resolve(source)).collect()).await.into_iter();
         let base = resolved.next().ok_or_else(|| RegistryError::NotAcceptable("no base".into()))??;
         let addon_images = resolved.collect::<Result<Vec<_>, _>>()?;
         let content: Vec<LoneLayer> = spec.content.iter().map(content_layer).collect();
@@ -233,23 +284,9 @@ impl Registry {
         Ok(Arc::new(ComposedImage { manifest, blobs: composition.blobs }))
     }
 
-    /// Composes `name` now, ahead of its first pull (its spec was just written): the pull then
-    /// finds the image ready. A failure is only logged; the pull composes again and reports it.
-    pub async fn precompose(&self, name: &RepositoryName) {
-        let spec = match self.source(name, None).await {
-            Ok(Source::Composed(spec)) => spec,
-            Ok(_) => return,
-            Err(error) => return tracing::info!(%name, %error, "not composed ahead of its pull"),
-        };
-        match self.composed(name, &spec).await {
-            Ok(image) => tracing::debug!(%name, digest = %image.manifest.digest, "composed ahead of its pull"),
-            Err(error) => tracing::info!(%name, %error, "not composed ahead of its pull"),
-        }
-    }
-
     /// The composed manifest `reference` names: any tag is the current composition (Gitpod's
     /// rule), a digest must be the current or a recent one.
-    pub(super) fn composed_manifest(&self, name: &RepositoryName, current: &Arc<ComposedImage>, reference: &Reference) -> Option<Arc<StoredManifest>> {
+    pub fn composed_manifest(&self, name: &RepositoryName, current: &Arc<ComposedImage>, reference: &Reference) -> Option<Arc<StoredManifest>> {
         match reference {
             Reference::Tag(_) => Some(Arc::clone(&current.manifest)),
             Reference::Digest(digest) => std::iter::once(Arc::clone(current))
@@ -260,7 +297,7 @@ impl Registry {
     }
 
     /// Where a blob of `name`'s current or a recent composition comes from.
-    pub(super) fn composed_blob(&self, name: &RepositoryName, current: &Arc<ComposedImage>, digest: &Digest) -> Option<BlobSource> {
+    pub fn composed_blob(&self, name: &RepositoryName, current: &Arc<ComposedImage>, digest: &Digest) -> Option<BlobSource> {
         std::iter::once(Arc::clone(current)).chain(self.compositions.recent(name)).find_map(|image| image.blobs.get(digest).cloned())
     }
 }

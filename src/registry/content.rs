@@ -1,5 +1,5 @@
 //! Cached content ready to serve, and its budget: manifests as verified bytes, blobs as
-//! mmapped `Bytes` with their open file, each with header values computed once. The tables
+//! mmapped `Bytes` with their open file, each with its digest's text made once. The tables
 //! are shared by every executor; a blob whose `MappedBlob` is held by a response is in use
 //! and is never evicted. At most `max_open_blobs` idle blobs stay open: each holds a file
 //! descriptor and a mapping, and a node serving many blobs would otherwise run into
@@ -9,43 +9,60 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::HeaderValue;
 
 use super::blocking::run_blocking;
 use super::budget::{Budget, Reservation};
 use super::error::RegistryError;
 use super::single_flight::SingleFlight;
-use crate::hyper_glue::coarse_now_ms;
+use crate::clock::Clock;
 use crate::metrics::{self, CacheKind};
 use crate::oci::manifest::{sniff_media_type, MAX_MANIFEST_BYTES};
 use crate::oci::Digest;
 use crate::store::{CacheDir, FileIdentity, StoreError};
 use crate::table::SharedMap;
 
+/// A content digest as text, made once per piece of content: as it is (`sha256:…`, the
+/// `Docker-Content-Digest`) and quoted (the `ETag`).
+#[derive(Debug, Clone)]
+pub struct DigestText {
+    pub plain: Bytes,
+    pub quoted: Bytes,
+}
+
+impl DigestText {
+    pub fn of(digest: &Digest) -> DigestText {
+        DigestText { plain: Bytes::from(digest.to_string()), quoted: Bytes::from(format!("\"{digest}\"")) }
+    }
+}
+
 /// A manifest as it goes on the wire.
 #[derive(Debug)]
 pub struct StoredManifest {
     pub body: Bytes,
-    pub media_type: HeaderValue,
+    /// Visible ASCII only, so it can always be a header value.
+    media_type: Bytes,
     pub digest: Digest,
-    pub digest_header: HeaderValue,
-    pub etag: HeaderValue,
+    pub digest_text: DigestText,
 }
 
 impl StoredManifest {
     /// # Errors
-    /// `media_type` cannot be a header value.
+    /// `media_type` is not visible ASCII (it could not be a `Content-Type`).
     pub fn new(body: Bytes, media_type: &str, digest: Digest) -> Result<StoredManifest, RegistryError> {
-        let media_type = HeaderValue::from_str(media_type).map_err(|_| RegistryError::CorruptManifest {
-            digest: digest.clone(),
-            reason: format!("media type {media_type:?} is not a valid header value"),
-        })?;
-        let (digest_header, etag) = digest_headers(&digest);
-        Ok(StoredManifest { body, media_type, digest, digest_header, etag })
+        if media_type.is_empty() || !media_type.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+            return Err(RegistryError::CorruptManifest { digest, reason: format!("media type {media_type:?} is not a valid header value") });
+        }
+        let digest_text = DigestText::of(&digest);
+        Ok(StoredManifest { body, media_type: Bytes::copy_from_slice(media_type.as_bytes()), digest, digest_text })
     }
 
     pub fn media_type_str(&self) -> &str {
-        self.media_type.to_str().unwrap_or("")
+        std::str::from_utf8(&self.media_type).unwrap_or("")
+    }
+
+    /// The media type's bytes, shared.
+    pub fn media_type_bytes(&self) -> Bytes {
+        self.media_type.clone()
     }
 }
 
@@ -55,8 +72,7 @@ impl StoredManifest {
 pub struct MappedBlob {
     pub body: Bytes,
     pub file: Arc<std::fs::File>,
-    pub digest_header: HeaderValue,
-    pub etag: HeaderValue,
+    pub digest_text: DigestText,
     /// When a request last asked for it (coarse), to close the least recently used first.
     last_used_ms: AtomicU64,
 }
@@ -126,14 +142,6 @@ fn peek_may_be_manifest(cache: &CacheDir, digest: &Digest) -> Result<Option<bool
     Ok(Some(may_be_manifest(size, &start[..n])))
 }
 
-/// `Docker-Content-Digest` and `ETag` (the quoted digest) for content of `digest`.
-pub fn digest_headers(digest: &Digest) -> (HeaderValue, HeaderValue) {
-    // A digest is `algorithm:hex`: always a valid header value, quoted or not.
-    let plain = HeaderValue::from_str(&digest.to_string()).unwrap_or(HeaderValue::from_static(""));
-    let quoted = HeaderValue::from_str(&format!("\"{digest}\"")).unwrap_or(HeaderValue::from_static(""));
-    (plain, quoted)
-}
-
 pub struct Content {
     cache: Arc<CacheDir>,
     manifests: SharedMap<Digest, Arc<StoredManifest>>,
@@ -146,9 +154,10 @@ pub struct Content {
     /// only says whether the blob is now open; waiters take it from `blobs`. (Holding the
     /// `MappedBlob` in the flight would keep it counted as in use while the finished flight
     /// awaits reclamation, so it could never be closed as idle.)
-    opening: SingleFlight<Digest, Result<bool, String>>,
+    opening: SingleFlight<Digest, Result<bool, Arc<StoreError>>>,
     max_open_blobs: usize,
     budget: Budget,
+    clock: Clock,
 }
 
 impl Content {
@@ -156,10 +165,19 @@ impl Content {
     ///
     /// # Errors
     /// The cache directory cannot be listed.
-    pub fn open(cache: Arc<CacheDir>, max_bytes: Option<u64>, max_open_blobs: usize) -> Result<Content, StoreError> {
-        let budget = Budget::new(max_bytes, cache.scan_blobs()?, coarse_now_ms());
+    pub fn open(cache: Arc<CacheDir>, max_bytes: Option<u64>, max_open_blobs: usize, clock: Clock) -> Result<Content, StoreError> {
+        let budget = Budget::new(max_bytes, cache.scan_blobs()?, clock.now_ms());
         let max_open_blobs = max_open_blobs.max(1);
-        Ok(Content { cache, manifests: SharedMap::new(), blobs: SharedMap::new(), trusted: SharedMap::new(), opening: SingleFlight::default(), max_open_blobs, budget })
+        Ok(Content {
+            cache,
+            manifests: SharedMap::new(),
+            blobs: SharedMap::new(),
+            trusted: SharedMap::new(),
+            opening: SingleFlight::default(),
+            max_open_blobs,
+            budget,
+            clock,
+        })
     }
 
     /// Blobs mapped right now (idle ones are closed beyond `max_open_blobs`).
@@ -251,7 +269,7 @@ impl Content {
     fn hold_manifest(&self, digest: &Digest, bytes: Vec<u8>, media_type: &str) -> Result<Arc<StoredManifest>, RegistryError> {
         let stored = Arc::new(StoredManifest::new(Bytes::from(bytes), media_type, digest.clone())?);
         self.manifests.insert(digest.clone(), Arc::clone(&stored));
-        self.budget.touch(digest, coarse_now_ms());
+        self.budget.touch(digest, self.clock.now_ms());
         Ok(stored)
     }
 
@@ -280,7 +298,7 @@ impl Content {
         let read = run_blocking(move || cache.read_verified(&wanted, max_len as u64)).await?;
         metrics::cache_lookup(CacheKind::Blob, read.is_some());
         if read.is_some() {
-            self.budget.touch(digest, coarse_now_ms());
+            self.budget.touch(digest, self.clock.now_ms());
         }
         Ok(read.map(Bytes::from))
     }
@@ -303,7 +321,7 @@ impl Content {
         if let Some(identity) = run_blocking(move || cache.put_verified(&wanted, &bytes)).await? {
             self.trusted.insert(digest.clone(), identity);
         }
-        self.budget.add(digest.clone(), size, coarse_now_ms());
+        self.budget.add(digest.clone(), size, self.clock.now_ms());
         Ok(())
     }
 
@@ -342,7 +360,7 @@ impl Content {
     }
 
     async fn find_blob(&self, digest: &Digest) -> Result<Option<Arc<MappedBlob>>, RegistryError> {
-        let now = coarse_now_ms();
+        let now = self.clock.now_ms();
         self.budget.touch(digest, now);
         if let Some(hit) = self.blobs.get(digest) {
             if now.saturating_sub(hit.last_used_ms.load(Ordering::Relaxed)) >= LAST_USED_GRANULARITY_MS {
@@ -350,10 +368,6 @@ impl Content {
             }
             return Ok(Some(hit));
         }
-        let failed = |reason: String| {
-            let path = self.cache.blob_path(digest).unwrap_or_default();
-            RegistryError::Store(StoreError::Io { op: "open", path, source: std::io::Error::other(reason) })
-        };
         // A waiter whose blob was closed again before it looked (a sweep on another core)
         // opens it again; past a few rounds it opens it itself.
         for _ in 0..OPEN_ROUNDS {
@@ -373,14 +387,14 @@ impl Content {
                     None => continue,
                 },
                 Ok(false) => return Ok(None),
-                Err(reason) => return Err(failed(reason)),
+                Err(error) => return Err(RegistryError::Store(error)),
             }
         }
-        self.open_blob(digest, now).await.map_err(failed)
+        self.open_blob(digest, now).await.map_err(RegistryError::Store)
     }
 
     /// The miss path of `blob`, run once per digest at a time.
-    async fn open_blob(&self, digest: &Digest, now: u64) -> Result<Option<Arc<MappedBlob>>, String> {
+    async fn open_blob(&self, digest: &Digest, now: u64) -> Result<Option<Arc<MappedBlob>>, Arc<StoreError>> {
         // A flight that ended just before this one began may have opened it.
         if let Some(hit) = self.blobs.get(digest) {
             return Ok(Some(hit));
@@ -403,11 +417,10 @@ impl Content {
                 self.forget(digest);
                 return Ok(None);
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(Arc::new(e)),
         };
         self.trusted.insert(digest.clone(), mapped.identity);
-        let (digest_header, etag) = digest_headers(digest);
-        let blob = Arc::new(MappedBlob { body: mapped.body, file: Arc::new(mapped.file), digest_header, etag, last_used_ms: AtomicU64::new(now) });
+        let blob = Arc::new(MappedBlob { body: mapped.body, file: Arc::new(mapped.file), digest_text: DigestText::of(digest), last_used_ms: AtomicU64::new(now) });
         // Another core may have mapped it meanwhile: serve whichever is in the table, so that
         // one mapping per blob stays open.
         let blob = self.blobs.get_or_insert_with(digest.clone(), || Arc::clone(&blob));
@@ -470,12 +483,12 @@ impl Content {
     }
 
     /// The blob `digest` mapped from the cache, written from `bytes` first if it is not there.
-    async fn mapped_into_cache(&self, digest: &Digest, bytes: Bytes) -> Result<Arc<MappedBlob>, String> {
-        if let Some(blob) = self.blob(digest).await.map_err(|e| e.to_string())? {
+    async fn mapped_into_cache(&self, digest: &Digest, bytes: Bytes) -> Result<Arc<MappedBlob>, RegistryError> {
+        if let Some(blob) = self.blob(digest).await? {
             return Ok(blob);
         }
-        self.put_blob_bytes(digest, bytes).await.map_err(|e| e.to_string())?;
-        self.blob(digest).await.map_err(|e| e.to_string())?.ok_or_else(|| "gone right after it was written".to_owned())
+        self.put_blob_bytes(digest, bytes).await?;
+        self.blob(digest).await?.ok_or_else(|| RegistryError::MissingContent(digest.clone()))
     }
 
     /// Records a blob a fill published (`size` bytes, of which `reserved` were reserved; its
@@ -484,7 +497,7 @@ impl Content {
         if let Some(identity) = identity {
             self.trusted.insert(digest.clone(), identity);
         }
-        self.budget.commit(digest.clone(), size, reserved, coarse_now_ms());
+        self.budget.commit(digest.clone(), size, reserved, self.clock.now_ms());
     }
 }
 

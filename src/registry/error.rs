@@ -1,19 +1,31 @@
-//! What can go wrong while answering a registry request, classified by whose fault it is.
+//! What can go wrong while answering a registry request, and, decided here once for every
+//! failure, whose fault it is and which OCI error code the client is told (`verdict`).
 
 use std::sync::Arc;
 
 use super::compose::ComposeError;
 use super::fill::FillError;
-use crate::oci::{Digest, RepositoryName};
+use crate::oci::{Digest, ErrorCode, RepositoryName};
+use crate::spec::SpecError;
 use crate::store::StoreError;
 use crate::upstream::UpstreamError;
 
 /// Whose fault a failure is: decides 4xx vs 5xx, whether a retry can help and the log level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureClass {
+    /// The request asks for something that is not there or not allowed; its message is shown.
     Client,
+    /// An upstream registry, IPFS or the shared state failed us; its message is shown.
     Upstream,
+    /// A fault of this server; the cause is logged, not shown.
     Internal,
+}
+
+/// What a failure means for the client: its class and its wire code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub class: FailureClass,
+    pub code: ErrorCode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +41,11 @@ pub enum RegistryError {
     #[error("{0}")]
     Denied(String),
     #[error("{0}")]
-    SharedState(String),
+    SharedState(SpecError),
     #[error("{0}")]
-    InvalidStoredSpec(String),
+    InvalidSpec(SpecError),
+    #[error("{0}")]
+    InvalidStoredSpec(SpecError),
     #[error("repository {0} does not exist upstream")]
     UpstreamNameUnknown(String),
     #[error("manifest `{reference}` does not exist in {remote}")]
@@ -51,42 +65,107 @@ pub enum RegistryError {
     #[error("the cache lost {0}, which a repository record refers to")]
     MissingContent(Digest),
     #[error("cache: {0}")]
-    Store(#[from] StoreError),
+    Store(Arc<StoreError>),
     #[error("stored manifest {digest} cannot be used: {reason}")]
     CorruptManifest { digest: Digest, reason: String },
 }
 
+impl From<StoreError> for RegistryError {
+    fn from(error: StoreError) -> RegistryError {
+        RegistryError::Store(Arc::new(error))
+    }
+}
+
 impl RegistryError {
-    pub fn class(&self) -> FailureClass {
-        match self {
-            // Upstream answered fine; the client can have the list by paging with `n`.
-            RegistryError::Upstream { error: UpstreamError::TooManyTagPages { .. }, .. } => FailureClass::Client,
-            RegistryError::NameUnknown(_)
-            | RegistryError::ManifestUnknown { .. }
-            | RegistryError::NotAcceptable(_)
-            | RegistryError::BlobUnknown { .. }
-            | RegistryError::Denied(_)
-            | RegistryError::UpstreamNameUnknown(_)
-            | RegistryError::UpstreamManifestUnknown { .. } => FailureClass::Client,
-            RegistryError::Upstream { .. }
-            | RegistryError::Fill(_)
-            | RegistryError::NotAnImage { .. }
-            | RegistryError::Compose(_)
-            | RegistryError::SharedState(_) => FailureClass::Upstream,
-            RegistryError::Input { error, .. } | RegistryError::Composition(error) => error.class(),
-            RegistryError::Store(_)
+    /// The one table from failures to what the client sees.
+    pub fn verdict(&self) -> Verdict {
+        use ErrorCode as Code;
+        use FailureClass::{Client, Internal, Upstream};
+        let (class, code) = match self {
+            RegistryError::NameUnknown(_) | RegistryError::UpstreamNameUnknown(_) => (Client, Code::NameUnknown),
+            RegistryError::ManifestUnknown { .. } | RegistryError::NotAcceptable(_) | RegistryError::UpstreamManifestUnknown { .. } => (Client, Code::ManifestUnknown),
+            RegistryError::BlobUnknown { .. } => (Client, Code::BlobUnknown),
+            RegistryError::Denied(_) => (Client, Code::Denied),
+            RegistryError::InvalidSpec(_) => (Client, Code::ManifestInvalid),
+            RegistryError::SharedState(_) => (Upstream, Code::Unavailable),
+            RegistryError::Upstream { error, .. } | RegistryError::Fill(FillError::Upstream(error)) => return upstream_verdict(error),
+            RegistryError::Fill(FillError::Corrupt(_)) | RegistryError::NotAnImage { .. } | RegistryError::Compose(_) => (Upstream, Code::UpstreamInvalid),
+            // An image a spec names could not be had: the client cannot fix our credentials, so
+            // upstream refusals of them become 502; everything else keeps its code.
+            RegistryError::Input { error, .. } => {
+                let inner = error.verdict();
+                let code = match inner.code {
+                    Code::Unauthorized | Code::Denied => Code::UpstreamInvalid,
+                    other => other,
+                };
+                (inner.class, code)
+            }
+            RegistryError::Composition(error) => return error.verdict(),
+            // A spec writer is trusted: a stored spec that does not validate is our problem.
+            RegistryError::InvalidStoredSpec(_)
+            | RegistryError::Fill(FillError::Cache(_) | FillError::Abandoned)
             | RegistryError::MissingContent(_)
-            | RegistryError::CorruptManifest { .. }
-            | RegistryError::InvalidStoredSpec(_) => FailureClass::Internal,
-        }
+            | RegistryError::Store(_)
+            | RegistryError::CorruptManifest { .. } => (Internal, Code::Unknown),
+        };
+        Verdict { class, code }
     }
 
-    /// The upstream failure behind this error, if there is one.
-    pub fn upstream_error(&self) -> Option<&UpstreamError> {
-        match self {
-            RegistryError::Upstream { error, .. } | RegistryError::Fill(FillError::Upstream(error)) => Some(error),
-            RegistryError::Input { error, .. } | RegistryError::Composition(error) => error.upstream_error(),
-            _ => None,
-        }
+    pub fn class(&self) -> FailureClass {
+        self.verdict().class
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.verdict().code
+    }
+}
+
+/// An upstream's refusals pass through (401, 403, 404, 429); an outage is 503, a timeout 504,
+/// anything unusable 502; our own upstream configuration is an internal fault.
+fn upstream_verdict(error: &UpstreamError) -> Verdict {
+    use ErrorCode as Code;
+    use FailureClass::{Client, Internal, Upstream};
+    let (class, code) = match error {
+        UpstreamError::NotFound { .. } => (Upstream, Code::BlobUnknown),
+        UpstreamError::Unauthorized { .. } => (Upstream, Code::Unauthorized),
+        UpstreamError::Denied { .. } => (Upstream, Code::Denied),
+        UpstreamError::TooManyRequests { .. } => (Upstream, Code::TooManyRequests),
+        UpstreamError::Unreachable { .. } => (Upstream, Code::Unavailable),
+        UpstreamError::TimedOut { .. } => (Upstream, Code::UpstreamTimeout),
+        UpstreamError::BadStatus { .. } | UpstreamError::Invalid { .. } => (Upstream, Code::UpstreamInvalid),
+        // Upstream answered fine; the client can have the list by paging with `n` (as
+        // distribution answers an `n` above its limit).
+        UpstreamError::TooManyTagPages { .. } => (Client, Code::PaginationNumberInvalid),
+        UpstreamError::Config(_) => (Internal, Code::Unknown),
+    };
+    Verdict { class, code }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> String {
+        "registry.example".into()
+    }
+
+    #[test]
+    fn class_and_code_come_from_one_table_and_agree() {
+        let config = RegistryError::Upstream { remote: host(), error: UpstreamError::Config("no such CA file".into()) };
+        assert_eq!(config.verdict(), Verdict { class: FailureClass::Internal, code: ErrorCode::Unknown }, "our own configuration is our fault");
+        let pages = RegistryError::Upstream { remote: host(), error: UpstreamError::TooManyTagPages { host: host(), pages: 100 } };
+        assert_eq!(pages.verdict(), Verdict { class: FailureClass::Client, code: ErrorCode::PaginationNumberInvalid });
+        let cache = RegistryError::Fill(FillError::Cache(Arc::new(StoreError::DigestMismatch { expected: Digest::sha256_of(b"a"), actual: Digest::sha256_of(b"b") })));
+        assert_eq!(cache.class(), FailureClass::Internal, "a cache failure during a fill is ours, not upstream's");
+    }
+
+    #[test]
+    fn an_input_image_refused_to_us_is_the_upstream_s_fault_for_the_client() {
+        let refused = Arc::new(RegistryError::Upstream { remote: host(), error: UpstreamError::Unauthorized { host: host() } });
+        let input = RegistryError::Input { reference: "registry.example/base:1".into(), error: refused };
+        assert_eq!(input.verdict(), Verdict { class: FailureClass::Upstream, code: ErrorCode::UpstreamInvalid });
+        let missing = Arc::new(RegistryError::UpstreamManifestUnknown { remote: host(), reference: "1".into() });
+        let input = RegistryError::Input { reference: "registry.example/base:1".into(), error: missing };
+        assert_eq!(input.verdict(), Verdict { class: FailureClass::Client, code: ErrorCode::ManifestUnknown });
     }
 }

@@ -58,9 +58,12 @@ pub enum FillError {
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
     #[error("content from upstream does not match its digest: {0}")]
-    Corrupt(String),
+    Corrupt(Arc<StoreError>),
     #[error("cache: {0}")]
-    Cache(String),
+    Cache(Arc<StoreError>),
+    /// A reader found the fill's state poisoned (a panic while it was held).
+    #[error("the fill was abandoned")]
+    Abandoned,
 }
 
 #[derive(Debug, Clone)]
@@ -116,7 +119,7 @@ impl Fill {
     fn snapshot(&self) -> (Option<Option<u64>>, Option<SourcedFile>, Outcome) {
         match self.state.lock() {
             Ok(state) => (state.total, state.file.clone(), state.outcome.clone()),
-            Err(_) => (None, None, Outcome::Failed(FillError::Cache("fill state poisoned".into()))),
+            Err(_) => (None, None, Outcome::Failed(FillError::Abandoned)),
         }
     }
 
@@ -345,7 +348,7 @@ impl FillContext {
                 }
                 Outcome::Published
             }
-            Err(e @ (StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. })) => Outcome::Failed(FillError::Corrupt(e.to_string())),
+            Err(e @ (StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. })) => Outcome::Failed(FillError::Corrupt(Arc::new(e))),
             Err(e) => store_failure(e),
         }
     }
@@ -366,7 +369,7 @@ fn store_failure(error: StoreError) -> Outcome {
     if error.is_disk_full() {
         Outcome::Uncached(format!("disk full: {error}"))
     } else {
-        Outcome::Failed(FillError::Cache(error.to_string()))
+        Outcome::Failed(FillError::Cache(Arc::new(error)))
     }
 }
 

@@ -9,21 +9,41 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::compose::{BlobSource, ResolvedImage};
+use super::content::Content;
 use super::error::RegistryError;
-use super::{Registry, StoredManifest};
-use crate::oci::manifest::{ImageIndex, ImageManifest, MAX_MANIFEST_BYTES};
+use super::local::LocalRepositories;
+use super::remote::Remote;
+use super::single_flight::SingleFlight;
+use super::StoredManifest;
+use crate::oci::manifest::{ImageIndex, ImageManifest, Platform, MAX_MANIFEST_BYTES};
 use crate::oci::media_type::{self, ManifestKind};
 use crate::oci::{Digest, Reference};
 use crate::spec::SourceRef;
+use crate::table::SharedMap;
 use crate::upstream::RemoteRepository;
 
-impl Registry {
+/// The images specs name, resolved once each.
+pub struct Images {
+    remote: Arc<Remote>,
+    local: Arc<LocalRepositories>,
+    content: Arc<Content>,
+    platform: Platform,
+    resolving: SingleFlight<String, Result<Arc<ResolvedImage>, Arc<RegistryError>>>,
+    /// By platform manifest digest.
+    resolved: SharedMap<Digest, Arc<ResolvedImage>>,
+}
+
+impl Images {
+    pub fn new(remote: Arc<Remote>, local: Arc<LocalRepositories>, content: Arc<Content>, platform: Platform) -> Images {
+        Images { remote, local, content, platform, resolving: SingleFlight::default(), resolved: SharedMap::new() }
+    }
+
     /// The image `source` names, resolved to our platform.
     ///
     /// # Errors
     /// The image (or its platform manifest, or config) cannot be found or fetched, or is not
     /// an image.
-    pub(super) async fn resolve_image(&self, source: &SourceRef) -> Result<Arc<ResolvedImage>, RegistryError> {
+    pub async fn resolve(&self, source: &SourceRef) -> Result<Arc<ResolvedImage>, RegistryError> {
         let key = source.to_string();
         let result = self.resolving.run(key, || async { self.resolve_uncached(source).await.map_err(Arc::new) }).await;
         result.map_err(|error| RegistryError::Input { reference: source.to_string(), error })
@@ -34,15 +54,15 @@ impl Registry {
             SourceRef::Upstream(image) => {
                 let remote = RemoteRepository::new(&image.host, image.repository.as_str());
                 let manifest = match &image.reference {
-                    Reference::Tag(tag) => self.mirror_tag(&remote, tag).await?,
-                    Reference::Digest(digest) => self.mirror_digest(&remote, digest).await?,
+                    Reference::Tag(tag) => self.remote.tag(&remote, tag).await?,
+                    Reference::Digest(digest) => self.remote.digest(&remote, digest).await?,
                 };
                 (manifest, BlobSource::Upstream(remote))
             }
             SourceRef::Local(name, tag) => {
                 let repo = self.local.get(name).await?.ok_or_else(|| RegistryError::NameUnknown(name.clone()))?;
                 let digest = repo.tag(tag).cloned().ok_or_else(|| RegistryError::ManifestUnknown { name: name.clone(), reference: tag.to_string() })?;
-                let manifest = self.local_manifest(&repo, &digest).await?.ok_or_else(|| RegistryError::MissingContent(digest.clone()))?;
+                let manifest = self.local.manifest(&repo, &digest).await?.ok_or_else(|| RegistryError::MissingContent(digest.clone()))?;
                 (manifest, BlobSource::Cache)
             }
         };
@@ -70,10 +90,10 @@ impl Registry {
             Some(ManifestKind::Image) => Ok(top),
             Some(ManifestKind::Index) => {
                 let index: ImageIndex = serde_json::from_slice(&top.body).map_err(|e| not_an_image(source, e.to_string()))?;
-                let platform = &self.settings.platform;
+                let platform = &self.platform;
                 let entry = index.select(platform).ok_or_else(|| not_an_image(source, format!("its index has no manifest for platform {platform}")))?;
                 let child = match blob_source {
-                    BlobSource::Upstream(remote) => self.mirror_digest(remote, &entry.digest).await?,
+                    BlobSource::Upstream(remote) => self.remote.digest(remote, &entry.digest).await?,
                     _ => self.content.manifest(&entry.digest, &entry.media_type).await?.ok_or_else(|| RegistryError::MissingContent(entry.digest.clone()))?,
                 };
                 if media_type::manifest_kind(child.media_type_str()) != Some(ManifestKind::Image) {
@@ -94,7 +114,7 @@ impl Registry {
             return Err(RegistryError::MissingContent(digest.clone()));
         };
         let upstream_error = |error| RegistryError::Upstream { remote: remote.to_string(), error };
-        let mut download = self.fills.upstream.blob(remote, &digest.to_string(), 0).await.map_err(upstream_error)?;
+        let mut download = self.remote.upstream().blob(remote, &digest.to_string(), 0).await.map_err(upstream_error)?;
         let mut bytes = Vec::new();
         while let Some(chunk) = download.next_chunk().await.map_err(upstream_error)? {
             if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {

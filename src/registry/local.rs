@@ -4,27 +4,27 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use super::blocking::run_blocking;
-use super::content::Content;
+use super::content::{Content, StoredManifest};
 use super::error::RegistryError;
+use crate::clock::Clock;
 use crate::oci::{Digest, RepositoryName, Tag};
 use crate::store::{CacheDir, RepositoryRecord};
 use crate::table::SharedMap;
 
 /// A cached record older than this is re-read in the background when used.
-const REVALIDATE: Duration = Duration::from_secs(1);
+const REVALIDATE_MS: u64 = 1_000;
 
 pub struct LocalRepository {
     pub record: RepositoryRecord,
-    loaded_at: Instant,
+    loaded_at_ms: u64,
     refreshing: AtomicBool,
 }
 
 impl LocalRepository {
-    fn new(record: RepositoryRecord, now: Instant) -> LocalRepository {
-        LocalRepository { record, loaded_at: now, refreshing: AtomicBool::new(false) }
+    fn new(record: RepositoryRecord, now_ms: u64) -> LocalRepository {
+        LocalRepository { record, loaded_at_ms: now_ms, refreshing: AtomicBool::new(false) }
     }
 
     pub fn tag(&self, tag: &Tag) -> Option<&Digest> {
@@ -40,8 +40,8 @@ impl LocalRepository {
         self.record.blobs.contains(digest) || self.record.manifests.contains_key(digest)
     }
 
-    fn is_stale(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.loaded_at) >= REVALIDATE
+    fn is_stale(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.loaded_at_ms) >= REVALIDATE_MS
     }
 }
 
@@ -49,11 +49,12 @@ pub struct LocalRepositories {
     cache: Arc<CacheDir>,
     content: Arc<Content>,
     table: SharedMap<RepositoryName, Arc<LocalRepository>>,
+    clock: Clock,
 }
 
 impl LocalRepositories {
-    pub fn new(cache: Arc<CacheDir>, content: Arc<Content>) -> LocalRepositories {
-        LocalRepositories { cache, content, table: SharedMap::new() }
+    pub fn new(cache: Arc<CacheDir>, content: Arc<Content>, clock: Clock) -> LocalRepositories {
+        LocalRepositories { cache, content, table: SharedMap::new(), clock }
     }
 
     /// The repository `name`, from the table or from disk; `None` if it does not exist.
@@ -62,7 +63,7 @@ impl LocalRepositories {
     /// # Errors
     /// The record on disk cannot be read.
     pub async fn get(self: &Arc<Self>, name: &RepositoryName) -> Result<Option<Arc<LocalRepository>>, RegistryError> {
-        let now = Instant::now();
+        let now = self.clock.now_ms();
         match self.table.get(name) {
             Some(repo) => {
                 if repo.is_stale(now) && !repo.refreshing.swap(true, Ordering::AcqRel) {
@@ -97,8 +98,18 @@ impl LocalRepositories {
         };
         // A local image cannot be fetched again: its content is never evicted.
         self.content.pin(record.blobs.iter().chain(record.manifests.keys()));
-        let repo = Arc::new(LocalRepository::new(record, Instant::now()));
+        let repo = Arc::new(LocalRepository::new(record, self.clock.now_ms()));
         self.table.insert(name.clone(), Arc::clone(&repo));
         Ok(Some(repo))
+    }
+
+    /// The manifest `digest` of `repo`, if the repository has it.
+    ///
+    /// # Errors
+    /// The record names it but the cache lost it, or cannot read it.
+    pub async fn manifest(&self, repo: &LocalRepository, digest: &Digest) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
+        let Some(media_type) = repo.manifest_media_type(digest) else { return Ok(None) };
+        let manifest = self.content.manifest(digest, media_type).await?;
+        manifest.map(Some).ok_or_else(|| RegistryError::MissingContent(digest.clone()))
     }
 }

@@ -1,10 +1,10 @@
-//! Mirror mode: which names reach which upstream registry (`mirror/<alias>/<repo>`, or
-//! containerd's `?ns=<host>` for a host the configuration mirrors; anything else is denied
+//! Mirror mode's tables: which names reach which upstream registry (`mirror/<alias>/<repo>`,
+//! or containerd's `?ns=<host>` for a host the configuration mirrors; anything else is denied
 //! before any connection is made), and the tag → digest answers cached for a short time.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::error::RegistryError;
 use crate::oci::{Digest, RepositoryName};
@@ -26,7 +26,7 @@ pub struct MirrorSettings {
 
 struct TagAnswer {
     digest: Digest,
-    fetched_at: Instant,
+    fetched_at_ms: u64,
 }
 
 /// A tag's digest as cached: fresh (use it) or stale (use it only if upstream fails).
@@ -35,21 +35,15 @@ pub enum CachedTag {
     Stale(Digest),
 }
 
-pub struct Mirrors {
+/// Which names are mirrored, and from where.
+pub struct MirrorRoutes {
     aliases: BTreeMap<String, String>,
     hosts: BTreeSet<String>,
-    tag_ttl: Duration,
-    tags: SharedMap<(RemoteRepository, String), Arc<TagAnswer>>,
 }
 
-impl Mirrors {
-    pub fn new(settings: &MirrorSettings) -> Mirrors {
-        Mirrors {
-            hosts: settings.aliases.values().cloned().collect(),
-            aliases: settings.aliases.clone(),
-            tag_ttl: settings.tag_ttl,
-            tags: SharedMap::new(),
-        }
+impl MirrorRoutes {
+    pub fn new(settings: &MirrorSettings) -> MirrorRoutes {
+        MirrorRoutes { hosts: settings.aliases.values().cloned().collect(), aliases: settings.aliases.clone() }
     }
 
     /// The upstream repository a request means, `None` for a local name.
@@ -68,10 +62,22 @@ impl Mirrors {
         let host = self.aliases.get(alias).ok_or_else(|| RegistryError::Denied(format!("mirror alias `{alias}` is not configured")))?;
         Ok(Some(RemoteRepository::new(host, repo)))
     }
+}
 
-    pub fn cached_tag(&self, remote: &RemoteRepository, tag: &str, now: Instant) -> Option<CachedTag> {
+/// Upstream's answers for tags, each trusted for the tag TTL.
+pub struct TagCache {
+    ttl_ms: u64,
+    tags: SharedMap<(RemoteRepository, String), Arc<TagAnswer>>,
+}
+
+impl TagCache {
+    pub fn new(ttl: Duration) -> TagCache {
+        TagCache { ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX), tags: SharedMap::new() }
+    }
+
+    pub fn cached_tag(&self, remote: &RemoteRepository, tag: &str, now_ms: u64) -> Option<CachedTag> {
         let answer = self.tags.get(&(remote.clone(), tag.to_owned()))?;
-        let fresh = now.saturating_duration_since(answer.fetched_at) < self.tag_ttl;
+        let fresh = now_ms.saturating_sub(answer.fetched_at_ms) < self.ttl_ms;
         Some(if fresh { CachedTag::Fresh(answer.digest.clone()) } else { CachedTag::Stale(answer.digest.clone()) })
     }
 
@@ -80,8 +86,8 @@ impl Mirrors {
         self.tags.remove(&(remote.clone(), tag.to_owned()));
     }
 
-    pub fn remember_tag(&self, remote: &RemoteRepository, tag: &str, digest: Digest, now: Instant) {
-        self.tags.insert((remote.clone(), tag.to_owned()), Arc::new(TagAnswer { digest, fetched_at: now }));
+    pub fn remember_tag(&self, remote: &RemoteRepository, tag: &str, digest: Digest, now_ms: u64) {
+        self.tags.insert((remote.clone(), tag.to_owned()), Arc::new(TagAnswer { digest, fetched_at_ms: now_ms }));
     }
 }
 
@@ -89,11 +95,11 @@ impl Mirrors {
 mod tests {
     use super::*;
 
-    fn mirrors() -> Mirrors {
+    fn mirrors() -> MirrorRoutes {
         let mut aliases = BTreeMap::new();
         aliases.insert("hub".to_owned(), "docker.io".to_owned());
         aliases.insert("local".to_owned(), "127.0.0.1:5001".to_owned());
-        Mirrors::new(&MirrorSettings { aliases, tag_ttl: Duration::from_secs(30) })
+        MirrorRoutes::new(&MirrorSettings { aliases, tag_ttl: Duration::from_secs(30) })
     }
 
     fn name(text: &str) -> RepositoryName {
@@ -114,12 +120,12 @@ mod tests {
 
     #[test]
     fn tags_go_stale() {
-        let m = mirrors();
+        let m = TagCache::new(Duration::from_secs(30));
         let remote = RemoteRepository::new("docker.io", "x");
-        let now = Instant::now();
+        let now = 1_000;
         m.remember_tag(&remote, "latest", Digest::sha256_of(b"m"), now);
-        assert!(matches!(m.cached_tag(&remote, "latest", now + Duration::from_secs(29)), Some(CachedTag::Fresh(_))));
-        assert!(matches!(m.cached_tag(&remote, "latest", now + Duration::from_secs(30)), Some(CachedTag::Stale(_))));
+        assert!(matches!(m.cached_tag(&remote, "latest", now + 29_999), Some(CachedTag::Fresh(_))));
+        assert!(matches!(m.cached_tag(&remote, "latest", now + 30_000), Some(CachedTag::Stale(_))));
         assert!(m.cached_tag(&remote, "other", now).is_none());
         m.forget_tag(&remote, "latest");
         assert!(m.cached_tag(&remote, "latest", now).is_none());

@@ -1,18 +1,17 @@
-//! The facade's rules for answering pull requests: which source a name is (a local
-//! repository or a mirrored upstream), which manifest a tag or digest means for this client
-//! (Accept, platform), which blobs may be served, and filling the cache from upstream.
-//! Knows nothing of HTTP beyond header values.
+//! The facade's rules, and the only door to what lies below them: which source a name is
+//! (local, mirrored, composed from a spec), which manifest a tag or digest means for this
+//! client (Accept, platform), which blobs may be served, filling the cache, and the specs the
+//! admin API writes. Failures come out as `RegistryError`, whose `verdict` decides their class
+//! and wire code. Knows nothing of HTTP.
 
 mod blocking;
 mod budget;
 pub mod compose;
 mod composed;
 mod content;
-pub mod demo;
 mod error;
 mod fill;
 mod images;
-pub mod import;
 mod join;
 mod local;
 mod mirror;
@@ -24,36 +23,34 @@ pub mod static_layers;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use futures_lite::Stream;
-use http::HeaderValue;
 
-pub use content::{MappedBlob, StoredManifest};
-pub use error::{FailureClass, RegistryError};
+pub use content::{DigestText, MappedBlob, StoredManifest};
+pub use error::{FailureClass, RegistryError, Verdict};
 pub use fill::{BlobChunk, FillError};
 pub use mirror::MirrorSettings;
 
+use crate::clock::Clock;
+use crate::ipfs::IpfsGateway;
 use crate::oci::accept::AcceptList;
 use crate::oci::manifest::{ImageIndex, Platform};
 use crate::oci::media_type::{self, ManifestKind};
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
-use crate::hyper_glue::coarse_now_ms;
-use crate::ipfs::IpfsGateway;
-use crate::metrics::Metrics;
 use crate::redis_client::RedisClient;
-use crate::spec::{ContentKeeper, FixedSpecFile, RemoteSpecs, SpecError, StoredSpec};
+use crate::spec::{parse_spec, ContentKeeper, FixedSpecFile, RemoteSpecs, SpecError, StoredSpec};
 use crate::store::{CacheDir, StoreError};
-use crate::table::SharedMap;
 use crate::upstream::{BlobLocation, RemoteRepository, TagPage, Upstream};
-use compose::{BlobSource, ResolvedImage};
-use composed::Compositions;
+use compose::BlobSource;
+use composed::{Composer, ComposerParts, Compositions};
 use content::Content;
 use fill::{Fill, FillContext, Fills};
+use images::Images;
 use local::{LocalRepositories, LocalRepository};
-use mirror::Mirrors;
-use single_flight::SingleFlight;
-use static_layers::{StaticLayerConfig, StaticLayerError, StaticLayers};
+use mirror::MirrorRoutes;
+use remote::Remote;
+use static_layers::{StaticLayerConfig, StaticLayerError};
 
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
@@ -89,9 +86,9 @@ pub enum BlobReply {
     /// Being fetched from upstream; readers follow the fill.
     Filling(FillingBlob),
     /// HEAD of a blob not cached: its size as upstream says.
-    Remote { size: Option<u64>, digest_header: HeaderValue, etag: HeaderValue },
+    Remote { size: Option<u64>, digest_text: DigestText },
     /// Bytes a composition carries (its config, direct content layers).
-    Inline { bytes: bytes::Bytes, digest_header: HeaderValue, etag: HeaderValue },
+    Inline { bytes: bytes::Bytes, digest_text: DigestText },
     /// A remote content layer: the client fetches it from this URL.
     Redirect(String),
 }
@@ -100,8 +97,7 @@ pub enum BlobReply {
 pub struct FillingBlob {
     fill: Arc<Fill>,
     upstream: Upstream,
-    pub digest_header: HeaderValue,
-    pub etag: HeaderValue,
+    pub digest_text: DigestText,
 }
 
 impl FillingBlob {
@@ -117,6 +113,15 @@ impl FillingBlob {
     pub fn stream(&self, range: Range<u64>) -> Pin<Box<dyn Stream<Item = std::io::Result<BlobChunk>>>> {
         self.fill.reader(range, self.upstream.clone())
     }
+}
+
+/// A spec as the admin API hands it out, and what writing one did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecWritten {
+    /// The spec's identity (its key), which names its compositions.
+    pub key: String,
+    /// An earlier spec of this id was replaced.
+    pub replaced: bool,
 }
 
 /// Where a name's content comes from.
@@ -140,19 +145,18 @@ pub struct Shared {
     pub ipfs: Option<IpfsGateway>,
 }
 
+/// The facade's rules, the one door below `http`: every answer of the pull and admin APIs
+/// comes through here.
 pub struct Registry {
     local: Arc<LocalRepositories>,
     content: Arc<Content>,
-    mirrors: Mirrors,
-    fills: FillContext,
-    specs: SpecSources,
-    compositions: Arc<Compositions>,
-    resolving: SingleFlight<String, Result<Arc<ResolvedImage>, Arc<RegistryError>>>,
-    resolved: SharedMap<Digest, Arc<ResolvedImage>>,
-    static_layers: RwLock<Arc<StaticLayers>>,
+    routes: MirrorRoutes,
+    remote: Arc<Remote>,
+    composer: Composer,
+    specs: Arc<SpecSources>,
     redis: Option<RedisClient>,
-    metrics: Arc<Metrics>,
     settings: RegistrySettings,
+    clock: Clock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,19 +166,20 @@ pub enum OpenError {
     #[error("{0}")]
     StaticLayers(#[from] StaticLayerError),
     #[error("specs.fixedFile: {0}")]
-    FixedSpecs(#[from] crate::spec::SpecError),
+    FixedSpecs(#[from] SpecError),
 }
 
 impl Registry {
     /// Indexes the cache (sizes for the budget; local repositories' content pinned), loads
     /// the static layers and the fixed specs. Blocking: call before the executors start.
+    /// Every time-based rule (TTLs, sweeps) reads `clock`.
     ///
     /// # Errors
     /// The cache cannot be listed, a repository record read, a static layer loaded, or the
     /// fixed spec file read.
-    pub fn open(cache: Arc<CacheDir>, settings: RegistrySettings, upstream: Upstream, shared: Shared) -> Result<Registry, OpenError> {
+    pub fn open(cache: Arc<CacheDir>, settings: RegistrySettings, upstream: Upstream, shared: Shared, clock: Clock) -> Result<Registry, OpenError> {
         let max_open_blobs = settings.cache_max_open_blobs.unwrap_or_else(content::default_max_open_blobs);
-        let content = Arc::new(Content::open(Arc::clone(&cache), settings.cache_max_bytes, max_open_blobs)?);
+        let content = Arc::new(Content::open(Arc::clone(&cache), settings.cache_max_bytes, max_open_blobs, clock.clone())?);
         for (_, record) in cache.list_records()? {
             content.pin(record.blobs.iter().chain(record.manifests.keys()));
         }
@@ -184,32 +189,22 @@ impl Registry {
         // from a spec outlives it.
         let compositions = Arc::new(Compositions::default());
         let fixed = settings.fixed_specs.as_deref().map(|path| FixedSpecFile::open(path, Some(compositions.listener("fixed")))).transpose()?;
-        let keeper = content_keeper(&content);
+        let remote_specs = RemoteSpecs::new(shared.redis.clone(), Some(content_keeper(&content)), Some(compositions.listener("remote")), clock.clone());
+        let specs = Arc::new(SpecSources { remote: remote_specs, fixed });
         let fills = FillContext { cache: Arc::clone(&cache), upstream, content: Arc::clone(&content), fills: Arc::new(Fills::default()), ipfs: shared.ipfs };
-        Ok(Registry {
-            local: Arc::new(LocalRepositories::new(cache, Arc::clone(&content))),
-            mirrors: Mirrors::new(&settings.mirrors),
-            content,
-            fills,
-            specs: SpecSources { remote: RemoteSpecs::new(shared.redis.clone(), Some(keeper), Some(compositions.listener("remote"))), fixed },
+        let remote = Arc::new(Remote::new(fills, shared.redis.clone(), settings.mirrors.tag_ttl, clock.clone()));
+        let local = Arc::new(LocalRepositories::new(cache, Arc::clone(&content), clock.clone()));
+        let images = Images::new(Arc::clone(&remote), Arc::clone(&local), Arc::clone(&content), settings.platform.clone());
+        let composer = Composer::new(ComposerParts {
             compositions,
-            resolving: SingleFlight::default(),
-            resolved: SharedMap::new(),
-            static_layers: RwLock::new(Arc::new(statics)),
-            redis: shared.redis,
-            metrics: Metrics::new(),
-            settings,
-        })
-    }
-
-    /// The `remote/<id>` specs, written through the admin API.
-    pub fn specs(&self) -> &Arc<RemoteSpecs> {
-        &self.specs.remote
-    }
-
-    /// This server's metrics: every executor records into them, the admin API renders them.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+            statics,
+            images,
+            specs: Arc::clone(&specs),
+            redis: shared.redis.clone(),
+            tag_ttl: settings.mirrors.tag_ttl,
+            clock: clock.clone(),
+        });
+        Ok(Registry { local, content, routes: MirrorRoutes::new(&settings.mirrors), remote, composer, specs, redis: shared.redis, settings, clock })
     }
 
     /// Whether the shared state this node depends on is reachable: `Err` names what is not.
@@ -230,18 +225,8 @@ impl Registry {
     pub fn reload_static_layers(&self, cache: &CacheDir, configs: &[StaticLayerConfig]) -> Result<(), StaticLayerError> {
         let statics = static_layers::load(cache, configs)?;
         self.content.pin(statics.pinned());
-        if let Ok(mut current) = self.static_layers.write() {
-            tracing::info!(revision = %statics.revision, layers = statics.entries.len(), "static layers loaded");
-            let revision = statics.revision.clone();
-            *current = Arc::new(statics);
-            drop(current);
-            self.compositions.keep_revision(&revision);
-        }
+        self.composer.replace_static_layers(statics);
         Ok(())
-    }
-
-    fn static_layers(&self) -> Arc<StaticLayers> {
-        self.static_layers.read().map(|s| Arc::clone(&s)).unwrap_or_else(|_| Arc::new(StaticLayers::none()))
     }
 
     /// Cached blobs held open (mapped) right now.
@@ -254,6 +239,54 @@ impl Registry {
         (self.content.budget().used_bytes(), self.content.budget().evictions())
     }
 
+    /// The `remote/<id>` spec `id` as JSON; `None` if there is none.
+    ///
+    /// # Errors
+    /// The spec store cannot be asked.
+    pub async fn spec_json(&self, id: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+        let spec = self.specs.remote.get(id).await.map_err(spec_store_error)?;
+        Ok(spec.map(|stored| stored.to_json()))
+    }
+
+    /// Validates and stores `json` as the `remote/<id>` spec, then composes it in the
+    /// background: orchestrators write a spec just before the workspace pulls, so the first
+    /// pull of the storm finds it composed. Call on an executor.
+    ///
+    /// # Errors
+    /// The spec is invalid, or the spec store cannot take it (nothing was half-done).
+    pub async fn put_spec(self: &Arc<Self>, id: &str, json: &[u8]) -> Result<SpecWritten, RegistryError> {
+        let stored = parse_spec(json).map_err(RegistryError::InvalidSpec)?;
+        let key = stored.spec.key.to_string();
+        let replaced = self.specs.remote.put(id, stored).await.map_err(spec_store_error)?;
+        if let Ok(name) = format!("remote/{id}").parse::<RepositoryName>() {
+            let registry = Arc::clone(self);
+            glommio::spawn_local(async move { registry.precompose(&name).await }).detach();
+        }
+        Ok(SpecWritten { key, replaced })
+    }
+
+    /// Deletes the `remote/<id>` spec; `false` if there was none.
+    ///
+    /// # Errors
+    /// The spec store cannot be asked.
+    pub async fn delete_spec(&self, id: &str) -> Result<bool, RegistryError> {
+        self.specs.remote.delete(id).await.map_err(spec_store_error)
+    }
+
+    /// Composes `name` now, ahead of its first pull: the pull then finds the image ready. A
+    /// failure is only logged; the pull composes again and reports it.
+    pub async fn precompose(&self, name: &RepositoryName) {
+        let spec = match self.source(name, None).await {
+            Ok(Source::Composed(spec)) => spec,
+            Ok(_) => return,
+            Err(error) => return tracing::info!(%name, %error, "not composed ahead of its pull"),
+        };
+        match self.composer.composed(name, &spec).await {
+            Ok(image) => tracing::debug!(%name, digest = %image.manifest.digest, "composed ahead of its pull"),
+            Err(error) => tracing::info!(%name, %error, "not composed ahead of its pull"),
+        }
+    }
+
     /// The manifest `reference` of `name` as this client may receive it. By tag, an index the
     /// client does not accept is resolved to the configured platform; by digest, the exact
     /// document is returned.
@@ -264,18 +297,18 @@ impl Registry {
         let source = self.source(name, ns).await?;
         let manifest = match (&source, reference) {
             (Source::Composed(spec), reference) => {
-                let image = self.composed(name, spec).await?;
-                let manifest = self.composed_manifest(name, &image, reference).ok_or_else(|| manifest_unknown(name, reference))?;
+                let image = self.composer.composed(name, spec).await?;
+                let manifest = self.composer.composed_manifest(name, &image, reference).ok_or_else(|| manifest_unknown(name, reference))?;
                 if !accept.accepts(manifest.media_type_str()) {
                     return Err(RegistryError::NotAcceptable(format!("the composed manifest is of type {}, which the Accept header does not include", manifest.media_type_str())));
                 }
                 return Ok(manifest);
             }
-            (Source::Mirror(remote), Reference::Tag(tag)) => self.mirror_tag(remote, tag).await?,
+            (Source::Mirror(remote), Reference::Tag(tag)) => self.remote.tag(remote, tag).await?,
             (Source::Local(repo), Reference::Tag(tag)) => {
                 let repo = self.refresh_unless(name, Arc::clone(repo), |r| r.tag(tag).is_some()).await?;
                 let digest = repo.tag(tag).cloned().ok_or_else(|| manifest_unknown(name, reference))?;
-                self.local_manifest(&repo, &digest).await?.ok_or_else(|| manifest_unknown(name, reference))?
+                self.local.manifest(&repo, &digest).await?.ok_or_else(|| manifest_unknown(name, reference))?
             }
             (_, Reference::Digest(digest)) => self.manifest_by_digest(name, &source, digest).await?,
         };
@@ -301,10 +334,10 @@ impl Registry {
                 let blob = self.content.blob(digest).await?.ok_or_else(|| RegistryError::MissingContent(digest.clone()))?;
                 Ok(BlobReply::Cached(blob))
             }
-            Source::Mirror(remote) => self.mirror_blob(name, &remote, digest, head).await,
+            Source::Mirror(remote) => self.remote.blob(name, &remote, digest, head).await,
             Source::Composed(spec) => {
-                let image = self.composed(name, &spec).await?;
-                let source = self.composed_blob(name, &image, digest).ok_or_else(|| RegistryError::BlobUnknown { name: name.clone(), digest: digest.clone() })?;
+                let image = self.composer.composed(name, &spec).await?;
+                let source = self.composer.composed_blob(name, &image, digest).ok_or_else(|| RegistryError::BlobUnknown { name: name.clone(), digest: digest.clone() })?;
                 self.composed_blob_reply(name, digest, source, head).await
             }
         }
@@ -312,25 +345,19 @@ impl Registry {
 
     async fn composed_blob_reply(&self, name: &RepositoryName, digest: &Digest, source: BlobSource, head: bool) -> Result<BlobReply, RegistryError> {
         match source {
-            BlobSource::Upstream(remote) => self.mirror_blob(name, &remote, digest, head).await,
+            BlobSource::Upstream(remote) => self.remote.blob(name, &remote, digest, head).await,
             BlobSource::Cache => {
                 let blob = self.content.blob(digest).await?.ok_or_else(|| RegistryError::MissingContent(digest.clone()))?;
                 Ok(BlobReply::Cached(blob))
             }
-            BlobSource::Inline(bytes) => {
-                let (digest_header, etag) = content::digest_headers(digest);
-                Ok(BlobReply::Inline { bytes, digest_header, etag })
-            }
+            BlobSource::Inline(bytes) => Ok(BlobReply::Inline { bytes, digest_text: DigestText::of(digest) }),
             BlobSource::Url { url, .. } if self.settings.redirect_content_layers => Ok(BlobReply::Redirect(url)),
             // The spec declares the size: a HEAD needs no download (the GET's fill verifies it).
-            BlobSource::Url { size, .. } if head && self.fills.fills.get(digest).is_none() => match self.content.blob(digest).await? {
+            BlobSource::Url { size, .. } if head && !self.remote.filling(digest) => match self.content.blob(digest).await? {
                 Some(blob) => Ok(BlobReply::Cached(blob)),
-                None => {
-                    let (digest_header, etag) = content::digest_headers(digest);
-                    Ok(BlobReply::Remote { size: Some(size), digest_header, etag })
-                }
+                None => Ok(BlobReply::Remote { size: Some(size), digest_text: DigestText::of(digest) }),
             },
-            BlobSource::Url { url, .. } => self.fill_blob(digest, BlobLocation::Url(url), head).await,
+            BlobSource::Url { url, .. } => self.remote.fill(digest, BlobLocation::Url(url), head).await,
         }
     }
 
@@ -341,7 +368,7 @@ impl Registry {
     pub async fn tags(&self, name: &RepositoryName, n: Option<usize>, last: Option<&str>, ns: Option<&str>) -> Result<TagsPage, RegistryError> {
         let listed = match self.source(name, ns).await? {
             Source::Local(repo) => TagPage { tags: repo.record.tags.keys().map(Tag::to_string).collect(), more: false },
-            Source::Mirror(remote) => self.mirror_tags(name, &remote, n, last).await?,
+            Source::Mirror(remote) => self.remote.tags(name, &remote, n, last).await?,
             // Any tag names a composed image's current manifest; `latest` is the one to list.
             Source::Composed(_) => TagPage { tags: vec![Tag::latest().to_string()], more: false },
         };
@@ -349,22 +376,18 @@ impl Registry {
     }
 
     async fn source(&self, name: &RepositoryName, ns: Option<&str>) -> Result<Source, RegistryError> {
-        if let Some(remote) = self.mirrors.route(name, ns)? {
+        if let Some(remote) = self.routes.route(name, ns)? {
             return Ok(Source::Mirror(remote));
         }
         let unknown = || RegistryError::NameUnknown(name.clone());
         match name.split_provider() {
             Some(("remote", id)) => {
-                let spec = self.specs.remote.get(id).await.map_err(|e| match e {
-                    // A spec writer is trusted; a spec that does not validate is our problem.
-                    SpecError::Invalid(_) => RegistryError::InvalidStoredSpec(e.to_string()),
-                    _ => RegistryError::SharedState(e.to_string()),
-                })?;
+                let spec = self.specs.remote.get(id).await.map_err(spec_store_error)?;
                 return spec.map(Source::Composed).ok_or_else(unknown);
             }
             Some(("fixed", id)) => {
                 let fixed = self.specs.fixed.as_ref().ok_or_else(unknown)?;
-                return fixed.get(id, coarse_now_ms()).map(Source::Composed).ok_or_else(unknown);
+                return fixed.get(id, self.clock.now_ms()).map(Source::Composed).ok_or_else(unknown);
             }
             _ => {}
         }
@@ -383,20 +406,14 @@ impl Registry {
 
     async fn manifest_by_digest(&self, name: &RepositoryName, source: &Source, digest: &Digest) -> Result<Arc<StoredManifest>, RegistryError> {
         match source {
-            Source::Mirror(remote) => self.mirror_digest(remote, digest).await,
+            Source::Mirror(remote) => self.remote.digest(remote, digest).await,
             Source::Composed(_) => Err(manifest_unknown(name, &Reference::Digest(digest.clone()))),
             Source::Local(repo) => {
                 let repo = self.refresh_unless(name, Arc::clone(repo), |r| r.manifest_media_type(digest).is_some()).await?;
                 let unknown = || manifest_unknown(name, &Reference::Digest(digest.clone()));
-                self.local_manifest(&repo, digest).await?.ok_or_else(unknown)
+                self.local.manifest(&repo, digest).await?.ok_or_else(unknown)
             }
         }
-    }
-
-    async fn local_manifest(&self, repo: &LocalRepository, digest: &Digest) -> Result<Option<Arc<StoredManifest>>, RegistryError> {
-        let Some(media_type) = repo.manifest_media_type(digest) else { return Ok(None) };
-        let manifest = self.content.manifest(digest, media_type).await?;
-        manifest.map(Some).ok_or_else(|| RegistryError::MissingContent(digest.clone()))
     }
 
     /// For a client that does not accept `manifest`'s type: an index is replaced by its entry
@@ -433,6 +450,15 @@ fn content_keeper(content: &Arc<Content>) -> ContentKeeper {
         let content = Arc::clone(&content);
         Box::pin(async move { content.keep_mapped(digest, bytes).await })
     })
+}
+
+/// A spec store's failure: a stored spec that does not validate is our problem (spec writers
+/// are trusted), anything else the shared state's.
+fn spec_store_error(error: SpecError) -> RegistryError {
+    match error {
+        SpecError::Invalid(_) => RegistryError::InvalidStoredSpec(error),
+        _ => RegistryError::SharedState(error),
+    }
 }
 
 fn manifest_unknown(name: &RepositoryName, reference: &Reference) -> RegistryError {

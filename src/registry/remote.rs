@@ -1,29 +1,55 @@
-//! Answers for mirrored names: manifests fetched from upstream and verified against their
-//! digest before they are cached (tags for a short TTL, then revalidated with a HEAD and served
-//! stale only while upstream is unavailable; digests for good), blobs through single-flight
-//! fills, and tag lists.
+//! Content of upstream repositories (mirrored names, and the images specs name): manifests
+//! fetched from upstream and verified against their digest before they are cached (tags for
+//! a short TTL, then revalidated with a HEAD and served stale only while upstream is
+//! unavailable; digests for good), blobs through single-flight fills, and tag lists.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
+use super::content::{Content, DigestText, SniffedManifest};
 use super::error::RegistryError;
-use super::mirror::{CachedTag, ACCEPT_ALL_MANIFESTS};
-use super::content::{self, SniffedManifest};
-use super::{BlobReply, FillingBlob, Registry, StoredManifest};
+use super::fill::{FillContext, FillError};
+use super::mirror::{CachedTag, TagCache, ACCEPT_ALL_MANIFESTS};
+use super::{BlobReply, FillingBlob, StoredManifest};
+use crate::clock::Clock;
 use crate::oci::manifest::sniff_media_type;
 use crate::oci::media_type;
 use crate::oci::{Digest, RepositoryName, Tag};
-use crate::upstream::{BlobLocation, FetchedManifest, RemoteRepository, TagPage, UpstreamError};
+use crate::redis_client::RedisClient;
+use crate::upstream::{BlobLocation, FetchedManifest, RemoteRepository, TagPage, Upstream, UpstreamError};
 
-impl Registry {
-    pub(super) async fn mirror_tag(&self, remote: &RemoteRepository, tag: &Tag) -> Result<Arc<StoredManifest>, RegistryError> {
-        let cached = self.mirrors.cached_tag(remote, tag.as_str(), Instant::now());
+/// Upstream content, verified and cached.
+pub struct Remote {
+    content: Arc<Content>,
+    fills: FillContext,
+    tags: TagCache,
+    /// Where nodes share tag answers, when configured.
+    redis: Option<RedisClient>,
+    tag_ttl: Duration,
+    clock: Clock,
+}
+
+impl Remote {
+    pub fn new(fills: FillContext, redis: Option<RedisClient>, tag_ttl: Duration, clock: Clock) -> Remote {
+        Remote { content: Arc::clone(&fills.content), fills, tags: TagCache::new(tag_ttl), redis, tag_ttl, clock }
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.fills.upstream
+    }
+
+    /// The manifest `tag` of `remote` names (see the module comment).
+    ///
+    /// # Errors
+    /// Upstream does not have it, refuses, fails, or sends a manifest that is not what it claims.
+    pub async fn tag(&self, remote: &RemoteRepository, tag: &Tag) -> Result<Arc<StoredManifest>, RegistryError> {
+        let cached = self.tags.cached_tag(remote, tag.as_str(), self.clock.now_ms());
         if let Some(CachedTag::Fresh(digest)) = &cached {
-            return self.mirror_digest(remote, digest).await;
+            return self.digest(remote, digest).await;
         }
         if let Some(digest) = self.shared_tag(remote, tag).await {
-            self.mirrors.remember_tag(remote, tag.as_str(), digest.clone(), Instant::now());
-            return self.mirror_digest(remote, &digest).await;
+            self.tags.remember_tag(remote, tag.as_str(), digest.clone(), self.clock.now_ms());
+            return self.digest(remote, &digest).await;
         }
         if let Some(CachedTag::Stale(known)) = &cached {
             if let Some(stored) = self.revalidate_tag(remote, tag, known).await? {
@@ -52,7 +78,7 @@ impl Registry {
         }
         let SniffedManifest::Found(stored) = self.content.manifest_sniffed(known).await? else { return Ok(None) };
         self.share_tag(remote, tag, known).await;
-        self.mirrors.remember_tag(remote, tag.as_str(), known.clone(), Instant::now());
+        self.tags.remember_tag(remote, tag.as_str(), known.clone(), self.clock.now_ms());
         Ok(Some(stored))
     }
 
@@ -68,7 +94,7 @@ impl Registry {
         }
         let stored = self.store_fetched(remote, &digest, fetched).await?;
         self.share_tag(remote, tag, &digest).await;
-        self.mirrors.remember_tag(remote, tag.as_str(), digest, Instant::now());
+        self.tags.remember_tag(remote, tag.as_str(), digest, self.clock.now_ms());
         Ok(stored)
     }
 
@@ -85,9 +111,9 @@ impl Registry {
         let Some(CachedTag::Stale(digest)) = cached else { return Err(manifest_error(remote, tag.as_str(), error)) };
         if error.is_unavailable() {
             tracing::warn!(remote = %remote, tag = %tag, %error, "upstream unavailable; serving the tag's last known digest");
-            return self.mirror_digest(remote, &digest).await;
+            return self.digest(remote, &digest).await;
         }
-        self.mirrors.forget_tag(remote, tag.as_str());
+        self.tags.forget_tag(remote, tag.as_str());
         Err(manifest_error(remote, tag.as_str(), error))
     }
 
@@ -102,12 +128,16 @@ impl Registry {
     async fn share_tag(&self, remote: &RemoteRepository, tag: &Tag, digest: &Digest) {
         let Some(redis) = &self.redis else { return };
         let key = redis.keys().tag(&remote.host, &remote.path, tag.as_str());
-        if let Err(error) = redis.set(&key, digest.to_string().into_bytes(), Some(self.settings.mirrors.tag_ttl)).await {
+        if let Err(error) = redis.set(&key, digest.to_string().into_bytes(), Some(self.tag_ttl)).await {
             tracing::debug!(%error, "tag answer not shared");
         }
     }
 
-    pub(super) async fn mirror_digest(&self, remote: &RemoteRepository, digest: &Digest) -> Result<Arc<StoredManifest>, RegistryError> {
+    /// The manifest `digest` of `remote`, from the cache or fetched and verified.
+    ///
+    /// # Errors
+    /// As `tag`; a cached layer or config asked for as a manifest is unknown.
+    pub async fn digest(&self, remote: &RemoteRepository, digest: &Digest) -> Result<Arc<StoredManifest>, RegistryError> {
         match self.content.manifest_sniffed(digest).await? {
             SniffedManifest::Found(cached) => return Ok(cached),
             // A layer or config asked for as a manifest: upstream cannot know better (and
@@ -136,28 +166,35 @@ impl Registry {
         self.content.store_manifest(digest, fetched.bytes, &media_type).await
     }
 
-    pub(super) async fn mirror_blob(&self, name: &RepositoryName, remote: &RemoteRepository, digest: &Digest, head: bool) -> Result<BlobReply, RegistryError> {
+    /// The blob `digest` of `remote` (asked for as `name`): cached, being filled, or (HEAD of
+    /// a blob not cached) its size as upstream says.
+    ///
+    /// # Errors
+    /// Upstream does not have it, refuses or fails before any byte is sent.
+    pub async fn blob(&self, name: &RepositoryName, remote: &RemoteRepository, digest: &Digest, head: bool) -> Result<BlobReply, RegistryError> {
         if let Some(blob) = self.content.blob(digest).await? {
             return Ok(BlobReply::Cached(blob));
         }
-        let (digest_header, etag) = content::digest_headers(digest);
         if head {
             let size = match self.fills.fills.get(digest) {
                 Some(fill) => fill.size().await.map_err(RegistryError::Fill)?,
                 None => self.fills.upstream.blob_size(remote, &digest.to_string()).await.map_err(|e| blob_error(name, digest, remote, e))?,
             };
-            return Ok(BlobReply::Remote { size, digest_header, etag });
+            return Ok(BlobReply::Remote { size, digest_text: DigestText::of(digest) });
         }
         let location = BlobLocation::Registry { repo: remote.clone(), digest: digest.to_string() };
         self.join_fill(digest, location, false).await.map_err(|error| match error {
-            RegistryError::Fill(super::FillError::Upstream(error)) => blob_error(name, digest, remote, error),
+            RegistryError::Fill(FillError::Upstream(error)) => blob_error(name, digest, remote, error),
             other => other,
         })
     }
 
     /// Joins (or starts) the fill of `digest` from `location` and waits until upstream
     /// answered, so that a refusal is a proper status before any response is sent.
-    pub(super) async fn fill_blob(&self, digest: &Digest, location: BlobLocation, head: bool) -> Result<BlobReply, RegistryError> {
+    ///
+    /// # Errors
+    /// The fill failed before upstream answered.
+    pub async fn fill(&self, digest: &Digest, location: BlobLocation, head: bool) -> Result<BlobReply, RegistryError> {
         if let Some(blob) = self.content.blob(digest).await? {
             return Ok(BlobReply::Cached(blob));
         }
@@ -166,19 +203,27 @@ impl Registry {
 
     /// `fill_blob` for a blob the caller just found missing from the cache.
     async fn join_fill(&self, digest: &Digest, location: BlobLocation, head: bool) -> Result<BlobReply, RegistryError> {
-        let (digest_header, etag) = content::digest_headers(digest);
         let fill = self.fills.join_or_start(digest, &location);
         let size = fill.size().await.map_err(RegistryError::Fill)?;
+        let digest_text = DigestText::of(digest);
         if head {
-            return Ok(BlobReply::Remote { size, digest_header, etag });
+            return Ok(BlobReply::Remote { size, digest_text });
         }
-        Ok(BlobReply::Filling(FillingBlob { fill, upstream: self.fills.upstream.clone(), digest_header, etag }))
+        Ok(BlobReply::Filling(FillingBlob { fill, upstream: self.fills.upstream.clone(), digest_text }))
+    }
+
+    /// Whether a fill of `digest` is running.
+    pub fn filling(&self, digest: &Digest) -> bool {
+        self.fills.fills.get(digest).is_some()
     }
 
     /// The mirror's tags after `last`: with `n` the one upstream page of that size (upstream
     /// pages its own list, so a client pages through it without us fetching all of it on every
     /// request), without it the whole list.
-    pub(super) async fn mirror_tags(&self, name: &RepositoryName, remote: &RemoteRepository, n: Option<usize>, last: Option<&str>) -> Result<TagPage, RegistryError> {
+    ///
+    /// # Errors
+    /// Upstream does not know the repository, refuses or fails.
+    pub async fn tags(&self, name: &RepositoryName, remote: &RemoteRepository, n: Option<usize>, last: Option<&str>) -> Result<TagPage, RegistryError> {
         self.fills.upstream.tags(remote, n, last).await.map_err(|error| match error {
             UpstreamError::NotFound { .. } => RegistryError::NameUnknown(name.clone()),
             other => upstream(remote, other),

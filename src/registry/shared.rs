@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -45,12 +45,10 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-/// The document written to Redis for `image`, valid until `valid_until`.
-pub fn encode(image: &ComposedImage, valid_until: Option<Instant>) -> Vec<u8> {
-    let valid_until_ms = valid_until.map(|until| {
-        let left = until.saturating_duration_since(Instant::now());
-        (SystemTime::now() + left).duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-    });
+/// The document written to Redis for `image`, valid for `valid_for` (`None`: for good).
+/// Nodes share it, so its end is written as wall-clock time.
+pub fn encode(image: &ComposedImage, valid_for: Option<Duration>) -> Vec<u8> {
+    let valid_until_ms = valid_for.map(|left| (SystemTime::now() + left).duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
     let mut blobs: Vec<SharedBlob> = image
         .blobs
         .iter()
@@ -74,16 +72,13 @@ pub fn encode(image: &ComposedImage, valid_until: Option<Instant>) -> Vec<u8> {
     serde_json::to_vec(&shared).unwrap_or_default()
 }
 
-/// A composition read from Redis, and until when it holds; `None` if it is malformed, tampered
-/// with, or expired (the caller composes instead).
-pub fn decode(bytes: &[u8]) -> Option<(Arc<ComposedImage>, Option<Instant>)> {
+/// A composition read from Redis, and how much longer it holds; `None` if it is malformed,
+/// tampered with, or expired (the caller composes instead).
+pub fn decode(bytes: &[u8]) -> Option<(Arc<ComposedImage>, Option<Duration>)> {
     let shared: SharedComposition = serde_json::from_slice(bytes).ok()?;
-    let valid_until = match shared.valid_until_ms {
+    let valid_for = match shared.valid_until_ms {
         None => None,
-        Some(ms) => {
-            let left = (UNIX_EPOCH + Duration::from_millis(ms)).duration_since(SystemTime::now()).ok()?;
-            Some(Instant::now() + left)
-        }
+        Some(ms) => Some((UNIX_EPOCH + Duration::from_millis(ms)).duration_since(SystemTime::now()).ok()?),
     };
     let body = Bytes::from(b64().decode(&shared.manifest).ok()?);
     let digest = Digest::sha256_of(&body);
@@ -104,5 +99,5 @@ pub fn decode(bytes: &[u8]) -> Option<(Arc<ComposedImage>, Option<Instant>)> {
         };
         blobs.insert(blob.digest, source);
     }
-    Some((Arc::new(ComposedImage { manifest: Arc::new(manifest), blobs }), valid_until))
+    Some((Arc::new(ComposedImage { manifest: Arc::new(manifest), blobs }), valid_for))
 }

@@ -22,8 +22,7 @@ pub use limits::LimitSettings;
 pub use listener::TcpCongestion;
 pub use shutdown::ShutdownKind;
 
-use crate::http::{self, HttpContext, HttpSecurity, HttpSettings, Role};
-use crate::registry::Registry;
+use crate::http::{self, HttpContext, HttpSecurity, HttpSettings, Role, Served};
 use limits::ConnectionLimits;
 use shutdown::{Drain, ShutdownSignal};
 
@@ -90,7 +89,7 @@ impl Server {
     /// # Errors
     /// The address cannot be bound, more cores are asked for than exist, or an executor cannot
     /// start (e.g. RLIMIT_MEMLOCK below glommio's 512 KiB minimum).
-    pub fn start(settings: RuntimeSettings, registry: Arc<Registry>, security: HttpSecurity) -> Result<Server, RuntimeError> {
+    pub fn start(settings: RuntimeSettings, served: Served, security: HttpSecurity) -> Result<Server, RuntimeError> {
         let cpus = usable_cpus();
         let count = settings.cores.unwrap_or(cpus.len()).max(1);
         if count > cpus.len() {
@@ -113,7 +112,7 @@ impl Server {
                 socket,
                 admin_socket: if core == 0 { admin_socket.take() } else { None },
                 admin_slot,
-                registry: Arc::clone(&registry),
+                served: served.clone(),
                 settings: settings.clone(),
                 security: security.clone(),
                 limits: Arc::clone(&limits),
@@ -193,7 +192,7 @@ struct Shard {
     socket: OwnedFd,
     admin_socket: Option<OwnedFd>,
     admin_slot: usize,
-    registry: Arc<Registry>,
+    served: Served,
     settings: RuntimeSettings,
     security: HttpSecurity,
     limits: Arc<ConnectionLimits>,
@@ -214,14 +213,14 @@ struct Acceptor {
 
 impl Shard {
     async fn run(self) {
-        let Shard { core, socket, admin_socket, admin_slot, registry, settings, security, limits, signal, ready } = self;
+        let Shard { core, socket, admin_socket, admin_slot, served, settings, security, limits, signal, ready } = self;
         // Before anything is served here, so every record on this thread lands in this core's series.
-        registry.metrics().enter_core(core);
+        served.metrics.enter_core(core);
         let listener = listener_from(socket);
         let connections = Gate::new();
         let drain = Drain::new();
         let public = Acceptor {
-            ctx: HttpContext::new(Arc::clone(&registry), settings.http.clone(), Role::Registry, &security),
+            ctx: HttpContext::new(&served, settings.http.clone(), Role::Registry, &security),
             connections: connections.clone(),
             drain: Rc::clone(&drain),
             limits: Some(limits),
@@ -229,7 +228,7 @@ impl Shard {
         };
         let admin = admin_socket.map(|socket| {
             let acceptor = Acceptor {
-                ctx: HttpContext::new(registry, settings.http.clone(), Role::Admin, &HttpSecurity::default()),
+                ctx: HttpContext::new(&served, settings.http.clone(), Role::Admin, &HttpSecurity::default()),
                 connections: connections.clone(),
                 drain: Rc::clone(&drain),
                 limits: None,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{parse_spec, SpecError, StoredSpec};
-use crate::hyper_glue::coarse_now_ms;
+use crate::clock::Clock;
 use crate::oci::Digest;
 use crate::redis_client::{keys::SPEC_TTL, RedisClient};
 use crate::table::SharedMap;
@@ -52,8 +52,7 @@ struct Cached {
 }
 
 impl Cached {
-    fn new(spec: Arc<StoredSpec>) -> Arc<Cached> {
-        let now = coarse_now_ms();
+    fn new(spec: Arc<StoredSpec>, now: u64) -> Arc<Cached> {
         Arc::new(Cached { spec, read_at_ms: now, used_at_ms: AtomicU64::new(now), refreshing: AtomicBool::new(false) })
     }
 
@@ -90,6 +89,7 @@ pub struct RemoteSpecs {
     writes: [AtomicU64; WRITE_STRIPES],
     /// When memory was last searched for idle specs.
     swept_at_ms: AtomicU64,
+    clock: Clock,
 }
 
 /// A read of one id from Redis under way: the count of its stripe's local writes when it
@@ -109,9 +109,10 @@ impl Drop for Read {
 }
 
 impl RemoteSpecs {
-    pub fn new(redis: Option<RedisClient>, keeper: Option<ContentKeeper>, listener: Option<SpecListener>) -> Arc<RemoteSpecs> {
+    pub fn new(redis: Option<RedisClient>, keeper: Option<ContentKeeper>, listener: Option<SpecListener>, clock: Clock) -> Arc<RemoteSpecs> {
         let writes = std::array::from_fn(|_| AtomicU64::new(0));
-        Arc::new(RemoteSpecs { memory: SharedMap::new(), redis, keeper, listener, writes, swept_at_ms: AtomicU64::new(coarse_now_ms()) })
+        let swept_at_ms = AtomicU64::new(clock.now_ms());
+        Arc::new(RemoteSpecs { memory: SharedMap::new(), redis, keeper, listener, writes, swept_at_ms, clock })
     }
 
     async fn kept(&self, spec: StoredSpec) -> StoredSpec {
@@ -126,7 +127,7 @@ impl RemoteSpecs {
     /// # Errors
     /// Redis is needed (the spec is not cached) and unavailable, or holds an invalid spec.
     pub async fn get(self: &Arc<Self>, id: &str) -> Result<Option<Arc<StoredSpec>>, SpecError> {
-        let now = coarse_now_ms();
+        let now = self.clock.now_ms();
         // Only while Redis answers: with Redis down, memory is all this node can serve from.
         if self.redis.as_ref().is_some_and(|redis| redis.health().is_up()) {
             self.sweep_if_due(now);
@@ -222,7 +223,7 @@ impl RemoteSpecs {
             }
             return;
         };
-        let fresh = Cached::new(spec);
+        let fresh = Cached::new(spec, self.clock.now_ms());
         let replaced = match read.revalidating {
             Some(_) => self.memory.insert(id.to_owned(), Arc::clone(&fresh)),
             None => {
@@ -265,7 +266,7 @@ impl RemoteSpecs {
             redis.set(&key, spec.to_json(), Some(SPEC_TTL)).await.map_err(|e| SpecError::Unavailable(e.to_string()))?;
         }
         self.stripe(id).fetch_add(1, Ordering::AcqRel);
-        let fresh = Cached::new(Arc::new(spec));
+        let fresh = Cached::new(Arc::new(spec), self.clock.now_ms());
         if let Some(old) = self.memory.insert(id.to_owned(), Arc::clone(&fresh)).filter(|old| old.spec.spec.key != fresh.spec.spec.key) {
             self.tell(id, &old.spec, SpecChange::Replaced);
         }

@@ -23,7 +23,7 @@ fn store() -> (Arc<RemoteSpecs>, Heard) {
     let listener: SpecListener = Arc::new(move |id, spec, change| {
         record.lock().unwrap().push((id.to_owned(), spec.spec.key.clone(), change));
     });
-    (RemoteSpecs::new(None, None, Some(listener)), heard)
+    (RemoteSpecs::new(None, None, Some(listener), crate::clock::Clock::adjustable()), heard)
 }
 
 fn put(specs: &RemoteSpecs, id: &str, base: &str) -> bool {

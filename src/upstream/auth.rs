@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use http::HeaderValue;
@@ -264,7 +264,7 @@ fn parse_params(text: &str) -> HashMap<String, String> {
 ///
 /// # Errors
 /// Not JSON, or no token in it.
-pub fn parse_token_response(body: &[u8], now: Instant) -> Result<(Secret, Instant), String> {
+pub fn parse_token_response(body: &[u8], now_ms: u64) -> Result<(Secret, u64), String> {
     #[derive(Deserialize)]
     struct TokenResponse {
         token: Option<String>,
@@ -274,29 +274,28 @@ pub fn parse_token_response(body: &[u8], now: Instant) -> Result<(Secret, Instan
     let response: TokenResponse = serde_json::from_slice(body).map_err(|_| "token endpoint answered something that is not a token document".to_owned())?;
     let token = response.token.or(response.access_token).filter(|t| !t.is_empty()).ok_or("token endpoint returned no token")?;
     let lifetime = response.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_TOKEN_LIFETIME).min(MAX_TOKEN_LIFETIME);
-    // Checked all the same: an `Instant` near its end must not panic; such a token is then
-    // used once and not cached.
-    let expires = now.checked_add(lifetime.saturating_sub(TOKEN_EXPIRY_MARGIN)).unwrap_or(now);
-    Ok((Secret(token), expires))
+    let usable_ms = lifetime.saturating_sub(TOKEN_EXPIRY_MARGIN).as_millis();
+    Ok((Secret(token), now_ms.saturating_add(u64::try_from(usable_ms).unwrap_or(u64::MAX))))
 }
 
 /// Bearer tokens by (host, scope), shared by every executor.
 #[derive(Default)]
 pub struct TokenCache {
-    tokens: Mutex<HashMap<(String, String), (Secret, Instant)>>,
+    /// Each token with when (clock milliseconds) it stops being usable.
+    tokens: Mutex<HashMap<(String, String), (Secret, u64)>>,
 }
 
 impl TokenCache {
-    pub fn get(&self, host: &str, scope: &str, now: Instant) -> Option<Secret> {
+    pub fn get(&self, host: &str, scope: &str, now_ms: u64) -> Option<Secret> {
         let tokens = self.tokens.lock().ok()?;
         let (token, expires) = tokens.get(&(host.to_owned(), scope.to_owned()))?;
-        (now < *expires).then(|| token.clone())
+        (now_ms < *expires).then(|| token.clone())
     }
 
-    pub fn put(&self, host: &str, scope: &str, token: Secret, expires: Instant) {
+    pub fn put(&self, host: &str, scope: &str, token: Secret, expires_ms: u64, now_ms: u64) {
         if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.retain(|_, (_, e)| *e > Instant::now());
-            tokens.insert((host.to_owned(), scope.to_owned()), (token, expires));
+            tokens.retain(|_, (_, e)| *e > now_ms);
+            tokens.insert((host.to_owned(), scope.to_owned()), (token, expires_ms));
         }
     }
 
@@ -425,19 +424,19 @@ mod tests {
 
     #[test]
     fn tokens_expire() {
-        let now = Instant::now();
+        let now = 1_000_000;
         let (token, expires) = parse_token_response(br#"{"access_token":"t","expires_in":300}"#, now).unwrap();
         assert_eq!(token.expose(), "t");
-        assert_eq!(expires, now + Duration::from_secs(295));
+        assert_eq!(expires, now + 295_000);
         let (_, short) = parse_token_response(br#"{"token":"u"}"#, now).unwrap();
-        assert_eq!(short, now + Duration::from_secs(55));
+        assert_eq!(short, now + 55_000);
         assert!(parse_token_response(br#"{"token":""}"#, now).is_err());
         // An absurd lifetime is cut to a day rather than overflowing the clock.
         let huge = format!(r#"{{"token":"v","expires_in":{}}}"#, u64::MAX);
         let (_, capped) = parse_token_response(huge.as_bytes(), now).unwrap();
-        assert_eq!(capped, now + Duration::from_secs(24 * 60 * 60 - 5));
+        assert_eq!(capped, now + (24 * 60 * 60 - 5) * 1000);
         let cache = TokenCache::default();
-        cache.put("h", "s", token, expires);
+        cache.put("h", "s", token, expires, now);
         assert!(cache.get("h", "s", now).is_some());
         assert!(cache.get("h", "s", expires).is_none());
         cache.forget("h", "s");

@@ -16,7 +16,7 @@ use hyper::client::conn::{http1, http2};
 
 use super::endpoint::{Endpoint, Scheme};
 use super::error::AttemptError;
-use crate::hyper_glue::{within, ClientIo, GlommioTimer, LocalExec};
+use crate::transport::{within, ClientIo, GlommioTimer, LocalExec};
 
 /// Resolved addresses are reused for this long.
 const DNS_TTL: Duration = Duration::from_secs(30);

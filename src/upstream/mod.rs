@@ -26,10 +26,11 @@ pub use error::UpstreamError;
 pub use retry::RetryPolicy;
 pub use tags::TagPage;
 
-use crate::hyper_glue::within;
+use crate::clock::Clock;
 use crate::metrics::{self, RetryKind};
 use crate::oci::route::encode_query;
 use crate::oci::Digest;
+use crate::transport::within;
 use auth::{Challenge, CredentialStore, TokenCache};
 use connection::{ConnectSettings, RequestBody, UpstreamBody};
 use endpoint::{Endpoint, Endpoints};
@@ -122,6 +123,7 @@ struct Shared {
     /// Hosts that answered a Basic challenge: later requests carry Basic at once instead of
     /// costing a 401 round trip each.
     basic_hosts: std::sync::RwLock<std::collections::HashSet<String>>,
+    clock: Clock,
 }
 
 /// A response head and its (still unread) body.
@@ -134,7 +136,11 @@ struct Exchange {
 impl Upstream {
     /// # Errors
     /// A bad endpoint, an unreadable CA file or docker config (naming the key).
-    pub fn new(settings: UpstreamSettings) -> Result<Upstream, UpstreamError> {
+    /// Token lifetimes and credential re-reads follow `clock`.
+    ///
+    /// # Errors
+    /// A registry's settings or the docker credentials cannot be used.
+    pub fn new(settings: UpstreamSettings, clock: Clock) -> Result<Upstream, UpstreamError> {
         let endpoints = Endpoints::new(&settings.registries)?;
         let credentials = CredentialStore::open(settings.docker_config.as_deref()).map_err(|e| UpstreamError::Config(format!("dockerConfig: {e}")))?;
         let connect = ConnectSettings {
@@ -142,7 +148,7 @@ impl Upstream {
             tls_timeout: settings.tls_timeout,
             max_per_origin: settings.max_connections_per_host,
         };
-        let shared = Shared { settings, connect, endpoints, credentials, tokens: TokenCache::default(), basic_hosts: Default::default() };
+        let shared = Shared { settings, connect, endpoints, credentials, tokens: TokenCache::default(), basic_hosts: Default::default(), clock };
         Ok(Upstream { shared: Arc::new(shared) })
     }
 
@@ -292,12 +298,12 @@ impl Upstream {
     }
 
     fn cached_authorization(&self, host: &str, scope: &str) -> Option<HeaderValue> {
-        if let Some(token) = self.shared.tokens.get(host, scope, Instant::now()) {
+        if let Some(token) = self.shared.tokens.get(host, scope, self.shared.clock.now_ms()) {
             return auth::bearer_header(&token);
         }
         let wants_basic = self.shared.basic_hosts.read().is_ok_and(|hosts| hosts.contains(host));
         if wants_basic {
-            return self.shared.credentials.get(host, crate::hyper_glue::coarse_now_ms()).and_then(|c| c.basic_header());
+            return self.shared.credentials.get(host, self.shared.clock.now_ms()).and_then(|c| c.basic_header());
         }
         None
     }
@@ -311,7 +317,7 @@ impl Upstream {
             .filter_map(|v| v.to_str().ok())
             .find_map(auth::parse_challenge)
             .ok_or(AttemptError::Unauthorized)?;
-        let credential = self.shared.credentials.get(&repo.host, crate::hyper_glue::coarse_now_ms());
+        let credential = self.shared.credentials.get(&repo.host, self.shared.clock.now_ms());
         match challenge {
             Challenge::Basic => {
                 let header = credential.and_then(|c| c.basic_header()).ok_or(AttemptError::Unauthorized)?;
@@ -324,7 +330,7 @@ impl Upstream {
                 let scope = challenged_scope.unwrap_or_else(|| scope.to_owned());
                 let (token, expires) = self.fetch_token(&realm, service.as_deref(), &scope, credential.as_ref()).await?;
                 let value = auth::bearer_header(&token).ok_or_else(|| AttemptError::Invalid("unusable token".into()))?;
-                self.shared.tokens.put(&repo.host, &repo.pull_scope(), token, expires);
+                self.shared.tokens.put(&repo.host, &repo.pull_scope(), token, expires, self.shared.clock.now_ms());
                 Ok(value)
             }
         }
@@ -332,7 +338,7 @@ impl Upstream {
 
     /// The distribution token flow: GET the realm with service and scope (Basic credentials if
     /// we have them), or POST an OAuth2 refresh-token grant for an identity token.
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str, credential: Option<&auth::Credential>) -> Result<(Secret, Instant), AttemptError> {
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str, credential: Option<&auth::Credential>) -> Result<(Secret, u64), AttemptError> {
         let uri: http::Uri = realm.parse().map_err(|_| AttemptError::Invalid("token realm is not a URL".into()))?;
         let endpoint = self.shared.endpoints.for_url(&uri).map_err(AttemptError::Invalid)?;
         let mut query = vec![("scope", scope)];
@@ -360,7 +366,7 @@ impl Upstream {
         let status = exchange.status;
         let bytes = exchange.body.collect(SMALL_BODY_LIMIT, self.shared.settings.read_timeout).await?;
         match status {
-            s if s.is_success() => auth::parse_token_response(&bytes, Instant::now()).map_err(AttemptError::Invalid),
+            s if s.is_success() => auth::parse_token_response(&bytes, self.shared.clock.now_ms()).map_err(AttemptError::Invalid),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(AttemptError::Unauthorized),
             s => Err(AttemptError::Status { status: s.as_u16(), retry_after: None, code: None }),
         }

@@ -1,8 +1,11 @@
-//! The facade started in-process on 127.0.0.1:0 with its own cache directory.
+//! The facade started in-process on 127.0.0.1:0 with its own cache directory, on a clock the
+//! test may move forward instead of sleeping.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use registry_facade::clock::Clock;
 use registry_facade::config::{Config, Overrides};
 use registry_facade::runtime::{Server, ShutdownKind, Stopper};
 
@@ -11,6 +14,7 @@ pub struct TestServer {
     /// The admin listener, when the config asked for one.
     pub admin: Option<SocketAddr>,
     pub cache_dir: PathBuf,
+    clock: Clock,
     stopper: Stopper,
     server: Option<Server>,
     _temp: Option<tempfile::TempDir>,
@@ -30,11 +34,13 @@ impl TestServer {
     /// A server on an existing cache directory (which outlives the server).
     pub fn start_on(cache_dir: &Path, extra_config: &str) -> TestServer {
         let config = TestServer::config(cache_dir, extra_config);
-        let server = registry_facade::app::start(&config).expect("server starts");
+        let clock = Clock::adjustable();
+        let server = registry_facade::app::start(&config, clock.clone()).expect("server starts");
         TestServer {
             addr: server.local_addr(),
             admin: server.admin_addr(),
             cache_dir: cache_dir.to_owned(),
+            clock,
             stopper: server.stopper(),
             server: Some(server),
             _temp: None,
@@ -50,6 +56,11 @@ impl TestServer {
             cache_dir.display().to_string()
         );
         Config::from_json(json.as_bytes(), "test config", &Overrides::default()).expect("valid test config")
+    }
+
+    /// Moves the server's clock forward: TTLs and timeouts see `by` pass at once.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -81,7 +92,7 @@ impl Drop for TestServer {
 /// Imports a layout into a cache directory through the library (the same code as the
 /// `import` command), as a separate user of the directory would.
 pub fn import(cache_dir: &Path, layout: &Path, name: &str, tag: Option<&str>) {
-    use registry_facade::registry::import::import_layout;
+    use registry_facade::import::import_layout;
     let cache = registry_facade::store::CacheDir::open(cache_dir).expect("open cache");
     let name = name.parse().expect("valid name");
     let tag = tag.map(|t| t.parse().expect("valid tag"));

@@ -28,7 +28,8 @@ use std::task::{ready, Context, Poll};
 
 use futures_io::{AsyncRead, AsyncWrite};
 
-use super::io::{sendmsg_nonblocking, would_block, Held, Outbox};
+use super::outbox::{Held, Outbox};
+use super::syscall::{sendmsg_nonblocking, would_block};
 
 /// Bytes gathered before they are sent without waiting for the end of the wake-up: one
 /// segment of loopback's 64 KiB MTU, four frames.
