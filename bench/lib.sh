@@ -10,7 +10,7 @@
 bench_begin() {
   local name="$1" tool
   shift
-  local tools=(--bin rf-bench-image)
+  local tools=(-p rf-bench-image)
   while [ "${1:-}" = -p ]; do tools+=(-p "$2"); shift 2; done
   for tool in "$@"; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing (bench/README.md lists the packages)" >&2; exit 2; }
