@@ -15,6 +15,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY vendor ./vendor
 COPY src ./src
+# The bench tools are workspace members: Cargo reads their manifests to load the workspace,
+# though the server's build compiles none of them.
 COPY bench ./bench
 COPY tests ./tests
 RUN cargo build --release --locked --bin registry-facade

@@ -2,19 +2,24 @@
 # the helpers then use $WORK (a temp dir) and add the processes they start to PIDS, which the
 # exit trap stops.
 
-# bench_begin NAME [--bin BIN]... TOOL...: exits 2 naming a missing tool, builds the release
-# binaries (registry-facade, rf-bench-image and any --bin), makes $WORK (/tmp/NAME.XXXXXX,
-# readable by nginx's workers) and the PIDS array, and on exit stops every process in PIDS and
-# removes $WORK (kept, and said so, when KEEP_WORK is set).
+# bench_begin NAME [-p PACKAGE]... TOOL...: exits 2 naming a missing tool, builds the release
+# binaries (registry-facade, rf-bench-image and the binary of each workspace member given
+# with -p, e.g. pullstorm), makes $WORK (/tmp/NAME.XXXXXX, readable by nginx's workers) and
+# the PIDS array, and on exit stops every process in PIDS and removes $WORK (kept, and said
+# so, when KEEP_WORK is set).
 bench_begin() {
   local name="$1" tool
   shift
-  local bins=(--bin registry-facade --bin rf-bench-image)
-  while [ "${1:-}" = --bin ]; do bins+=(--bin "$2"); shift 2; done
+  local tools=(-p rf-bench-image)
+  while [ "${1:-}" = -p ]; do tools+=(-p "$2"); shift 2; done
   for tool in "$@"; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing (bench/README.md lists the packages)" >&2; exit 2; }
   done
-  cargo build --release --quiet "${bins[@]}"
+  # Two builds: the server alone, as `cargo build --release` builds it, and then the tools. In
+  # one build Cargo would unify the tools' features (pullstorm's sha2 `compress`) into the
+  # server's dependencies, and the server measured would not be the one shipped.
+  cargo build --release --quiet -p registry-facade
+  cargo build --release --quiet "${tools[@]}"
   WORK="$(mktemp -d "/tmp/$name.XXXXXX")"
   chmod 755 "$WORK"
   PIDS=()

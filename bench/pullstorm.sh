@@ -51,7 +51,7 @@ LOAD_AT_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 TOOLS=(docker-registry skopeo nginx curl python3)
 [ "$CLIENT" = containerd ] && TOOLS+=(containerd ctr)
 . bench/lib.sh
-bench_begin rf-pullstorm --bin pullstorm "${TOOLS[@]}"
+bench_begin rf-pullstorm -p pullstorm "${TOOLS[@]}"
 BIN="${CARGO_TARGET_DIR:-target}/release"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"

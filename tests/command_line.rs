@@ -182,10 +182,12 @@ fn sigterm_stops_the_server_and_it_exits_zero() {
     assert!(status.success(), "{status}");
 }
 
-/// The README's first command is `cargo run --release` with no `--bin`: with the bench
-/// binaries in the package, cargo only knows which one to run from `default-run`.
+/// The README's first command is `cargo run --release` with no `--bin` or `-p`: at the root it
+/// must run the server, and `cargo build --release` must build the server alone. The bench
+/// tools are workspace members of their own, so the default members are the server's package,
+/// and it has one binary.
 #[test]
-fn cargo_run_without_a_binary_name_runs_the_server() {
+fn cargo_run_and_build_at_the_root_take_the_server_alone() {
     let output = Command::new(env!("CARGO"))
         .args(["metadata", "--no-deps", "--offline", "--format-version", "1", "--manifest-path"])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
@@ -193,8 +195,15 @@ fn cargo_run_without_a_binary_name_runs_the_server() {
         .expect("run cargo metadata");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).expect("cargo metadata JSON");
-    let package = &metadata["packages"][0];
-    let binaries = package["targets"].as_array().expect("targets").iter().filter(|t| t["kind"][0] == "bin").count();
-    assert!(binaries > 1, "the package has bench binaries beside the server");
-    assert_eq!(package["default_run"], "registry-facade");
+    let packages = metadata["packages"].as_array().expect("packages");
+    let names = |key: &str| -> Vec<&str> {
+        let ids = metadata[key].as_array().unwrap_or_else(|| panic!("{key} in cargo metadata"));
+        ids.iter().map(|id| packages.iter().find(|p| p["id"] == *id).and_then(|p| p["name"].as_str()).expect("member package")).collect()
+    };
+    let members = names("workspace_members");
+    assert!(members.contains(&"pullstorm") && members.contains(&"rf-bench-image"), "the bench tools are members: {members:?}");
+    assert_eq!(names("workspace_default_members"), ["registry-facade"]);
+    let server = packages.iter().find(|p| p["name"] == "registry-facade").expect("the server's package");
+    let binaries: Vec<&str> = server["targets"].as_array().expect("targets").iter().filter(|t| t["kind"][0] == "bin").filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(binaries, ["registry-facade"]);
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of registry-facade, after installing (Debian packages, idempotent,
-# non-interactive) the real tools the tests use as peers and clients. containerd unpacks
-# images with mounts, so the tests run as root (through sudo when needed).
+# Runs every test of registry-facade and of its bench tools, after installing (Debian
+# packages, idempotent, non-interactive) the real tools the tests use as peers and clients.
+# containerd unpacks images with mounts, so the tests run as root (through sudo when needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +27,9 @@ fi
 ulimit -Hn 65536 2>/dev/null || true
 ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 
+# --workspace: the bench tools (bench/pullstorm) are workspace members with tests of their own,
+# and the root's default members hold only the server.
 if [ "$(id -u)" -ne 0 ]; then
-  exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,HOME cargo test --locked "$@"
+  exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,HOME cargo test --locked --workspace "$@"
 fi
-exec cargo test --locked "$@"
+exec cargo test --locked --workspace "$@"

@@ -4,6 +4,9 @@
 //! JSON checked byte for byte against the facade's manifests, the SVG drawn; and a blob the
 //! registry lacks and bytes that do not hash to their digest must both count as errors.
 
+// The root package's test support, shared rather than copied: the in-process facade, the
+// reference registry, nginx and the image builder.
+#[path = "../../../tests/support/mod.rs"]
 mod support;
 
 use std::process::{Command, Output};

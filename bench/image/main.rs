@@ -2,7 +2,7 @@
 //! deterministic OCI image layout for benchmarks (the same builder the tests use) and prints
 //! its digests as JSON.
 
-#[path = "../tests/support/image.rs"]
+#[path = "../../tests/support/image.rs"]
 #[allow(dead_code)]
 mod image;
 
