@@ -13,7 +13,7 @@ use crate::demo;
 use crate::file_version::{file_version, FileVersion};
 use crate::http::{CredentialStore, HttpSecurity, Served, TlsConfig};
 use crate::ipfs::IpfsGateway;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReloadOutcome, ReloadedFile};
 use crate::redis_client::{RedisClient, RedisError};
 use crate::registry::{Registry, Shared};
 use crate::runtime::{RuntimeError, Server};
@@ -49,8 +49,9 @@ pub enum AppError {
 pub fn start(config: &Config, clock: Clock) -> Result<Server, AppError> {
     let (_, registry) = assemble(config, &clock)?;
     let security = load_security(config)?;
-    let server = launch(config, registry, &security, clock)?;
-    watch_files(security, None);
+    let metrics = Metrics::new();
+    let server = launch(config, registry, &security, Arc::clone(&metrics), clock)?;
+    watch_files(security, None, metrics);
     Ok(server)
 }
 
@@ -61,7 +62,8 @@ pub fn start(config: &Config, clock: Clock) -> Result<Server, AppError> {
 pub fn start_watching(config: &Config, path: &Path, overrides: &Overrides, clock: Clock) -> Result<Server, AppError> {
     let (cache, registry) = assemble(config, &clock)?;
     let security = load_security(config)?;
-    let server = launch(config, Arc::clone(&registry), &security, clock)?;
+    let metrics = Metrics::new();
+    let server = launch(config, Arc::clone(&registry), &security, Arc::clone(&metrics), clock)?;
     let config_file = ConfigFile {
         seen: file_version(path),
         path: path.to_owned(),
@@ -70,7 +72,7 @@ pub fn start_watching(config: &Config, path: &Path, overrides: &Overrides, clock
         cache,
         registry,
     };
-    watch_files(security, Some(config_file));
+    watch_files(security, Some(config_file), metrics);
     Ok(server)
 }
 
@@ -106,21 +108,26 @@ fn load_security(config: &Config) -> Result<Security, AppError> {
 
 /// One thread looks at every file that reloads, every few seconds: the TLS certificate and
 /// the client credentials (a change that cannot be used is logged and the previous files stay
-/// in force), and the config file's static layers.
-fn watch_files(security: Security, mut config_file: Option<ConfigFile>) {
+/// in force), and the config file's static layers. Each change read is counted by outcome.
+fn watch_files(security: Security, mut config_file: Option<ConfigFile>, metrics: Arc<Metrics>) {
     if security.tls.is_none() && security.credentials.is_none() && config_file.is_none() {
         return;
     }
+    let count = move |file, applied: Option<bool>| {
+        if let Some(applied) = applied {
+            metrics.file_reloaded(file, if applied { ReloadOutcome::Applied } else { ReloadOutcome::Refused });
+        }
+    };
     let spawned = std::thread::Builder::new().name("rf-reload".into()).spawn(move || loop {
         std::thread::sleep(CONFIG_CHECK_INTERVAL);
         if let Some(tls) = &security.tls {
-            tls.reload_if_changed();
+            count(ReloadedFile::Tls, tls.reload_if_changed());
         }
         if let Some(credentials) = &security.credentials {
-            credentials.reload_if_changed();
+            count(ReloadedFile::Credentials, credentials.reload_if_changed());
         }
         if let Some(config_file) = &mut config_file {
-            config_file.reload_if_changed();
+            count(ReloadedFile::Config, config_file.reload_if_changed());
         }
     });
     if let Err(e) = spawned {
@@ -128,8 +135,8 @@ fn watch_files(security: Security, mut config_file: Option<ConfigFile>) {
     }
 }
 
-fn launch(config: &Config, registry: Arc<Registry>, security: &Security, clock: Clock) -> Result<Server, AppError> {
-    let served = Served { registry, metrics: Metrics::new(), clock };
+fn launch(config: &Config, registry: Arc<Registry>, security: &Security, metrics: Arc<Metrics>, clock: Clock) -> Result<Server, AppError> {
+    let served = Served { registry, metrics, clock };
     let server = Server::start(config.runtime.clone(), served, security.http.clone())?;
     tracing::info!(
         listen = %server.local_addr(),
@@ -153,23 +160,32 @@ struct ConfigFile {
 }
 
 impl ConfigFile {
-    /// On a change, applies its static layers (the only key that reloads).
-    fn reload_if_changed(&mut self) {
+    /// On a change, applies its static layers (the only key that reloads): `None` if it did
+    /// not change, else whether the new file is in force.
+    fn reload_if_changed(&mut self) -> Option<bool> {
         let now = file_version(&self.path);
         if now == self.seen {
-            return;
+            return None;
         }
         self.seen = now;
         let config = match Config::load(Some(&self.path), &self.overrides) {
             Ok(config) => config,
-            Err(e) => return tracing::error!(error = %e, "config file changed but is invalid; keeping the running configuration"),
+            Err(e) => {
+                tracing::error!(error = %e, "config file changed but is invalid; keeping the running configuration");
+                return Some(false);
+            }
         };
         if config.registry.static_layers == self.layers {
-            return tracing::warn!("config file changed; only staticLayers reload, other keys apply at the next restart");
+            tracing::warn!("config file changed; only staticLayers reload, other keys apply at the next restart");
+            return Some(true);
         }
         match self.registry.reload_static_layers(&self.cache, &config.registry.static_layers) {
             Ok(()) => self.layers = config.registry.static_layers,
-            Err(e) => tracing::error!(error = %e, "cannot load the new static layers; keeping the previous ones"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the new static layers; keeping the previous ones");
+                return Some(false);
+            }
         }
+        Some(true)
     }
 }

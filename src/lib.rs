@@ -1,22 +1,29 @@
 //! registry-facade: an OCI registry that composes workspace images on the fly and serves
 //! blobs zero-copy from an mmapped local layer cache, one glommio executor per core.
 //!
-//! Layers (DESIGN.md §8); a module imports only from rows below its own, never from a
-//! sibling in the same row (`tests/layering.rs` enforces this):
+//! Rows of modules; a module imports only from rows below its own, never from a sibling in
+//! its row (the top row assembles the rest and may use itself), and never what the
+//! never-list forbids (`tests/layering.rs` enforces all of it):
 //!
 //! ```text
-//! cli, config, app,       command line, configuration file, assembly of the parts; node
-//!   setup                 set-up (containerd's hosts.toml)
-//! runtime                 executors, listeners, shutdown and drain
-//! http                    hyper glue: stream adapter, timer, connections, dispatch, responses
-//! registry                the facade's rules: repositories, manifests, blobs, import, demo
-//! store, spec, upstream,  the cache on disk; image specs and their stores; the upstream
-//!   ipfs                  client; the IPFS gateway source
-//! redis_client            the cluster's shared state (Redis on its own thread)
-//! oci, table, hyper_glue, protocol types (no I/O); the lock-free shared map; hyper on glommio;
-//!   metrics, file_version every exported metric, recorded per core, rendered for /metrics;
-//!                         how polled files are told apart
+//! cli, config, app, setup,  command line, configuration, assembly of the parts, node set-up,
+//!   import, demo            the import command, the built-in demo image
+//! runtime                   executors, listeners, connection limits, shutdown and drain
+//! http                      routes and answers: dispatch, responses, bodies, auth, admin
+//! registry                  the facade's rules and the only door below http: names → sources,
+//!                           composition, fills, specs; failures as its own verdicts
+//! store, spec, upstream,    the cache on disk; image specs and their stores; the upstream
+//!   ipfs                    client; the IPFS source
+//! redis_client              the cluster's shared state (Redis on its own thread)
+//! transport                 hyper on glommio: streams, sendfile, TLS and h2 batching,
+//!                           connection timeouts, runtime hooks (server and client alike)
+//! oci, table, metrics,      protocol types; the lock-free shared map; the metrics; the
+//!   clock, file_version     injectable clock; how polled files are told apart
 //! ```
+//!
+//! Never: `http` → `store`, `upstream`, `spec`, `ipfs`, `redis_client`; `registry` → `http`,
+//! `transport`, `runtime`; `oci` → anything of ours. `transport` sits low because the upstream
+//! and Redis clients also run hyper and timers on glommio through it.
 
 pub mod app;
 pub mod cli;

@@ -15,8 +15,8 @@ use support::registry::{ReferenceRegistry, RegistryAuth};
 use support::server::{wait_published, TestServer};
 
 const REPO: &str = "team/app";
-/// Short, so that the tests outlive it without waiting long.
-const TAG_TTL_MS: u64 = 300;
+/// Outlived by moving the facade's clock, never by waiting.
+const TAG_TTL_MS: u64 = 30_000;
 
 /// Facade config keys that mirror `registry` (alias `up`) with a short tag TTL and quick retries.
 fn mirror_config(registry: &ReferenceRegistry) -> String {
@@ -66,9 +66,9 @@ fn tag_requests_during<T>(registry: &ReferenceRegistry, tag: &str, pull: impl Fn
     ((heads_after - heads, gets_after - gets), pulled)
 }
 
-/// Outlives the tag TTL. Not a readiness wait: the behaviour under test starts only after it.
-fn outlive_the_tag_ttl() {
-    std::thread::sleep(Duration::from_millis(TAG_TTL_MS + 200));
+/// Moves the facade's clock past the tag TTL.
+fn outlive_the_tag_ttl(facade: &TestServer) {
+    facade.advance(Duration::from_millis(TAG_TTL_MS));
 }
 
 #[test]
@@ -84,7 +84,7 @@ fn an_unchanged_tag_is_revalidated_with_a_head_and_no_get() {
     assert_eq!(asked, (0, 1), "(HEADs, GETs) for a tag never resolved: one GET, not a HEAD before it");
     // Twice: a revalidated tag keeps its digest for the next revalidation to compare with.
     for round in 0..2 {
-        outlive_the_tag_ttl();
+        outlive_the_tag_ttl(&facade);
         let (asked, again) = tag_requests_during(&registry, "latest", pull);
         assert_eq!((again.status, digest_of(&again)), (200, Some(layout.top.digest.as_str())), "round {round}");
         assert_eq!(again.body, first.body, "the cached manifest, round {round}");
@@ -111,7 +111,7 @@ fn a_head_without_a_digest_falls_back_to_a_get() {
     let first = pull();
     assert_eq!((first.status, digest_of(&first)), (200, Some(layout.top.digest.as_str())));
 
-    outlive_the_tag_ttl();
+    outlive_the_tag_ttl(&facade);
     let (asked, again) = tag_requests_during(&registry, "latest", pull);
     assert_eq!((again.status, digest_of(&again)), (200, Some(layout.top.digest.as_str())));
     assert_eq!(asked, (1, 1), "(HEADs, GETs): a HEAD that names no digest cannot revalidate the tag");
@@ -128,7 +128,7 @@ fn a_tag_pushed_again_upstream_is_fetched_after_its_head() {
 
     let second = push_image(&registry, dir.path(), ImageOptions { seed: 37, ..ImageOptions::default() });
     assert_ne!(first.top.digest, second.top.digest);
-    outlive_the_tag_ttl();
+    outlive_the_tag_ttl(&facade);
     let (asked, moved) = tag_requests_during(&registry, "latest", pull);
     assert_eq!((moved.status, digest_of(&moved)), (200, Some(second.top.digest.as_str())), "the tag's new manifest");
     assert_eq!(asked, (1, 1), "(HEADs, GETs): the HEAD saw a new digest, the GET fetched (and verified) it");
@@ -148,7 +148,7 @@ fn a_tag_deleted_upstream_is_manifest_unknown_after_its_ttl() {
     let deleted = request(registry.addr(), "DELETE", &format!("/v2/{REPO}/manifests/{}", first.top.digest), &[]);
     assert_eq!(deleted.status, 202, "upstream deletes the manifest");
     assert_eq!(get(registry.addr(), &format!("/v2/{REPO}/manifests/latest")).status, 404, "the tag is gone upstream");
-    outlive_the_tag_ttl();
+    outlive_the_tag_ttl(&facade);
     let (asked, gone) = tag_requests_during(&registry, "latest", || get(facade.addr, &mirror_path("manifests", "latest")));
     assert_eq!(status_and_code(&gone), (404, "MANIFEST_UNKNOWN".into()), "not the stale digest");
     assert_eq!(asked, (1, 0), "(HEADs, GETs): the revalidating HEAD's 404 (no error body) is the answer");
@@ -168,7 +168,7 @@ fn a_tag_is_served_from_its_last_known_digest_while_upstream_is_down() {
     assert_eq!(digest_of(&get(facade.addr, &mirror_path("manifests", "latest"))), Some(layout.top.digest.as_str()));
 
     registry.kill();
-    outlive_the_tag_ttl();
+    outlive_the_tag_ttl(&facade);
     for _ in 0..2 {
         let stale = get(facade.addr, &mirror_path("manifests", "latest"));
         assert_eq!((stale.status, digest_of(&stale)), (200, Some(layout.top.digest.as_str())), "an outage serves the last known digest");
@@ -191,7 +191,7 @@ fn a_tag_upstream_now_refuses_is_not_served_stale() {
 
     // Access revoked: the facade has no credentials for the registry any more.
     registry.restart_with_auth(RegistryAuth::Htpasswd { user: "owner", password: "s3cret" });
-    outlive_the_tag_ttl();
+    outlive_the_tag_ttl(&facade);
     let refused = get(facade.addr, &mirror_path("manifests", "latest"));
     assert_eq!(status_and_code(&refused), (401, "UNAUTHORIZED".into()), "upstream's refusal, not the stale digest");
     registry.kill();

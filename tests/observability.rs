@@ -162,7 +162,8 @@ fn live_and_ready_answer_while_the_upstream_is_down() {
     let digest = format!("sha256:{}", "1".repeat(64));
     let pull = std::thread::spawn(move || get(addr, &mirror_path("blobs", &digest)));
     // While that pull waits out its retries against the dead upstream, health answers at once.
-    std::thread::sleep(Duration::from_millis(100));
+    let retrying = scrape_until(admin, |m| m.sum("registry_facade_upstream_retries_total", &[]) >= 1.0);
+    assert!(retrying.sum("registry_facade_upstream_retries_total", &[]) >= 1.0, "the pull is retrying");
     assert!(!pull.is_finished(), "the pull is still retrying");
     for path in ["/live", "/ready", "/metrics"] {
         let started = Instant::now();

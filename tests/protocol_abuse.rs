@@ -627,14 +627,17 @@ fn an_h2_client_that_stops_reading_is_closed_once_nothing_moves_for_the_idle_tim
 /// The blob a stalled reader asks for.
 const STALLED_BLOB_BYTES: usize = 32 * 1024 * 1024;
 
-/// A `STALLED_BLOB_BYTES` blob on a server whose idle timeout is 1 s.
+/// The idle timeout of the stalling fixture: passed by moving the facade's clock.
+const STALL_IDLE_MS: u64 = 60_000;
+
+/// A `STALLED_BLOB_BYTES` blob on a server whose idle timeout is `STALL_IDLE_MS`.
 fn stalling_fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let options = ImageOptions { tag: "v1".into(), layers: vec![1024, STALLED_BLOB_BYTES], ..ImageOptions::default() };
     let app = image::write_layout(&dir.path().join("app"), &options);
     let cache = dir.path().join("cache");
     import(&cache, &app.dir, "library/app", None);
-    let server = TestServer::start_on(&cache, r#""idleTimeoutMs": 1000"#);
+    let server = TestServer::start_on(&cache, &format!(r#""idleTimeoutMs": {STALL_IDLE_MS}, "adminListen": "127.0.0.1:0""#));
     Fixture { server, app, _dir: dir }
 }
 
@@ -649,10 +652,25 @@ fn stalled_reader(fixture: &Fixture) -> TcpStream {
     stream
 }
 
-/// Reads nothing for 4 s (the socket buffers fill and the server can send no more), then
-/// expects the server to have closed the connection short of the blob.
+/// Reads nothing while the facade's clock is moved by its idle timeout until it closes the
+/// connection (a move once the socket buffers are full is a stall to the connection's
+/// watchdog; one before only restarts its stall clock, as bytes still moved), then expects
+/// the answer cut short of the blob.
 fn assert_closed_while_stalled(fixture: &Fixture, mut stream: TcpStream) {
-    std::thread::sleep(Duration::from_secs(4));
+    let closed = (0..50).any(|_| {
+        fixture.server.advance(Duration::from_millis(STALL_IDLE_MS));
+        let looked_until = std::time::Instant::now() + Duration::from_millis(200);
+        loop {
+            if fixture.server.open_connections("registry") == 0.0 {
+                break true;
+            }
+            if std::time::Instant::now() > looked_until {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    assert!(closed, "the stalled connection is still open after the idle timeout passed 50 times");
     let mut received = Vec::new();
     let ended = stream.read_to_end(&mut received);
     assert!(ended.is_ok() || ended.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "closed by the server");

@@ -18,9 +18,10 @@ use hyper::body::Incoming;
 use super::failure::Failure;
 use super::protocol::{Connection, Ended};
 use super::{admin, dispatch, response, HttpContext, Role, Sendfile};
+use crate::clock::Clock;
 use crate::metrics;
 use crate::transport::{
-    set_nonblocking, within, AlignedTls, BatchOutbox, ConnectionState, HyperIo, Outbox, Protocol, SendfileUse, SharedSocket, Timeout, VectoredSocket,
+    set_nonblocking, within, within_on, AlignedTls, BatchOutbox, ConnectionState, HyperIo, Outbox, Protocol, SendfileUse, SharedSocket, Timeout, VectoredSocket,
 };
 
 /// The whole life of a refused connection (TLS handshake included): a client that does not
@@ -66,7 +67,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<HttpContext>, drain: im
             serve_http(io, None, outbox, state, ctx, drain).await;
         }
         Some(acceptor) => {
-            let Some(tls) = handshake(&acceptor, stream, ctx.settings.header_read_timeout).await else { return };
+            let Some(tls) = handshake(&acceptor, stream, ctx.settings.header_read_timeout, &ctx.clock).await else { return };
             let protocol = negotiated(&tls);
             // TLS bytes must pass through rustls: no raw socket writes, no sendfile.
             let state = ConnectionState::new(SendfileUse::Never, None, ctx.clock.clone());
@@ -100,8 +101,9 @@ fn peer_is_local(stream: &TcpStream) -> bool {
 
 type TlsStream = futures_rustls::server::TlsStream<VectoredSocket<TcpStream>>;
 
-async fn handshake(acceptor: &futures_rustls::TlsAcceptor, stream: TcpStream, limit: Duration) -> Option<TlsStream> {
-    match within(limit, acceptor.accept(VectoredSocket::new(stream))).await {
+/// The TLS handshake, bounded by `limit` on `clock`.
+async fn handshake(acceptor: &futures_rustls::TlsAcceptor, stream: TcpStream, limit: Duration, clock: &Clock) -> Option<TlsStream> {
+    match within_on(clock, limit, acceptor.accept(VectoredSocket::new(stream))).await {
         Some(Ok(tls)) => Some(tls),
         Some(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -237,7 +239,7 @@ pub async fn refuse(stream: TcpStream, ctx: Rc<HttpContext>, refusal: Refusal) {
         match ctx.tls_acceptor() {
             None => refuse_http(HyperIo::new(stream, None, ConnectionState::new(SendfileUse::Never, None, ctx.clock.clone())), None, &ctx, refusal).await,
             Some(acceptor) => {
-                if let Some(tls) = handshake(&acceptor, stream, REFUSAL_TIME).await {
+                if let Some(tls) = handshake(&acceptor, stream, REFUSAL_TIME, &ctx.clock).await {
                     let protocol = negotiated(&tls);
                     refuse_http(HyperIo::new(tls, None, ConnectionState::new(SendfileUse::Never, None, ctx.clock.clone())), protocol, &ctx, refusal).await;
                 }

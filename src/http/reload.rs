@@ -40,14 +40,15 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
         }))
     }
 
-    /// Rebuilds the value if any of its files changed since the last look. Blocking (reads
-    /// files): call from a watcher thread, never from an executor.
-    pub fn reload_if_changed(&self) {
+    /// Rebuilds the value if any of its files changed since the last look: `None` if none
+    /// did, else whether the new files are in force. Blocking (reads files): call from a
+    /// watcher thread, never from an executor.
+    pub fn reload_if_changed(&self) -> Option<bool> {
         let now: Vec<FileVersion> = self.files.iter().map(|f| file_version(f)).collect();
         {
             let mut stamps = self.stamps.lock().unwrap_or_else(PoisonError::into_inner);
             if *stamps == now {
-                return;
+                return None;
             }
             *stamps = now;
         }
@@ -56,8 +57,12 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
                 *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(value);
                 self.generation.fetch_add(1, Ordering::Release);
                 tracing::info!(what = self.what, "reloaded");
+                Some(true)
             }
-            Err(error) => tracing::error!(what = self.what, %error, "files changed but cannot be used; keeping the previous ones"),
+            Err(error) => {
+                tracing::error!(what = self.what, %error, "files changed but cannot be used; keeping the previous ones");
+                Some(false)
+            }
         }
     }
 
@@ -118,11 +123,12 @@ mod tests {
         .unwrap();
         let view = LocalView::new(Arc::clone(&source));
         assert_eq!(view.with(|v| **v), 1);
+        assert_eq!(source.reload_if_changed(), None, "nothing changed");
         std::fs::write(&path, "22").unwrap();
-        source.reload_if_changed();
+        assert_eq!(source.reload_if_changed(), Some(true));
         assert_eq!(view.with(|v| **v), 22);
         std::fs::write(&path, "not a number").unwrap();
-        source.reload_if_changed();
+        assert_eq!(source.reload_if_changed(), Some(false));
         assert_eq!(view.with(|v| **v), 22, "a bad file keeps the previous value");
     }
 }

@@ -153,6 +153,25 @@ label_enum! {
 }
 
 label_enum! {
+    /// A file the facade re-reads when it changes.
+    ReloadedFile {
+        Tls => "tls",
+        Credentials => "credentials",
+        Config => "config",
+    }
+}
+
+label_enum! {
+    /// What became of a changed file.
+    ReloadOutcome {
+        /// Read and in force.
+        Applied => "applied",
+        /// Unusable: the previous version stays in force.
+        Refused => "refused",
+    }
+}
+
+label_enum! {
     /// Which listener a connection came in on.
     Listener {
         Registry => "registry",
@@ -206,6 +225,12 @@ pub(super) struct FillOutcomeLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(super) struct HostLabels {
     pub host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(super) struct ReloadLabels {
+    pub file: ReloadedFile,
+    pub outcome: ReloadOutcome,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

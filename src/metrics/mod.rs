@@ -22,11 +22,11 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-pub use labels::{ByteSource, CacheKind, FillOutcome, FillSource, Listener, Method, Refusal, RetryKind, Route};
+pub use labels::{ByteSource, CacheKind, FillOutcome, FillSource, Listener, Method, Refusal, ReloadOutcome, ReloadedFile, RetryKind, Route};
 pub use meter::{cache_evicted, cache_lookup, connection_opened, connection_refused, fill_bytes, fill_finished, fill_started, request, served, upstream_response, upstream_retry, OpenConnection};
 
 use hosts::BoundedHosts;
-use labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, RefusalLabels, RequestLabels, RetryLabels, ServedLabels};
+use labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, RefusalLabels, ReloadLabels, RequestLabels, RetryLabels, ServedLabels};
 
 /// The `Content-Type` of what `Metrics::render` returns.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -80,6 +80,7 @@ pub struct Metrics {
     fill_bytes: Family<FillLabels, Counter>,
     upstream_retries: Family<RetryLabels, Counter>,
     upstream_response: LatencyFamily,
+    file_reloads: Family<ReloadLabels, Counter>,
     hosts: BoundedHosts,
 }
 
@@ -104,6 +105,7 @@ impl Metrics {
             fill_bytes: Family::default(),
             upstream_retries: Family::default(),
             upstream_response: Family::new_with_constructor(response_histogram as fn() -> Histogram),
+            file_reloads: Family::default(),
             hosts: BoundedHosts::default(),
         };
         metrics.register();
@@ -132,6 +134,12 @@ impl Metrics {
         );
         r.register("open_connections", "Client connections open, by listener and core", self.open_connections.clone());
         r.register("refused_connections", "Connections refused at accept for a connection limit, by reason and core", self.refused_connections.clone());
+        r.register("file_reloads", "Changed files read again while serving (TLS, credentials, config), by outcome", self.file_reloads.clone());
+    }
+
+    /// A watched file changed and was read again (off the executors: counted directly).
+    pub fn file_reloaded(&self, file: ReloadedFile, outcome: ReloadOutcome) {
+        self.file_reloads.get_or_create(&ReloadLabels { file, outcome }).inc();
     }
 
     /// Records what is read at scrape time rather than counted: the bytes the cache holds.

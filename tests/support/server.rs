@@ -58,6 +58,24 @@ impl TestServer {
         Config::from_json(json.as_bytes(), "test config", &Overrides::default()).expect("valid test config")
     }
 
+    /// How many changes of `file` (`tls`, `credentials`, `config`) the server read with
+    /// `outcome` (`applied`, `refused`), from its metrics (the config must name an admin
+    /// listener).
+    pub fn file_reloads(&self, file: &str, outcome: &str) -> f64 {
+        self.metrics().sum("registry_facade_file_reloads_total", &[("file", file), ("outcome", outcome)])
+    }
+
+    /// Connections open on `listener` (`registry`, `admin`), from the server's metrics.
+    pub fn open_connections(&self, listener: &str) -> f64 {
+        self.metrics().sum("registry_facade_open_connections", &[("listener", listener)])
+    }
+
+    fn metrics(&self) -> super::exposition::Exposition {
+        let admin = self.admin.expect("the config names an admin listener");
+        let text = String::from_utf8(super::client::get(admin, "/metrics").body).expect("UTF-8 exposition");
+        super::exposition::parse(&text).unwrap_or_else(|why| panic!("{why}\n{text}"))
+    }
+
     /// Moves the server's clock forward: TTLs and timeouts see `by` pass at once.
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
