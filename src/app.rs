@@ -143,6 +143,7 @@ fn launch(config: &Config, registry: Arc<Registry>, security: &Security, metrics
         tls = config.tls.is_some(),
         auth = config.auth.is_some(),
         admin = %server.admin_addr().map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        blobserve = %server.blobserve_addr().map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         cache_dir = %config.cache_dir.display(),
         "registry-facade serving"
     );

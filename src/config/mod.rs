@@ -1,6 +1,7 @@
 //! The configuration file (JSON, camelCase keys) and command-line overrides, validated into
 //! the settings of each layer. Every error names the key (or flag) it is about.
 
+mod blobserve;
 mod host;
 mod server;
 
@@ -64,6 +65,7 @@ struct ConfigFile {
     tls: Option<server::TlsFile>,
     auth: Option<server::AuthFile>,
     limits: Option<server::LimitsFile>,
+    blobserve: Option<blobserve::BlobserveFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,6 +258,7 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
         idle_timeout: positive_ms("idleTimeoutMs", file.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS)?,
         max_header_bytes,
         sendfile: file.sendfile.unwrap_or_default(),
+        blobserve_timeout: None,
     };
     let tcp_congestion = file.tcp_congestion.map(|name| tcp_congestion(name).map_err(|m| invalid("tcpCongestion", m))).transpose()?.unwrap_or_default();
     let shutdown_grace = match file.shutdown_grace_ms {
@@ -279,6 +282,16 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
     if admin_listen.is_some_and(|admin| admin == listen && admin.port() != 0) {
         return Err(invalid("adminListen", "must differ from listen: the admin API is never on the public port".into()));
     }
+    let blobserve = file.blobserve.map(|b| blobserve::blobserve_settings(b, &cache_dir, &invalid)).transpose()?;
+    if let Some(b) = &blobserve {
+        let taken = [Some(listen), admin_listen].into_iter().flatten().any(|addr| addr == b.listen && addr.port() != 0);
+        if taken {
+            return Err(invalid("blobserve.listen", "must differ from listen and adminListen".into()));
+        }
+    }
+    let mut http = http;
+    http.blobserve_timeout = blobserve.as_ref().and_then(|b| b.timeout);
+    let blobserve_listen = blobserve.as_ref().map(|b| b.listen);
     let static_layers = file
         .static_layers
         .unwrap_or_default()
@@ -304,6 +317,7 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
         fixed_specs: file.specs.and_then(|s| s.fixed_file),
         static_layers,
         redirect_content_layers: file.content_layers.and_then(|c| c.redirect).unwrap_or(true),
+        blobserve: blobserve.map(|b| b.settings),
     };
     let upstream = upstream_settings(file.registries.unwrap_or_default(), file.docker_config, file.upstream.unwrap_or_default(), &invalid)?;
     let redis = file.redis.map(|r| redis_settings(r, &invalid)).transpose()?;
@@ -321,7 +335,7 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
     Ok(Config {
         cache_dir,
         demo_image: file.demo_image.unwrap_or(true),
-        runtime: RuntimeSettings { listen, admin_listen, cores, shutdown_grace, http, limits, tcp_congestion },
+        runtime: RuntimeSettings { listen, admin_listen, blobserve_listen, cores, shutdown_grace, http, limits, tcp_congestion },
         registry,
         upstream,
         redis,

@@ -105,6 +105,9 @@ fn render_metrics(ctx: &HttpContext) -> Response<ResponseBody> {
     let metrics = &ctx.metrics;
     let (cache_bytes, _) = ctx.registry.cache_stats();
     metrics.set_cache_bytes(cache_bytes);
+    if let Some(stats) = ctx.registry.blobserve_stats() {
+        metrics.set_blobserve(stats.space_bytes, [stats.prepull_pending, stats.prepull_ready, stats.prepull_failed]);
+    }
     match metrics.render() {
         Ok(text) => typed(StatusCode::OK, Bytes::from(text), HeaderValue::from_static(metrics::CONTENT_TYPE)),
         Err(e) => {

@@ -33,8 +33,9 @@ pub struct ResponseBody {
     /// What whole bytes and file slices count as; a stream's chunks say it themselves.
     source: ByteSource,
     in_flight: Option<InFlight>,
-    /// While a response holds its blob, the blob counts as in use and is never evicted.
-    _lease: Option<Arc<MappedBlob>>,
+    /// While a response holds its blob (or blobserve image), it counts as in use and is never
+    /// evicted.
+    _lease: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl ResponseBody {
@@ -52,14 +53,22 @@ impl ResponseBody {
 
     /// `data` is `blob`'s bytes at `offset`.
     pub fn blob_slice(data: Bytes, blob: &Arc<MappedBlob>, offset: u64) -> ResponseBody {
-        let mut body = ResponseBody::with(Content::FileSlice(data, Arc::clone(&blob.file), offset));
-        body._lease = Some(Arc::clone(blob));
-        body
+        ResponseBody::file_slice(data, Arc::clone(&blob.file), offset).leasing(blob)
+    }
+
+    /// `data` is `file`'s bytes at `offset`, which never change: sendable by sendfile.
+    pub fn file_slice(data: Bytes, file: Arc<File>, offset: u64) -> ResponseBody {
+        ResponseBody::with(Content::FileSlice(data, file, offset))
     }
 
     /// Leases `blob` for this body's lifetime.
-    pub fn leasing(mut self, blob: &Arc<MappedBlob>) -> ResponseBody {
-        self._lease = Some(Arc::clone(blob));
+    pub fn leasing(self, blob: &Arc<MappedBlob>) -> ResponseBody {
+        self.holding(Arc::clone(blob) as Arc<dyn std::any::Any + Send + Sync>)
+    }
+
+    /// Holds `lease` (whatever must not be evicted while this body is sent) for its lifetime.
+    pub fn holding(mut self, lease: Arc<dyn std::any::Any + Send + Sync>) -> ResponseBody {
+        self._lease = Some(lease);
         self
     }
 

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use super::failure::Failure;
 use super::protocol::{Connection, Ended};
-use super::{admin, dispatch, response, HttpContext, Role, Sendfile};
+use super::{admin, blobserve, dispatch, response, HttpContext, Role, Sendfile};
 use crate::clock::Clock;
 use crate::metrics;
 use crate::transport::{
@@ -155,6 +155,11 @@ where
                 }
                 // An admin PUT reads its body from the client: the stall clock keeps running.
                 Role::Admin => Box::pin(admin::handle(request, &ctx)).await,
+                Role::Blobserve => {
+                    // A first request may wait for an image to be prepared (bounded there).
+                    let _preparing = in_flight.connection().preparing();
+                    Box::pin(blobserve::handle(request, &ctx)).await
+                }
             };
             response.body_mut().track(in_flight);
             Ok::<_, Infallible>(response)
@@ -288,5 +293,6 @@ fn count_open(role: Role) -> metrics::OpenConnection {
     metrics::connection_opened(match role {
         Role::Registry => metrics::Listener::Registry,
         Role::Admin => metrics::Listener::Admin,
+        Role::Blobserve => metrics::Listener::Blobserve,
     })
 }

@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+mod blobserve;
 mod body;
 mod connection;
 mod dispatch;
@@ -41,6 +42,8 @@ pub struct HttpSettings {
     pub max_streams_per_connection: u32,
     /// To which plain HTTP/1.1 clients cached blobs go out with sendfile.
     pub sendfile: Sendfile,
+    /// How long a blobserve answer may take (`blobserve.timeout`); `None`: `idle_timeout`.
+    pub blobserve_timeout: Option<std::time::Duration>,
 }
 
 /// To which clients cached blobs go out with `sendfile(2)` (plain HTTP/1.1 only; TLS and h2
@@ -77,6 +80,8 @@ pub enum Role {
     Registry,
     /// The admin API (specs), for orchestrators; never on the public port.
     Admin,
+    /// The files inside images, for browsers (`blobserve.listen`).
+    Blobserve,
 }
 
 /// What every listener of every executor serves from, built once by the caller.
@@ -127,7 +132,7 @@ impl HttpContext {
                 security.tls.as_ref().map(|config| reload::LocalView::new(Arc::clone(config))),
                 security.auth.as_ref().map(|(settings, store)| auth::Authenticator::new(settings, Arc::clone(store), served.clock.clone())),
             ),
-            Role::Admin => (None, None),
+            Role::Admin | Role::Blobserve => (None, None),
         };
         Rc::new(HttpContext {
             registry: Arc::clone(&served.registry),

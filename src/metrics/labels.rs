@@ -55,6 +55,8 @@ label_enum! {
         Metrics => "metrics",
         /// Admin listener: `/admin/specs/<id>`.
         Specs => "specs",
+        /// Blobserve listener: a file of an image.
+        Blobserve => "blobserve",
     }
 }
 
@@ -99,6 +101,25 @@ label_enum! {
         Api => "api",
         /// Answers of the admin listener, `/metrics` included.
         Admin => "admin",
+        /// Files of images served by blobserve.
+        Blobserve => "blobserve",
+    }
+}
+
+label_enum! {
+    /// How preparing an image for blobserve ended.
+    PrepareOutcome {
+        Ready => "ready",
+        Failed => "failed",
+    }
+}
+
+label_enum! {
+    /// Where the images of blobserve's pre-pull list stand.
+    PrepullState {
+        Pending => "pending",
+        Ready => "ready",
+        Failed => "failed",
     }
 }
 
@@ -176,6 +197,7 @@ label_enum! {
     Listener {
         Registry => "registry",
         Admin => "admin",
+        Blobserve => "blobserve",
     }
 }
 
@@ -228,6 +250,16 @@ pub(super) struct HostLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(super) struct PrepareLabels {
+    pub outcome: PrepareOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(super) struct PrepullLabels {
+    pub state: PrepullState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(super) struct ReloadLabels {
     pub file: ReloadedFile,
     pub outcome: ReloadOutcome,
@@ -248,7 +280,7 @@ mod tests {
         for (i, source) in ByteSource::ALL.iter().enumerate() {
             assert_eq!(source.index(), i);
         }
-        assert_eq!(Route::COUNT, 9);
+        assert_eq!(Route::COUNT, 10);
         assert_eq!(Method::of(&http::Method::PATCH), Method::Other);
     }
 }

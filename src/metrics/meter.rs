@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, RefusalLabels, RequestLabels, RetryLabels, ServedLabels};
-use super::{ByteSource, CacheKind, FillOutcome, FillSource, HotCounter, Listener, Method, Metrics, Refusal, RetryKind, Route};
+use super::labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, PrepareLabels, RefusalLabels, RequestLabels, RetryLabels, ServedLabels};
+use super::{ByteSource, CacheKind, FillOutcome, FillSource, HotCounter, Listener, Method, Metrics, PrepareOutcome, Refusal, RetryKind, Route};
 
 /// The status codes the facade answers with, sorted: each has a per-core slot. Any other
 /// code (none expected) is still counted, through the family's lookup.
-const STATUSES: [u16; 17] = [200, 201, 204, 206, 307, 400, 401, 403, 404, 405, 413, 416, 429, 500, 502, 503, 504];
+const STATUSES: [u16; 19] = [200, 201, 204, 206, 301, 304, 307, 400, 401, 403, 404, 405, 413, 416, 429, 500, 502, 503, 504];
 
 thread_local! {
     static METER: OnceCell<CoreMeter> = const { OnceCell::new() };
@@ -107,6 +107,25 @@ pub fn fill_finished(source: FillSource, outcome: FillOutcome) {
 /// `bytes` a fill downloaded from `source` (whatever its outcome).
 pub fn fill_bytes(source: FillSource, bytes: u64) {
     with_meter(|m| m.metrics.fill_bytes.get_or_create(&FillLabels { source }).inc_by(bytes));
+}
+
+/// Blobserve finished preparing an image (`ready`: it can be served).
+pub fn blobserve_prepared(ready: bool) {
+    let outcome = if ready { PrepareOutcome::Ready } else { PrepareOutcome::Failed };
+    with_meter(|m| m.metrics.blobserve_prepared.get_or_create(&PrepareLabels { outcome }).inc());
+}
+
+/// Blobserve unpacked a layer of `archive_bytes` uncompressed bytes.
+pub fn blobserve_layer_unpacked(archive_bytes: u64) {
+    with_meter(|m| {
+        m.metrics.blobserve_unpacked_layers.inc();
+        m.metrics.blobserve_unpacked_bytes.inc_by(archive_bytes);
+    });
+}
+
+/// Blobserve deleted `units` from its blob space to make room.
+pub fn blobserve_evicted(units: u64) {
+    with_meter(|m| m.metrics.blobserve_evictions.inc_by(units));
 }
 
 pub fn upstream_retry(host: &str, kind: RetryKind) {

@@ -22,11 +22,11 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-pub use labels::{ByteSource, CacheKind, FillOutcome, FillSource, Listener, Method, Refusal, ReloadOutcome, ReloadedFile, RetryKind, Route};
-pub use meter::{cache_evicted, cache_lookup, connection_opened, connection_refused, fill_bytes, fill_finished, fill_started, request, served, upstream_response, upstream_retry, OpenConnection};
+pub use labels::{ByteSource, CacheKind, FillOutcome, FillSource, Listener, Method, PrepareOutcome, PrepullState, Refusal, ReloadOutcome, ReloadedFile, RetryKind, Route};
+pub use meter::{blobserve_evicted, blobserve_layer_unpacked, blobserve_prepared, cache_evicted, cache_lookup, connection_opened, connection_refused, fill_bytes, fill_finished, fill_started, request, served, upstream_response, upstream_retry, OpenConnection};
 
 use hosts::BoundedHosts;
-use labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, RefusalLabels, ReloadLabels, RequestLabels, RetryLabels, ServedLabels};
+use labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, PrepareLabels, PrepullLabels, RefusalLabels, ReloadLabels, RequestLabels, RetryLabels, ServedLabels};
 
 /// The `Content-Type` of what `Metrics::render` returns.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -81,6 +81,12 @@ pub struct Metrics {
     upstream_retries: Family<RetryLabels, Counter>,
     upstream_response: LatencyFamily,
     file_reloads: Family<ReloadLabels, Counter>,
+    blobserve_prepared: Family<PrepareLabels, Counter>,
+    blobserve_unpacked_layers: Counter,
+    blobserve_unpacked_bytes: Counter,
+    blobserve_evictions: Counter,
+    blobserve_space_bytes: Gauge,
+    blobserve_prepull: Family<PrepullLabels, Gauge>,
     hosts: BoundedHosts,
 }
 
@@ -106,6 +112,12 @@ impl Metrics {
             upstream_retries: Family::default(),
             upstream_response: Family::new_with_constructor(response_histogram as fn() -> Histogram),
             file_reloads: Family::default(),
+            blobserve_prepared: Family::default(),
+            blobserve_unpacked_layers: Counter::default(),
+            blobserve_unpacked_bytes: Counter::default(),
+            blobserve_evictions: Counter::default(),
+            blobserve_space_bytes: Gauge::default(),
+            blobserve_prepull: Family::default(),
             hosts: BoundedHosts::default(),
         };
         metrics.register();
@@ -135,6 +147,12 @@ impl Metrics {
         r.register("open_connections", "Client connections open, by listener and core", self.open_connections.clone());
         r.register("refused_connections", "Connections refused at accept for a connection limit, by reason and core", self.refused_connections.clone());
         r.register("file_reloads", "Changed files read again while serving (TLS, credentials, config), by outcome", self.file_reloads.clone());
+        r.register("blobserve_prepared", "Images blobserve prepared (fetched, unpacked, merged), by outcome", self.blobserve_prepared.clone());
+        r.register("blobserve_unpacked_layers", "Layers blobserve unpacked into its blob space", self.blobserve_unpacked_layers.clone());
+        r.register_with_unit("blobserve_unpacked", "Uncompressed archive bytes of the layers blobserve unpacked", Unit::Bytes, self.blobserve_unpacked_bytes.clone());
+        r.register("blobserve_evictions", "Units (unpacked layers, replaced files) deleted from the blob space to make room", self.blobserve_evictions.clone());
+        r.register_with_unit("blobserve_space", "Bytes the blob space holds, as of the scrape", Unit::Bytes, self.blobserve_space_bytes.clone());
+        r.register("blobserve_prepull", "Images of the pre-pull lists, by state, as of the scrape", self.blobserve_prepull.clone());
     }
 
     /// A watched file changed and was read again (off the executors: counted directly).
@@ -145,6 +163,15 @@ impl Metrics {
     /// Records what is read at scrape time rather than counted: the bytes the cache holds.
     pub fn set_cache_bytes(&self, bytes: u64) {
         self.cache_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Records blobserve's state at scrape time: the blob space's bytes and the pre-pull
+    /// progress (pending, ready, failed).
+    pub fn set_blobserve(&self, space_bytes: u64, prepull: [usize; 3]) {
+        self.blobserve_space_bytes.set(i64::try_from(space_bytes).unwrap_or(i64::MAX));
+        for (state, count) in PrepullState::ALL.iter().zip(prepull) {
+            self.blobserve_prepull.get_or_create(&PrepullLabels { state: *state }).set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     /// The exposition, in the OpenMetrics text format (`CONTENT_TYPE`).

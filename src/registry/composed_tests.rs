@@ -60,6 +60,7 @@ fn open_registry(dir: &std::path::Path) -> (Arc<CacheDir>, Arc<Registry>) {
         fixed_specs: None,
         static_layers: Vec::new(),
         redirect_content_layers: false,
+        blobserve: None,
     };
     let clock = Clock::adjustable();
     let upstream = Upstream::new(UpstreamSettings::default(), clock.clone()).unwrap();

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::blobserve::FileError;
 use super::compose::ComposeError;
 use super::fill::FillError;
 use crate::oci::{Digest, ErrorCode, RepositoryName};
@@ -68,6 +69,23 @@ pub enum RegistryError {
     Store(Arc<StoreError>),
     #[error("stored manifest {digest} cannot be used: {reason}")]
     CorruptManifest { digest: Digest, reason: String },
+    #[error("blobserve is not configured")]
+    BlobserveOff,
+    #[error("no file `{path}` in the image")]
+    FileUnknown { path: String },
+    #[error("image {0} is not prepared yet (X-BlobServe-ReadOnly)")]
+    NotPrepared(String),
+    /// What an image holds (or its size) keeps blobserve from serving it.
+    #[error("image {image} cannot be served: {reason}")]
+    Unservable { image: String, reason: String },
+    #[error("{0}")]
+    BlobSpace(Arc<FileError>),
+    #[error("{image}: {error}")]
+    Prepare { image: String, error: Arc<RegistryError> },
+    #[error("the preparation of the image was abandoned")]
+    PrepareAbandoned,
+    #[error("blob {0} could not be kept in the cache (no room) to unpack it")]
+    BlobNotKept(Digest),
 }
 
 impl From<StoreError> for RegistryError {
@@ -100,13 +118,18 @@ impl RegistryError {
                 };
                 (inner.class, code)
             }
-            RegistryError::Composition(error) => return error.verdict(),
+            RegistryError::Composition(error) | RegistryError::Prepare { error, .. } => return error.verdict(),
+            RegistryError::BlobserveOff | RegistryError::FileUnknown { .. } | RegistryError::NotPrepared(_) => (Client, Code::NotFound),
+            RegistryError::Unservable { .. } => (Upstream, Code::UpstreamInvalid),
+            RegistryError::BlobNotKept(_) => (Internal, Code::Unavailable),
             // A spec writer is trusted: a stored spec that does not validate is our problem.
             RegistryError::InvalidStoredSpec(_)
             | RegistryError::Fill(FillError::Cache(_) | FillError::Abandoned)
             | RegistryError::MissingContent(_)
             | RegistryError::Store(_)
-            | RegistryError::CorruptManifest { .. } => (Internal, Code::Unknown),
+            | RegistryError::CorruptManifest { .. }
+            | RegistryError::BlobSpace(_)
+            | RegistryError::PrepareAbandoned => (Internal, Code::Unknown),
         };
         Verdict { class, code }
     }

@@ -4,6 +4,7 @@
 //! admin API writes. Failures come out as `RegistryError`, whose `verdict` decides their class
 //! and wire code. Knows nothing of HTTP.
 
+pub mod blobserve;
 mod blocking;
 mod budget;
 pub mod compose;
@@ -68,6 +69,8 @@ pub struct RegistrySettings {
     pub static_layers: Vec<StaticLayerConfig>,
     /// Remote content layers: answer 307 to their URL (true) or fetch and serve them.
     pub redirect_content_layers: bool,
+    /// The files inside images, for browsers; `None`: off.
+    pub blobserve: Option<blobserve::BlobserveSettings>,
 }
 
 /// One page of `tags/list`.
@@ -157,10 +160,13 @@ pub struct Registry {
     redis: Option<RedisClient>,
     settings: RegistrySettings,
     clock: Clock,
+    blobserve: Option<Arc<blobserve::Blobserve>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
+    #[error("{0}")]
+    Blobserve(#[from] blobserve::SpaceError),
     #[error("cache: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -204,7 +210,8 @@ impl Registry {
             tag_ttl: settings.mirrors.tag_ttl,
             clock: clock.clone(),
         });
-        Ok(Registry { local, content, routes: MirrorRoutes::new(&settings.mirrors), remote, composer, specs, redis: shared.redis, settings, clock })
+        let blobserve = settings.blobserve.as_ref().map(|b| blobserve::Blobserve::open(b, max_open_blobs).map(Arc::new)).transpose()?;
+        Ok(Registry { local, content, routes: MirrorRoutes::new(&settings.mirrors), remote, composer, specs, redis: shared.redis, settings, clock, blobserve })
     }
 
     /// Whether the shared state this node depends on is reachable: `Err` names what is not.

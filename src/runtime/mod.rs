@@ -42,6 +42,8 @@ pub struct RuntimeSettings {
     pub listen: SocketAddr,
     /// The admin API's address, served by the first executor; `None`: no admin API.
     pub admin_listen: Option<SocketAddr>,
+    /// Blobserve's address, served by every executor; `None`: off.
+    pub blobserve_listen: Option<SocketAddr>,
     /// Executors to run; `None`: one per CPU this process may use.
     pub cores: Option<usize>,
     /// How long a graceful shutdown waits for in-flight requests.
@@ -68,6 +70,7 @@ pub enum RuntimeError {
 pub struct Server {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    blobserve_addr: Option<SocketAddr>,
     executors: Vec<ExecutorJoinHandle<()>>,
     signal: Arc<ShutdownSignal>,
 }
@@ -100,9 +103,14 @@ impl Server {
         let admin = settings.admin_listen.map(|addr| listener::bind_all(addr, 1, &TcpCongestion::System)).transpose()?;
         let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
         let mut admin_socket = admin.and_then(|(mut sockets, _)| sockets.pop());
-        // One waker slot per accept loop: one per executor, and the admin loop's.
+        // Browsers' connections, like clients', are spread over every executor.
+        let blobserve = settings.blobserve_listen.map(|addr| listener::bind_all(addr, count, &TcpCongestion::System)).transpose()?;
+        let blobserve_addr = blobserve.as_ref().map(|(_, addr)| *addr);
+        let mut blobserve_sockets = blobserve.map(|(sockets, _)| sockets).unwrap_or_default().into_iter();
+        // One waker slot per accept loop: one per executor, the admin loop's, and one per
+        // executor for blobserve.
         let admin_slot = count;
-        let signal = ShutdownSignal::new(count + 1);
+        let signal = ShutdownSignal::new(2 * count + 1);
         let limits = ConnectionLimits::new(settings.limits);
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut executors = Vec::with_capacity(count);
@@ -112,6 +120,8 @@ impl Server {
                 socket,
                 admin_socket: if core == 0 { admin_socket.take() } else { None },
                 admin_slot,
+                blobserve_socket: blobserve_sockets.next(),
+                blobserve_slot: count + 1 + core,
                 served: served.clone(),
                 settings: settings.clone(),
                 security: security.clone(),
@@ -130,7 +140,7 @@ impl Server {
             executors.push(handle);
         }
         drop(ready_tx);
-        let server = Server { local_addr, admin_addr, executors, signal };
+        let server = Server { local_addr, admin_addr, blobserve_addr, executors, signal };
         server.wait_ready(&ready_rx, count)
     }
 
@@ -155,6 +165,10 @@ impl Server {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    pub fn blobserve_addr(&self) -> Option<SocketAddr> {
+        self.blobserve_addr
     }
 
     pub fn stopper(&self) -> Stopper {
@@ -192,6 +206,8 @@ struct Shard {
     socket: OwnedFd,
     admin_socket: Option<OwnedFd>,
     admin_slot: usize,
+    blobserve_socket: Option<OwnedFd>,
+    blobserve_slot: usize,
     served: Served,
     settings: RuntimeSettings,
     security: HttpSecurity,
@@ -213,7 +229,7 @@ struct Acceptor {
 
 impl Shard {
     async fn run(self) {
-        let Shard { core, socket, admin_socket, admin_slot, served, settings, security, limits, signal, ready } = self;
+        let Shard { core, socket, admin_socket, admin_slot, blobserve_socket, blobserve_slot, served, settings, security, limits, signal, ready } = self;
         // Before anything is served here, so every record on this thread lands in this core's series.
         served.metrics.enter_core(core);
         let listener = listener_from(socket);
@@ -223,7 +239,7 @@ impl Shard {
             ctx: HttpContext::new(&served, settings.http.clone(), Role::Registry, &security),
             connections: connections.clone(),
             drain: Rc::clone(&drain),
-            limits: Some(limits),
+            limits: Some(Arc::clone(&limits)),
             refusing: Rc::default(),
         };
         let admin = admin_socket.map(|socket| {
@@ -240,6 +256,26 @@ impl Shard {
                 accept_until_stopped(&listener, &acceptor, &signal, admin_slot).await
             })
         });
+        let blobserve = blobserve_socket.map(|socket| {
+            let acceptor = Acceptor {
+                ctx: HttpContext::new(&served, settings.http.clone(), Role::Blobserve, &HttpSecurity::default()),
+                connections: connections.clone(),
+                drain: Rc::clone(&drain),
+                limits: Some(Arc::clone(&limits)),
+                refusing: Rc::default(),
+            };
+            let signal = Arc::clone(&signal);
+            glommio::spawn_local(async move {
+                let listener = listener_from(socket);
+                accept_until_stopped(&listener, &acceptor, &signal, blobserve_slot).await
+            })
+        });
+        if core == 0 {
+            // Blobserve's pre-pull lists, prepared in the background once this core serves.
+            if let Some(prepull) = served.registry.blobserve_prepull() {
+                glommio::spawn_local(prepull).detach();
+            }
+        }
         // Sending and dropping the sender is what `Server::wait_ready` counts on.
         let _ = ready.send(core);
         drop(ready);
@@ -248,6 +284,9 @@ impl Shard {
         drop(listener);
         if let Some(admin) = admin {
             admin.await;
+        }
+        if let Some(blobserve) = blobserve {
+            blobserve.await;
         }
         drain.start();
         if kind == ShutdownKind::Graceful {

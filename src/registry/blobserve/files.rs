@@ -1,0 +1,210 @@
+//! The files of units as they are served: mapped whole with their open file (for sendfile),
+//! kept open in a bounded table shared by every core; and their gzip variants, made once per
+//! file on the blocking pool and kept beside it in the unit (`gz/<sha>`; `gz/<sha>.none`
+//! when compression does not pay).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::Mmap;
+use sha2::{Digest as _, Sha256};
+
+use super::space::{space_error, Space, SpaceError, Unit};
+use super::tree::Sha;
+use super::unpack::FILES_DIR;
+use crate::registry::blocking::run_blocking;
+use crate::registry::single_flight::SingleFlight;
+use crate::table::SharedMap;
+
+/// Where a unit keeps compressed variants.
+const GZIP_DIR: &str = "gz";
+/// Smaller files are sent as they are: a few hundred bytes gain nothing from compression.
+const MIN_GZIP_BYTES: usize = 256;
+/// A variant is kept only if it saves at least a tenth.
+const MIN_GZIP_SAVING_PERCENT: usize = 10;
+/// A file's last use is recorded at most this often.
+const LAST_USED_GRANULARITY_MS: u64 = 1_000;
+
+/// A file's bytes, mapped, and the open file they are in (`None` when empty).
+#[derive(Debug, Clone)]
+pub struct FileBytes {
+    pub body: Bytes,
+    pub file: Option<Arc<File>>,
+}
+
+#[derive(Debug)]
+struct OpenFile {
+    bytes: FileBytes,
+    last_used_ms: AtomicU64,
+}
+
+/// A unit's file: which unit, which content, and which representation.
+type FileKey = (Arc<str>, Sha, bool);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{0}")]
+    Space(#[from] SpaceError),
+    #[error("blob space: {} does not hold the bytes of its name; the unit is damaged", .0.display())]
+    Corrupt(PathBuf),
+    #[error("blob space: {} is gone (its unit was evicted)", .0.display())]
+    Missing(PathBuf),
+}
+
+pub struct Files {
+    open: SharedMap<FileKey, Arc<OpenFile>>,
+    /// Files whose compression does not pay.
+    incompressible: SharedMap<(Arc<str>, Sha), ()>,
+    compressing: SingleFlight<(Arc<str>, Sha), Result<bool, Arc<FileError>>>,
+    max_open: usize,
+}
+
+impl Files {
+    pub fn new(max_open: usize) -> Files {
+        Files { open: SharedMap::new(), incompressible: SharedMap::new(), compressing: SingleFlight::default(), max_open: max_open.max(16) }
+    }
+
+    /// The file `sha` of `unit`, mapped. A table lookup when it is open; else opened on the
+    /// blocking pool (and hashed first if the unit was found on disk at start).
+    ///
+    /// # Errors
+    /// The file cannot be opened or mapped, or is not what its name says.
+    pub async fn open(&self, unit: &Arc<Unit>, sha: &Sha, now_ms: u64) -> Result<FileBytes, Arc<FileError>> {
+        let key = (Arc::clone(&unit.id), *sha, false);
+        if let Some(found) = self.hit(&key, now_ms) {
+            return Ok(found);
+        }
+        let path = unit.dir.join(FILES_DIR).join(hex::encode(sha));
+        let (verify, wanted) = (!unit.fresh, *sha);
+        let opened = run_blocking(move || map_file(&path, verify.then_some(wanted))).await.map_err(Arc::new)?;
+        Ok(self.keep(key, opened, now_ms))
+    }
+
+    /// The gzip variant of the file `sha` of `unit` (whose bytes are `plain`): `None` when the
+    /// file is too small or compresses too little. Made once, on the blocking pool.
+    ///
+    /// # Errors
+    /// The variant cannot be written or read back.
+    pub async fn gzip(&self, space: &Arc<Space>, unit: &Arc<Unit>, sha: &Sha, plain: &FileBytes, now_ms: u64) -> Result<Option<FileBytes>, Arc<FileError>> {
+        if plain.body.len() < MIN_GZIP_BYTES || self.incompressible.get(&(Arc::clone(&unit.id), *sha)).is_some() {
+            return Ok(None);
+        }
+        let key = (Arc::clone(&unit.id), *sha, true);
+        if let Some(found) = self.hit(&key, now_ms) {
+            return Ok(Some(found));
+        }
+        let made = self
+            .compressing
+            .run((Arc::clone(&unit.id), *sha), || {
+                let (space, unit, sha, body) = (Arc::clone(space), Arc::clone(unit), *sha, plain.body.clone());
+                async move { run_blocking(move || make_gzip(&space, &unit, &sha, &body)).await.map_err(Arc::new) }
+            })
+            .await?;
+        if !made {
+            self.incompressible.insert((Arc::clone(&unit.id), *sha), ());
+            return Ok(None);
+        }
+        let path = unit.dir.join(GZIP_DIR).join(hex::encode(sha));
+        let opened = run_blocking(move || map_file(&path, None)).await.map_err(Arc::new)?;
+        Ok(Some(self.keep(key, opened, now_ms)))
+    }
+
+    /// Closes the files of `unit` (deleted: their mappings would keep its disk space).
+    pub fn forget_unit(&self, unit: &str) {
+        for (key, _) in self.open.entries() {
+            if &*key.0 == unit {
+                self.open.remove(&key);
+            }
+        }
+        for (key, _) in self.incompressible.entries() {
+            if &*key.0 == unit {
+                self.incompressible.remove(&key);
+            }
+        }
+    }
+
+    fn hit(&self, key: &FileKey, now_ms: u64) -> Option<FileBytes> {
+        let found = self.open.get(key)?;
+        if now_ms.saturating_sub(found.last_used_ms.load(Ordering::Relaxed)) >= LAST_USED_GRANULARITY_MS {
+            found.last_used_ms.store(now_ms, Ordering::Relaxed);
+        }
+        Some(found.bytes.clone())
+    }
+
+    fn keep(&self, key: FileKey, bytes: FileBytes, now_ms: u64) -> FileBytes {
+        let open = Arc::new(OpenFile { bytes, last_used_ms: AtomicU64::new(now_ms) });
+        // Another core may have opened it meanwhile: keep one mapping per file.
+        let kept = self.open.get_or_insert_with(key, || Arc::clone(&open));
+        if self.open.len() > self.max_open {
+            self.close_least_recently_used();
+        }
+        kept.bytes.clone()
+    }
+
+    /// Closes the least recently used files down to 7/8 of the cap. A response that still
+    /// sends one holds its mapping and file itself, so closing here never cuts it off.
+    fn close_least_recently_used(&self) {
+        let target = self.max_open - self.max_open / 8;
+        let mut entries = self.open.entries();
+        entries.sort_by_key(|(_, open)| open.last_used_ms.load(Ordering::Relaxed));
+        let excess = entries.len().saturating_sub(target);
+        for (key, _) in entries.into_iter().take(excess) {
+            self.open.remove(&key);
+        }
+    }
+}
+
+/// Maps `path` whole; with `verify`, checks that its bytes hash to it first.
+fn map_file(path: &Path, verify: Option<Sha>) -> Result<FileBytes, FileError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FileError::Missing(path.to_owned())),
+        Err(e) => return Err(space_error("open", path)(e).into()),
+    };
+    let len = file.metadata().map_err(space_error("stat", path))?.len();
+    if len == 0 {
+        return Ok(FileBytes { body: Bytes::new(), file: None });
+    }
+    // SAFETY: unit files are written once, before their unit is renamed into place, and are
+    // never rewritten or truncated (variants are written aside and renamed), so the mapping
+    // cannot change under us; eviction unlinks, which leaves the mapping intact.
+    let map = unsafe { Mmap::map(&file) }.map_err(space_error("mmap", path))?;
+    if let Some(sha) = verify {
+        if <[u8; 32]>::from(Sha256::digest(&map[..])) != sha {
+            return Err(FileError::Corrupt(path.to_owned()));
+        }
+    }
+    Ok(FileBytes { body: Bytes::from_owner(map), file: Some(Arc::new(file)) })
+}
+
+/// Writes the gzip variant of `body` into `unit` (or the marker that it does not pay);
+/// whether a variant exists now.
+fn make_gzip(space: &Space, unit: &Unit, sha: &Sha, body: &[u8]) -> Result<bool, FileError> {
+    let dir = unit.dir.join(GZIP_DIR);
+    let name = hex::encode(sha);
+    let (target, marker) = (dir.join(&name), dir.join(format!("{name}.none")));
+    if target.exists() {
+        return Ok(true);
+    }
+    if marker.exists() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(&dir).map_err(space_error("create directory", &dir))?;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 3), flate2::Compression::best());
+    let compressed = encoder.write_all(body).and_then(|()| encoder.finish()).map_err(space_error("compress", &target))?;
+    if compressed.len() * 100 > body.len() * (100 - MIN_GZIP_SAVING_PERCENT) {
+        std::fs::write(&marker, b"").map_err(space_error("write", &marker))?;
+        return Ok(false);
+    }
+    // Synced before the rename: after a crash the name holds the whole variant or nothing.
+    let partial = dir.join(format!(".tmp-{name}-{:08x}", fastrand::u32(..)));
+    let mut out = File::create(&partial).map_err(space_error("create", &partial))?;
+    out.write_all(&compressed).and_then(|()| out.sync_all()).map_err(space_error("write", &partial))?;
+    std::fs::rename(&partial, &target).map_err(space_error("rename", &target))?;
+    space.grew(unit, compressed.len() as u64);
+    Ok(true)
+}

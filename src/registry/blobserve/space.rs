@@ -1,0 +1,275 @@
+//! The blob space on disk: `units/<id>/` are complete units (an unpacked layer, or an image's
+//! replaced files), each renamed into place only once whole and synced; `tmp/` holds work in
+//! progress and is emptied at start, so nothing half-unpacked is ever served after a crash.
+//! Counts the bytes units hold, and which prepared images hold each unit.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::table::SharedMap;
+
+/// A failure of the blob space's own disk.
+#[derive(Debug, thiserror::Error)]
+#[error("blob space: {op} {}: {source}", path.display())]
+pub struct SpaceError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+pub fn space_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpaceError + 'a {
+    move |source| SpaceError { op, path: path.to_owned(), source }
+}
+
+#[derive(Debug, Default)]
+struct Holders {
+    /// Prepared images (and preparations under way) that use the unit.
+    count: usize,
+    /// Being deleted: no one may take it any more.
+    gone: bool,
+}
+
+/// A complete unit directory.
+#[derive(Debug)]
+pub struct Unit {
+    pub id: Arc<str>,
+    pub dir: PathBuf,
+    /// Written by this process: its files are used as they are. A unit found at start is
+    /// hashed file by file as each is first opened.
+    pub fresh: bool,
+    bytes: AtomicU64,
+    last_used_ms: AtomicU64,
+    holders: Mutex<Holders>,
+}
+
+impl Unit {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Space {
+    units_dir: PathBuf,
+    tmp_dir: PathBuf,
+    units: SharedMap<Arc<str>, Arc<Unit>>,
+    used_bytes: AtomicU64,
+    next_temp: AtomicU64,
+}
+
+impl Space {
+    /// Opens (creating) the blob space at `root`: empties `tmp/` and counts the units there.
+    /// Blocking: call before the executors start.
+    ///
+    /// # Errors
+    /// The directories cannot be created, listed or cleaned.
+    pub fn open(root: &Path) -> Result<Space, SpaceError> {
+        let units_dir = root.join("units");
+        let tmp_dir = root.join("tmp");
+        for dir in [&units_dir, &tmp_dir] {
+            std::fs::create_dir_all(dir).map_err(space_error("create directory", dir))?;
+        }
+        for entry in std::fs::read_dir(&tmp_dir).map_err(space_error("list", &tmp_dir))?.flatten() {
+            let path = entry.path();
+            remove_any(&path).map_err(space_error("remove", &path))?;
+        }
+        let space = Space { units_dir, tmp_dir, units: SharedMap::new(), used_bytes: AtomicU64::new(0), next_temp: AtomicU64::new(0) };
+        for entry in std::fs::read_dir(&space.units_dir).map_err(space_error("list", &space.units_dir))?.flatten() {
+            let Some(id) = entry.file_name().to_str().map(Arc::<str>::from) else { continue };
+            let dir = entry.path();
+            let bytes = tree_bytes(&dir).map_err(space_error("measure", &dir))?;
+            space.insert(Unit { id: Arc::clone(&id), dir, fresh: false, bytes: AtomicU64::new(bytes), last_used_ms: AtomicU64::new(0), holders: Mutex::default() });
+        }
+        Ok(space)
+    }
+
+    fn insert(&self, unit: Unit) -> Arc<Unit> {
+        self.used_bytes.fetch_add(unit.bytes(), Ordering::Relaxed);
+        let unit = Arc::new(unit);
+        self.units.insert(Arc::clone(&unit.id), Arc::clone(&unit));
+        unit
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Takes the unit `id` for an image: it is not deleted until released. `None` if there is
+    /// none (or it is being deleted).
+    pub fn acquire(&self, id: &str) -> Option<Arc<Unit>> {
+        let unit = self.units.get(id)?;
+        let mut holders = unit.holders.lock().ok()?;
+        if holders.gone {
+            return None;
+        }
+        holders.count += 1;
+        drop(holders);
+        Some(unit)
+    }
+
+    /// Gives back a unit taken with `acquire` (or `publish`) at `now_ms`.
+    pub fn release(&self, unit: &Unit, now_ms: u64) {
+        unit.last_used_ms.fetch_max(now_ms, Ordering::Relaxed);
+        if let Ok(mut holders) = unit.holders.lock() {
+            holders.count = holders.count.saturating_sub(1);
+        }
+    }
+
+    /// A new, empty directory under `tmp/` to build a unit in.
+    ///
+    /// # Errors
+    /// It cannot be created.
+    pub fn temp_dir(&self) -> Result<PathBuf, SpaceError> {
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        let dir = self.tmp_dir.join(format!("{}-{n}-{:08x}", std::process::id(), fastrand::u32(..)));
+        std::fs::create_dir(&dir).map_err(space_error("create directory", &dir))?;
+        Ok(dir)
+    }
+
+    /// Makes the unit built in `built` (`bytes` on disk) the unit `id`: synced to disk, then
+    /// renamed into place, so that a crash leaves either nothing or the whole unit. If the
+    /// unit exists already, `built` is dropped. Take it with `acquire`. Blocking.
+    ///
+    /// # Errors
+    /// The sync or the rename fails (`built` is removed).
+    pub fn publish(&self, id: &str, built: &Path, bytes: u64) -> Result<(), SpaceError> {
+        if self.units.get(id).is_some_and(|unit| unit.holders.lock().is_ok_and(|h| !h.gone)) {
+            let _ = remove_any(built);
+            return Ok(());
+        }
+        let target = self.units_dir.join(id);
+        let done = sync_dir_tree(built).and_then(|()| std::fs::rename(built, &target)).and_then(|()| sync_path(&self.units_dir));
+        if let Err(source) = done {
+            let _ = remove_any(built);
+            return Err(SpaceError { op: "publish", path: target, source });
+        }
+        self.insert(Unit { id: Arc::from(id), dir: target, fresh: true, bytes: AtomicU64::new(bytes), last_used_ms: AtomicU64::new(0), holders: Mutex::default() });
+        Ok(())
+    }
+
+    /// Counts `bytes` more in `unit` (a compressed variant written into it).
+    pub fn grew(&self, unit: &Unit, bytes: u64) {
+        unit.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Deletes the least recently used unit that no image holds; `None` if every unit is
+    /// held. Blocking.
+    pub fn delete_one_unheld(&self) -> Option<Arc<Unit>> {
+        let mut unheld: Vec<Arc<Unit>> =
+            self.units.entries().into_iter().map(|(_, unit)| unit).filter(|unit| unit.holders.lock().is_ok_and(|h| h.count == 0 && !h.gone)).collect();
+        unheld.sort_by_key(|unit| unit.last_used_ms.load(Ordering::Relaxed));
+        for unit in unheld {
+            {
+                let Ok(mut holders) = unit.holders.lock() else { continue };
+                if holders.count > 0 || holders.gone {
+                    continue;
+                }
+                holders.gone = true;
+            }
+            // Out of the way first (one rename), so that a new unit of the same id can take
+            // the name while the old files are removed.
+            let away = self.tmp_dir.join(format!("gone-{}-{}", std::process::id(), self.next_temp.fetch_add(1, Ordering::Relaxed)));
+            let removed = std::fs::rename(&unit.dir, &away).and_then(|()| std::fs::remove_dir_all(&away));
+            if let Err(error) = removed {
+                tracing::warn!(unit = %unit.id, %error, "blobserve: cannot delete an evicted unit");
+            }
+            self.units.remove(&unit.id);
+            self.used_bytes.fetch_sub(unit.bytes(), Ordering::Relaxed);
+            return Some(unit);
+        }
+        None
+    }
+}
+
+/// Bytes of the regular files under `dir`; leftovers of an interrupted write (`.tmp-*`,
+/// `.partial`) are removed on the way.
+fn tree_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let kind = entry.file_type()?;
+        let path = entry.path();
+        if kind.is_dir() {
+            total += tree_bytes(&path)?;
+        } else if entry.file_name().to_str().is_some_and(|n| n.starts_with(".tmp-") || n == ".partial") {
+            std::fs::remove_file(&path)?;
+        } else {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Flushes everything written under `dir` to disk: one `syncfs` of its file system rather
+/// than an fsync per file (a layer has thousands).
+fn sync_dir_tree(dir: &Path) -> std::io::Result<()> {
+    let handle = std::fs::File::open(dir)?;
+    // SAFETY: syncfs only reads the descriptor, which `handle` keeps open.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn sync_path(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_are_published_whole_counted_and_deleted_only_when_unheld() {
+        let root = tempfile::tempdir().unwrap();
+        let space = Space::open(root.path()).unwrap();
+        let built = space.temp_dir().unwrap();
+        std::fs::create_dir(built.join("files")).unwrap();
+        std::fs::write(built.join("files").join("x"), b"12345").unwrap();
+        space.publish("layer-a", &built, 5).unwrap();
+        let unit = space.acquire("layer-a").unwrap();
+        assert!(!built.exists() && unit.dir.join("files/x").exists());
+        assert_eq!(space.used_bytes(), 5);
+        assert!(space.delete_one_unheld().is_none(), "held");
+        space.release(&unit, 10);
+        let again = space.acquire("layer-a").unwrap();
+        assert!(space.delete_one_unheld().is_none());
+        space.release(&again, 20);
+        assert_eq!(space.delete_one_unheld().map(|u| u.id.to_string()), Some("layer-a".into()));
+        assert!(!unit.dir.exists());
+        assert!(space.acquire("layer-a").is_none());
+        assert_eq!(space.used_bytes(), 0);
+    }
+
+    #[test]
+    fn a_restart_empties_tmp_and_finds_the_units_again() {
+        let root = tempfile::tempdir().unwrap();
+        {
+            let space = Space::open(root.path()).unwrap();
+            let built = space.temp_dir().unwrap();
+            std::fs::write(built.join("f"), b"abc").unwrap();
+            space.publish("layer-b", &built, 3).unwrap();
+            // Half-built when the process died.
+            let half = space.temp_dir().unwrap();
+            std::fs::write(half.join("f"), b"partial").unwrap();
+            std::fs::create_dir_all(root.path().join("units/layer-b/gz")).unwrap();
+            std::fs::write(root.path().join("units/layer-b/gz/.tmp-1"), b"half a variant").unwrap();
+        }
+        let space = Space::open(root.path()).unwrap();
+        assert_eq!(std::fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
+        assert!(!root.path().join("units/layer-b/gz/.tmp-1").exists());
+        let unit = space.acquire("layer-b").unwrap();
+        assert!(!unit.fresh);
+        assert_eq!(space.used_bytes(), 3);
+    }
+}
