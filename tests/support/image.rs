@@ -258,3 +258,91 @@ pub fn assert_dir_copy(out: &Path, image: &BuiltImage) {
         assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), blob, "{blob} has the bytes of its digest");
     }
 }
+
+/// One entry of a layer built by hand (`layer_tar`).
+#[derive(Debug, Clone)]
+pub enum Entry<'a> {
+    File(&'a str, &'a [u8]),
+    Dir(&'a str),
+    Symlink(&'a str, &'a str),
+    HardLink(&'a str, &'a str),
+    /// `.wh.<name>`: hides `path` of the layers below.
+    Whiteout(&'a str),
+    /// `.wh..wh..opq` in the directory `path`: hides what the layers below hold in it.
+    Opaque(&'a str),
+    CharDevice(&'a str),
+    Fifo(&'a str),
+    /// Written into the header as it is (`..` and all), as a crafted archive would be; the tar
+    /// builder itself refuses such names.
+    Raw { name: &'a str, kind: tar::EntryType, link: Option<&'a str>, data: &'a [u8] },
+}
+
+fn entry_header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_size(size);
+    header.set_mode(mode);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header
+}
+
+/// An uncompressed layer archive holding `entries` in order.
+pub fn layer_tar(entries: &[Entry]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for entry in entries {
+        match *entry {
+            Entry::File(path, data) => builder.append_data(&mut entry_header(tar::EntryType::Regular, data.len() as u64, 0o644), path, data).expect("file"),
+            Entry::Dir(path) => builder.append_data(&mut entry_header(tar::EntryType::Directory, 0, 0o755), path, &[][..]).expect("dir"),
+            Entry::Symlink(path, target) => builder.append_link(&mut entry_header(tar::EntryType::Symlink, 0, 0o777), path, target).expect("symlink"),
+            Entry::HardLink(path, target) => builder.append_link(&mut entry_header(tar::EntryType::Link, 0, 0o644), path, target).expect("hard link"),
+            Entry::Whiteout(path) => {
+                let (dir, name) = path.rsplit_once('/').map_or(("", path), |(d, n)| (d, n));
+                let marker = if dir.is_empty() { format!(".wh.{name}") } else { format!("{dir}/.wh.{name}") };
+                builder.append_data(&mut entry_header(tar::EntryType::Regular, 0, 0o644), marker, &[][..]).expect("whiteout");
+            }
+            Entry::Opaque(dir) => builder.append_data(&mut entry_header(tar::EntryType::Regular, 0, 0o644), format!("{dir}/.wh..wh..opq"), &[][..]).expect("opaque"),
+            Entry::CharDevice(path) => builder.append_data(&mut entry_header(tar::EntryType::Char, 0, 0o666), path, &[][..]).expect("device"),
+            Entry::Fifo(path) => builder.append_data(&mut entry_header(tar::EntryType::Fifo, 0, 0o644), path, &[][..]).expect("fifo"),
+            Entry::Raw { name, kind, link, data } => {
+                let mut header = entry_header(kind, data.len() as u64, 0o644);
+                header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+                if let Some(link) = link {
+                    header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+                }
+                header.set_cksum();
+                builder.append(&header, data).expect("raw entry");
+            }
+        }
+    }
+    builder.into_inner().expect("tar")
+}
+
+/// An OCI image layout of the given layer archives (gzipped here) with `labels`, tagged `tag`.
+pub fn write_layout_of_layers(dir: &Path, tag: &str, layers: &[Vec<u8>], labels: &[(&str, &str)]) -> Layout {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dir");
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    let diff_ids: Vec<String> = layers.iter().map(|tar| format!("sha256:{}", hex::encode(sha2::Sha256::digest(tar)))).collect();
+    let descs: Vec<Desc> = layers.iter().map(|tar| write_blob(dir, OCI_LAYER_GZIP, &gzip(tar))).collect();
+    let labels: serde_json::Map<String, Value> = labels.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+    let config = json!({
+        "architecture": "amd64", "os": "linux", "created": "1970-01-01T00:00:00Z",
+        "config": {"Env": ["PATH=/usr/bin:/bin"], "Labels": labels},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": layers.iter().map(|_| json!({"created": "1970-01-01T00:00:00Z", "created_by": "test layer"})).collect::<Vec<_>>(),
+    });
+    let config = write_blob(dir, OCI_CONFIG, &to_json(&config));
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
+        "layers": descs.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
+    });
+    let manifest = write_blob(dir, OCI_MANIFEST, &to_json(&manifest));
+    let layout_index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{
+        "mediaType": manifest.media_type, "digest": manifest.digest, "size": manifest.size,
+        "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    std::fs::write(dir.join("index.json"), to_json(&layout_index)).expect("index.json");
+    let image = BuiltImage { platform: ("linux".into(), "amd64".into()), manifest: manifest.clone(), config, layers: descs, diff_ids, files: Vec::new() };
+    Layout { dir: dir.to_owned(), tag: tag.to_owned(), top: manifest, images: vec![image] }
+}

@@ -3,10 +3,12 @@
 //! reference registry, its token service, a fault-injecting proxy). Nothing here needs `../shared`.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod client;
 pub mod containerd;
 pub mod docker_config;
 pub mod exposition;
+pub mod ide;
 pub mod image;
 pub mod nginx;
 pub mod proxy;

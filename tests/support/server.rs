@@ -13,6 +13,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The admin listener, when the config asked for one.
     pub admin: Option<SocketAddr>,
+    /// The blobserve listener, when the config asked for one.
+    pub blobserve: Option<SocketAddr>,
     pub cache_dir: PathBuf,
     clock: Clock,
     stopper: Stopper,
@@ -39,6 +41,7 @@ impl TestServer {
         TestServer {
             addr: server.local_addr(),
             admin: server.admin_addr(),
+            blobserve: server.blobserve_addr(),
             cache_dir: cache_dir.to_owned(),
             clock,
             stopper: server.stopper(),
