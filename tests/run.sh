@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(ca-certificates curl openssl skopeo containerd docker-registry nginx redis-server ipfs-cid iproute2)
+PACKAGES=(ca-certificates curl openssl skopeo containerd docker-registry nginx redis-server ipfs-cid iproute2 chromium)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

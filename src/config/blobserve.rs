@@ -166,3 +166,52 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use crate::config::{Config, Overrides};
+
+    fn load(blobserve: &str) -> Result<Config, String> {
+        let json = format!(r#"{{"cacheDir": "/var/cache/rf", "blobserve": {blobserve}}}"#);
+        Config::from_json(json.as_bytes(), "test.json", &Overrides::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_gitpod_blobserve_config_is_read_key_for_key() {
+        let gitpod = r#"{
+            "port": 32224, "timeout": "5s",
+            "repos": {"eu.gcr.io/gitpod/ide/code": {
+                "prePull": ["commit-1"], "workdir": "/ide/code",
+                "replacements": [{"path": "/ide/code/index.html", "search": "a", "replacement": "b"}],
+                "inlineStatic": [{"search": "{{IDE}}", "replacement": "${ide}"}]}},
+            "allowAnyRepo": false,
+            "blobSpace": {"location": "/mnt/cache/blobserve", "maxSizeBytes": 0}
+        }"#;
+        let config = load(gitpod).unwrap();
+        assert_eq!(config.runtime.blobserve_listen, Some("0.0.0.0:32224".parse().unwrap()));
+        assert_eq!(config.runtime.http.blobserve_timeout, Some(std::time::Duration::from_secs(5)));
+        let settings = config.registry.blobserve.unwrap();
+        assert_eq!(settings.location, std::path::PathBuf::from("/mnt/cache/blobserve"));
+        assert_eq!(settings.max_size_bytes, None, "Gitpod's 0: no limit");
+        let repo = &settings.repos["eu.gcr.io/gitpod/ide/code"];
+        assert_eq!((repo.pre_pull.as_slice(), repo.workdir.as_deref()), (&["commit-1".to_owned()][..], Some("/ide/code")));
+        assert_eq!((repo.replacements.len(), repo.inline_static.len()), (1, 1));
+        let ours = load(r#"{"listen": "127.0.0.1:4000"}"#).unwrap();
+        assert_eq!(ours.registry.blobserve.unwrap().location, std::path::PathBuf::from("/var/cache/rf/blobserve"), "defaults inside the cache");
+    }
+
+    #[test]
+    fn errors_name_the_blobserve_key() {
+        let error = |json: &str| load(json).unwrap_err();
+        assert!(error("{}").contains("blobserve: needs `listen`"), "{}", error("{}"));
+        assert!(error(r#"{"port": 1, "listen": "127.0.0.1:2"}"#).contains("blobserve.port: give `listen` or `port`"));
+        assert!(error(r#"{"listen": "127.0.0.1:5000"}"#).contains("blobserve.listen: must differ"));
+        assert!(error(r#"{"port": 1, "timeout": "5"}"#).contains("blobserve.timeout"));
+        assert!(error(r#"{"port": 1, "repos": {"Bad Repo": {}}}"#).contains("blobserve.repos.Bad Repo"));
+        assert!(error(r#"{"port": 1, "repos": {"team/ide": {"prePull": ["bad tag"]}}}"#).contains("blobserve.repos.team/ide.prePull[0]"));
+        assert!(error(r#"{"port": 1, "repos": {"team/ide": {"replacements": [{"path": "", "search": "a", "replacement": "b"}]}}}"#).contains("replacements[0]"));
+        assert!(error(r#"{"port": 1, "repos": {"team/ide": {"prepull": []}}}"#).contains("blobserve.repos.team/ide.prepull: unknown field"));
+        assert!(error(r#"{"port": 1, "maxUnpackedBytes": 0}"#).contains("blobserve.maxUnpackedBytes"));
+        assert!(error(r#"{"port": 1, "blobSpace": {"maxSize": 1}}"#).contains("blobserve.blobSpace.maxSize: unknown field"));
+    }
+}

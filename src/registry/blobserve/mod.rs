@@ -25,13 +25,17 @@ pub use space::SpaceError;
 
 use super::blocking::run_blocking;
 use super::single_flight::SingleFlight;
-use super::{Registry, RegistryError};
+use super::{Registry, RegistryError, StoredManifest};
 use crate::metrics;
 use crate::table::SharedMap;
 use files::Files;
 use prepare::PreparedImage;
 use space::Space;
 use tree::{Node, Resolved};
+
+/// Times a request looks for its image again after a preparation (another core's eviction
+/// may take it between the preparation and the look).
+const PREPARE_ROUNDS: usize = 3;
 
 /// Default of `blobserve.maxUnpackedBytes`: far above any IDE front end, far below a disk.
 pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 8 << 30;
@@ -160,7 +164,7 @@ pub struct Blobserve {
     images: SharedMap<Arc<str>, Arc<PreparedImage>>,
     /// References prepared at least once (what `read_only` requests may use).
     seen: SharedMap<String, ()>,
-    preparing: SingleFlight<Arc<str>, Shared<Arc<PreparedImage>>>,
+    preparing: SingleFlight<Arc<str>, Shared<()>>,
     unpacking: SingleFlight<String, Shared<()>>,
     prepull: PrepullProgress,
 }
@@ -295,37 +299,45 @@ impl Registry {
         let blobserve = self.blobserve()?;
         let manifest = self.blobserve_manifest(image).await?;
         let key: Arc<str> = Arc::from(format!("{}-{}", manifest.digest.hex(), repo.id));
-        if let Some(prepared) = blobserve.images.get(&key) {
-            prepared.touch(self.clock.now_ms());
-            return Ok(prepared);
+        for _ in 0..PREPARE_ROUNDS {
+            if let Some(prepared) = blobserve.images.get(&key) {
+                prepared.touch(self.clock.now_ms());
+                return Ok(prepared);
+            }
+            // Detached: a client that gives up (or times out) does not abandon the
+            // preparation, which the next request then finds done.
+            let task = glommio::spawn_local(Arc::clone(self).blobserve_prepare_once(image.clone(), Arc::clone(&manifest), Arc::clone(repo), Arc::clone(&key))).detach();
+            match task.await {
+                Some(Ok(())) => continue,
+                Some(Err(error)) => return Err(RegistryError::Prepare { image: image.to_string(), error }),
+                None => return Err(RegistryError::PrepareAbandoned),
+            }
         }
-        // Detached: a client that gives up (or times out) does not abandon the preparation,
-        // which the next request then finds done.
-        let label = image.to_string();
-        let (this, image, repo, blobserve) = (Arc::clone(self), image.clone(), Arc::clone(repo), Arc::clone(blobserve));
-        let task = glommio::spawn_local(async move {
-            let run = || async {
-                let started = this.clock.now_ms();
-                let built = this.blobserve_build(&blobserve, &image, &manifest, &repo, &key).await;
-                match &built {
-                    Ok(prepared) => tracing::info!(%image, %key, paths = prepared.tree.len(), ms = this.clock.now_ms().saturating_sub(started), "blobserve: image prepared"),
-                    Err(error) => tracing::warn!(%image, %error, "blobserve: image not prepared"),
-                }
-                metrics::blobserve_prepared(built.is_ok());
-                let (space_owner, now_ms) = (Arc::clone(&blobserve), this.clock.now_ms());
-                let deleted = run_blocking(move || space_owner.make_room(now_ms)).await;
-                metrics::blobserve_evicted(deleted as u64);
-                built.map_err(Arc::new)
-            };
-            let prepared = blobserve.preparing.run(Arc::clone(&key), run).await?;
-            blobserve.seen.insert(image.to_string(), ());
-            Ok(prepared)
-        })
-        .detach();
-        match task.await {
-            Some(result) => result.map_err(|error| RegistryError::Prepare { image: label, error }),
-            None => Err(RegistryError::PrepareAbandoned),
-        }
+        Err(RegistryError::Unservable { image: image.to_string(), reason: "it was evicted as soon as it was prepared; blobSpace.maxSizeBytes is too small for it".into() })
+    }
+
+    /// Prepares the image `key` once across all cores (waiting for a run under way), then
+    /// makes room in the blob space. The image is taken from the table afterwards: a flight
+    /// that held it would keep it counted as in use until the finished flight is reclaimed.
+    async fn blobserve_prepare_once(self: Arc<Self>, image: BlobserveRef, manifest: Arc<StoredManifest>, repo: Arc<RepoConfig>, key: Arc<str>) -> Result<(), Arc<RegistryError>> {
+        let Some(blobserve) = self.blobserve.clone() else { return Err(Arc::new(RegistryError::BlobserveOff)) };
+        let run = || async {
+            let started = self.clock.now_ms();
+            let built = self.blobserve_build(&blobserve, &image, &manifest, &repo, &key).await;
+            match &built {
+                Ok(prepared) => tracing::info!(%image, %key, paths = prepared.tree.len(), ms = self.clock.now_ms().saturating_sub(started), "blobserve: image prepared"),
+                Err(error) => tracing::warn!(%image, %error, "blobserve: image not prepared"),
+            }
+            metrics::blobserve_prepared(built.is_ok());
+            // The new image is held here, so room is made by evicting others.
+            let (space_owner, now_ms) = (Arc::clone(&blobserve), self.clock.now_ms());
+            let deleted = run_blocking(move || space_owner.make_room(now_ms)).await;
+            metrics::blobserve_evicted(deleted as u64);
+            built.map(drop).map_err(Arc::new)
+        };
+        blobserve.preparing.run(Arc::clone(&key), run).await?;
+        blobserve.seen.insert(image.to_string(), ());
+        Ok(())
     }
 
     /// Prepares every `prePull` image, one after the other, logging progress; a future to run
