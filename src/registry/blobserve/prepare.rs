@@ -95,14 +95,16 @@ impl Registry {
     /// # Errors
     /// As `manifest`, or the reference names no image.
     pub(super) async fn blobserve_manifest(&self, image: &BlobserveRef) -> Result<Arc<StoredManifest>, RegistryError> {
-        let accept = AcceptList::parse([IMAGE_MANIFESTS]);
+        // Parsed once: this runs on every request (a tag is resolved each time).
+        static ACCEPT: std::sync::LazyLock<AcceptList> = std::sync::LazyLock::new(|| AcceptList::parse([IMAGE_MANIFESTS]));
+        let accept = &*ACCEPT;
         let ns = image.host.as_deref();
-        let mut manifest = self.manifest(&image.name, &image.reference, &accept, ns).await?;
+        let mut manifest = self.manifest(&image.name, &image.reference, accept, ns).await?;
         if media_type::manifest_kind(manifest.media_type_str()) == Some(ManifestKind::Index) {
             // By digest the exact document comes back, an index too.
             let index: ImageIndex = serde_json::from_slice(&manifest.body).map_err(|e| unservable(image, format!("index: {e}")))?;
             let entry = index.select(&self.settings.platform).ok_or_else(|| unservable(image, format!("its index has no manifest for {}", self.settings.platform)))?;
-            manifest = self.manifest(&image.name, &Reference::Digest(entry.digest.clone()), &accept, ns).await?;
+            manifest = self.manifest(&image.name, &Reference::Digest(entry.digest.clone()), accept, ns).await?;
         }
         if media_type::manifest_kind(manifest.media_type_str()) != Some(ManifestKind::Image) {
             return Err(unservable(image, format!("{} is not an image manifest", manifest.media_type_str())));
