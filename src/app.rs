@@ -12,7 +12,7 @@ use crate::config::{Config, Overrides};
 use crate::demo;
 use crate::file_version::{file_version, FileVersion};
 use crate::http::{CredentialStore, HttpSecurity, Served, TlsConfig};
-use crate::ipfs::IpfsGateway;
+use crate::ipfs::{Ipfs, IpfsError};
 use crate::metrics::{Metrics, ReloadOutcome, ReloadedFile};
 use crate::redis_client::{RedisClient, RedisError};
 use crate::registry::{Registry, Shared};
@@ -33,6 +33,8 @@ pub enum AppError {
     Open(#[from] crate::registry::OpenError),
     #[error("{0}")]
     Redis(#[from] RedisError),
+    #[error("{0}")]
+    Ipfs(#[from] IpfsError),
     #[error("{0}")]
     Runtime(#[from] RuntimeError),
     /// A TLS or credentials file named by the config cannot be used (the message names the key).
@@ -84,8 +86,9 @@ fn assemble(config: &Config, clock: &Clock) -> Result<(Arc<CacheDir>, Arc<Regist
     }
     let upstream = Upstream::new(config.upstream.clone(), clock.clone())?;
     let redis = config.redis.as_ref().map(RedisClient::start).transpose()?;
-    let ipfs = match (&config.ipfs_gateway, &redis) {
-        (Some(gateway), Some(redis)) => Some(IpfsGateway::new(gateway, redis.clone())),
+    // The configuration checked that IPFS comes with Redis.
+    let ipfs = match (&config.ipfs, &redis) {
+        (Some(settings), Some(redis)) => Some(Ipfs::new(settings.clone(), redis.clone())?),
         _ => None,
     };
     let registry = Arc::new(Registry::open(Arc::clone(&cache), config.registry.clone(), upstream, Shared { redis, ipfs }, clock.clone())?);

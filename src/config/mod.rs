@@ -2,6 +2,7 @@
 //! the settings of each layer. Every error names the key (or flag) it is about.
 
 mod host;
+mod ipfs;
 mod server;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 use crate::http::{AuthSettings, HttpSettings, Sendfile, TlsSettings};
+use crate::ipfs::IpfsSettings;
 use crate::oci::manifest::Platform;
 use crate::registry::static_layers::StaticLayerConfig;
 use crate::registry::{MirrorSettings, RegistrySettings};
@@ -60,7 +62,8 @@ struct ConfigFile {
     static_layers: Option<Vec<StaticLayerFile>>,
     content_layers: Option<ContentLayersFile>,
     redis: Option<RedisFile>,
-    ipfs: Option<IpfsFile>,
+    ipfs: Option<ipfs::IpfsFile>,
+    prefetch: Option<Vec<String>>,
     tls: Option<server::TlsFile>,
     auth: Option<server::AuthFile>,
     limits: Option<server::LimitsFile>,
@@ -73,12 +76,6 @@ struct RedisFile {
     key_prefix: Option<String>,
     cluster: Option<bool>,
     timeout_ms: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct IpfsFile {
-    gateway: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,8 +171,11 @@ pub struct Config {
     pub registry: RegistrySettings,
     pub upstream: UpstreamSettings,
     pub redis: Option<RedisSettings>,
-    /// The IPFS HTTP gateway to try before upstream (needs `redis`, where the CIDs are).
-    pub ipfs_gateway: Option<String>,
+    /// IPFS: a gateway read before upstream, an API blobs from upstream are published to
+    /// (needs `redis`, where the CID records are).
+    pub ipfs: Option<IpfsSettings>,
+    /// Images whose blobs are fetched into the cache in the background at start.
+    pub prefetch: Vec<String>,
     pub log: LogSettings,
     /// TLS on the registry listener; `None`: plain HTTP (h2c and HTTP/1.1).
     pub tls: Option<TlsSettings>,
@@ -307,17 +307,7 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
     };
     let upstream = upstream_settings(file.registries.unwrap_or_default(), file.docker_config, file.upstream.unwrap_or_default(), &invalid)?;
     let redis = file.redis.map(|r| redis_settings(r, &invalid)).transpose()?;
-    let ipfs_gateway = match (file.ipfs, &redis) {
-        (None, _) => None,
-        (Some(_), None) => return Err(invalid("ipfs", "needs `redis`: the digest → CID map lives there".into())),
-        (Some(ipfs), Some(_)) => {
-            let uri: Result<http::Uri, _> = ipfs.gateway.parse();
-            if !uri.is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()) {
-                return Err(invalid("ipfs.gateway", format!("`{}` is not an http(s) URL", ipfs.gateway)));
-            }
-            Some(ipfs.gateway)
-        }
-    };
+    let ipfs = file.ipfs.map(|ipfs| ipfs::ipfs_settings(ipfs, redis.is_some(), &invalid)).transpose()?;
     Ok(Config {
         cache_dir,
         demo_image: file.demo_image.unwrap_or(true),
@@ -325,7 +315,8 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
         registry,
         upstream,
         redis,
-        ipfs_gateway,
+        ipfs,
+        prefetch: file.prefetch.unwrap_or_default(),
         log: LogSettings { format: log_file.format.unwrap_or_default(), level },
         tls: file.tls.map(|t| server::tls_settings(t, &invalid)).transpose()?,
         auth: file.auth.map(|a| server::auth_settings(a, &invalid)).transpose()?,

@@ -18,10 +18,10 @@ use hyper::body::Incoming;
 use super::failure::Failure;
 use super::protocol::{Connection, Ended};
 use super::{admin, dispatch, response, HttpContext, Role, Sendfile};
-use crate::clock::Clock;
+use crate::clock::{within, within_on, Clock};
 use crate::metrics;
 use crate::transport::{
-    set_nonblocking, within, within_on, AlignedTls, BatchOutbox, ConnectionState, HyperIo, Outbox, Protocol, SendfileUse, SharedSocket, Timeout, VectoredSocket,
+    set_nonblocking, AlignedTls, BatchOutbox, ConnectionState, HyperIo, Outbox, Protocol, SendfileUse, SharedSocket, Timeout, VectoredSocket,
 };
 
 /// The whole life of a refused connection (TLS handshake included): a client that does not

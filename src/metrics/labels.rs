@@ -153,6 +153,24 @@ label_enum! {
 }
 
 label_enum! {
+    /// What became of a blob offered for publication to IPFS.
+    Publication {
+        /// Added to the node and recorded in Redis.
+        Published => "published",
+        /// The node or Redis refused, failed or timed out.
+        Failed => "failed",
+        /// This core's queue was full.
+        QueueFull => "queue_full",
+        /// Redis already names a CID for it.
+        Known => "known",
+        /// Another core is publishing it.
+        InProgress => "in_progress",
+        /// It left the cache before its turn.
+        Gone => "gone",
+    }
+}
+
+label_enum! {
     /// A file the facade re-reads when it changes.
     ReloadedFile {
         Tls => "tls",
@@ -225,6 +243,11 @@ pub(super) struct FillOutcomeLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(super) struct HostLabels {
     pub host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(super) struct PublicationLabels {
+    pub outcome: Publication,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, RefusalLabels, RequestLabels, RetryLabels, ServedLabels};
-use super::{ByteSource, CacheKind, FillOutcome, FillSource, HotCounter, Listener, Method, Metrics, Refusal, RetryKind, Route};
+use super::labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, PublicationLabels, RefusalLabels, RequestLabels, RetryLabels, ServedLabels};
+use super::{ByteSource, CacheKind, FillOutcome, FillSource, HotCounter, Listener, Method, Metrics, Publication, Refusal, RetryKind, Route};
 
 /// The status codes the facade answers with, sorted: each has a per-core slot. Any other
 /// code (none expected) is still counted, through the family's lookup.
@@ -107,6 +107,14 @@ pub fn fill_finished(source: FillSource, outcome: FillOutcome) {
 /// `bytes` a fill downloaded from `source` (whatever its outcome).
 pub fn fill_bytes(source: FillSource, bytes: u64) {
     with_meter(|m| m.metrics.fill_bytes.get_or_create(&FillLabels { source }).inc_by(bytes));
+}
+
+/// A blob offered for publication to IPFS came to `outcome`; `bytes` were added if published.
+pub fn ipfs_publication(outcome: Publication, bytes: u64) {
+    with_meter(|m| {
+        m.metrics.ipfs_publications.get_or_create(&PublicationLabels { outcome }).inc();
+        m.metrics.ipfs_published_bytes.inc_by(bytes);
+    });
 }
 
 pub fn upstream_retry(host: &str, kind: RetryKind) {

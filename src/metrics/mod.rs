@@ -22,11 +22,14 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-pub use labels::{ByteSource, CacheKind, FillOutcome, FillSource, Listener, Method, Refusal, ReloadOutcome, ReloadedFile, RetryKind, Route};
-pub use meter::{cache_evicted, cache_lookup, connection_opened, connection_refused, fill_bytes, fill_finished, fill_started, request, served, upstream_response, upstream_retry, OpenConnection};
+pub use labels::{ByteSource, CacheKind, FillOutcome, FillSource, Listener, Method, Publication, Refusal, ReloadOutcome, ReloadedFile, RetryKind, Route};
+pub use meter::{
+    cache_evicted, cache_lookup, connection_opened, connection_refused, fill_bytes, fill_finished, fill_started, ipfs_publication, request, served, upstream_response, upstream_retry,
+    OpenConnection,
+};
 
 use hosts::BoundedHosts;
-use labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, RefusalLabels, ReloadLabels, RequestLabels, RetryLabels, ServedLabels};
+use labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, PublicationLabels, RefusalLabels, ReloadLabels, RequestLabels, RetryLabels, ServedLabels};
 
 /// The `Content-Type` of what `Metrics::render` returns.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -81,6 +84,8 @@ pub struct Metrics {
     upstream_retries: Family<RetryLabels, Counter>,
     upstream_response: LatencyFamily,
     file_reloads: Family<ReloadLabels, Counter>,
+    ipfs_publications: Family<PublicationLabels, Counter>,
+    ipfs_published_bytes: Counter,
     hosts: BoundedHosts,
 }
 
@@ -106,6 +111,8 @@ impl Metrics {
             upstream_retries: Family::default(),
             upstream_response: Family::new_with_constructor(response_histogram as fn() -> Histogram),
             file_reloads: Family::default(),
+            ipfs_publications: Family::default(),
+            ipfs_published_bytes: Counter::default(),
             hosts: BoundedHosts::default(),
         };
         metrics.register();
@@ -135,6 +142,8 @@ impl Metrics {
         r.register("open_connections", "Client connections open, by listener and core", self.open_connections.clone());
         r.register("refused_connections", "Connections refused at accept for a connection limit, by reason and core", self.refused_connections.clone());
         r.register("file_reloads", "Changed files read again while serving (TLS, credentials, config), by outcome", self.file_reloads.clone());
+        r.register("ipfs_publications", "Blobs from upstream offered for publication to IPFS, by outcome", self.ipfs_publications.clone());
+        r.register_with_unit("ipfs_published", "Bytes of blobs added to IPFS", Unit::Bytes, self.ipfs_published_bytes.clone());
     }
 
     /// A watched file changed and was read again (off the executors: counted directly).

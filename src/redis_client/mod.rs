@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use keys::Keys;
 
-use crate::transport::within;
+use crate::clock::within;
 
 /// How often the connection is probed (PING), which also drives reconnecting.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);

@@ -113,6 +113,10 @@ impl Images {
         let BlobSource::Upstream(remote) = source else {
             return Err(RegistryError::MissingContent(digest.clone()));
         };
+        if let Some(bytes) = self.remote.small_from_ipfs(digest, MAX_MANIFEST_BYTES).await {
+            self.content.store_small_blob(digest, bytes.clone()).await;
+            return Ok(bytes);
+        }
         let upstream_error = |error| RegistryError::Upstream { remote: remote.to_string(), error };
         let mut download = self.remote.upstream().blob(remote, &digest.to_string(), 0).await.map_err(upstream_error)?;
         let mut bytes = Vec::new();
@@ -127,6 +131,7 @@ impl Images {
         }
         let bytes = Bytes::from(bytes);
         self.content.store_small_blob(digest, bytes.clone()).await;
+        self.remote.offer(digest, bytes.len() as u64);
         Ok(bytes)
     }
 }

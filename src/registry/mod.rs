@@ -15,6 +15,7 @@ mod images;
 mod join;
 mod local;
 mod mirror;
+mod publish;
 mod remote;
 mod shared;
 mod single_flight;
@@ -33,7 +34,7 @@ pub use fill::{BlobChunk, FillError};
 pub use mirror::MirrorSettings;
 
 use crate::clock::Clock;
-use crate::ipfs::IpfsGateway;
+use crate::ipfs::Ipfs;
 use crate::oci::accept::AcceptList;
 use crate::oci::manifest::{ImageIndex, Platform};
 use crate::oci::media_type::{self, ManifestKind};
@@ -49,6 +50,7 @@ use fill::{Fill, FillContext, Fills};
 use images::Images;
 use local::{LocalRepositories, LocalRepository};
 use mirror::MirrorRoutes;
+use publish::Publisher;
 use remote::Remote;
 use static_layers::{StaticLayerConfig, StaticLayerError};
 
@@ -142,7 +144,7 @@ struct SpecSources {
 #[derive(Clone, Default)]
 pub struct Shared {
     pub redis: Option<RedisClient>,
-    pub ipfs: Option<IpfsGateway>,
+    pub ipfs: Option<Ipfs>,
 }
 
 /// The facade's rules, the one door below `http`: every answer of the pull and admin APIs
@@ -191,7 +193,8 @@ impl Registry {
         let fixed = settings.fixed_specs.as_deref().map(|path| FixedSpecFile::open(path, Some(compositions.listener("fixed")))).transpose()?;
         let remote_specs = RemoteSpecs::new(shared.redis.clone(), Some(content_keeper(&content)), Some(compositions.listener("remote")), clock.clone());
         let specs = Arc::new(SpecSources { remote: remote_specs, fixed });
-        let fills = FillContext { cache: Arc::clone(&cache), upstream, content: Arc::clone(&content), fills: Arc::new(Fills::default()), ipfs: shared.ipfs };
+        let publisher = shared.ipfs.as_ref().filter(|ipfs| ipfs.publishes()).map(|ipfs| Publisher::new(ipfs.clone(), Arc::clone(&cache)));
+        let fills = FillContext { cache: Arc::clone(&cache), upstream, content: Arc::clone(&content), fills: Arc::new(Fills::default()), ipfs: shared.ipfs, publisher };
         let remote = Arc::new(Remote::new(fills, shared.redis.clone(), settings.mirrors.tag_ttl, clock.clone()));
         let local = Arc::new(LocalRepositories::new(cache, Arc::clone(&content), clock.clone()));
         let images = Images::new(Arc::clone(&remote), Arc::clone(&local), Arc::clone(&content), settings.platform.clone());

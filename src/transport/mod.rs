@@ -26,7 +26,7 @@ pub use client::ClientIo;
 pub use frame_batch::{BatchOutbox, SharedSocket};
 pub use outbox::{Held, Outbox};
 pub use regions::SendfileUse;
-pub use rt::{within, within_on, GlommioTimer, LocalExec};
+pub use rt::{GlommioTimer, LocalExec};
 pub use state::{ConnectionState, InFlight, Preparing, Protocol, Timeout};
 pub use stream::{HyperIo, VectoredSocket};
 pub use syscall::set_nonblocking;

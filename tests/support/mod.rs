@@ -8,6 +8,7 @@ pub mod containerd;
 pub mod docker_config;
 pub mod exposition;
 pub mod image;
+pub mod kubo;
 pub mod nginx;
 pub mod proxy;
 pub mod redis;
