@@ -49,7 +49,7 @@ pub enum AppError {
 /// The cache cannot be opened or written, the registry cannot load what the config names,
 /// or the runtime cannot start.
 pub fn start(config: &Config, clock: Clock) -> Result<Server, AppError> {
-    let (_, registry) = assemble(config, &clock)?;
+    let (_, registry) = open_registry(config, &clock)?;
     let security = load_security(config)?;
     let metrics = Metrics::new();
     let server = launch(config, registry, &security, Arc::clone(&metrics), clock)?;
@@ -62,7 +62,7 @@ pub fn start(config: &Config, clock: Clock) -> Result<Server, AppError> {
 /// # Errors
 /// As `start`.
 pub fn start_watching(config: &Config, path: &Path, overrides: &Overrides, clock: Clock) -> Result<Server, AppError> {
-    let (cache, registry) = assemble(config, &clock)?;
+    let (cache, registry) = open_registry(config, &clock)?;
     let security = load_security(config)?;
     let metrics = Metrics::new();
     let server = launch(config, Arc::clone(&registry), &security, Arc::clone(&metrics), clock)?;
@@ -78,7 +78,12 @@ pub fn start_watching(config: &Config, path: &Path, overrides: &Overrides, clock
     Ok(server)
 }
 
-fn assemble(config: &Config, clock: &Clock) -> Result<(Arc<CacheDir>, Arc<Registry>), AppError> {
+/// The cache and the registry `config` describes, as a server would open them (also for
+/// commands that work on the same cache: `prefetch`).
+///
+/// # Errors
+/// As `start`, less the runtime.
+pub fn open_registry(config: &Config, clock: &Clock) -> Result<(Arc<CacheDir>, Arc<Registry>), AppError> {
     let cache = Arc::new(CacheDir::open(&config.cache_dir)?);
     if config.demo_image {
         let digest = demo::install(&cache, &config.registry.platform)?;
@@ -139,7 +144,7 @@ fn watch_files(security: Security, mut config_file: Option<ConfigFile>, metrics:
 }
 
 fn launch(config: &Config, registry: Arc<Registry>, security: &Security, metrics: Arc<Metrics>, clock: Clock) -> Result<Server, AppError> {
-    let served = Served { registry, metrics, clock };
+    let served = Served { registry, metrics, clock, prefetch_at_start: config.prefetch.clone() };
     let server = Server::start(config.runtime.clone(), served, security.http.clone())?;
     tracing::info!(
         listen = %server.local_addr(),

@@ -157,6 +157,21 @@ fn a_fleet_fetches_each_blob_from_upstream_once_and_from_each_other_after() {
         }
     });
 
+    // A new node warmed before its workspaces arrive: the prefetch (from the config) fills its
+    // cache from IPFS, with upstream still stopped.
+    let warmed = upstream.facade(&format!(
+        r#"{{"gateway": "{}"}}, "prefetch": ["mirror/up/{REPO}@{}"]"#,
+        node_b.url(),
+        image.manifest.digest
+    ));
+    let admin = warmed.admin.unwrap();
+    wait_until("the prefetch at start finished", || get(admin, "/admin/prefetch/1").json()["finished"] == true);
+    let job = get(admin, "/admin/prefetch/1").json();
+    assert_eq!((job["images"][0]["state"].as_str(), job["images"][0]["blobsDone"].as_u64()), (Some("done"), Some(4)), "{job}");
+    for (digest, _) in upstream.digests().iter().skip(1) {
+        assert!(warmed.cache_dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:")).exists(), "{digest} prefetched");
+    }
+
     // One upstream GET per blob for the whole fleet; nothing B read from IPFS was published again.
     for (digest, _) in upstream.digests().iter().skip(1) {
         assert_eq!(upstream.registry.blob_gets(digest), 1, "{digest}: one GET from upstream for three facades");

@@ -17,7 +17,7 @@ use crate::http::{AuthSettings, HttpSettings, Sendfile, TlsSettings};
 use crate::ipfs::IpfsSettings;
 use crate::oci::manifest::Platform;
 use crate::registry::static_layers::StaticLayerConfig;
-use crate::registry::{MirrorSettings, RegistrySettings};
+use crate::registry::{MirrorSettings, PrefetchRef, RegistrySettings};
 use crate::runtime::{RuntimeSettings, TcpCongestion};
 use crate::redis_client::RedisSettings;
 use crate::upstream::{RegistryConfig, RetryPolicy, UpstreamSettings};
@@ -175,7 +175,7 @@ pub struct Config {
     /// (needs `redis`, where the CID records are).
     pub ipfs: Option<IpfsSettings>,
     /// Images whose blobs are fetched into the cache in the background at start.
-    pub prefetch: Vec<String>,
+    pub prefetch: Vec<PrefetchRef>,
     pub log: LogSettings,
     /// TLS on the registry listener; `None`: plain HTTP (h2c and HTTP/1.1).
     pub tls: Option<TlsSettings>,
@@ -316,7 +316,13 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
         upstream,
         redis,
         ipfs,
-        prefetch: file.prefetch.unwrap_or_default(),
+        prefetch: file
+            .prefetch
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, text)| text.parse().map_err(|e| invalid(&format!("prefetch[{i}]"), format!("{e}"))))
+            .collect::<Result<_, _>>()?,
         log: LogSettings { format: log_file.format.unwrap_or_default(), level },
         tls: file.tls.map(|t| server::tls_settings(t, &invalid)).transpose()?,
         auth: file.auth.map(|a| server::auth_settings(a, &invalid)).transpose()?,

@@ -55,6 +55,8 @@ label_enum! {
         Metrics => "metrics",
         /// Admin listener: `/admin/specs/<id>`.
         Specs => "specs",
+        /// Admin listener: `/admin/prefetch[/<id>]`.
+        Prefetch => "prefetch",
     }
 }
 
@@ -171,6 +173,17 @@ label_enum! {
 }
 
 label_enum! {
+    /// What a prefetch found of a blob.
+    PrefetchOutcome {
+        /// Brought into the cache.
+        Fetched => "fetched",
+        /// Already there (or nothing to fetch).
+        Present => "present",
+        Failed => "failed",
+    }
+}
+
+label_enum! {
     /// A file the facade re-reads when it changes.
     ReloadedFile {
         Tls => "tls",
@@ -246,6 +259,11 @@ pub(super) struct HostLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(super) struct PrefetchLabels {
+    pub outcome: PrefetchOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(super) struct PublicationLabels {
     pub outcome: Publication,
 }
@@ -271,7 +289,7 @@ mod tests {
         for (i, source) in ByteSource::ALL.iter().enumerate() {
             assert_eq!(source.index(), i);
         }
-        assert_eq!(Route::COUNT, 9);
+        assert_eq!(Route::COUNT, 10);
         assert_eq!(Method::of(&http::Method::PATCH), Method::Other);
     }
 }

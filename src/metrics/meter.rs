@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, PublicationLabels, RefusalLabels, RequestLabels, RetryLabels, ServedLabels};
-use super::{ByteSource, CacheKind, FillOutcome, FillSource, HotCounter, Listener, Method, Metrics, Publication, Refusal, RetryKind, Route};
+use super::labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, PrefetchLabels, PublicationLabels, RefusalLabels, RequestLabels, RetryLabels, ServedLabels};
+use super::{ByteSource, CacheKind, FillOutcome, FillSource, HotCounter, Listener, Method, Metrics, PrefetchOutcome, Publication, Refusal, RetryKind, Route};
 
 /// The status codes the facade answers with, sorted: each has a per-core slot. Any other
 /// code (none expected) is still counted, through the family's lookup.
@@ -114,6 +114,14 @@ pub fn ipfs_publication(outcome: Publication, bytes: u64) {
     with_meter(|m| {
         m.metrics.ipfs_publications.get_or_create(&PublicationLabels { outcome }).inc();
         m.metrics.ipfs_published_bytes.inc_by(bytes);
+    });
+}
+
+/// A blob of a prefetched image came to `outcome`; `bytes` were brought in if fetched.
+pub fn prefetched(outcome: PrefetchOutcome, bytes: u64) {
+    with_meter(|m| {
+        m.metrics.prefetched_blobs.get_or_create(&PrefetchLabels { outcome }).inc();
+        m.metrics.prefetched_bytes.inc_by(bytes);
     });
 }
 

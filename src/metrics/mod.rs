@@ -22,14 +22,14 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-pub use labels::{ByteSource, CacheKind, FillOutcome, FillSource, Listener, Method, Publication, Refusal, ReloadOutcome, ReloadedFile, RetryKind, Route};
+pub use labels::{ByteSource, CacheKind, FillOutcome, FillSource, Listener, Method, PrefetchOutcome, Publication, Refusal, ReloadOutcome, ReloadedFile, RetryKind, Route};
 pub use meter::{
-    cache_evicted, cache_lookup, connection_opened, connection_refused, fill_bytes, fill_finished, fill_started, ipfs_publication, request, served, upstream_response, upstream_retry,
+    cache_evicted, cache_lookup, connection_opened, connection_refused, fill_bytes, fill_finished, fill_started, ipfs_publication, prefetched, request, served, upstream_response, upstream_retry,
     OpenConnection,
 };
 
 use hosts::BoundedHosts;
-use labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, PublicationLabels, RefusalLabels, ReloadLabels, RequestLabels, RetryLabels, ServedLabels};
+use labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, PrefetchLabels, PublicationLabels, RefusalLabels, ReloadLabels, RequestLabels, RetryLabels, ServedLabels};
 
 /// The `Content-Type` of what `Metrics::render` returns.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -86,6 +86,8 @@ pub struct Metrics {
     file_reloads: Family<ReloadLabels, Counter>,
     ipfs_publications: Family<PublicationLabels, Counter>,
     ipfs_published_bytes: Counter,
+    prefetched_blobs: Family<PrefetchLabels, Counter>,
+    prefetched_bytes: Counter,
     hosts: BoundedHosts,
 }
 
@@ -113,6 +115,8 @@ impl Metrics {
             file_reloads: Family::default(),
             ipfs_publications: Family::default(),
             ipfs_published_bytes: Counter::default(),
+            prefetched_blobs: Family::default(),
+            prefetched_bytes: Counter::default(),
             hosts: BoundedHosts::default(),
         };
         metrics.register();
@@ -144,6 +148,8 @@ impl Metrics {
         r.register("file_reloads", "Changed files read again while serving (TLS, credentials, config), by outcome", self.file_reloads.clone());
         r.register("ipfs_publications", "Blobs from upstream offered for publication to IPFS, by outcome", self.ipfs_publications.clone());
         r.register_with_unit("ipfs_published", "Bytes of blobs added to IPFS", Unit::Bytes, self.ipfs_published_bytes.clone());
+        r.register("prefetch_blobs", "Blobs of prefetched images, by outcome", self.prefetched_blobs.clone());
+        r.register_with_unit("prefetched", "Bytes prefetches brought into the cache", Unit::Bytes, self.prefetched_bytes.clone());
     }
 
     /// A watched file changed and was read again (off the executors: counted directly).

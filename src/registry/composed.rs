@@ -144,6 +144,14 @@ impl Composer {
         Composer { compositions, statics: RwLock::new(Arc::new(statics)), images, specs, redis, tag_ttl, clock }
     }
 
+    /// The image `source` names, resolved to our platform (see `Images::resolve`).
+    ///
+    /// # Errors
+    /// As `Images::resolve`.
+    pub async fn resolve(&self, source: &SourceRef) -> Result<Arc<super::compose::ResolvedImage>, RegistryError> {
+        self.images.resolve(source).await
+    }
+
     /// The static layers composed into every image now.
     pub fn static_layers(&self) -> Arc<StaticLayers> {
         self.statics.read().map(|s| Arc::clone(&s)).unwrap_or_else(|_| Arc::new(StaticLayers::none()))

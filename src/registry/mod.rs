@@ -15,6 +15,7 @@ mod images;
 mod join;
 mod local;
 mod mirror;
+mod prefetch;
 mod publish;
 mod remote;
 mod shared;
@@ -32,6 +33,8 @@ pub use content::{DigestText, MappedBlob, StoredManifest};
 pub use error::{FailureClass, RegistryError, Verdict};
 pub use fill::{BlobChunk, FillError};
 pub use mirror::MirrorSettings;
+pub use prefetch::{ImageStatus, PrefetchJob, PrefetchRef, PrefetchState, DEFAULT_PREFETCH_CONCURRENCY};
+use prefetch::PrefetchJobs;
 
 use crate::clock::Clock;
 use crate::ipfs::Ipfs;
@@ -111,6 +114,14 @@ impl FillingBlob {
         self.fill.size().await.map_err(RegistryError::Fill)
     }
 
+    /// Waits until the blob is verified and in the cache.
+    ///
+    /// # Errors
+    /// The fill failed, or served the blob without caching it.
+    pub async fn finished(&self) -> Result<(), RegistryError> {
+        self.fill.finished().await.map_err(RegistryError::Fill)
+    }
+
     /// `range` of the blob as it arrives; an error ends the stream (and the response).
     pub fn stream(&self, range: Range<u64>) -> Pin<Box<dyn Stream<Item = std::io::Result<BlobChunk>>>> {
         self.fill.reader(range, self.upstream.clone())
@@ -156,6 +167,7 @@ pub struct Registry {
     remote: Arc<Remote>,
     composer: Composer,
     specs: Arc<SpecSources>,
+    prefetches: PrefetchJobs,
     redis: Option<RedisClient>,
     settings: RegistrySettings,
     clock: Clock,
@@ -207,7 +219,18 @@ impl Registry {
             tag_ttl: settings.mirrors.tag_ttl,
             clock: clock.clone(),
         });
-        Ok(Registry { local, content, routes: MirrorRoutes::new(&settings.mirrors), remote, composer, specs, redis: shared.redis, settings, clock })
+        Ok(Registry {
+            local,
+            content,
+            routes: MirrorRoutes::new(&settings.mirrors),
+            remote,
+            composer,
+            specs,
+            prefetches: PrefetchJobs::default(),
+            redis: shared.redis,
+            settings,
+            clock,
+        })
     }
 
     /// Whether the shared state this node depends on is reachable: `Err` names what is not.

@@ -61,6 +61,9 @@ pub enum FillError {
     /// A reader found the fill's state poisoned (a panic while it was held).
     #[error("the fill was abandoned")]
     Abandoned,
+    /// Served without caching (no room): what waits for the blob in the cache waits in vain.
+    #[error("not cached: {0}")]
+    Uncached(String),
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +134,22 @@ impl Fill {
                 (Some(total), _, _) => return Ok(total),
                 (None, _, Outcome::Failed(error)) => return Err(error),
                 _ => listener.await,
+            }
+        }
+    }
+
+    /// Waits until the fill ended: `Ok` once the blob is verified and in the cache.
+    ///
+    /// # Errors
+    /// The fill failed, or could not cache the blob (no room).
+    pub async fn finished(&self) -> Result<(), FillError> {
+        loop {
+            let listener = self.changed.listen();
+            match self.snapshot().2 {
+                Outcome::Running => listener.await,
+                Outcome::Published => return Ok(()),
+                Outcome::Failed(error) => return Err(error),
+                Outcome::Uncached(reason) => return Err(FillError::Uncached(reason)),
             }
         }
     }
