@@ -1,7 +1,6 @@
-//! IPFS as a blob source: whoever publishes blobs to IPFS records `digest → CID` in Redis;
-//! a blob with a CID is fetched from an IPFS HTTP gateway (`GET <gateway>/ipfs/<cid>`) before
-//! the upstream registry. The gateway is not trusted: what it sends is verified like any
-//! source before it is cached or shown to a client.
+//! IPFS as a blob source: a blob whose digest has a CID in Redis is fetched from an IPFS HTTP
+//! gateway before the upstream registry. The gateway is not trusted: its bytes are verified like
+//! any source's before they are cached or shown to a client.
 
 use crate::redis_client::RedisClient;
 
