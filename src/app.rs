@@ -1,7 +1,6 @@
-//! Assembles the facade from a validated configuration: opens the cache, installs the demo
-//! image, builds the registry, loads the TLS certificate and client credentials and starts
-//! the executors; a watcher thread reloads the certificate and credentials when their files
-//! change and, when serving from a config file, the static layers when that file changes.
+//! Assembles the facade from a validated configuration: cache, demo image, registry, TLS,
+//! credentials and metrics, handed with the clock to the executors (`Served`). A watcher thread
+//! re-reads the TLS, credential and config files when they change.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

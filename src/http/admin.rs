@@ -1,8 +1,6 @@
-//! The admin API, served only on the admin listener (never the public port):
-//! `PUT|GET|DELETE /admin/specs/<id>` for the `remote/<id>` specs, `POST|GET /admin/prefetch`
-//! to warm the cache and follow it, `/live`, `/ready` and `/metrics` (Prometheus). Answers are
-//! JSON (but metrics); errors are `{"error": "<what>"}` with the status that fits. Readiness
-//! never depends on an upstream registry, only on this node's own shared state (Redis).
+//! The admin API, served only on the admin listener (never the public port): the `remote/<id>`
+//! specs under `/admin/specs/<id>`, prefetches under `/admin/prefetch`, `/live`, `/ready` and
+//! `/metrics`. Readiness depends only on this node's own state (Redis), never on an upstream.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};

@@ -1,7 +1,6 @@
-//! One client connection: plain TCP or TLS (handshake bounded by the header-read timeout),
-//! then HTTP/1.1 or h2 (ALPN, or the first bytes: see `protocol`) served by hyper, with the
-//! idle timeout and graceful shutdown on drain; and the short answer given to a connection
-//! over a limit.
+//! One client connection: plain or TLS (handshake bounded by the header-read timeout), then
+//! HTTP/1.1 or h2 served by hyper, with the idle timeout and a graceful end on drain; and the
+//! short answer given to a connection over a limit.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,9 +1,7 @@
-//! Recording, from the executor a piece of code runs on. Each executor installs its meter in a
-//! thread-local at start (`Metrics::enter_core`): the serving path's counters are resolved to
-//! handles once per core (eagerly, or on first use for requests), so a record is an array
-//! index and an uncontended atomic add, never a label-set hash lookup, and no two cores write
-//! the same cache line. On a thread without a meter (the blocking pool, the `import` command,
-//! unit tests) recording does nothing: nothing there is served.
+//! Recording, from the executor the code runs on: each executor's meter (a thread-local) holds
+//! its series resolved once, so a record is an index and an uncontended atomic add, on a cache
+//! line no other core writes. Where no meter is installed (blocking pool, `import`, unit tests)
+//! nothing is served and nothing is recorded.
 
 use std::cell::OnceCell;
 use std::sync::Arc;

@@ -1,12 +1,6 @@
-//! Every metric the facade exports, defined in this one place, and their rendering as
-//! OpenMetrics text for `/metrics` on the admin listener. Recording goes through the meter of
-//! the executor the code runs on (`meter`); label values are the fixed enums of `labels`,
-//! never names, references or digests. Knows nothing else of ours.
-//!
-//! Built on `prometheus-client` (the Prometheus project's Rust client) as registry and text
-//! encoder only: it has no global state (each server in a process has its own metrics), no
-//! HTTP server and no runtime, and its counters are plain atomics we can resolve once per
-//! core and keep.
+//! Every metric the facade exports, defined in this one place and rendered as OpenMetrics text
+//! for `/metrics`. Label values are the fixed enums of `labels`, never names, references or
+//! digests. `prometheus-client` is the registry and encoder only. Knows nothing else of ours.
 
 mod hosts;
 mod labels;

@@ -1,8 +1,6 @@
-//! Redis, the cluster's shared state, reached without ever blocking an executor: a dedicated
-//! thread runs a current-thread tokio runtime that owns the connection (a reconnecting
-//! connection manager, or a cluster connection); executors send commands over a channel and
-//! await the reply, each for at most the configured timeout. While Redis is down, commands
-//! fail fast, a probe reconnects with backoff, and `health` says why for `/ready`.
+//! Redis, the cluster's shared state, never blocking an executor: a thread of its own runs the
+//! tokio runtime that owns the connection; executors send commands over a channel and wait at
+//! most the configured timeout. While Redis is down commands fail fast and `health` says why.
 
 pub mod keys;
 

@@ -1,7 +1,6 @@
-//! Resolving the images a spec names (base, IDE, supervisor, static image layers) to one
-//! platform: manifest and config, fetched through the same verified paths as mirrors (or
-//! read from a local repository), cached by manifest digest, each fetched once however many
-//! specs and cores ask at the same time.
+//! `Images`: the images a spec names (base, IDE, supervisor, static image layers) resolved to one
+//! platform, manifest and config, through the verified mirror paths or a local repository; kept
+//! by manifest digest, each resolved once however many specs and cores ask.
 
 use std::sync::Arc;
 

@@ -1,8 +1,7 @@
-//! The facade's rules, and the only door to what lies below them: which source a name is
-//! (local, mirrored, composed from a spec), which manifest a tag or digest means for this
-//! client (Accept, platform), which blobs may be served, filling the cache, and the specs the
-//! admin API writes. Failures come out as `RegistryError`, whose `verdict` decides their class
-//! and wire code. Knows nothing of HTTP.
+//! The facade's rules, and the only door below `http`: which source a name is, which manifest a
+//! request means, which blobs may be served, fills, specs. Each part owns its file (`Remote`,
+//! `Images`, `Composer`, `LocalRepositories`, `Content`); failures are `RegistryError`, whose
+//! `verdict` gives their class and wire code. Knows nothing of HTTP.
 
 mod blocking;
 mod budget;

@@ -1,10 +1,7 @@
-//! Single-flight fills: however many requests, on whichever cores, ask for a blob the cache
-//! lacks, exactly one upstream download runs (on the executor of the first asker, detached, so
-//! no client's disconnect cancels it). It streams into a temp file; every reader follows the
-//! growing file. The blob is published only once its sha256 and size match; a mismatch or a
-//! give-up fails every reader and keeps nothing (and no reader gets the last byte of a blob
-//! before it is verified). When the budget or the disk has no room, the
-//! fill stops and each reader streams straight from upstream instead.
+//! Single-flight fills: however many requests and cores ask for a blob the cache lacks, one
+//! download runs (detached, on the first asker's executor) into a temp file every reader follows.
+//! The blob is published, and its last byte sent, only once size and sha256 match; otherwise every
+//! reader fails and nothing is kept. Without room, each reader streams from upstream itself.
 
 mod reader;
 mod writer;
