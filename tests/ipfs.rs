@@ -253,3 +253,31 @@ fn an_ipfs_api_that_is_down_or_answers_garbage_costs_a_pull_nothing() {
         assert!(upstream.record(&layer.digest).is_none(), "{api}: nothing recorded");
     }
 }
+
+#[test]
+fn a_fleet_starting_the_same_image_at_once_fetches_each_blob_from_upstream_once() {
+    let upstream = Upstream::new();
+    let node_a = KuboNode::start(&[]);
+    let node_b = KuboNode::start(&[&node_a]);
+    let node_c = KuboNode::start(&[&node_a, &node_b]);
+    let facades: Vec<TestServer> = [&node_a, &node_b, &node_c].iter().map(|node| upstream.facade(&format!(r#"{{"gateway": "{n}", "api": "{n}"}}"#, n = node.url()))).collect();
+    let image = upstream.layout.image().clone();
+    // Three nodes start the same workspace image at the same moment.
+    let pulls: Vec<_> = facades
+        .iter()
+        .enumerate()
+        .map(|(i, facade)| {
+            let (source, out) = (format!("docker://{}/mirror/up/{REPO}:v1", facade.addr), upstream.dir.path().join(format!("at-once-{i}")));
+            std::thread::spawn(move || {
+                run(skopeo().args(["copy", "--src-tls-verify=false", &source, &format!("dir:{}", out.display())]));
+                out
+            })
+        })
+        .collect();
+    for pull in pulls {
+        image::assert_dir_copy(&pull.join().unwrap(), &image);
+    }
+    for (digest, _) in upstream.digests().iter().skip(1) {
+        assert_eq!(upstream.registry.blob_gets(digest), 1, "{digest}: one node claimed it, the others read its publication");
+    }
+}

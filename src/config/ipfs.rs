@@ -14,6 +14,10 @@ const DEFAULT_CID_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 const DEFAULT_GATEWAY_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_PUBLISH_TIMEOUT_MS: u64 = 600_000;
 const DEFAULT_PUBLISH_QUEUE: usize = 64;
+/// A node waits this long for a peer's publication before it asks upstream itself: below the
+/// default `idleTimeoutMs` (90 s), so that its client is answered either way.
+const DEFAULT_PEER_WAIT_MS: u64 = 60_000;
+const DEFAULT_CLAIM_TTL_MS: u64 = 600_000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -24,6 +28,8 @@ pub struct IpfsFile {
     gateway_timeout_ms: Option<u64>,
     publish_timeout_ms: Option<u64>,
     publish_queue: Option<usize>,
+    peer_wait_ms: Option<u64>,
+    claim_ttl_ms: Option<u64>,
 }
 
 /// The settings of `file`; `has_redis`: whether `redis` is configured (the CID records live there).
@@ -55,6 +61,8 @@ pub fn ipfs_settings(file: IpfsFile, has_redis: bool, invalid: &dyn Fn(&str, Str
         cid_ttl: ms("ipfs.cidTtlMs", file.cid_ttl_ms, DEFAULT_CID_TTL_MS)?,
         gateway_timeout: ms("ipfs.gatewayTimeoutMs", file.gateway_timeout_ms, DEFAULT_GATEWAY_TIMEOUT_MS)?,
         publish_timeout: ms("ipfs.publishTimeoutMs", file.publish_timeout_ms, DEFAULT_PUBLISH_TIMEOUT_MS)?,
+        peer_wait: Duration::from_millis(file.peer_wait_ms.unwrap_or(DEFAULT_PEER_WAIT_MS)),
+        claim_ttl: ms("ipfs.claimTtlMs", file.claim_ttl_ms, DEFAULT_CLAIM_TTL_MS)?,
         publish_queue: match file.publish_queue {
             Some(0) => return Err(invalid("ipfs.publishQueue", "must be greater than 0".into())),
             other => other.unwrap_or(DEFAULT_PUBLISH_QUEUE),

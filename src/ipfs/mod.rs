@@ -30,7 +30,16 @@ pub struct IpfsSettings {
     pub publish_timeout: Duration,
     /// Blobs waiting for publication on one core, at most; more are skipped and counted.
     pub publish_queue: usize,
+    /// How long a node waits for a blob another node is bringing in from upstream to appear
+    /// in IPFS before it asks upstream itself; zero: never waits.
+    pub peer_wait: Duration,
+    /// How long a node's claim on bringing a blob in from upstream lasts at most (it is given
+    /// back once the blob is published, or the fetch failed).
+    pub claim_ttl: Duration,
 }
+
+/// How often a node waiting for a peer's publication looks at Redis.
+const PEER_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpfsError {
@@ -65,6 +74,8 @@ pub struct Ipfs {
     gateway: Option<String>,
     api: Option<IpfsApi>,
     redis: RedisClient,
+    /// This node's name in the claims it holds.
+    node: String,
 }
 
 impl Ipfs {
@@ -73,7 +84,8 @@ impl Ipfs {
     pub fn new(settings: IpfsSettings, redis: RedisClient) -> Result<Ipfs, IpfsError> {
         let api = settings.api.as_deref().map(|url| IpfsApi::new(url, Duration::from_secs(5))).transpose()?;
         let gateway = settings.gateway.as_deref().map(|url| url.trim_end_matches('/').to_owned());
-        Ok(Ipfs { settings, gateway, api, redis })
+        let node = format!("{:016x}", fastrand::u64(..));
+        Ok(Ipfs { settings, gateway, api, redis, node })
     }
 
     pub fn settings(&self) -> &IpfsSettings {
@@ -123,6 +135,46 @@ impl Ipfs {
     /// Redis cannot be asked.
     pub async fn has_record(&self, digest: &Digest) -> Result<bool, RedisError> {
         Ok(self.redis.get(&self.redis.keys().cid(&digest.to_string())).await?.is_some())
+    }
+
+    /// Claims, for every node, bringing `digest` in from upstream (this node then publishes
+    /// it and gives the claim back): `false` if another node holds the claim, or Redis cannot
+    /// say (then nobody waits for this node).
+    pub async fn claim(&self, digest: &Digest) -> bool {
+        let key = self.redis.keys().fill_lease(&digest.to_string());
+        self.redis.set_if_absent(&key, self.node.clone().into_bytes(), self.settings.claim_ttl).await.unwrap_or(false)
+    }
+
+    /// Gives back this node's claim on `digest`.
+    pub async fn release(&self, digest: &Digest) {
+        let key = self.redis.keys().fill_lease(&digest.to_string());
+        if let Ok(Some(holder)) = self.redis.get(&key).await {
+            if holder == self.node.as_bytes() {
+                let _ = self.redis.delete(&key).await;
+            }
+        }
+    }
+
+    /// While another node holds the claim on `digest` (it is bringing it in from upstream to
+    /// publish it), waits for its record, at most `peer_wait`: where to read it once it
+    /// appears; `None` when no node holds a claim, the claim went without a record, or the
+    /// wait ran out (the caller then asks upstream itself).
+    pub async fn wait_for_peer(&self, digest: &Digest) -> Option<Located> {
+        let claim = self.redis.keys().fill_lease(&digest.to_string());
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(located) = self.locate(digest).await {
+                return Some(located);
+            }
+            let held = matches!(self.redis.get(&claim).await, Ok(Some(holder)) if holder != self.node.as_bytes());
+            if !held || started.elapsed() >= self.settings.peer_wait {
+                if held {
+                    tracing::info!(%digest, waited_ms = started.elapsed().as_millis() as u64, "a peer is still bringing the blob in; asking upstream too");
+                }
+                return None;
+            }
+            glommio::timer::sleep(PEER_POLL).await;
+        }
     }
 
     /// Adds `size` bytes of `digest` from `blob` to the node behind the API and records the

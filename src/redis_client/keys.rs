@@ -33,6 +33,11 @@ impl Keys {
     pub fn cid(&self, digest: &str) -> String {
         format!("{}cid:{digest}", self.prefix)
     }
+
+    /// Held by the node bringing a blob in from upstream to publish it to IPFS.
+    pub fn fill_lease(&self, digest: &str) -> String {
+        format!("{}fill:{digest}", self.prefix)
+    }
 }
 
 #[cfg(test)]

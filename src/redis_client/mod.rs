@@ -69,6 +69,8 @@ pub enum RedisError {
 enum Command {
     Get(String),
     Set(String, Vec<u8>, Option<Duration>),
+    /// `SET … NX PX`: only if the key is absent.
+    SetIfAbsent(String, Vec<u8>, Duration),
     Delete(String),
 }
 
@@ -234,6 +236,17 @@ impl RedisClient {
         self.call(Command::Set(key.to_owned(), value, ttl)).await.map(|_| ())
     }
 
+    /// Sets `key` for `ttl` only if it is absent (atomically, for all nodes): whether it was set.
+    ///
+    /// # Errors
+    /// As `get`.
+    pub async fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, RedisError> {
+        match self.call(Command::SetIfAbsent(key.to_owned(), value, ttl)).await? {
+            Answer::Done(set) => Ok(set),
+            Answer::Value(_) => Err(RedisError::Command("unexpected answer".into())),
+        }
+    }
+
     /// Whether the key existed.
     ///
     /// # Errors
@@ -311,6 +324,11 @@ async fn execute(connection: &mut Connection, command: Command) -> Result<Answer
                 cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
             }
             connection.query::<()>(&cmd).await.map(|()| Answer::Done(true)).map_err(failed)
+        }
+        Command::SetIfAbsent(key, value, ttl) => {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key).arg(value).arg("NX").arg("PX").arg(ttl.as_millis().max(1) as u64);
+            connection.query::<Option<String>>(&cmd).await.map(|set| Answer::Done(set.is_some())).map_err(failed)
         }
         Command::Delete(key) => connection.query::<i64>(redis::cmd("DEL").arg(key)).await.map(|n| Answer::Done(n > 0)).map_err(failed),
     }

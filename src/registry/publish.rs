@@ -21,10 +21,14 @@ use crate::table::SharedMap;
 /// Bytes read from the cache file per read on the blocking pool.
 const READ_BYTES: usize = 1 << 20;
 
+/// A blob waiting for publication: its digest, size, and whether this node holds the
+/// fleet's claim on it (given back once published or given up).
+type Offered = (Digest, u64, bool);
+
 /// Blobs waiting on one executor for a publisher.
 #[derive(Default)]
 struct CoreQueue {
-    waiting: VecDeque<(Digest, u64)>,
+    waiting: VecDeque<Offered>,
     draining: bool,
 }
 
@@ -46,8 +50,9 @@ impl Publisher {
     }
 
     /// Queues `digest` (`size` bytes, verified and in the cache) for publication on this
-    /// executor; never waits. A full queue skips it.
-    pub fn offer(self: &Arc<Self>, digest: &Digest, size: u64) {
+    /// executor; never waits. A full queue skips it. `claimed`: this node holds the fleet's
+    /// claim on it, which the publication gives back.
+    pub fn offer(self: &Arc<Self>, digest: &Digest, size: u64, claimed: bool) {
         let key = Arc::as_ptr(self) as usize;
         let start = QUEUES.with(|queues| {
             let mut queues = queues.borrow_mut();
@@ -55,13 +60,17 @@ impl Publisher {
             if queue.waiting.len() >= self.ipfs.settings().publish_queue {
                 return None;
             }
-            queue.waiting.push_back((digest.clone(), size));
+            queue.waiting.push_back((digest.clone(), size, claimed));
             Some(!std::mem::replace(&mut queue.draining, true))
         });
         match start {
             None => {
                 tracing::debug!(%digest, "not published: this core's publication queue is full");
                 metrics::ipfs_publication(Publication::QueueFull, 0);
+                if claimed {
+                    let (ipfs, digest) = (self.ipfs.clone(), digest.clone());
+                    glommio::spawn_local(async move { ipfs.release(&digest).await }).detach();
+                }
             }
             Some(true) => {
                 let publisher = Arc::clone(self);
@@ -81,9 +90,12 @@ impl Publisher {
                 queue.draining = next.is_some();
                 next
             });
-            let Some((digest, size)) = next else { return };
+            let Some((digest, size, claimed)) = next else { return };
             let (outcome, bytes) = self.publish(&digest, size).await;
             metrics::ipfs_publication(outcome, bytes);
+            if claimed {
+                self.ipfs.release(&digest).await;
+            }
         }
     }
 

@@ -179,7 +179,7 @@ impl Remote {
     /// Offers content that came from upstream, verified and cached, for publication to IPFS.
     pub fn offer(&self, digest: &Digest, size: u64) {
         if let Some(publisher) = &self.fills.publisher {
-            publisher.offer(digest, size);
+            publisher.offer(digest, size, false);
         }
     }
 

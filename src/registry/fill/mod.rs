@@ -23,7 +23,7 @@ use super::blocking::run_blocking;
 use super::budget::Reservation;
 use super::content::Content;
 use super::publish::Publisher;
-use crate::ipfs::Ipfs;
+use crate::ipfs::{Ipfs, Located};
 use crate::metrics::{self, ByteSource, FillOutcome, FillSource};
 use crate::oci::Digest;
 use crate::store::{CacheDir, StoreError};
@@ -264,29 +264,48 @@ impl FillContext {
     }
 
     /// IPFS first when Redis names a CID (a blob from there is not published again), then
-    /// upstream (a blob from there is offered for publication).
+    /// upstream (a blob from there is offered for publication). A node that publishes claims
+    /// the upstream fetch for the fleet; the others wait for its publication (bounded) rather
+    /// than fetch the same blob from upstream at the same time.
     async fn fetch(&self, fill: &Arc<Fill>) -> Outcome {
+        let mut claimed = false;
         if let Some(ipfs) = &self.ipfs {
-            if let Some(located) = ipfs.locate(&fill.digest).await {
-                let attempt = Attempt {
-                    location: BlobLocation::Url(located.url.clone()),
-                    source: FillSource::Ipfs,
-                    deadline: Some(Instant::now() + ipfs.settings().gateway_timeout),
-                    expected_size: located.record.size,
-                };
-                match self.fetch_from(fill, attempt).await {
-                    Outcome::Published => return Outcome::Published,
-                    Outcome::Failed(FillError::Corrupt(lie)) => ipfs.forget(&fill.digest, &format!("{} sent other bytes: {lie}", located.record.cid)).await,
-                    other => tracing::warn!(digest = %fill.digest, cid = located.record.cid, outcome = ?other, "the IPFS gateway did not deliver; fetching from upstream"),
+            if let Some(outcome) = self.from_ipfs(fill, ipfs, ipfs.locate(&fill.digest).await).await {
+                return outcome;
+            }
+            claimed = self.publisher.is_some() && ipfs.claim(&fill.digest).await;
+            if !claimed {
+                if let Some(outcome) = self.from_ipfs(fill, ipfs, ipfs.wait_for_peer(&fill.digest).await).await {
+                    return outcome;
                 }
             }
         }
         let attempt = Attempt { location: fill.location.clone(), source: FillSource::Upstream, deadline: None, expected_size: None };
         let outcome = self.fetch_from(fill, attempt).await;
-        if let (Outcome::Published, Some(publisher)) = (&outcome, &self.publisher) {
-            publisher.offer(&fill.digest, fill.written.load(Ordering::Acquire));
+        match (&outcome, &self.publisher, &self.ipfs) {
+            (Outcome::Published, Some(publisher), _) => publisher.offer(&fill.digest, fill.written.load(Ordering::Acquire), claimed),
+            (_, _, Some(ipfs)) if claimed => ipfs.release(&fill.digest).await,
+            _ => {}
         }
         outcome
+    }
+
+    /// The blob read from IPFS at `located`: `Some(Published)`, or `None` when it was not
+    /// there in time or was other bytes (whose record is then deleted).
+    async fn from_ipfs(&self, fill: &Arc<Fill>, ipfs: &Ipfs, located: Option<Located>) -> Option<Outcome> {
+        let located = located?;
+        let attempt = Attempt {
+            location: BlobLocation::Url(located.url.clone()),
+            source: FillSource::Ipfs,
+            deadline: Some(Instant::now() + ipfs.settings().gateway_timeout),
+            expected_size: located.record.size,
+        };
+        match self.fetch_from(fill, attempt).await {
+            Outcome::Published => return Some(Outcome::Published),
+            Outcome::Failed(FillError::Corrupt(lie)) => ipfs.forget(&fill.digest, &format!("{} sent other bytes: {lie}", located.record.cid)).await,
+            other => tracing::warn!(digest = %fill.digest, cid = located.record.cid, outcome = ?other, "the IPFS gateway did not deliver; fetching from upstream"),
+        }
+        None
     }
 
     /// One download into the cache, counted in the fill metrics.
