@@ -171,7 +171,7 @@ impl<S: AsyncWrite + Unpin> Outbox for BatchOutbox<S> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
+    use std::io::Read;
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -180,26 +180,7 @@ mod tests {
 
     use super::*;
 
-    /// A non-blocking loopback socket as futures-io, as glommio's stream would be (minus the
-    /// readiness poll: a refused write only keeps its waker).
-    struct Socket(TcpStream);
-
-    impl AsyncWrite for Socket {
-        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-            match (&self.0).write(buf) {
-                Err(e) if would_block(&e) => Poll::Pending,
-                other => Poll::Ready(other),
-            }
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
+    use crate::transport::test_socket::Socket;
 
     struct Connection {
         frames: Rc<FrameBatch>,

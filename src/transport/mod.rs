@@ -12,6 +12,8 @@ mod rt;
 mod state;
 mod stream;
 mod syscall;
+#[cfg(test)]
+mod test_socket;
 mod tls_stream;
 
 pub use client::ClientIo;
