@@ -270,12 +270,12 @@ impl FillContext {
     async fn fetch(&self, fill: &Arc<Fill>) -> Outcome {
         let mut claimed = false;
         if let Some(ipfs) = &self.ipfs {
-            if let Some(outcome) = self.from_ipfs(fill, ipfs, ipfs.locate(&fill.digest).await).await {
+            if let Some(outcome) = self.read_from_ipfs(fill, ipfs, ipfs.locate(&fill.digest).await).await {
                 return outcome;
             }
             claimed = self.publisher.is_some() && ipfs.claim(&fill.digest).await;
             if !claimed {
-                if let Some(outcome) = self.from_ipfs(fill, ipfs, ipfs.wait_for_peer(&fill.digest).await).await {
+                if let Some(outcome) = self.read_from_ipfs(fill, ipfs, ipfs.wait_for_peer(&fill.digest).await).await {
                     return outcome;
                 }
             }
@@ -292,7 +292,7 @@ impl FillContext {
 
     /// The blob read from IPFS at `located`: `Some(Published)`, or `None` when it was not
     /// there in time or was other bytes (whose record is then deleted).
-    async fn from_ipfs(&self, fill: &Arc<Fill>, ipfs: &Ipfs, located: Option<Located>) -> Option<Outcome> {
+    async fn read_from_ipfs(&self, fill: &Arc<Fill>, ipfs: &Ipfs, located: Option<Located>) -> Option<Outcome> {
         let located = located?;
         let attempt = Attempt {
             location: BlobLocation::Url(located.url.clone()),
