@@ -1,7 +1,6 @@
-//! Assembles the facade from a validated configuration: opens the cache, installs the demo
-//! image, builds the registry, loads the TLS certificate and client credentials and starts
-//! the executors; a watcher thread reloads the certificate and credentials when their files
-//! change and, when serving from a config file, the static layers when that file changes.
+//! Assembles the facade from a validated configuration: cache, demo image, registry, TLS,
+//! credentials and metrics, handed with the clock to the executors (`Served`). A watcher thread
+//! re-reads the TLS, credential and config files when they change.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use crate::config::{Config, Overrides};
 use crate::demo;
 use crate::file_version::{file_version, FileVersion};
 use crate::http::{CredentialStore, HttpSecurity, Served, TlsConfig};
-use crate::ipfs::IpfsGateway;
+use crate::ipfs::{Ipfs, IpfsError};
 use crate::metrics::{Metrics, ReloadOutcome, ReloadedFile};
 use crate::redis_client::{RedisClient, RedisError};
 use crate::registry::{Registry, Shared};
@@ -34,6 +33,8 @@ pub enum AppError {
     #[error("{0}")]
     Redis(#[from] RedisError),
     #[error("{0}")]
+    Ipfs(#[from] IpfsError),
+    #[error("{0}")]
     Runtime(#[from] RuntimeError),
     /// A TLS or credentials file named by the config cannot be used (the message names the key).
     #[error("{0}")]
@@ -47,7 +48,7 @@ pub enum AppError {
 /// The cache cannot be opened or written, the registry cannot load what the config names,
 /// or the runtime cannot start.
 pub fn start(config: &Config, clock: Clock) -> Result<Server, AppError> {
-    let (_, registry) = assemble(config, &clock)?;
+    let (_, registry) = open_registry(config, &clock)?;
     let security = load_security(config)?;
     let metrics = Metrics::new();
     let server = launch(config, registry, &security, Arc::clone(&metrics), clock)?;
@@ -60,7 +61,7 @@ pub fn start(config: &Config, clock: Clock) -> Result<Server, AppError> {
 /// # Errors
 /// As `start`.
 pub fn start_watching(config: &Config, path: &Path, overrides: &Overrides, clock: Clock) -> Result<Server, AppError> {
-    let (cache, registry) = assemble(config, &clock)?;
+    let (cache, registry) = open_registry(config, &clock)?;
     let security = load_security(config)?;
     let metrics = Metrics::new();
     let server = launch(config, Arc::clone(&registry), &security, Arc::clone(&metrics), clock)?;
@@ -76,7 +77,12 @@ pub fn start_watching(config: &Config, path: &Path, overrides: &Overrides, clock
     Ok(server)
 }
 
-fn assemble(config: &Config, clock: &Clock) -> Result<(Arc<CacheDir>, Arc<Registry>), AppError> {
+/// The cache and the registry `config` describes, as a server would open them (also for
+/// commands that work on the same cache: `prefetch`).
+///
+/// # Errors
+/// As `start`, less the runtime.
+pub fn open_registry(config: &Config, clock: &Clock) -> Result<(Arc<CacheDir>, Arc<Registry>), AppError> {
     let cache = Arc::new(CacheDir::open(&config.cache_dir)?);
     if config.demo_image {
         let digest = demo::install(&cache, &config.registry.platform)?;
@@ -84,8 +90,9 @@ fn assemble(config: &Config, clock: &Clock) -> Result<(Arc<CacheDir>, Arc<Regist
     }
     let upstream = Upstream::new(config.upstream.clone(), clock.clone())?;
     let redis = config.redis.as_ref().map(RedisClient::start).transpose()?;
-    let ipfs = match (&config.ipfs_gateway, &redis) {
-        (Some(gateway), Some(redis)) => Some(IpfsGateway::new(gateway, redis.clone())),
+    // The configuration checked that IPFS comes with Redis.
+    let ipfs = match (&config.ipfs, &redis) {
+        (Some(settings), Some(redis)) => Some(Ipfs::new(settings.clone(), redis.clone())?),
         _ => None,
     };
     let registry = Arc::new(Registry::open(Arc::clone(&cache), config.registry.clone(), upstream, Shared { redis, ipfs }, clock.clone())?);
@@ -136,7 +143,7 @@ fn watch_files(security: Security, mut config_file: Option<ConfigFile>, metrics:
 }
 
 fn launch(config: &Config, registry: Arc<Registry>, security: &Security, metrics: Arc<Metrics>, clock: Clock) -> Result<Server, AppError> {
-    let served = Served { registry, metrics, clock };
+    let served = Served { registry, metrics, clock, prefetch_at_start: config.prefetch.clone() };
     let server = Server::start(config.runtime.clone(), served, security.http.clone())?;
     tracing::info!(
         listen = %server.local_addr(),

@@ -1,5 +1,5 @@
-//! The command line: `serve` (the default), `import` and `setup`; logging set-up and signal
-//! handling.
+//! The command line: `serve` (the default), `import`, `prefetch` and `setup`; logging set-up
+//! and signal handling.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use crate::clock::Clock;
 use crate::config::{Config, LogFormat, LogSettings, Overrides};
 use crate::import::import_layout;
 use crate::oci::{RepositoryName, Tag};
+use crate::registry::PrefetchRef;
 use crate::runtime::{ShutdownKind, Stopper};
 use crate::setup::{write_hosts_config, SetupRequest, DEFAULT_HOSTS_DIR};
 use crate::store::CacheDir;
@@ -32,6 +33,24 @@ enum Command {
     Import(ImportArgs),
     /// Point this node's containerd at the facade: write its hosts.toml (pull, resolve, CA).
     Setup(SetupArgs),
+    /// Warm the cache: fetch every blob of the images named (from IPFS or upstream).
+    Prefetch(PrefetchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct PrefetchArgs {
+    /// Images: names this facade serves (`demo:latest`, `mirror/<alias>/<repo>:<tag>`,
+    /// `remote/<id>`, `fixed/<id>`) or upstream images with their registry host
+    /// (`registry.example/team/app:1.0`).
+    #[arg(required = true, value_name = "REF")]
+    refs: Vec<String>,
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Blobs fetched at once.
+    #[arg(long, value_name = "N", default_value_t = crate::registry::DEFAULT_PREFETCH_CONCURRENCY)]
+    concurrency: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -83,6 +102,7 @@ pub fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Import(args)) => import(args),
         Some(Command::Setup(args)) => setup(args),
+        Some(Command::Prefetch(args)) => prefetch(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,6 +126,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     server.join().map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn prefetch(args: PrefetchArgs) -> Result<(), String> {
+    let overrides = Overrides { cache_dir: args.cache_dir, ..Overrides::default() };
+    let config = Config::load(args.config.as_deref(), &overrides).map_err(|e| e.to_string())?;
+    init_logging(&config.log);
+    let refs = args.refs.iter().map(|r| r.parse::<PrefetchRef>().map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>()?;
+    let (_, registry) = app::open_registry(&config, &Clock::system()).map_err(|e| e.to_string())?;
+    crate::prefetch::run(registry, refs, args.concurrency)
 }
 
 fn import(args: ImportArgs) -> Result<(), String> {

@@ -1,9 +1,12 @@
 //! The time every time-based rule reads (TTLs, sweeps, idle and header timeouts): the
-//! kernel's coarse monotonic clock, in milliseconds. Tests move a clock forward with
-//! `advance` instead of sleeping; anything waiting on the clock hears it move (`moved`).
+//! kernel's coarse monotonic clock, in milliseconds, which tests move forward with `advance`
+//! instead of sleeping; and bounds on how long a future may take, on glommio timers.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use event_listener::{Event, EventListener};
@@ -64,6 +67,52 @@ impl std::fmt::Debug for Clock {
         match &self.skew {
             None => f.write_str("Clock::system"),
             Some(skew) => write!(f, "Clock::adjustable(+{} ms)", skew.ms.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// Runs `future` for at most `limit`; `None` if the time ran out first (the future is dropped).
+/// The limit counts from the future's first wait: one that is ready at once (a cached answer)
+/// costs no timer.
+pub async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
+    let mut future = std::pin::pin!(future);
+    let mut timer: Option<glommio::timer::Timer> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(value) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(value));
+        }
+        let timer = timer.get_or_insert_with(|| glommio::timer::Timer::new(limit));
+        Pin::new(timer).poll(cx).map(|_| None)
+    })
+    .await
+}
+
+/// `within`, with the limit counted on `clock`: a test that moves the clock past it sees the
+/// future dropped at once.
+pub async fn within_on<T>(clock: &Clock, limit: Duration, future: impl Future<Output = T>) -> Option<T> {
+    let deadline_ms = clock.now_ms().saturating_add(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX));
+    let mut future = std::pin::pin!(future);
+    loop {
+        let left = Duration::from_millis(deadline_ms.saturating_sub(clock.now_ms()));
+        if left.is_zero() {
+            return None;
+        }
+        let mut timer = glommio::timer::Timer::new(left);
+        let mut moved = clock.moved();
+        let woke = std::future::poll_fn(|cx| {
+            if let Poll::Ready(value) = future.as_mut().poll(cx) {
+                return Poll::Ready(Some(value));
+            }
+            let timed_out = Pin::new(&mut timer).poll(cx).is_ready();
+            let clock_moved = moved.as_mut().is_some_and(|listener| Pin::new(listener).poll(cx).is_ready());
+            if timed_out || clock_moved {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        if woke.is_some() {
+            return woke;
         }
     }
 }

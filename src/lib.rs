@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cli, config, app, setup,  command line, configuration, assembly of the parts, node set-up,
-//!   import, demo            the import command, the built-in demo image
+//!   import, demo, prefetch  the import and prefetch commands, the built-in demo image
 //! runtime                   executors, listeners, connection limits, shutdown and drain
 //! http                      routes and answers: dispatch, responses, bodies, auth, admin
 //! registry                  the facade's rules and the only door below http: names → sources,
@@ -36,6 +36,7 @@ pub mod import;
 pub mod ipfs;
 pub mod metrics;
 pub mod oci;
+pub mod prefetch;
 pub mod redis_client;
 pub mod registry;
 pub mod runtime;

@@ -1,8 +1,6 @@
-//! `registry-facade setup`: points the node's containerd at the facade by writing its
-//! registry host file, `<hosts-dir>/<host>/hosts.toml` (pull and resolve from the facade over
-//! HTTPS), and copying the CA that signed the facade's certificate beside it. Every file is
-//! written to a temporary name and renamed, so containerd never reads half a file; a file
-//! that already says the same is left alone, so running it again changes nothing.
+//! `registry-facade setup`: points the node's containerd at the facade by writing
+//! `<hosts-dir>/<host>/hosts.toml` and the facade's CA beside it. Each file is written to a temp
+//! name and renamed, and one that already says the same is left alone, so a rerun changes nothing.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

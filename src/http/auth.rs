@@ -1,17 +1,7 @@
-//! Client authentication on the registry listener: HTTP Basic against an htpasswd file of
-//! bcrypt hashes (the format the reference registry reads, `htpasswd -B`), and static bearer
-//! tokens from a file. Every request is checked — unlike the Go facade, which accepts any
-//! Basic header. A failed check is a 401 with a `WWW-Authenticate` challenge per configured
-//! scheme.
-//!
-//! bcrypt costs tens of milliseconds by design, so it runs on the executor's blocking pool,
-//! one verification per executor at a time (a client guessing passwords cannot take the
-//! pool from fills), and the verdict on an `Authorization` value, accepted or refused, is
-//! remembered per executor, by its sha256, until the credentials change or a few minutes
-//! pass: containerd sends the same header on every request of a pull, and a node with a
-//! wrong password keeps sending it. At most `MAX_BCRYPT_WAITING` checks wait for their turn
-//! on an executor; past that a request is told to retry (429) rather than queued behind a
-//! stream of guesses for as long as they last.
+//! Client authentication on the registry listener: Basic against bcrypt hashes (`htpasswd -B`)
+//! and static bearer tokens, checked on every request; a failure is a 401 with a challenge per
+//! scheme. bcrypt runs on the blocking pool, one check per executor at a time, and verdicts are
+//! remembered per executor, so a client guessing passwords cannot take the pool from fills.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};

@@ -1,7 +1,6 @@
-//! Response bodies: whole `Bytes` (manifests, errors); a slice of a cached blob file, sent by
-//! sendfile where the stream adapter can; a stream that follows a fill; or nothing (HEAD). A
-//! body keeps its request counted as in flight, and its blob leased, until it is dropped.
-//! Each body counts the bytes it hands to the connection by where they came from.
+//! Response bodies: whole `Bytes`, a slice of a cached blob file (sendfile where the stream can),
+//! a stream that follows a fill, or nothing (HEAD). Until it is dropped a body keeps its request
+//! in flight and its blob leased, and it counts its bytes by where they came from.
 
 use std::fs::File;
 use std::io;

@@ -1,7 +1,6 @@
-//! One client connection: plain TCP or TLS (handshake bounded by the header-read timeout),
-//! then HTTP/1.1 or h2 (ALPN, or the first bytes: see `protocol`) served by hyper, with the
-//! idle timeout and graceful shutdown on drain; and the short answer given to a connection
-//! over a limit.
+//! One client connection: plain or TLS (handshake bounded by the header-read timeout), then
+//! HTTP/1.1 or h2 served by hyper, with the idle timeout and a graceful end on drain; and the
+//! short answer given to a connection over a limit.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,10 +17,10 @@ use hyper::body::Incoming;
 use super::failure::Failure;
 use super::protocol::{Connection, Ended};
 use super::{admin, blobserve, dispatch, response, HttpContext, Role, Sendfile};
-use crate::clock::Clock;
+use crate::clock::{within, within_on, Clock};
 use crate::metrics;
 use crate::transport::{
-    set_nonblocking, within, within_on, AlignedTls, BatchOutbox, ConnectionState, HyperIo, Outbox, Protocol, SendfileUse, SharedSocket, Timeout, VectoredSocket,
+    set_nonblocking, AlignedTls, BatchOutbox, ConnectionState, HyperIo, Outbox, Protocol, SendfileUse, SharedSocket, Timeout, VectoredSocket,
 };
 
 /// The whole life of a refused connection (TLS handshake included): a client that does not

@@ -15,8 +15,8 @@ use crate::oci::range::parse_range;
 use crate::oci::route::{self, Route};
 use crate::oci::Reference;
 use crate::metrics;
+use crate::clock::within;
 use crate::registry::BlobReply;
-use crate::transport::within;
 
 pub async fn handle<B>(request: Request<B>, ctx: &HttpContext) -> Response<ResponseBody> {
     let path = request.uri().path();

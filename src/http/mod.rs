@@ -26,7 +26,7 @@ pub use tls::{TlsConfig, TlsSettings};
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::registry::{PrefetchRef, Registry};
 use crate::transport::{GlommioTimer, LocalExec};
 
 /// Connection behaviour, from the configuration.
@@ -91,6 +91,8 @@ pub struct Served {
     pub metrics: Arc<Metrics>,
     /// What connection timeouts and credential caches read.
     pub clock: Clock,
+    /// Images prefetched in the background once the server is up (`prefetch`).
+    pub prefetch_at_start: Vec<PrefetchRef>,
 }
 
 /// What every connection of one listener on one executor shares: what it serves, the role

@@ -1,10 +1,6 @@
-//! Which HTTP a connection speaks, and hyper's connection serving it. TLS says it with ALPN;
-//! otherwise the first bytes do (the h2 preface, or a byte that differs from it). Those bytes
-//! stay in the stream adapter, which hands them to hyper together with whatever else the
-//! client has sent, so hyper parses the first request head from a single read. hyper-util's
-//! auto-detection reads 24 bytes of its own and gives them to hyper as a read by themselves,
-//! and hyper answers a short first read by growing its read buffer from 8 to 16 KiB for the
-//! connection's life: 8 MiB per 1,000 connections, for nothing.
+//! Which HTTP a connection speaks (ALPN, or else whether its first bytes are the h2 preface), and
+//! hyper's connection serving it. The bytes read to tell stay in the stream and reach hyper with
+//! the rest of its first read, so hyper never grows its read buffer for them.
 
 use std::error::Error as StdError;
 use std::future::Future;

@@ -1,7 +1,6 @@
-//! Values built from files that change while the server runs (the TLS certificate, client
-//! credentials): one shared current value that a watcher thread rebuilds when the files
-//! change, and a per-executor view that notices a rebuild with one atomic load and otherwise
-//! touches nothing shared. A rebuild that fails keeps the previous value.
+//! Values built from files that change while serving (TLS certificate, client credentials): one
+//! shared current value that a watcher thread rebuilds, and a per-executor view that sees a
+//! rebuild with one atomic load. A rebuild that fails keeps the previous value.
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;

@@ -1,9 +1,6 @@
-//! TLS for the registry listener: the rustls server configuration built from the operator's
-//! PEM files (certificate chain, key, and optionally the CA that client certificates must
-//! chain to), and the handshake of one connection. TLS 1.2 and 1.3 only (rustls has nothing
-//! older), ALPN `h2` then `http/1.1`, ring as the crypto provider. The files are re-read
-//! when they change (see `reload`): a renewed certificate applies to new connections without
-//! a restart.
+//! TLS for the registry listener: the rustls server configuration from the operator's PEM files
+//! (optionally a CA for client certificates) and one connection's handshake. TLS 1.2 and 1.3,
+//! ALPN `h2` then `http/1.1`; a renewed certificate reaches new connections (`reload`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,7 +1,6 @@
-//! The `host` label of upstream metrics, bounded: hosts come from the configuration and from
-//! image references and redirects, so their number is small in practice but not fixed. The
-//! first `MAX_HOSTS` distinct hosts get their own series; any later one is counted as `other`,
-//! so a spec naming many registries cannot grow the exposition without limit.
+//! The `host` label of upstream metrics, bounded: the first `MAX_HOSTS` distinct hosts get their
+//! own series and any later one counts as `other`, so a spec naming many registries cannot grow
+//! the exposition without limit.
 
 use std::collections::HashSet;
 use std::sync::Mutex;

@@ -57,6 +57,8 @@ label_enum! {
         Specs => "specs",
         /// Blobserve listener: a file of an image.
         Blobserve => "blobserve",
+        /// Admin listener: `/admin/prefetch[/<id>]`.
+        Prefetch => "prefetch",
     }
 }
 
@@ -174,6 +176,35 @@ label_enum! {
 }
 
 label_enum! {
+    /// What became of a blob offered for publication to IPFS.
+    Publication {
+        /// Added to the node and recorded in Redis.
+        Published => "published",
+        /// The node or Redis refused, failed or timed out.
+        Failed => "failed",
+        /// This core's queue was full.
+        QueueFull => "queue_full",
+        /// Redis already names a CID for it.
+        Known => "known",
+        /// Another core is publishing it.
+        InProgress => "in_progress",
+        /// It left the cache before its turn.
+        Gone => "gone",
+    }
+}
+
+label_enum! {
+    /// What a prefetch found of a blob.
+    PrefetchOutcome {
+        /// Brought into the cache.
+        Fetched => "fetched",
+        /// Already there (or nothing to fetch).
+        Present => "present",
+        Failed => "failed",
+    }
+}
+
+label_enum! {
     /// A file the facade re-reads when it changes.
     ReloadedFile {
         Tls => "tls",
@@ -260,6 +291,16 @@ pub(super) struct PrepullLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(super) struct PrefetchLabels {
+    pub outcome: PrefetchOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(super) struct PublicationLabels {
+    pub outcome: Publication,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(super) struct ReloadLabels {
     pub file: ReloadedFile,
     pub outcome: ReloadOutcome,
@@ -280,7 +321,7 @@ mod tests {
         for (i, source) in ByteSource::ALL.iter().enumerate() {
             assert_eq!(source.index(), i);
         }
-        assert_eq!(Route::COUNT, 10);
+        assert_eq!(Route::COUNT, 11);
         assert_eq!(Method::of(&http::Method::PATCH), Method::Other);
     }
 }

@@ -1,9 +1,7 @@
-//! Recording, from the executor a piece of code runs on. Each executor installs its meter in a
-//! thread-local at start (`Metrics::enter_core`): the serving path's counters are resolved to
-//! handles once per core (eagerly, or on first use for requests), so a record is an array
-//! index and an uncontended atomic add, never a label-set hash lookup, and no two cores write
-//! the same cache line. On a thread without a meter (the blocking pool, the `import` command,
-//! unit tests) recording does nothing: nothing there is served.
+//! Recording, from the executor the code runs on: each executor's meter (a thread-local) holds
+//! its series resolved once, so a record is an index and an uncontended atomic add, on a cache
+//! line no other core writes. Where no meter is installed (blocking pool, `import`, unit tests)
+//! nothing is served and nothing is recorded.
 
 use std::cell::OnceCell;
 use std::sync::Arc;
@@ -11,8 +9,8 @@ use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, PrepareLabels, RefusalLabels, RequestLabels, RetryLabels, ServedLabels};
-use super::{ByteSource, CacheKind, FillOutcome, FillSource, HotCounter, Listener, Method, Metrics, PrepareOutcome, Refusal, RetryKind, Route};
+use super::labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, PrefetchLabels, PrepareLabels, PublicationLabels, RefusalLabels, RequestLabels, RetryLabels, ServedLabels};
+use super::{ByteSource, CacheKind, FillOutcome, FillSource, HotCounter, Listener, Method, Metrics, PrefetchOutcome, PrepareOutcome, Publication, Refusal, RetryKind, Route};
 
 /// The status codes the facade answers with, sorted: each has a per-core slot. Any other
 /// code (none expected) is still counted, through the family's lookup.
@@ -126,6 +124,22 @@ pub fn blobserve_layer_unpacked(archive_bytes: u64) {
 /// Blobserve deleted `units` from its blob space to make room.
 pub fn blobserve_evicted(units: u64) {
     with_meter(|m| m.metrics.blobserve_evictions.inc_by(units));
+}
+
+/// A blob offered for publication to IPFS came to `outcome`; `bytes` were added if published.
+pub fn ipfs_publication(outcome: Publication, bytes: u64) {
+    with_meter(|m| {
+        m.metrics.ipfs_publications.get_or_create(&PublicationLabels { outcome }).inc();
+        m.metrics.ipfs_published_bytes.inc_by(bytes);
+    });
+}
+
+/// A blob of a prefetched image came to `outcome`; `bytes` were brought in if fetched.
+pub fn prefetched(outcome: PrefetchOutcome, bytes: u64) {
+    with_meter(|m| {
+        m.metrics.prefetched_blobs.get_or_create(&PrefetchLabels { outcome }).inc();
+        m.metrics.prefetched_bytes.inc_by(bytes);
+    });
 }
 
 pub fn upstream_retry(host: &str, kind: RetryKind) {

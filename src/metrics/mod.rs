@@ -1,12 +1,6 @@
-//! Every metric the facade exports, defined in this one place, and their rendering as
-//! OpenMetrics text for `/metrics` on the admin listener. Recording goes through the meter of
-//! the executor the code runs on (`meter`); label values are the fixed enums of `labels`,
-//! never names, references or digests. Knows nothing else of ours.
-//!
-//! Built on `prometheus-client` (the Prometheus project's Rust client) as registry and text
-//! encoder only: it has no global state (each server in a process has its own metrics), no
-//! HTTP server and no runtime, and its counters are plain atomics we can resolve once per
-//! core and keep.
+//! Every metric the facade exports, defined in this one place and rendered as OpenMetrics text
+//! for `/metrics`. Label values are the fixed enums of `labels`, never names, references or
+//! digests. `prometheus-client` is the registry and encoder only. Knows nothing else of ours.
 
 mod hosts;
 mod labels;
@@ -22,11 +16,17 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-pub use labels::{ByteSource, CacheKind, FillOutcome, FillSource, Listener, Method, PrepareOutcome, PrepullState, Refusal, ReloadOutcome, ReloadedFile, RetryKind, Route};
-pub use meter::{blobserve_evicted, blobserve_layer_unpacked, blobserve_prepared, cache_evicted, cache_lookup, connection_opened, connection_refused, fill_bytes, fill_finished, fill_started, request, served, upstream_response, upstream_retry, OpenConnection};
+pub use labels::{ByteSource, CacheKind, FillOutcome, FillSource, Listener, Method, PrefetchOutcome, PrepareOutcome, PrepullState, Publication, Refusal, ReloadOutcome, ReloadedFile, RetryKind, Route};
+pub use meter::{
+    blobserve_evicted, blobserve_layer_unpacked, blobserve_prepared, cache_evicted, cache_lookup, connection_opened, connection_refused, fill_bytes, fill_finished, fill_started, ipfs_publication,
+    prefetched, request, served, upstream_response, upstream_retry, OpenConnection,
+};
 
 use hosts::BoundedHosts;
-use labels::{CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, PrepareLabels, PrepullLabels, RefusalLabels, ReloadLabels, RequestLabels, RetryLabels, ServedLabels};
+use labels::{
+    CacheLabels, ConnectionLabels, FillLabels, FillOutcomeLabels, HostLabels, PrefetchLabels, PrepareLabels, PrepullLabels, PublicationLabels, RefusalLabels, ReloadLabels, RequestLabels, RetryLabels,
+    ServedLabels,
+};
 
 /// The `Content-Type` of what `Metrics::render` returns.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -87,6 +87,10 @@ pub struct Metrics {
     blobserve_evictions: Counter,
     blobserve_space_bytes: Gauge,
     blobserve_prepull: Family<PrepullLabels, Gauge>,
+    ipfs_publications: Family<PublicationLabels, Counter>,
+    ipfs_published_bytes: Counter,
+    prefetched_blobs: Family<PrefetchLabels, Counter>,
+    prefetched_bytes: Counter,
     hosts: BoundedHosts,
 }
 
@@ -118,6 +122,10 @@ impl Metrics {
             blobserve_evictions: Counter::default(),
             blobserve_space_bytes: Gauge::default(),
             blobserve_prepull: Family::default(),
+            ipfs_publications: Family::default(),
+            ipfs_published_bytes: Counter::default(),
+            prefetched_blobs: Family::default(),
+            prefetched_bytes: Counter::default(),
             hosts: BoundedHosts::default(),
         };
         metrics.register();
@@ -153,6 +161,10 @@ impl Metrics {
         r.register("blobserve_evictions", "Units (unpacked layers, replaced files) deleted from the blob space to make room", self.blobserve_evictions.clone());
         r.register_with_unit("blobserve_space", "Bytes the blob space holds, as of the scrape", Unit::Bytes, self.blobserve_space_bytes.clone());
         r.register("blobserve_prepull", "Images of the pre-pull lists, by state, as of the scrape", self.blobserve_prepull.clone());
+        r.register("ipfs_publications", "Blobs from upstream offered for publication to IPFS, by outcome", self.ipfs_publications.clone());
+        r.register_with_unit("ipfs_published", "Bytes of blobs added to IPFS", Unit::Bytes, self.ipfs_published_bytes.clone());
+        r.register("prefetch_blobs", "Blobs of prefetched images, by outcome", self.prefetched_blobs.clone());
+        r.register_with_unit("prefetched", "Bytes prefetches brought into the cache", Unit::Bytes, self.prefetched_bytes.clone());
     }
 
     /// A watched file changed and was read again (off the executors: counted directly).

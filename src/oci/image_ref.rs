@@ -30,6 +30,11 @@ fn is_host(component: &str) -> bool {
     component.contains('.') || component.contains(':') || component == "localhost"
 }
 
+/// Whether `text` starts with a registry host (`host[:port]/…`), by docker's rule.
+pub fn has_explicit_host(text: &str) -> bool {
+    text.split_once('/').is_some_and(|(first, _)| is_host(first))
+}
+
 impl FromStr for ImageRef {
     type Err = ParseImageRefError;
 

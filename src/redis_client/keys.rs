@@ -1,11 +1,5 @@
-//! The whole Redis key schema, with TTLs, in one place (docs/redis.md mirrors it).
-//!
-//! | key | value | TTL | written by |
-//! |---|---|---|---|
-//! | `<prefix>spec:<id>` | an image spec (JSON) | none (orchestrators delete); 7 days when written through the admin API | orchestrators, admin API |
-//! | `<prefix>composed:<spec key>:<static revision>` | a composition (JSON, see `registry::shared`) | the tag TTL if a ref is a tag, else 7 days | the node that composed it |
-//! | `<prefix>tag:<host>/<repo>:<tag>` | the manifest digest the tag resolved to | `mirrorTagTtlMs` | the node that resolved it |
-//! | `<prefix>cid:<digest>` | the IPFS CID of a blob | set by the publisher | whoever publishes blobs to IPFS; read only here |
+//! The whole Redis key schema in one place: every key the facade reads or writes is made here,
+//! with its TTL. docs/redis.md lists the keys, their values and who writes them.
 
 use std::time::Duration;
 
@@ -38,6 +32,11 @@ impl Keys {
 
     pub fn cid(&self, digest: &str) -> String {
         format!("{}cid:{digest}", self.prefix)
+    }
+
+    /// Held by the node bringing a blob in from upstream to publish it to IPFS.
+    pub fn fill_lease(&self, digest: &str) -> String {
+        format!("{}fill:{digest}", self.prefix)
     }
 }
 

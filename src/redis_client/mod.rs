@@ -1,8 +1,6 @@
-//! Redis, the cluster's shared state, reached without ever blocking an executor: a dedicated
-//! thread runs a current-thread tokio runtime that owns the connection (a reconnecting
-//! connection manager, or a cluster connection); executors send commands over a channel and
-//! await the reply, each for at most the configured timeout. While Redis is down, commands
-//! fail fast, a probe reconnects with backoff, and `health` says why for `/ready`.
+//! Redis, the cluster's shared state, never blocking an executor: a thread of its own runs the
+//! tokio runtime that owns the connection; executors send commands over a channel and wait at
+//! most the configured timeout. While Redis is down commands fail fast and `health` says why.
 
 pub mod keys;
 
@@ -15,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use keys::Keys;
 
-use crate::transport::within;
+use crate::clock::within;
 
 /// How often the connection is probed (PING), which also drives reconnecting.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -71,6 +69,8 @@ pub enum RedisError {
 enum Command {
     Get(String),
     Set(String, Vec<u8>, Option<Duration>),
+    /// `SET … NX PX`: only if the key is absent.
+    SetIfAbsent(String, Vec<u8>, Duration),
     Delete(String),
 }
 
@@ -236,6 +236,17 @@ impl RedisClient {
         self.call(Command::Set(key.to_owned(), value, ttl)).await.map(|_| ())
     }
 
+    /// Sets `key` for `ttl` only if it is absent (atomically, for all nodes): whether it was set.
+    ///
+    /// # Errors
+    /// As `get`.
+    pub async fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, RedisError> {
+        match self.call(Command::SetIfAbsent(key.to_owned(), value, ttl)).await? {
+            Answer::Done(set) => Ok(set),
+            Answer::Value(_) => Err(RedisError::Command("unexpected answer".into())),
+        }
+    }
+
     /// Whether the key existed.
     ///
     /// # Errors
@@ -313,6 +324,11 @@ async fn execute(connection: &mut Connection, command: Command) -> Result<Answer
                 cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
             }
             connection.query::<()>(&cmd).await.map(|()| Answer::Done(true)).map_err(failed)
+        }
+        Command::SetIfAbsent(key, value, ttl) => {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key).arg(value).arg("NX").arg("PX").arg(ttl.as_millis().max(1) as u64);
+            connection.query::<Option<String>>(&cmd).await.map(|set| Answer::Done(set.is_some())).map_err(failed)
         }
         Command::Delete(key) => connection.query::<i64>(redis::cmd("DEL").arg(key)).await.map(|n| Answer::Done(n > 0)).map_err(failed),
     }

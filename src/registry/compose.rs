@@ -1,10 +1,6 @@
-//! Composition, the heart of the facade: a base image plus addon layers becomes one image.
-//! Pure (no I/O): the same inputs give byte-identical manifest and config, on any core, node
-//! or restart. Layer order: base, static layers (files or images, in config order), `ideRef`,
-//! `supervisorRef`, each `ideLayerRef`, content layers. An addon image may drop its first N
-//! layers (label `skip-n.registry-facade.gitpod.io`), and its `GITPOD_ENV_*` directives change
-//! the workspace's environment with Gitpod's semantics (APPEND puts the value in front,
-//! PREPEND after: the names are swapped in Gitpod and images depend on it).
+//! Composition, the heart of the facade: a base image plus addon layers becomes one image. Pure
+//! (no I/O), so the same inputs give byte-identical manifest and config on any core, node or
+//! restart. Layer order, `skip-n` and `GITPOD_ENV_*` follow Gitpod (docs/architecture.md).
 
 use std::collections::{BTreeMap, HashMap};
 

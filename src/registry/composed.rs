@@ -1,10 +1,6 @@
-//! Composed images of `remote/<id>` and `fixed/<id>`: resolved inputs, composed once per
-//! (spec, static layers) at a time, kept in a table every core reads. A composition whose
-//! inputs named tags is trusted for the tag TTL; one made only of digests, for good. The last
-//! few compositions of each name stay reachable, so a client pulling a manifest that was just
-//! replaced still gets its blobs. What is held is bounded by the specs held: a spec that is
-//! replaced or deleted takes its composition along (and, deleted, its name's recent ones),
-//! and a reload of the static layers drops the compositions made with the previous ones.
+//! The `Composer`: images of `remote/<id>` and `fixed/<id>`, inputs resolved and composed once per
+//! (spec, static layers), kept in a table every core reads; trusted for the tag TTL if inputs
+//! named tags, else for good. Bounded by the specs held: a spec that goes takes its compositions.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -142,6 +138,14 @@ impl Composer {
     pub fn new(parts: ComposerParts) -> Composer {
         let ComposerParts { compositions, statics, images, specs, redis, tag_ttl, clock } = parts;
         Composer { compositions, statics: RwLock::new(Arc::new(statics)), images, specs, redis, tag_ttl, clock }
+    }
+
+    /// The image `source` names, resolved to our platform (see `Images::resolve`).
+    ///
+    /// # Errors
+    /// As `Images::resolve`.
+    pub async fn resolve(&self, source: &SourceRef) -> Result<Arc<super::compose::ResolvedImage>, RegistryError> {
+        self.images.resolve(source).await
     }
 
     /// The static layers composed into every image now.

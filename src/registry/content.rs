@@ -1,9 +1,6 @@
-//! Cached content ready to serve, and its budget: manifests as verified bytes, blobs as
-//! mmapped `Bytes` with their open file, each with its digest's text made once. The tables
-//! are shared by every executor; a blob whose `MappedBlob` is held by a response is in use
-//! and is never evicted. At most `max_open_blobs` idle blobs stay open: each holds a file
-//! descriptor and a mapping, and a node serving many blobs would otherwise run into
-//! RLIMIT_NOFILE or vm.max_map_count and stop accepting connections.
+//! `Content`, what is cached and ready to serve: verified manifests, and blobs as mmapped `Bytes`
+//! with their open file, in tables every executor shares, under the cache's budget. A blob a
+//! response holds is never evicted; at most `max_open_blobs` idle blobs stay open.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -124,7 +124,7 @@ impl RegistryError {
             RegistryError::BlobNotKept(_) => (Internal, Code::Unavailable),
             // A spec writer is trusted: a stored spec that does not validate is our problem.
             RegistryError::InvalidStoredSpec(_)
-            | RegistryError::Fill(FillError::Cache(_) | FillError::Abandoned)
+            | RegistryError::Fill(FillError::Cache(_) | FillError::Abandoned | FillError::Uncached(_))
             | RegistryError::MissingContent(_)
             | RegistryError::Store(_)
             | RegistryError::CorruptManifest { .. }

@@ -1,7 +1,6 @@
-//! Resolving the images a spec names (base, IDE, supervisor, static image layers) to one
-//! platform: manifest and config, fetched through the same verified paths as mirrors (or
-//! read from a local repository), cached by manifest digest, each fetched once however many
-//! specs and cores ask at the same time.
+//! `Images`: the images a spec names (base, IDE, supervisor, static image layers) resolved to one
+//! platform, manifest and config, through the verified mirror paths or a local repository; kept
+//! by manifest digest, each resolved once however many specs and cores ask.
 
 use std::sync::Arc;
 
@@ -113,6 +112,10 @@ impl Images {
         let BlobSource::Upstream(remote) = source else {
             return Err(RegistryError::MissingContent(digest.clone()));
         };
+        if let Some(bytes) = self.remote.small_from_ipfs(digest, MAX_MANIFEST_BYTES).await {
+            self.content.store_small_blob(digest, bytes.clone()).await;
+            return Ok(bytes);
+        }
         let upstream_error = |error| RegistryError::Upstream { remote: remote.to_string(), error };
         let mut download = self.remote.upstream().blob(remote, &digest.to_string(), 0).await.map_err(upstream_error)?;
         let mut bytes = Vec::new();
@@ -127,6 +130,7 @@ impl Images {
         }
         let bytes = Bytes::from(bytes);
         self.content.store_small_blob(digest, bytes.clone()).await;
+        self.remote.offer(digest, bytes.len() as u64);
         Ok(bytes)
     }
 }

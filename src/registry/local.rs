@@ -1,6 +1,6 @@
-//! Local repositories (imported OCI layouts, the demo image): their records, cached in a
-//! shared table and re-read from disk so that a separate `import` process is seen by a
-//! running server: at once for a new name, tag or digest, within `REVALIDATE` for a moved tag.
+//! Local repositories (imported OCI layouts, the demo image): their records, cached in a shared
+//! table and re-read from disk so that a separate `import` process is seen by a running server:
+//! at once for a new name, tag or digest, within `REVALIDATE_MS` for a moved tag.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

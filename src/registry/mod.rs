@@ -1,8 +1,7 @@
-//! The facade's rules, and the only door to what lies below them: which source a name is
-//! (local, mirrored, composed from a spec), which manifest a tag or digest means for this
-//! client (Accept, platform), which blobs may be served, filling the cache, and the specs the
-//! admin API writes. Failures come out as `RegistryError`, whose `verdict` decides their class
-//! and wire code. Knows nothing of HTTP.
+//! The facade's rules, and the only door below `http`: which source a name is, which manifest a
+//! request means, which blobs may be served, fills, specs. Each part owns its file (`Remote`,
+//! `Images`, `Composer`, `LocalRepositories`, `Content`); failures are `RegistryError`, whose
+//! `verdict` gives their class and wire code. Knows nothing of HTTP.
 
 pub mod blobserve;
 mod blocking;
@@ -16,6 +15,8 @@ mod images;
 mod join;
 mod local;
 mod mirror;
+mod prefetch;
+mod publish;
 mod remote;
 mod shared;
 mod single_flight;
@@ -32,9 +33,11 @@ pub use content::{DigestText, MappedBlob, StoredManifest};
 pub use error::{FailureClass, RegistryError, Verdict};
 pub use fill::{BlobChunk, FillError};
 pub use mirror::MirrorSettings;
+pub use prefetch::{ImageStatus, PrefetchJob, PrefetchRef, PrefetchState, DEFAULT_PREFETCH_CONCURRENCY};
+use prefetch::PrefetchJobs;
 
 use crate::clock::Clock;
-use crate::ipfs::IpfsGateway;
+use crate::ipfs::Ipfs;
 use crate::oci::accept::AcceptList;
 use crate::oci::manifest::{ImageIndex, Platform};
 use crate::oci::media_type::{self, ManifestKind};
@@ -50,6 +53,7 @@ use fill::{Fill, FillContext, Fills};
 use images::Images;
 use local::{LocalRepositories, LocalRepository};
 use mirror::MirrorRoutes;
+use publish::Publisher;
 use remote::Remote;
 use static_layers::{StaticLayerConfig, StaticLayerError};
 
@@ -112,6 +116,14 @@ impl FillingBlob {
         self.fill.size().await.map_err(RegistryError::Fill)
     }
 
+    /// Waits until the blob is verified and in the cache.
+    ///
+    /// # Errors
+    /// The fill failed, or served the blob without caching it.
+    pub async fn finished(&self) -> Result<(), RegistryError> {
+        self.fill.finished().await.map_err(RegistryError::Fill)
+    }
+
     /// `range` of the blob as it arrives; an error ends the stream (and the response).
     pub fn stream(&self, range: Range<u64>) -> Pin<Box<dyn Stream<Item = std::io::Result<BlobChunk>>>> {
         self.fill.reader(range, self.upstream.clone())
@@ -145,7 +157,7 @@ struct SpecSources {
 #[derive(Clone, Default)]
 pub struct Shared {
     pub redis: Option<RedisClient>,
-    pub ipfs: Option<IpfsGateway>,
+    pub ipfs: Option<Ipfs>,
 }
 
 /// The facade's rules, the one door below `http`: every answer of the pull and admin APIs
@@ -157,6 +169,7 @@ pub struct Registry {
     remote: Arc<Remote>,
     composer: Composer,
     specs: Arc<SpecSources>,
+    prefetches: PrefetchJobs,
     redis: Option<RedisClient>,
     settings: RegistrySettings,
     clock: Clock,
@@ -197,7 +210,8 @@ impl Registry {
         let fixed = settings.fixed_specs.as_deref().map(|path| FixedSpecFile::open(path, Some(compositions.listener("fixed")))).transpose()?;
         let remote_specs = RemoteSpecs::new(shared.redis.clone(), Some(content_keeper(&content)), Some(compositions.listener("remote")), clock.clone());
         let specs = Arc::new(SpecSources { remote: remote_specs, fixed });
-        let fills = FillContext { cache: Arc::clone(&cache), upstream, content: Arc::clone(&content), fills: Arc::new(Fills::default()), ipfs: shared.ipfs };
+        let publisher = shared.ipfs.as_ref().filter(|ipfs| ipfs.publishes()).map(|ipfs| Publisher::new(ipfs.clone(), Arc::clone(&cache)));
+        let fills = FillContext { cache: Arc::clone(&cache), upstream, content: Arc::clone(&content), fills: Arc::new(Fills::default()), ipfs: shared.ipfs, publisher };
         let remote = Arc::new(Remote::new(fills, shared.redis.clone(), settings.mirrors.tag_ttl, clock.clone()));
         let local = Arc::new(LocalRepositories::new(cache, Arc::clone(&content), clock.clone()));
         let images = Images::new(Arc::clone(&remote), Arc::clone(&local), Arc::clone(&content), settings.platform.clone());
@@ -211,7 +225,19 @@ impl Registry {
             clock: clock.clone(),
         });
         let blobserve = settings.blobserve.as_ref().map(|b| blobserve::Blobserve::open(b, max_open_blobs).map(Arc::new)).transpose()?;
-        Ok(Registry { local, content, routes: MirrorRoutes::new(&settings.mirrors), remote, composer, specs, redis: shared.redis, settings, clock, blobserve })
+        Ok(Registry {
+            local,
+            content,
+            routes: MirrorRoutes::new(&settings.mirrors),
+            remote,
+            composer,
+            specs,
+            prefetches: PrefetchJobs::default(),
+            redis: shared.redis,
+            settings,
+            clock,
+            blobserve,
+        })
     }
 
     /// Whether the shared state this node depends on is reachable: `Err` names what is not.

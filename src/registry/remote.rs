@@ -6,13 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::content::{Content, DigestText, SniffedManifest};
 use super::error::RegistryError;
 use super::fill::{FillContext, FillError};
 use super::mirror::{CachedTag, TagCache, ACCEPT_ALL_MANIFESTS};
 use super::{BlobReply, FillingBlob, StoredManifest};
-use crate::clock::Clock;
-use crate::oci::manifest::sniff_media_type;
+use crate::clock::{within, Clock};
+use crate::oci::manifest::{sniff_media_type, MAX_MANIFEST_BYTES};
 use crate::oci::media_type;
 use crate::oci::{Digest, RepositoryName, Tag};
 use crate::redis_client::RedisClient;
@@ -145,6 +147,11 @@ impl Remote {
             SniffedManifest::NotAManifest => return Err(manifest_unknown(remote, &digest.to_string())),
             SniffedManifest::Missing => {}
         }
+        if let Some(bytes) = self.small_from_ipfs(digest, MAX_MANIFEST_BYTES).await {
+            if let Some(media_type) = sniff_media_type(&bytes) {
+                return self.content.store_manifest(digest, bytes, &media_type).await;
+            }
+        }
         let fetched = self
             .fills
             .upstream
@@ -163,7 +170,50 @@ impl Remote {
         let media_type = declared
             .or_else(|| sniff_media_type(&fetched.bytes))
             .ok_or_else(|| invalid(remote, format!("{digest} is not a manifest (Content-Type {:?})", fetched.media_type)))?;
-        self.content.store_manifest(digest, fetched.bytes, &media_type).await
+        let size = fetched.bytes.len() as u64;
+        let stored = self.content.store_manifest(digest, fetched.bytes, &media_type).await?;
+        self.offer(digest, size);
+        Ok(stored)
+    }
+
+    /// Offers content that came from upstream, verified and cached, for publication to IPFS.
+    pub fn offer(&self, digest: &Digest, size: u64) {
+        if let Some(publisher) = &self.fills.publisher {
+            publisher.offer(digest, size, false);
+        }
+    }
+
+    /// Small content (a manifest, a config) read whole from IPFS when Redis names its CID,
+    /// verified against `digest`; `None` when it is not there in time, is larger than
+    /// `max_bytes`, or is other bytes (whose record is then deleted).
+    pub async fn small_from_ipfs(&self, digest: &Digest, max_bytes: usize) -> Option<Bytes> {
+        let ipfs = self.fills.ipfs.as_ref()?;
+        let located = ipfs.locate(digest).await?;
+        let read = async {
+            let mut download = self.fills.upstream.download(BlobLocation::Url(located.url.clone()), 0).await?;
+            download.limit_to(max_bytes as u64 + 1);
+            let mut bytes = Vec::new();
+            while let Some(chunk) = download.next_chunk().await? {
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok::<_, UpstreamError>(bytes)
+        };
+        let bytes = match within(ipfs.settings().gateway_timeout, read).await {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(error)) => {
+                tracing::warn!(%digest, cid = located.record.cid, %error, "the IPFS gateway did not deliver; asking upstream");
+                return None;
+            }
+            None => {
+                tracing::warn!(%digest, cid = located.record.cid, "the IPFS gateway took longer than ipfs.gatewayTimeoutMs; asking upstream");
+                return None;
+            }
+        };
+        if bytes.len() > max_bytes || Digest::sha256_of(&bytes) != *digest {
+            ipfs.forget(digest, &format!("{} sent other bytes", located.record.cid)).await;
+            return None;
+        }
+        Some(Bytes::from(bytes))
     }
 
     /// The blob `digest` of `remote` (asked for as `name`): cached, being filled, or (HEAD of

@@ -1,7 +1,6 @@
-//! Static layers from the configuration, appended to every composed image: `.tar.gz` files
-//! (copied into the cache and pinned, digest and diff_id computed at load) and images
-//! (resolved like a spec's addons). A set of static layers has a revision; compositions made
-//! with an earlier revision keep serving their blobs.
+//! Static layers from the configuration, appended to every composed image: `.tar.gz` files (copied
+//! into the cache and pinned) and images (resolved like a spec's addons). Each set has a revision;
+//! compositions made with an earlier one keep serving their blobs.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

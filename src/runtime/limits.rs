@@ -1,8 +1,6 @@
-//! Connection limits across all executors: the total the server holds, and how many one
-//! client address holds. A connection is admitted at accept and counted until it closes (its
-//! `Admission` is dropped); one over a limit is answered with a refusal instead of served.
-//! The counters are atomics every core updates; the per-client table is the shared map, with
-//! an entry only while its client holds a connection.
+//! Connection limits across all executors: the server's total and each client address's. A
+//! connection is counted from accept until its `Admission` drops; one over a limit is refused.
+//! Atomics every core updates, and a shared-map entry per client only while it holds one.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -23,6 +23,7 @@ pub use listener::TcpCongestion;
 pub use shutdown::ShutdownKind;
 
 use crate::http::{self, HttpContext, HttpSecurity, HttpSettings, Role, Served};
+use crate::registry::DEFAULT_PREFETCH_CONCURRENCY;
 use limits::ConnectionLimits;
 use shutdown::{Drain, ShutdownSignal};
 
@@ -279,6 +280,10 @@ impl Shard {
         // Sending and dropping the sender is what `Server::wait_ready` counts on.
         let _ = ready.send(core);
         drop(ready);
+        // Warming the cache never holds up readiness: it runs beside the accept loop.
+        if core == 0 && !served.prefetch_at_start.is_empty() {
+            served.registry.start_prefetch(served.prefetch_at_start.clone(), DEFAULT_PREFETCH_CONCURRENCY);
+        }
         let kind = accept_until_stopped(&listener, &public, &signal, core).await;
         // Closing our sockets refuses new connections; in-flight ones are told to finish.
         drop(listener);

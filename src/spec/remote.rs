@@ -1,14 +1,7 @@
-//! The `remote/<id>` spec store: in memory on a single node; with Redis, Redis is the truth
-//! (orchestrators write there, the admin API writes through) and memory is a cache every core
-//! reads, so a hot lookup never touches Redis. A cached spec older than `REVALIDATE` is served
-//! and re-read in the background; a write reaches Redis before it counts, so nothing is stored
-//! on one node only while Redis is down, and a re-read never overwrites a newer local write.
-//! A spec's direct layer content is handed to the `ContentKeeper` before it is held, so memory
-//! keeps the spec and not megabytes of layer. A held spec that is replaced or dropped is told
-//! to the `SpecListener`, so that what was built from it can go too. With Redis, a spec no
-//! lookup asked for in `IDLE_MS` is dropped from memory (Redis still has it, or has let it
-//! expire): a node sees a workspace's spec while it starts, and a daemon that runs for months
-//! must not keep every spec it ever read.
+//! The `remote/<id>` spec store: memory on a single node; with Redis, Redis is the truth and
+//! memory a cache every core reads (re-read after `REVALIDATE_MS`, dropped after `IDLE_MS`
+//! unused). A write counts once it is in Redis. Direct layer content goes to the
+//! `ContentKeeper`; a replaced or dropped spec is told to the `SpecListener`.
 
 use std::future::Future;
 use std::hash::{Hash, Hasher};

@@ -1,7 +1,6 @@
-//! The temp directory of one open cache, `tmp/<pid>-<random>/`, owned by whoever holds the
-//! `flock` on its `lock` file. Liveness is that lock, never the pid: pids repeat after a
-//! restart and across containers sharing a volume (the facade is PID 1 in its image), while a
-//! lock dies with the process that held it, however it ended.
+//! The temp directory of one open cache, `tmp/<pid>-<random>/`, owned by whoever holds the `flock`
+//! on its `lock` file. Liveness is that lock, never the pid: pids repeat across restarts and
+//! across containers sharing a volume.
 
 use std::fs::File;
 use std::io::ErrorKind;

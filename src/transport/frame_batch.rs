@@ -1,23 +1,7 @@
-//! h2 frames on a plain socket, gathered into one `sendmsg` per batch.
-//!
-//! h2 writes and flushes each DATA frame by itself: a 9-byte head and a 16 KiB payload (the
-//! largest frame a client takes unless its SETTINGS allow more; h2load's and curl's
-//! default). Sent as they come, that is a `sendmsg` per 16 KiB, and each one is a trip
-//! through TCP's send path: with BBR, the kernel's default here, every send re-arms the
-//! socket's pacing timer, which on this VM is a `wrmsr` and a VM exit (perf: 15% of the
-//! facade's samples in `tcp_write_xmit`'s `_raw_spin_unlock_irqrestore`, one core saturated
-//! at 1.4 GB/s where HTTP/1.1 moves 2.7 GB/s). So a frame written here is copied into the
-//! connection's batch, and the batch goes out in one `sendmsg` once `BATCH_BYTES` wait,
-//! and, whatever it holds, when the connection's task has done what it can for this wake-up
-//! (`Outbox::poll_send_held`, called by the connection loop after each poll of hyper). A
-//! small response (a manifest) thus still leaves in one `sendmsg` in the wake-up that wrote
-//! it. The copy reads the payload once from the page cache; the kernel then copies it out
-//! of a buffer still in the CPU cache. A write of a batch or more (frames a client allowed
-//! to be larger) goes out as it is.
-//!
-//! The batch needs the socket in two places: hyper's writes (through `HyperIo`) and the
-//! outbox, which may have to wait for a full socket. Both hold a `SharedSocket`; they run in
-//! the connection's one task and never at once.
+//! h2 frames on a plain socket, copied into a batch that leaves in one `sendmsg` once `BATCH_BYTES`
+//! wait, and with whatever it holds once the connection's task is done for a wake-up
+//! (`Outbox::poll_send_held`), so a manifest still leaves at once. hyper's writes and the outbox
+//! share the socket (`SharedSocket`) in the connection's one task, never at the same time.
 
 use std::cell::{Cell, RefCell};
 use std::io::IoSlice;
@@ -187,7 +171,7 @@ impl<S: AsyncWrite + Unpin> Outbox for BatchOutbox<S> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
+    use std::io::Read;
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -196,26 +180,7 @@ mod tests {
 
     use super::*;
 
-    /// A non-blocking loopback socket as futures-io, as glommio's stream would be (minus the
-    /// readiness poll: a refused write only keeps its waker).
-    struct Socket(TcpStream);
-
-    impl AsyncWrite for Socket {
-        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-            match (&self.0).write(buf) {
-                Err(e) if would_block(&e) => Poll::Pending,
-                other => Poll::Ready(other),
-            }
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
+    use crate::transport::test_socket::Socket;
 
     struct Connection {
         frames: Rc<FrameBatch>,

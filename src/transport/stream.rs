@@ -1,9 +1,7 @@
-//! The byte stream hyper reads and writes: a glommio (futures-io) stream with its
-//! connection's state. Reads go through one scratch buffer per executor into hyper's buffer;
-//! the bytes read to learn the protocol are replayed to hyper's first read. Writes on a
-//! plain socket are one vectored `sendmsg`, with slices of registered blob files sent by
-//! `sendfile` instead, and h2 frames gathered into batches (`frame_batch`); TLS writes go
-//! through rustls (`tls_stream`).
+//! `HyperIo`, the byte stream hyper reads and writes: a glommio stream with its connection's
+//! state. Reads go through one scratch buffer per executor, the protocol-sniffing bytes first;
+//! writes are one vectored `sendmsg`, with registered blob slices by `sendfile`, h2 frames in
+//! batches (`frame_batch`), and TLS through rustls (`tls_stream`).
 
 use std::cell::RefCell;
 use std::io::IoSlice;

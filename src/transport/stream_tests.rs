@@ -14,6 +14,7 @@ use bytes::Bytes;
 use super::*;
 use crate::clock::Clock;
 use crate::transport::regions::SendfileUse;
+use crate::transport::test_socket::Socket;
 
 fn state() -> Rc<ConnectionState> {
     ConnectionState::new(SendfileUse::Always, None, Clock::adjustable())
@@ -67,36 +68,6 @@ fn the_protocol_is_learnt_from_pieces_of_the_preface() {
 
     let mut io = adapter(&[b"PRI"]);
     assert_eq!(protocol_then_first_read(&mut io), (Protocol::Http1, b"PRI".to_vec()), "a client that closes early is HTTP/1.1's to refuse");
-}
-
-/// A non-blocking std socket as futures-io; a refused operation keeps no waker (the test
-/// polls in a loop).
-struct Socket(TcpStream);
-
-impl AsyncRead for Socket {
-    fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
-        match (&self.0).read(buf) {
-            Err(e) if would_block(&e) => Poll::Pending,
-            other => Poll::Ready(other),
-        }
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match (&self.0).write(buf) {
-            Err(e) if would_block(&e) => Poll::Pending,
-            other => Poll::Ready(other),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }
 
 /// The zero-copy contract: hyper's HTTP/1.1 writer hands a body's `Bytes` to

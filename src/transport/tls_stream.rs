@@ -1,24 +1,7 @@
-//! A served TLS connection that cuts its stream into full records and sends them in batches.
-//!
-//! rustls makes records of each write on its own, and h2 writes a DATA frame as one write of
-//! 16,393 bytes (a 9-byte head and the client's 16 KiB frame) followed by a flush. Through
-//! futures-rustls that is a `sendmsg` per frame carrying two records, a full one and one of
-//! 9 bytes; on loopback each `sendmsg` also runs the receiver's TCP path and wakes it, and a
-//! client without read-ahead (OpenSSL's default: h2load, curl) reads each record with two
-//! `read`s, four per frame where HTTP/1.1 needs two.
-//!
-//! Here a write is encrypted up to the last record boundary of the stream so far; the few
-//! bytes past it (9 per frame, growing by 9 with each frame) wait in a small carry for the
-//! next write, so records straddle frames and are full. A write that would leave more than
-//! `MAX_CARRY_BYTES` behind, or that is shorter than a record, is encrypted whole. hyper's
-//! flushes only mark the end of a batch: what is encrypted goes to the socket once
-//! `SEND_BATCH_BYTES` wait, and everything (the carry included) when the connection's task
-//! has done what it can for this wake-up (`Outbox::poll_send_held`, called by the connection
-//! loop after each poll of hyper's connection). So a manifest still leaves in one `sendmsg`
-//! in the same wake-up that wrote it, and an h2 blob in 64 KiB pieces of full records.
-//! bench/tls.sh, one connection moving a 64 MiB blob over TLS: h2 went from 0.77 to
-//! 0.92-1.01 of HTTP/1.1, h2load's `read`s per frame from four to two and its CPU down by a
-//! third.
+//! A served TLS connection that cuts its stream into full records and sends them in batches: a
+//! write is encrypted up to the last record boundary and the bytes past it wait in a carry, so
+//! records straddle h2 frames; records go out once `SEND_BATCH_BYTES` wait, and all of them (the
+//! carry too) when the connection's task is done for a wake-up (`Outbox::poll_send_held`).
 
 use std::cell::RefCell;
 use std::io::IoSlice;

@@ -1,7 +1,6 @@
-//! A blob download that survives broken connections: when the body stalls, is cut or reset,
-//! it pauses with backoff and continues with `Range: bytes=<received>-` on a new connection
-//! (skipping what it already has if the server ignores the range). The reader only sees a
-//! pause.
+//! A blob download that survives broken connections: a body that stalls, is cut or reset goes on
+//! after a backoff with `Range: bytes=<received>-` on a new connection (skipping what it has if
+//! the range is ignored). The reader only sees a pause.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};

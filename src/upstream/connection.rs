@@ -16,7 +16,8 @@ use hyper::client::conn::{http1, http2};
 
 use super::endpoint::{Endpoint, Scheme};
 use super::error::AttemptError;
-use crate::transport::{within, ClientIo, GlommioTimer, LocalExec};
+use crate::clock::within;
+use crate::transport::{ClientIo, GlommioTimer, LocalExec};
 
 /// Resolved addresses are reused for this long.
 const DNS_TTL: Duration = Duration::from_secs(30);

@@ -1,7 +1,6 @@
-//! Where a registry host is reached: scheme, address and TLS roots. A host listed under
-//! `registries` uses its endpoint (plain HTTP only when that entry says so) and may add a CA
-//! file; any other host is `https://<host>` with the system roots. `docker.io` is served from
-//! `registry-1.docker.io`, and its one-component repositories live under `library/`.
+//! Where a registry host is reached: scheme, address and TLS roots. A host under `registries` uses
+//! its endpoint (plain HTTP only if it says so) and may add a CA; any other is `https://<host>`
+//! with the system roots. `docker.io` is `registry-1.docker.io`, one-component names in `library/`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -26,11 +26,10 @@ pub use error::UpstreamError;
 pub use retry::RetryPolicy;
 pub use tags::TagPage;
 
-use crate::clock::Clock;
+use crate::clock::{within, Clock};
 use crate::metrics::{self, RetryKind};
 use crate::oci::route::encode_query;
 use crate::oci::Digest;
-use crate::transport::within;
 use auth::{Challenge, CredentialStore, TokenCache};
 use connection::{ConnectSettings, RequestBody, UpstreamBody};
 use endpoint::{Endpoint, Endpoints};

@@ -10,6 +10,7 @@ pub mod docker_config;
 pub mod exposition;
 pub mod ide;
 pub mod image;
+pub mod kubo;
 pub mod nginx;
 pub mod proxy;
 pub mod redis;

@@ -45,7 +45,10 @@ pub fn sha256_file(path: &Path) -> String {
 /// only the package's own binaries, so there it has no path to run.
 pub fn facade_binary() -> Command {
     // option_env!: with env! this module would not compile outside the root package.
-    Command::new(option_env!("CARGO_BIN_EXE_registry-facade").expect("the registry-facade binary: only the root package's tests have it"))
+    match option_env!("CARGO_BIN_EXE_registry-facade") {
+        Some(binary) => Command::new(binary),
+        None => panic!("the registry-facade binary: only the root package's tests have it"),
+    }
 }
 
 /// A child process that is killed when the test ends, pass or fail.

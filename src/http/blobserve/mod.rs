@@ -15,11 +15,11 @@ use tracing::Instrument;
 use super::body::ResponseBody;
 use super::failure::{Failure, WireError};
 use super::HttpContext;
+use crate::clock::within;
 use crate::metrics::{self, ByteSource, Route};
 use crate::oci::range::{parse_range, RangeRequest};
 use crate::registry::blobserve::{Blobserved, FileBytes, FileOptions, FilePath, ServedFile};
 use crate::registry::RegistryError;
-use crate::transport::within;
 use headers::{accepts_gzip, content_type, inline, none_match, InlineVars, INLINE_VARS, READ_ONLY};
 use route::RouteError;
 
