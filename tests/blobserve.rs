@@ -308,3 +308,17 @@ fn concurrent_first_requests_on_every_core_prepare_the_image_and_unpack_each_lay
     assert!(metrics.contains(r#"registry_facade_blobserve_prepared_total{outcome="ready"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"registry_facade_open_connections{listener="blobserve""#), "{metrics}");
 }
+
+#[test]
+fn a_prefetch_also_prepares_the_images_blobserve_serves() {
+    let temp = tempfile::tempdir().unwrap();
+    let cache = temp.path().join("cache");
+    let layout = ide::ide_layout(&temp.path().join("ide"), "1.0", "a");
+    import(&cache, &layout.dir, "team/ide", Some("1.0"));
+    let key = ide::blobserve_key(json!({"team/ide": ide::ide_repo()}), json!({}));
+    let facade = TestServer::start_on(&cache, &format!(r#""prefetch": ["team/ide:1.0"], {key}"#));
+    let bs = facade.blobserve.unwrap();
+    // Read-only requests never prepare: a 200 means the prefetch did.
+    wait_for("the prefetched image is prepared for blobserve", || request(bs, "GET", "/team/ide:1.0/out/app.js", &[("X-BlobServe-ReadOnly", "true")]).status == 200);
+    assert!(units(&facade).contains(&format!("layer-{}", layout.image().layers[1].hex())));
+}

@@ -246,6 +246,9 @@ impl Registry {
                 tracing::info!(image = status.reference, blobs = status.blobs_total, bytes = status.bytes_total, "prefetched");
             }
         }
+        // The images blobserve serves are prepared for it too (unpacked), off the job's progress.
+        let done = refs.iter().zip(&job.images).filter(|(_, p)| p.status().state == PrefetchState::Done).map(|(r, _)| r.clone()).collect();
+        self.blobserve_after_prefetch(done).await;
     }
 
     async fn prefetch_blob(&self, job: &PrefetchJob, blob: Wanted) {

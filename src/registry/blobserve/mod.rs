@@ -25,7 +25,7 @@ pub use space::SpaceError;
 
 use super::blocking::run_blocking;
 use super::single_flight::SingleFlight;
-use super::{Registry, RegistryError, StoredManifest};
+use super::{PrefetchRef, Registry, RegistryError, StoredManifest};
 use crate::metrics;
 use crate::table::SharedMap;
 use files::Files;
@@ -338,6 +338,24 @@ impl Registry {
         blobserve.preparing.run(Arc::clone(&key), run).await?;
         blobserve.seen.insert(image.to_string(), ());
         Ok(())
+    }
+
+    /// Node warming's part for blobserve: of the images a prefetch brought in, those whose
+    /// repository is in `blobserve.repos` are prepared (unpacked) too, so that a browser's
+    /// first request finds them ready. One after the other; a failure is logged. Call on an
+    /// executor.
+    pub(super) async fn blobserve_after_prefetch(self: &Arc<Self>, images: Vec<PrefetchRef>) {
+        let Some(blobserve) = self.blobserve.as_ref() else { return };
+        for reference in images {
+            let image = BlobserveRef::from(&reference);
+            if !blobserve.repos.contains_key(&image.repo_key()) {
+                continue;
+            }
+            match self.blobserve_prepare(&image).await {
+                Ok(()) => tracing::info!(%image, "blobserve: prepared after its prefetch"),
+                Err(error) => tracing::warn!(%image, %error, "blobserve: not prepared after its prefetch"),
+            }
+        }
     }
 
     /// Prepares every `prePull` image, one after the other, logging progress; a future to run

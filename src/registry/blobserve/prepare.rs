@@ -200,6 +200,10 @@ impl Registry {
     }
 
     async fn blobserve_unpack(&self, blobserve: &Blobserve, image: &BlobserveRef, layer: &Descriptor, id: &str) -> Result<(), RegistryError> {
+        let (space, id_owned) = (Arc::clone(&blobserve.space), id.to_owned());
+        if run_blocking(move || space.adopt(&id_owned)).await.map_err(disk)? {
+            return Ok(());
+        }
         let bytes = self.blobserve_blob(image, &layer.digest).await?;
         let (space, cap, id_owned) = (Arc::clone(&blobserve.space), blobserve.max_unpacked_bytes, id.to_owned());
         let unpacked = run_blocking(move || {

@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::oci::{Reference, RepositoryName, Tag};
+use crate::registry::PrefetchRef;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlobserveRef {
@@ -37,6 +38,17 @@ impl BlobserveRef {
 
     pub fn is_digest(&self) -> bool {
         matches!(self.reference, Reference::Digest(_))
+    }
+}
+
+/// A prefetched image as blobserve names it: a served name as it is, an upstream image by
+/// its host (reached through the mirror of that host).
+impl From<&PrefetchRef> for BlobserveRef {
+    fn from(reference: &PrefetchRef) -> BlobserveRef {
+        match reference {
+            PrefetchRef::Served { name, reference } => BlobserveRef { host: None, name: name.clone(), reference: reference.clone() },
+            PrefetchRef::Upstream(image) => BlobserveRef { host: Some(image.host.clone()), name: image.repository.clone(), reference: image.reference.clone() },
+        }
     }
 }
 

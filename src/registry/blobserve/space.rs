@@ -129,7 +129,8 @@ impl Space {
 
     /// Makes the unit built in `built` (`bytes` on disk) the unit `id`: synced to disk, then
     /// renamed into place, so that a crash leaves either nothing or the whole unit. If the
-    /// unit exists already, `built` is dropped. Take it with `acquire`. Blocking.
+    /// unit exists already (made meanwhile, here or by another process sharing the space),
+    /// `built` is dropped and that one kept. Take it with `acquire`. Blocking.
     ///
     /// # Errors
     /// The sync or the rename fails (`built` is removed).
@@ -140,12 +141,40 @@ impl Space {
         }
         let target = self.units_dir.join(id);
         let done = sync_dir_tree(built).and_then(|()| std::fs::rename(built, &target)).and_then(|()| sync_path(&self.units_dir));
-        if let Err(source) = done {
-            let _ = remove_any(built);
-            return Err(SpaceError { op: "publish", path: target, source });
+        match done {
+            Ok(()) => {
+                self.insert(Unit { id: Arc::from(id), dir: target, fresh: true, bytes: AtomicU64::new(bytes), last_used_ms: AtomicU64::new(0), holders: Mutex::default() });
+                Ok(())
+            }
+            // A directory is only ever renamed into place whole: the one there is complete.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {
+                let _ = remove_any(built);
+                self.adopt(id).map(drop)
+            }
+            Err(source) => {
+                let _ = remove_any(built);
+                Err(SpaceError { op: "publish", path: target, source })
+            }
         }
-        self.insert(Unit { id: Arc::from(id), dir: target, fresh: true, bytes: AtomicU64::new(bytes), last_used_ms: AtomicU64::new(0), holders: Mutex::default() });
-        Ok(())
+    }
+
+    /// Takes in the unit `id` if its directory exists but the table does not know it (another
+    /// process sharing the space, e.g. the `prefetch` command, made it): its files are hashed
+    /// as they are first opened. Whether the unit is known now. Blocking.
+    ///
+    /// # Errors
+    /// The directory exists but cannot be measured.
+    pub fn adopt(&self, id: &str) -> Result<bool, SpaceError> {
+        if self.units.get(id).is_some_and(|unit| unit.holders.lock().is_ok_and(|h| !h.gone)) {
+            return Ok(true);
+        }
+        let dir = self.units_dir.join(id);
+        if !dir.is_dir() {
+            return Ok(false);
+        }
+        let bytes = tree_bytes(&dir).map_err(space_error("measure", &dir))?;
+        self.insert(Unit { id: Arc::from(id), dir, fresh: false, bytes: AtomicU64::new(bytes), last_used_ms: AtomicU64::new(0), holders: Mutex::default() });
+        Ok(true)
     }
 
     /// Counts `bytes` more in `unit` (a compressed variant written into it).
@@ -271,5 +300,24 @@ mod tests {
         let unit = space.acquire("layer-b").unwrap();
         assert!(!unit.fresh);
         assert_eq!(space.used_bytes(), 3);
+    }
+
+    #[test]
+    fn a_unit_another_process_made_is_adopted_not_unpacked_again() {
+        let root = tempfile::tempdir().unwrap();
+        let ours = Space::open(root.path()).unwrap();
+        let theirs = Space::open(root.path()).unwrap();
+        let built = theirs.temp_dir().unwrap();
+        std::fs::write(built.join("f"), b"abcd").unwrap();
+        theirs.publish("layer-c", &built, 4).unwrap();
+        assert!(ours.acquire("layer-c").is_none(), "not known yet");
+        // Publishing over it (our own unpack finished too) keeps the one there.
+        let again = ours.temp_dir().unwrap();
+        std::fs::write(again.join("f"), b"abcd").unwrap();
+        ours.publish("layer-c", &again, 4).unwrap();
+        assert!(!again.exists());
+        assert!(!ours.acquire("layer-c").unwrap().fresh, "hashed as its files are opened");
+        let elsewhere = tempfile::tempdir().unwrap();
+        assert!(!Space::open(elsewhere.path()).unwrap().adopt("layer-c").unwrap());
     }
 }
