@@ -6,6 +6,9 @@
 mod headers;
 mod route;
 
+use std::any::Any;
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -18,7 +21,7 @@ use super::HttpContext;
 use crate::clock::within;
 use crate::metrics::{self, ByteSource, Route};
 use crate::oci::range::{parse_range, RangeRequest};
-use crate::registry::blobserve::{Blobserved, FileBytes, FileOptions, FilePath, ServedFile};
+use crate::registry::blobserve::{Blobserved, FileBytes, FileOptions, FilePath, InlineReplacement, ServedFile};
 use crate::registry::RegistryError;
 use headers::{accepts_gzip, content_type, inline, none_match, InlineVars, INLINE_VARS, READ_ONLY};
 use route::RouteError;
@@ -38,19 +41,9 @@ pub async fn handle<B>(request: Request<B>, ctx: &HttpContext) -> Response<Respo
 }
 
 async fn answer<B>(request: &Request<B>, ctx: &HttpContext) -> Response<ResponseBody> {
-    let headers = request.headers();
-    // Gitpod's blobserve does not route WebSocket upgrades either.
-    if is_upgrade(headers) {
-        return text(StatusCode::NOT_FOUND, "Not Found".into());
-    }
-    let head = match *request.method() {
-        Method::GET => false,
-        Method::HEAD => true,
-        _ => {
-            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD".into());
-            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return response;
-        }
+    let head = match head_or_refusal(request) {
+        Ok(head) => head,
+        Err(refusal) => return refusal,
     };
     let path = request.uri().path();
     let (image, file) = match route::parse(path) {
@@ -58,18 +51,7 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext) -> Response<Response
         Err(error @ RouteError::BadImage(_)) => return text(StatusCode::NOT_FOUND, error.to_string()),
         Err(error @ RouteError::BadPath(_)) => return text(StatusCode::BAD_REQUEST, error.to_string()),
     };
-    let name = match &file {
-        FilePath::Path { components, directory: false } => components.last().map_or("index.html", String::as_str),
-        _ => "index.html",
-    };
-    let (mime, compressible) = content_type(name);
-    let range = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
-    let vars = inline_vars(headers);
-    let options = FileOptions {
-        read_only: headers.get(READ_ONLY).is_some_and(|v| v.as_bytes() == b"true"),
-        // A range is served from the file as it is; `index.html` with variables is rewritten.
-        gzip: compressible && range == RangeRequest::Whole && accepts_gzip(values(headers, header::ACCEPT_ENCODING)) && !(file == FilePath::Index && vars.is_some()),
-    };
+    let (answer, options, range) = Answer::new(request.headers(), &file, image.is_digest(), head);
     let deadline = ctx.settings.blobserve_timeout.unwrap_or(ctx.settings.idle_timeout);
     let answering = std::pin::pin!(ctx.registry.blobserve_file(&image, &file, options));
     match within(deadline, answering).await {
@@ -77,9 +59,23 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext) -> Response<Response
         None => text(StatusCode::SERVICE_UNAVAILABLE, "timeout".into()),
         Some(Err(error)) => failure(error, request.method(), path),
         Some(Ok(Blobserved::Directory)) => redirect(&format!("{path}/")),
-        Some(Ok(Blobserved::File(served))) => {
-            let answer = Answer { mime, compressible, immutable: image.is_digest(), head, headers, vars };
-            file_response(served, &answer, range)
+        Some(Ok(Blobserved::File(served))) => file_response(served, &answer, range),
+    }
+}
+
+/// Whether the request is a `HEAD` (else a `GET`); any other method, and a WebSocket upgrade
+/// (which Gitpod's blobserve does not route either), is refused.
+fn head_or_refusal<B>(request: &Request<B>) -> Result<bool, Response<ResponseBody>> {
+    if is_upgrade(request.headers()) {
+        return Err(text(StatusCode::NOT_FOUND, "Not Found".into()));
+    }
+    match *request.method() {
+        Method::GET => Ok(false),
+        Method::HEAD => Ok(true),
+        _ => {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD".into());
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            Err(response)
         }
     }
 }
@@ -95,37 +91,65 @@ struct Answer<'a> {
     vars: Option<(InlineVars, String)>,
 }
 
+impl<'a> Answer<'a> {
+    /// What the request's headers ask of the file `file`, what the registry is asked for,
+    /// and the range.
+    fn new(headers: &'a HeaderMap, file: &FilePath, immutable: bool, head: bool) -> (Answer<'a>, FileOptions, RangeRequest) {
+        let name = match file {
+            FilePath::Path { components, directory: false } => components.last().map_or("index.html", String::as_str),
+            _ => "index.html",
+        };
+        let (mime, compressible) = content_type(name);
+        let range = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
+        let vars = inline_vars(headers);
+        let options = FileOptions {
+            read_only: headers.get(READ_ONLY).is_some_and(|v| v.as_bytes() == b"true"),
+            // A range is served from the file as it is; `index.html` with variables is rewritten.
+            gzip: compressible && range == RangeRequest::Whole && accepts_gzip(values(headers, header::ACCEPT_ENCODING)) && !(*file == FilePath::Index && vars.is_some()),
+        };
+        (Answer { mime, compressible, immutable, head, headers, vars }, options, range)
+    }
+}
+
+/// The representation of a file a response sends: as stored, its gzip variant, or
+/// `index.html` with inline variables substituted.
+struct Representation {
+    bytes: FileBytes,
+    etag: HeaderValue,
+    gzipped: bool,
+    /// May be cached for good (a digest reference, the same bytes for everyone).
+    immutable: bool,
+}
+
+fn representation(identity: FileBytes, gzip: Option<FileBytes>, etag: &str, inline_static: Option<&[InlineReplacement]>, answer: &Answer) -> Representation {
+    let quoted = |suffix: &str| HeaderValue::try_from(format!("\"{etag}{suffix}\"")).unwrap_or(HeaderValue::from_static("\"\""));
+    if let (Some(replacements), Some((vars, raw))) = (inline_static.filter(|r| !r.is_empty()), &answer.vars) {
+        let body = Bytes::from(inline(&identity.body, replacements, vars));
+        // Another text for other variables: the ETag says which ones it carries.
+        let tag = quoted(&format!("-iv{}", hex::encode(&Sha256::digest(raw.as_bytes())[..6])));
+        return Representation { bytes: FileBytes { body, file: None }, etag: tag, gzipped: false, immutable: false };
+    }
+    match gzip {
+        Some(gzip) => Representation { bytes: gzip, etag: quoted("-gz"), gzipped: true, immutable: answer.immutable },
+        None => Representation { bytes: identity, etag: quoted(""), gzipped: false, immutable: answer.immutable },
+    }
+}
+
 fn file_response(served: ServedFile, answer: &Answer, range: RangeRequest) -> Response<ResponseBody> {
     let ServedFile { identity, gzip, etag, inline_static, lease } = served;
-    let inlined = match (&inline_static, &answer.vars) {
-        (Some(replacements), Some((vars, raw))) if !replacements.is_empty() => {
-            let body = Bytes::from(inline(&identity.body, replacements, vars));
-            let digest = hex::encode(&Sha256::digest(raw.as_bytes())[..6]);
-            Some((FileBytes { body, file: None }, format!("\"{etag}-iv{digest}\"")))
-        }
-        _ => None,
-    };
-    let cacheable = answer.immutable && inlined.is_none();
-    let (bytes, etag, gzipped) = match (inlined, gzip) {
-        (Some((bytes, etag)), _) => (bytes, etag, false),
-        (None, Some(gzip)) => (gzip, format!("\"{etag}-gz\""), true),
-        (None, None) => (identity, format!("\"{etag}\""), false),
-    };
-    let etag = HeaderValue::try_from(etag).unwrap_or(HeaderValue::from_static("\"\""));
+    let chosen = representation(identity, gzip, &etag, inline_static.as_deref(), answer);
     let mut response = Response::new(ResponseBody::empty());
-    {
-        let out = response.headers_mut();
-        out.insert(header::ETAG, etag.clone());
-        out.insert(header::CACHE_CONTROL, if cacheable { IMMUTABLE } else { NO_CACHE });
-        if answer.compressible {
-            out.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-        }
+    let out = response.headers_mut();
+    out.insert(header::ETAG, chosen.etag.clone());
+    out.insert(header::CACHE_CONTROL, if chosen.immutable { IMMUTABLE } else { NO_CACHE });
+    if answer.compressible {
+        out.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     }
-    if etag.to_str().is_ok_and(|tag| none_match(values(answer.headers, header::IF_NONE_MATCH), tag)) {
+    if chosen.etag.to_str().is_ok_and(|tag| none_match(values(answer.headers, header::IF_NONE_MATCH), tag)) {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return response;
     }
-    let len = bytes.body.len() as u64;
+    let len = chosen.bytes.body.len() as u64;
     let part = match range {
         RangeRequest::Whole => None,
         RangeRequest::Part(part) => match part.resolve(len) {
@@ -139,7 +163,7 @@ fn file_response(served: ServedFile, answer: &Answer, range: RangeRequest) -> Re
     out.insert(header::CONTENT_TYPE, HeaderValue::from_static(answer.mime));
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     out.insert(header::CONTENT_LENGTH, HeaderValue::from(selected.end - selected.start));
-    if gzipped {
+    if chosen.gzipped {
         out.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     if let Some(part) = &part {
@@ -148,18 +172,23 @@ fn file_response(served: ServedFile, answer: &Answer, range: RangeRequest) -> Re
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
     }
     if !answer.head {
-        // Offsets are below `len`, the length of a mapping.
-        let (start, end) = (selected.start as usize, selected.end as usize);
-        let data = bytes.body.slice(start..end);
-        let mut body = match bytes.file {
-            Some(file) if data.len() >= SENDFILE_MIN_BYTES => ResponseBody::file_slice(data, file, selected.start),
-            _ => ResponseBody::bytes(data),
-        }
-        .holding(lease);
-        body.count_as(ByteSource::Blobserve);
-        *response.body_mut() = body;
+        *response.body_mut() = body(chosen.bytes, selected, lease);
     }
     response
+}
+
+/// `selected` of `bytes`, from the file by sendfile where that pays; holding `lease` (the
+/// image) until it is sent.
+fn body(bytes: FileBytes, selected: std::ops::Range<u64>, lease: Arc<dyn Any + Send + Sync>) -> ResponseBody {
+    // Offsets are below the length of a mapping, which fits a usize.
+    let data = bytes.body.slice(selected.start as usize..selected.end as usize);
+    let mut body = match bytes.file {
+        Some(file) if data.len() >= SENDFILE_MIN_BYTES => ResponseBody::file_slice(data, file, selected.start),
+        _ => ResponseBody::bytes(data),
+    }
+    .holding(lease);
+    body.count_as(ByteSource::Blobserve);
+    body
 }
 
 fn unsatisfiable(mut response: Response<ResponseBody>, len: u64) -> Response<ResponseBody> {

@@ -107,6 +107,15 @@ pub enum FilePath {
     Path { components: Vec<String>, directory: bool },
 }
 
+impl std::fmt::Display for FilePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FilePath::Index => f.write_str("index.html"),
+            FilePath::Path { components, directory } => write!(f, "{}{}", components.join("/"), if *directory { "/" } else { "" }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FileOptions {
     /// Do not prepare an image no request has prepared yet (`X-BlobServe-ReadOnly`).
@@ -200,10 +209,7 @@ impl Blobserve {
 
     /// The file `path` of `image`.
     async fn serve(&self, image: &Arc<PreparedImage>, repo: &RepoConfig, path: &FilePath, options: FileOptions, now_ms: u64) -> Result<Blobserved, RegistryError> {
-        let unknown = || RegistryError::FileUnknown { path: match path {
-            FilePath::Index => "index.html".into(),
-            FilePath::Path { components, .. } => components.join("/"),
-        } };
+        let unknown = || RegistryError::FileUnknown { path: path.to_string() };
         let index = ["index.html"];
         let resolved = match path {
             FilePath::Index => image.tree.resolve(&image.workdir, &index),
