@@ -49,10 +49,23 @@ type FileKey = (Arc<str>, Sha, bool);
 pub enum FileError {
     #[error("{0}")]
     Space(#[from] SpaceError),
-    #[error("blob space: {} does not hold the bytes of its name; the unit is damaged", .0.display())]
-    Corrupt(PathBuf),
-    #[error("blob space: {} is gone (its unit was evicted)", .0.display())]
-    Missing(PathBuf),
+    /// The unit is damaged (a crash before its files reached the disk, or a change behind
+    /// our back): it is discarded and unpacked again.
+    #[error("blob space: {} does not hold the bytes of its name; unit {unit} is damaged", path.display())]
+    Corrupt { unit: Arc<str>, path: PathBuf },
+    /// Evicted meanwhile, or damaged: the image is prepared again.
+    #[error("blob space: {} is gone from unit {unit}", path.display())]
+    Missing { unit: Arc<str>, path: PathBuf },
+}
+
+impl FileError {
+    /// The unit that lacks the file or holds it damaged.
+    pub fn unit(&self) -> Option<&Arc<str>> {
+        match self {
+            FileError::Missing { unit, .. } | FileError::Corrupt { unit, .. } => Some(unit),
+            FileError::Space(_) => None,
+        }
+    }
 }
 
 pub struct Files {
@@ -79,8 +92,8 @@ impl Files {
             return Ok(found);
         }
         let path = unit.dir.join(FILES_DIR).join(hex::encode(sha));
-        let (verify, wanted) = (!unit.fresh, *sha);
-        let opened = run_blocking(move || map_file(&path, verify.then_some(wanted))).await.map_err(Arc::new)?;
+        let (verify, wanted, id) = (!unit.fresh, *sha, Arc::clone(&unit.id));
+        let opened = run_blocking(move || map_file(&id, &path, verify.then_some(wanted))).await.map_err(Arc::new)?;
         Ok(self.keep(key, opened, now_ms))
     }
 
@@ -108,8 +121,8 @@ impl Files {
             self.incompressible.insert((Arc::clone(&unit.id), *sha), ());
             return Ok(None);
         }
-        let path = unit.dir.join(GZIP_DIR).join(hex::encode(sha));
-        let opened = run_blocking(move || map_file(&path, None)).await.map_err(Arc::new)?;
+        let (path, id) = (unit.dir.join(GZIP_DIR).join(hex::encode(sha)), Arc::clone(&unit.id));
+        let opened = run_blocking(move || map_file(&id, &path, None)).await.map_err(Arc::new)?;
         Ok(Some(self.keep(key, opened, now_ms)))
     }
 
@@ -158,11 +171,11 @@ impl Files {
     }
 }
 
-/// Maps `path` whole; with `verify`, checks that its bytes hash to it first.
-fn map_file(path: &Path, verify: Option<Sha>) -> Result<FileBytes, FileError> {
+/// Maps `path` (of `unit`) whole; with `verify`, checks that its bytes hash to it first.
+fn map_file(unit: &Arc<str>, path: &Path, verify: Option<Sha>) -> Result<FileBytes, FileError> {
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FileError::Missing(path.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FileError::Missing { unit: Arc::clone(unit), path: path.to_owned() }),
         Err(e) => return Err(space_error("open", path)(e).into()),
     };
     let len = file.metadata().map_err(space_error("stat", path))?.len();
@@ -175,7 +188,7 @@ fn map_file(path: &Path, verify: Option<Sha>) -> Result<FileBytes, FileError> {
     let map = unsafe { Mmap::map(&file) }.map_err(space_error("mmap", path))?;
     if let Some(sha) = verify {
         if <[u8; 32]>::from(Sha256::digest(&map[..])) != sha {
-            return Err(FileError::Corrupt(path.to_owned()));
+            return Err(FileError::Corrupt { unit: Arc::clone(unit), path: path.to_owned() });
         }
     }
     Ok(FileBytes { body: Bytes::from_owner(map), file: Some(Arc::new(file)) })

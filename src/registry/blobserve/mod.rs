@@ -280,9 +280,14 @@ impl Registry {
         }
         let prepared = self.blobserve_prepared(image, &repo).await?;
         match blobserve.serve(&prepared, &repo, path, options, self.clock.now_ms()).await {
-            // Evicted between its lookup and the open: prepare it again, once.
-            Err(RegistryError::BlobSpace(error)) if matches!(*error, FileError::Missing(_)) => {
-                blobserve.images.remove_if(&prepared.key, |current| Arc::ptr_eq(current, &prepared));
+            // Evicted between its lookup and the open, or damaged on disk (a crash before its
+            // files were written out): the unit goes and the image is prepared again, once.
+            Err(RegistryError::BlobSpace(error)) if error.unit().is_some() => {
+                let (space, unit) = (Arc::clone(&blobserve.space), error.unit().map(Arc::clone).unwrap_or_default());
+                run_blocking(move || space.discard(&unit)).await;
+                if blobserve.images.remove_if(&prepared.key, |current| Arc::ptr_eq(current, &prepared)) {
+                    prepared.release(&blobserve.space, self.clock.now_ms());
+                }
                 let prepared = self.blobserve_prepared(image, &repo).await?;
                 blobserve.serve(&prepared, &repo, path, options, self.clock.now_ms()).await
             }

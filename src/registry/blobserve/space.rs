@@ -1,13 +1,12 @@
 //! The blob space on disk: `units/<id>/` are complete units (an unpacked layer, or an image's
-//! replaced files), each renamed into place only once whole and synced; `tmp/` holds work in
-//! progress and is emptied at start, so nothing half-unpacked is ever served after a crash.
-//! Counts the bytes units hold, and which prepared images hold each unit.
+//! replaced files), each renamed into place only once whole; `tmp/` holds work in progress
+//! and is emptied at start. Counts the bytes units hold, and which images hold each unit.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::unpack::read_index;
 use crate::table::SharedMap;
 
 /// A failure of the blob space's own disk.
@@ -78,6 +77,11 @@ impl Space {
         for entry in std::fs::read_dir(&space.units_dir).map_err(space_error("list", &space.units_dir))?.flatten() {
             let Some(id) = entry.file_name().to_str().map(Arc::<str>::from) else { continue };
             let dir = entry.path();
+            if id.starts_with("layer-") && read_index(&dir).is_err() {
+                tracing::warn!(unit = %id, "blobserve: a unit whose index does not read is deleted (unpacked again when used)");
+                remove_any(&dir).map_err(space_error("remove", &dir))?;
+                continue;
+            }
             let bytes = tree_bytes(&dir).map_err(space_error("measure", &dir))?;
             space.insert(Unit { id: Arc::clone(&id), dir, fresh: false, bytes: AtomicU64::new(bytes), last_used_ms: AtomicU64::new(0), holders: Mutex::default() });
         }
@@ -140,8 +144,11 @@ impl Space {
             return Ok(());
         }
         let target = self.units_dir.join(id);
-        let done = sync_dir_tree(built).and_then(|()| std::fs::rename(built, &target)).and_then(|()| sync_path(&self.units_dir));
-        match done {
+        // Not synced: a sync here waits for every dirty page of the file system (seconds on a
+        // busy node) before a first byte. A crash may leave a unit whose files never reached
+        // the disk; a unit found at start is therefore checked (its index parsed here, each
+        // file hashed against its name when first opened) and a damaged one unpacked again.
+        match std::fs::rename(built, &target) {
             Ok(()) => {
                 self.insert(Unit { id: Arc::from(id), dir: target, fresh: true, bytes: AtomicU64::new(bytes), last_used_ms: AtomicU64::new(0), holders: Mutex::default() });
                 Ok(())
@@ -183,6 +190,32 @@ impl Space {
         self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Deletes the unit `id` whether or not images hold it: it is damaged. Images that use it
+    /// find its files missing and are prepared again. Blocking.
+    pub fn discard(&self, id: &str) {
+        let Some(unit) = self.units.get(id) else { return };
+        if let Ok(mut holders) = unit.holders.lock() {
+            if holders.gone {
+                return;
+            }
+            holders.gone = true;
+        }
+        tracing::warn!(unit = %id, "blobserve: a damaged unit is deleted, to be unpacked again");
+        self.delete(&unit);
+    }
+
+    fn delete(&self, unit: &Unit) {
+        // Out of the way first (one rename), so that a new unit of the same id can take the
+        // name while the old files are removed.
+        let away = self.tmp_dir.join(format!("gone-{}-{}", std::process::id(), self.next_temp.fetch_add(1, Ordering::Relaxed)));
+        let removed = std::fs::rename(&unit.dir, &away).and_then(|()| std::fs::remove_dir_all(&away));
+        if let Err(error) = removed {
+            tracing::warn!(unit = %unit.id, %error, "blobserve: cannot delete a unit");
+        }
+        self.units.remove(&unit.id);
+        self.used_bytes.fetch_sub(unit.bytes(), Ordering::Relaxed);
+    }
+
     /// Deletes the least recently used unit that no image holds; `None` if every unit is
     /// held. Blocking.
     pub fn delete_one_unheld(&self) -> Option<Arc<Unit>> {
@@ -197,15 +230,7 @@ impl Space {
                 }
                 holders.gone = true;
             }
-            // Out of the way first (one rename), so that a new unit of the same id can take
-            // the name while the old files are removed.
-            let away = self.tmp_dir.join(format!("gone-{}-{}", std::process::id(), self.next_temp.fetch_add(1, Ordering::Relaxed)));
-            let removed = std::fs::rename(&unit.dir, &away).and_then(|()| std::fs::remove_dir_all(&away));
-            if let Err(error) = removed {
-                tracing::warn!(unit = %unit.id, %error, "blobserve: cannot delete an evicted unit");
-            }
-            self.units.remove(&unit.id);
-            self.used_bytes.fetch_sub(unit.bytes(), Ordering::Relaxed);
+            self.delete(&unit);
             return Some(unit);
         }
         None
@@ -237,21 +262,6 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// Flushes everything written under `dir` to disk: one `syncfs` of its file system rather
-/// than an fsync per file (a layer has thousands).
-fn sync_dir_tree(dir: &Path) -> std::io::Result<()> {
-    let handle = std::fs::File::open(dir)?;
-    // SAFETY: syncfs only reads the descriptor, which `handle` keeps open.
-    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn sync_path(path: &Path) -> std::io::Result<()> {
-    std::fs::File::open(path)?.sync_all()
 }
 
 #[cfg(test)]
@@ -287,17 +297,21 @@ mod tests {
             let space = Space::open(root.path()).unwrap();
             let built = space.temp_dir().unwrap();
             std::fs::write(built.join("f"), b"abc").unwrap();
-            space.publish("layer-b", &built, 3).unwrap();
-            // Half-built when the process died.
+            space.publish("image-b", &built, 3).unwrap();
+            // A layer whose index never reached the disk, and one half-built when the process died.
+            let unindexed = space.temp_dir().unwrap();
+            std::fs::write(unindexed.join("f"), b"abcdef").unwrap();
+            space.publish("layer-c", &unindexed, 6).unwrap();
             let half = space.temp_dir().unwrap();
             std::fs::write(half.join("f"), b"partial").unwrap();
-            std::fs::create_dir_all(root.path().join("units/layer-b/gz")).unwrap();
-            std::fs::write(root.path().join("units/layer-b/gz/.tmp-1"), b"half a variant").unwrap();
+            std::fs::create_dir_all(root.path().join("units/image-b/gz")).unwrap();
+            std::fs::write(root.path().join("units/image-b/gz/.tmp-1"), b"half a variant").unwrap();
         }
         let space = Space::open(root.path()).unwrap();
         assert_eq!(std::fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
-        assert!(!root.path().join("units/layer-b/gz/.tmp-1").exists());
-        let unit = space.acquire("layer-b").unwrap();
+        assert!(!root.path().join("units/image-b/gz/.tmp-1").exists());
+        assert!(!root.path().join("units/layer-c").exists() && space.acquire("layer-c").is_none());
+        let unit = space.acquire("image-b").unwrap();
         assert!(!unit.fresh);
         assert_eq!(space.used_bytes(), 3);
     }
