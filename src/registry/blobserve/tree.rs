@@ -132,38 +132,44 @@ impl Tree {
     /// target starts there: nothing resolves outside the image. `None`: no such path, or too
     /// many symlinks.
     pub fn resolve<'a, S: AsRef<str>>(&'a self, base: &str, components: &[S]) -> Option<Resolved<'a>> {
-        let mut pending: Vec<String> = components.iter().rev().map(|c| c.as_ref().to_owned()).collect();
-        pending.extend(base.split('/').rev().filter(|c| !c.is_empty()).map(str::to_owned));
-        let mut current: Vec<String> = Vec::new();
+        // A stack of what is left to walk (next on top) and the path so far, with where each
+        // of its components starts: one string for the walk, no allocation per component.
+        let mut pending: Vec<&str> = components.iter().rev().map(AsRef::as_ref).collect();
+        pending.extend(base.split('/').rev());
+        let mut path = String::with_capacity(128);
+        let mut starts: Vec<usize> = Vec::new();
         let mut hops = 0;
         while let Some(component) = pending.pop() {
-            match component.as_str() {
+            match component {
                 "" | "." => continue,
                 ".." => {
-                    current.pop();
+                    path.truncate(starts.pop().unwrap_or(0).saturating_sub(1));
                     continue;
                 }
                 _ => {}
             }
-            current.push(component);
-            let path = current.join("/");
+            let start = if path.is_empty() { 0 } else { path.len() + 1 };
+            if !path.is_empty() {
+                path.push('/');
+            }
+            path.push_str(component);
             match self.nodes.get(&path)? {
                 Node::Symlink(target) => {
                     hops += 1;
                     if hops > MAX_SYMLINK_HOPS {
                         return None;
                     }
-                    current.pop();
+                    path.truncate(start.saturating_sub(1));
                     if target.starts_with('/') {
-                        current.clear();
+                        path.clear();
+                        starts.clear();
                     }
-                    pending.extend(target.split('/').rev().map(str::to_owned));
+                    pending.extend(target.split('/').rev());
                 }
-                Node::File { .. } if !pending.is_empty() => return None,
-                _ => {}
+                Node::File { .. } if pending.iter().any(|c| !matches!(*c, "" | ".")) => return None,
+                _ => starts.push(start),
             }
         }
-        let path = current.join("/");
         match self.nodes.get(&path) {
             _ if path.is_empty() => Some(Resolved::Dir { path }),
             Some(Node::Dir) => Some(Resolved::Dir { path }),
