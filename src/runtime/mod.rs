@@ -104,8 +104,9 @@ impl Server {
         let admin = settings.admin_listen.map(|addr| listener::bind_all(addr, 1, &TcpCongestion::System)).transpose()?;
         let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
         let mut admin_socket = admin.and_then(|(mut sockets, _)| sockets.pop());
-        // Browsers' connections, like clients', are spread over every executor.
-        let blobserve = settings.blobserve_listen.map(|addr| listener::bind_all(addr, count, &TcpCongestion::System)).transpose()?;
+        // Browsers' connections, like clients', are spread over every executor, with the same
+        // congestion control (`tcpCongestion`: a pacing one costs local receivers CPU).
+        let blobserve = settings.blobserve_listen.map(|addr| listener::bind_all(addr, count, &settings.tcp_congestion)).transpose()?;
         let blobserve_addr = blobserve.as_ref().map(|(_, addr)| *addr);
         let mut blobserve_sockets = blobserve.map(|(sockets, _)| sockets).unwrap_or_default().into_iter();
         // One waker slot per accept loop: one per executor, the admin loop's, and one per
