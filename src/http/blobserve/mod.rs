@@ -43,7 +43,7 @@ pub async fn handle<B>(request: Request<B>, ctx: &HttpContext) -> Response<Respo
 async fn answer<B>(request: &Request<B>, ctx: &HttpContext) -> Response<ResponseBody> {
     let head = match head_or_refusal(request) {
         Ok(head) => head,
-        Err(refusal) => return refusal,
+        Err(refused) => return refused.response(),
     };
     let path = request.uri().path();
     let (image, file) = match route::parse(path) {
@@ -63,20 +63,36 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext) -> Response<Response
     }
 }
 
-/// Whether the request is a `HEAD` (else a `GET`); any other method, and a WebSocket upgrade
-/// (which Gitpod's blobserve does not route either), is refused.
-fn head_or_refusal<B>(request: &Request<B>) -> Result<bool, Response<ResponseBody>> {
+/// A request refused before its path is looked at.
+enum Refused {
+    /// A WebSocket upgrade, which Gitpod's blobserve does not route either.
+    Upgrade,
+    /// A method other than GET and HEAD.
+    Method,
+}
+
+impl Refused {
+    fn response(self) -> Response<ResponseBody> {
+        match self {
+            Refused::Upgrade => text(StatusCode::NOT_FOUND, "Not Found".into()),
+            Refused::Method => {
+                let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD".into());
+                response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                response
+            }
+        }
+    }
+}
+
+/// Whether the request is a `HEAD` (else a `GET`).
+fn head_or_refusal<B>(request: &Request<B>) -> Result<bool, Refused> {
     if is_upgrade(request.headers()) {
-        return Err(text(StatusCode::NOT_FOUND, "Not Found".into()));
+        return Err(Refused::Upgrade);
     }
     match *request.method() {
         Method::GET => Ok(false),
         Method::HEAD => Ok(true),
-        _ => {
-            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD".into());
-            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            Err(response)
-        }
+        _ => Err(Refused::Method),
     }
 }
 
