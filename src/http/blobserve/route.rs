@@ -23,7 +23,8 @@ pub fn parse(path: &str) -> Result<(BlobserveRef, FilePath), RouteError> {
     let rest = path.strip_prefix('/').ok_or(RouteError::BadPath("not absolute"))?;
     let segments: Vec<&str> = rest.split('/').collect();
     let end = reference_end(&segments).ok_or_else(|| RouteError::BadImage(format!("cannot parse image '{rest}': tag is missing")))?;
-    let text = segments[..=end].join("/");
+    // The reference is a prefix of the path: its segments and the slashes between them.
+    let text = &rest[..segments[..=end].iter().map(|s| s.len() + 1).sum::<usize>() - 1];
     let image: BlobserveRef = text.parse().map_err(|e: crate::registry::blobserve::ParseBlobserveRefError| RouteError::BadImage(e.to_string()))?;
     let file = &segments[end + 1..];
     let file_path = match file {

@@ -230,7 +230,13 @@ impl Blobserve {
             true => self.files.gzip(&self.space, unit, sha, &identity, now_ms).await.map_err(RegistryError::BlobSpace)?,
             false => None,
         };
-        let etag = format!("{}-{}", image.etag_prefix, hex::encode(&sha[..12]));
+        let mut etag = String::with_capacity(image.etag_prefix.len() + 26);
+        etag.push_str(&image.etag_prefix);
+        etag.push('-');
+        let mut hex_sha = [0u8; 24];
+        if hex::encode_to_slice(&sha[..12], &mut hex_sha).is_ok() {
+            etag.push_str(std::str::from_utf8(&hex_sha).unwrap_or_default());
+        }
         let inline_static = matches!(path, FilePath::Index).then(|| Arc::clone(&repo.inline_static));
         Ok(Blobserved::File(ServedFile { identity, gzip, etag, inline_static, lease: Arc::clone(image) as Arc<dyn Any + Send + Sync> }))
     }
