@@ -197,10 +197,10 @@ pub fn tags(page: &TagsPage, n: Option<usize>, ns: Option<&str>, head: bool) -> 
 pub fn error(failure: &Failure, method: &http::Method, path: &str) -> Response<ResponseBody> {
     let WireError { code, message } = failure.to_wire(method, path);
     let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = Bytes::from(error_body(code, message.as_deref(), None));
-    let mut response = with_body(status, body, *method == http::Method::HEAD);
+    let document = error_body(code, message.as_deref(), None);
+    let mut response = with_body(status, Bytes::from(document.body), *method == http::Method::HEAD);
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, JSON);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(document.content_type));
     match failure {
         Failure::MethodNotAllowed(_) => {
             headers.insert(header::ALLOW, READ_ONLY_METHODS);

@@ -51,6 +51,9 @@ pub struct Query {
 pub enum RouteError {
     #[error("no such endpoint")]
     NotFound,
+    /// `/v2/<name>/blobs/uploads/…`: an upload session, which a read-only registry never has.
+    #[error("no such upload: this registry is read-only")]
+    UploadUnknown,
     #[error("{0}")]
     NameInvalid(#[from] ParseNameError),
     #[error("{0}")]
@@ -78,8 +81,8 @@ pub fn is_api_path(path: &str) -> bool {
 /// Parses a request path (without the query) into a route.
 ///
 /// # Errors
-/// `NotFound` for paths that are not pull endpoints; the grammar errors of the name, digest or
-/// tag otherwise.
+/// `NotFound` for paths that are no endpoint, `UploadUnknown` for upload sessions; the grammar
+/// errors of the name, digest or tag otherwise.
 pub fn parse_path(path: &str) -> Result<Route, RouteError> {
     let rest = match path {
         "/v2" | "/v2/" => return Ok(Route::Base),
@@ -99,6 +102,9 @@ pub fn parse_path(path: &str) -> Result<Route, RouteError> {
             let name = name.parse()?;
             Ok(Route::Blob { name, digest: last.parse()? })
         }
+        // `<name>/blobs/uploads/<reference>` (and `…/uploads/` itself): end-13 and the push
+        // endpoints; the name itself is not checked, as nothing is looked up.
+        "uploads" if name.ends_with("/blobs") => Err(RouteError::UploadUnknown),
         _ => Err(RouteError::NotFound),
     }
 }
@@ -192,6 +198,8 @@ mod tests {
         assert!(matches!(r, Route::Blob { ref digest, .. } if digest.to_string() == D));
         let r = parse_path("/v2/a/b/tags/list").unwrap();
         assert_eq!(r, Route::TagsList { name: "a/b".parse().unwrap() });
+        let r = parse_path("/v2/a/blobs/uploads/manifests/v1").unwrap();
+        assert_eq!(r.name().unwrap().as_str(), "a/blobs/uploads", "the rightmost endpoint wins");
     }
 
     #[test]
@@ -199,6 +207,10 @@ mod tests {
         assert_eq!(parse_path("/"), Err(RouteError::NotFound));
         assert_eq!(parse_path("/v3/a/manifests/x"), Err(RouteError::NotFound));
         assert_eq!(parse_path("/v2/a/referrers/x"), Err(RouteError::NotFound));
+        assert_eq!(parse_path("/v2/a/b/blobs/uploads/"), Err(RouteError::UploadUnknown));
+        assert_eq!(parse_path("/v2/a/blobs/uploads/1f2e-33"), Err(RouteError::UploadUnknown));
+        assert_eq!(parse_path("/v2/a/uploads/x"), Err(RouteError::NotFound));
+        assert_eq!(parse_path("/v2/_catalog"), Err(RouteError::NotFound));
         assert_eq!(parse_path("/v2/manifests/latest"), Err(RouteError::NotFound));
         assert!(matches!(parse_path("/v2/A/manifests/x"), Err(RouteError::NameInvalid(_))));
         assert!(matches!(parse_path("/v2/%2e%2e/manifests/x"), Err(RouteError::NameInvalid(_))));

@@ -135,7 +135,7 @@ fn upstream_verdict(error: &UpstreamError) -> Verdict {
         UpstreamError::BadStatus { .. } | UpstreamError::Invalid { .. } => (Upstream, Code::UpstreamInvalid),
         // Upstream answered fine; the client can have the list by paging with `n` (as
         // distribution answers an `n` above its limit).
-        UpstreamError::TooManyTagPages { .. } => (Client, Code::PaginationNumberInvalid),
+        UpstreamError::TooManyTagPages { .. } => (Client, Code::ParameterInvalid),
         UpstreamError::Config(_) => (Internal, Code::Unknown),
     };
     Verdict { class, code }
@@ -154,7 +154,7 @@ mod tests {
         let config = RegistryError::Upstream { remote: host(), error: UpstreamError::Config("no such CA file".into()) };
         assert_eq!(config.verdict(), Verdict { class: FailureClass::Internal, code: ErrorCode::Unknown }, "our own configuration is our fault");
         let pages = RegistryError::Upstream { remote: host(), error: UpstreamError::TooManyTagPages { host: host(), pages: 100 } };
-        assert_eq!(pages.verdict(), Verdict { class: FailureClass::Client, code: ErrorCode::PaginationNumberInvalid });
+        assert_eq!(pages.verdict(), Verdict { class: FailureClass::Client, code: ErrorCode::ParameterInvalid });
         let cache = RegistryError::Fill(FillError::Cache(Arc::new(StoreError::DigestMismatch { expected: Digest::sha256_of(b"a"), actual: Digest::sha256_of(b"b") })));
         assert_eq!(cache.class(), FailureClass::Internal, "a cache failure during a fill is ours, not upstream's");
     }
