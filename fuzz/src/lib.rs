@@ -6,7 +6,7 @@
 use registry_facade::oci::accept::AcceptList;
 use registry_facade::oci::manifest::{sniff_media_type, Descriptor, ImageManifest, Manifest, Platform};
 use registry_facade::oci::media_type::{self, manifest_kind, ManifestKind};
-use registry_facade::oci::range::{parse_range, ByteRange, RangeRequest};
+use registry_facade::oci::range::{parse_range, ByteRange, RangeRequest, Selection, COALESCE_GAP_BYTES, MAX_RANGES};
 use registry_facade::oci::route::{self, Route};
 use registry_facade::oci::{Digest, ImageRef, Reference, RepositoryName, Tag};
 use registry_facade::registry::compose::{self, Addon, BlobSource, LoneLayer, ResolvedImage, SKIP_N_LABEL};
@@ -96,15 +96,22 @@ where
 }
 
 /// The first line is a `Range` header value, the others `Accept` header values. A resolved
-/// range must lie inside the content; Accept matching must not depend on ASCII case.
+/// range must lie inside the content, and what a set of ranges selects must be ascending,
+/// apart and within the cap; Accept matching must not depend on ASCII case.
 pub fn range_accept(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let mut lines = text.split('\n');
     let range = lines.next().unwrap_or("");
     let accept: Vec<&str> = lines.collect();
-    match parse_range(Some(range)) {
-        RangeRequest::Part(part) => check_range(part, data.len() as u64),
-        RangeRequest::Whole | RangeRequest::Malformed => {}
+    let request = parse_range(Some(range));
+    if let RangeRequest::Parts(parts) = &request {
+        assert!(!parts.is_empty() && parts.len() <= MAX_RANGES, "{} parts", parts.len());
+        for part in parts {
+            check_range(*part, data.len() as u64);
+        }
+    }
+    for len in [0, 1, data.len() as u64, 2048, u64::MAX] {
+        check_selection(&request, len);
     }
     let list = AcceptList::parse(accept.iter().copied());
     let upper: Vec<String> = accept.iter().map(|v| v.to_ascii_uppercase()).collect();
@@ -124,6 +131,20 @@ fn check_range(part: ByteRange, data_len: u64) {
             ByteRange::FromTo(first, last) => assert!(selected.start == first && selected.end - 1 <= last),
             ByteRange::From(first) => assert!(selected.start == first && selected.end == len),
             ByteRange::Suffix(n) => assert!(selected.end == len && selected.end - selected.start <= n),
+        }
+    }
+}
+
+fn check_selection(request: &RangeRequest, len: u64) {
+    match request.select(len) {
+        Selection::Whole | Selection::Unsatisfiable => {}
+        Selection::Single(part) => assert!(part.start < part.end && part.end <= len, "{part:?} of {len}"),
+        Selection::Multiple(parts) => {
+            assert!(parts.len() >= 2 && parts.len() <= MAX_RANGES);
+            for pair in parts.windows(2) {
+                assert!(pair[0].end.saturating_add(COALESCE_GAP_BYTES) < pair[1].start, "{pair:?} should be one part");
+            }
+            assert!(parts.iter().all(|p| p.start < p.end && p.end <= len), "{parts:?} of {len}");
         }
     }
 }

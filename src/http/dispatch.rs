@@ -1,6 +1,6 @@
 //! From a request to a response: method check, route parsing, the registry call, and the
-//! response or error document; each request in its own span (route, repository, reference,
-//! digest) and counted in the request metrics.
+//! response or error document (`Range` honoured for GET only); each request in its own span
+//! (route, repository, reference, digest) and counted in the request metrics.
 
 use http::{HeaderMap, Method, Request, Response};
 use tracing::{Instrument, Span};
@@ -11,7 +11,7 @@ use super::failure::Failure;
 use super::response;
 use super::HttpContext;
 use crate::oci::accept::AcceptList;
-use crate::oci::range::parse_range;
+use crate::oci::range::{parse_range, RangeRequest};
 use crate::oci::route::{self, Route};
 use crate::oci::Reference;
 use crate::metrics;
@@ -99,13 +99,21 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Option<Result
             Ok(response::manifest(&manifest, head))
         }
         Route::Blob { name, digest } => {
-            let range = parse_range(request.headers().get(http::header::RANGE).and_then(|v| v.to_str().ok()));
+            // RFC 9110 §14.2: "A server MUST ignore a Range header field received with a request
+            // method that is unrecognized or for which range handling is not defined. For this
+            // specification, GET is the only method for which range handling is defined." The
+            // spec agrees: "A HEAD request to an existing blob or manifest URL MUST return `200
+            // OK`."
+            let range = match head {
+                true => RangeRequest::Whole,
+                false => parse_range(request.headers().get(http::header::RANGE).and_then(|v| v.to_str().ok())),
+            };
             match registry.blob(&name, &digest, query.ns.as_deref(), head).await? {
                 BlobReply::Cached(blob) => response::blob(&blob, range, head),
                 BlobReply::Remote { size, digest_text } => Ok(response::remote_blob_head(size, &digest_text)),
                 BlobReply::Filling(filling) => {
                     let size = filling.size().await?;
-                    response::filling_blob(&filling, size, range, head)
+                    response::filling_blob(filling, size, range, head)
                 }
                 BlobReply::Inline { bytes, digest_text } => response::inline_blob(bytes, &digest_text, range, head),
                 BlobReply::Redirect(url) => Ok(response::redirect(&url)),

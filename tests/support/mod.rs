@@ -9,6 +9,7 @@ pub mod docker_config;
 pub mod exposition;
 pub mod image;
 pub mod kubo;
+pub mod multipart;
 pub mod nginx;
 pub mod proxy;
 pub mod redis;
