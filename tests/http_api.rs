@@ -251,7 +251,8 @@ fn errors_carry_spec_codes_and_statuses() {
         ("GET", "/".into(), 404, "UNSUPPORTED"),
         ("GET", "/v1/_ping".into(), 404, "UNSUPPORTED"),
         ("GET", "/v2/_catalog".into(), 404, "UNSUPPORTED"),
-        ("GET", format!("/v2/library/app/referrers/{ZERO_DIGEST}"), 404, "UNSUPPORTED"),
+        ("GET", "/v2/library/app/referrers/sha256:xyz".into(), 400, "DIGEST_INVALID"),
+        ("GET", "/v2/nope/referrers/".to_owned() + ZERO_DIGEST, 404, "NAME_UNKNOWN"),
     ];
     for (method, path, status, code) in cases {
         let reply = request(f.server.addr, method, &path, &[]);

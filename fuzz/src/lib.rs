@@ -43,6 +43,7 @@ pub fn route(data: &[u8]) {
         Route::Manifest { name, reference } => format!("/v2/{name}/manifests/{reference}"),
         Route::Blob { name, digest } => format!("/v2/{name}/blobs/{digest}"),
         Route::TagsList { name } => format!("/v2/{name}/tags/list"),
+        Route::Referrers { name, digest } => format!("/v2/{name}/referrers/{digest}"),
     };
     assert_eq!(rendered, path, "route does not render back to its path");
     assert_eq!(route::parse_path(&rendered).as_ref(), Ok(&parsed));

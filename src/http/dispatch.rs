@@ -59,6 +59,7 @@ fn request_span(method: &Method, route: Option<&Route>) -> Span {
         Some(Route::Manifest { name, reference }) => tracing::info_span!("request", %method, route = %"manifest", repo = %name, reference = %reference),
         Some(Route::Blob { name, digest }) => tracing::info_span!("request", %method, route = %"blob", repo = %name, digest = %digest),
         Some(Route::TagsList { name }) => tracing::info_span!("request", %method, route = %"tags", repo = %name),
+        Some(Route::Referrers { name, digest }) => tracing::info_span!("request", %method, route = %"referrers", repo = %name, digest = %digest),
     }
 }
 
@@ -68,6 +69,7 @@ fn metrics_route(route: &Route) -> metrics::Route {
         Route::Manifest { .. } => metrics::Route::Manifest,
         Route::Blob { .. } => metrics::Route::Blob,
         Route::TagsList { .. } => metrics::Route::Tags,
+        Route::Referrers { .. } => metrics::Route::Referrers,
     }
 }
 
@@ -122,6 +124,11 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Option<Result
         Route::TagsList { name } => {
             let page = registry.tags(&name, query.n, query.last.as_deref(), query.ns.as_deref()).await?;
             Ok(response::tags(&page, query.n, query.ns.as_deref(), head))
+        }
+        Route::Referrers { name, digest } => {
+            let (artifact_type, ns) = (query.artifact_type.as_deref(), query.ns.as_deref());
+            let page = registry.referrers(&name, &digest, artifact_type, query.last.as_deref(), ns).await?;
+            Ok(response::referrers(page, &name, &digest, artifact_type, ns, head))
         }
     }
 }

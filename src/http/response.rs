@@ -1,5 +1,5 @@
-//! Building responses: the exact headers of each pull endpoint, ranges (one part, or
-//! `multipart/byteranges`), and error documents.
+//! Building responses: the exact headers of each pull and discovery endpoint, ranges (one part,
+//! or `multipart/byteranges`), and error documents.
 
 use std::sync::Arc;
 
@@ -12,9 +12,12 @@ use super::failure::{Failure, WireError};
 use super::multipart::{multipart, PartOpener};
 use crate::metrics::ByteSource;
 use crate::oci::error_code::error_body;
+use crate::oci::media_type::OCI_INDEX;
 use crate::oci::range::{RangeRequest, Selection};
+use crate::oci::referrers::FILTERS_APPLIED_HEADER;
 use crate::oci::route::encode_query;
-use crate::registry::{BlobChunk, DigestText, FillingBlob, MappedBlob, StoredManifest, TagsPage};
+use crate::oci::{Digest, RepositoryName};
+use crate::registry::{BlobChunk, DigestText, FillingBlob, MappedBlob, ReferrersPage, StoredManifest, TagsPage};
 
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 pub const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
@@ -23,6 +26,8 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 const BYTES: HeaderValue = HeaderValue::from_static("bytes");
 const READ_ONLY_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD");
+const INDEX: HeaderValue = HeaderValue::from_static(OCI_INDEX);
+const ARTIFACT_TYPE_FILTER: HeaderValue = HeaderValue::from_static("artifactType");
 
 /// A response with the API version header every registry answer carries.
 fn respond(status: StatusCode, body: ResponseBody) -> Response<ResponseBody> {
@@ -217,6 +222,26 @@ pub fn tags(page: &TagsPage, n: Option<usize>, ns: Option<&str>, head: bool) -> 
         query.extend(ns.map(|ns| ("ns", ns)));
         let link = format!("</v2/{}/tags/list?{}>; rel=\"next\"", page.name, encode_query(&query));
         response.headers_mut().insert(header::LINK, header_value(link));
+    }
+    response
+}
+
+/// A page of referrers: an image index (the spec: "The `Content-Type` header MUST be set to
+/// `application/vnd.oci.image.index.v1+json`"), `OCI-Filters-Applied` when the filter was
+/// applied, and a `Link` to the next page carrying the client's filter and `ns`.
+pub fn referrers(page: ReferrersPage, name: &RepositoryName, digest: &Digest, artifact_type: Option<&str>, ns: Option<&str>, head: bool) -> Response<ResponseBody> {
+    let mut response = with_body(StatusCode::OK, page.index, head);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, INDEX);
+    if page.filtered {
+        headers.insert(HeaderName::from_static(FILTERS_APPLIED_HEADER), ARTIFACT_TYPE_FILTER);
+    }
+    if let Some(next) = &page.next {
+        let mut query: Vec<(&str, &str)> = artifact_type.map(|t| ("artifactType", t)).into_iter().collect();
+        query.push(("last", next));
+        query.extend(ns.map(|ns| ("ns", ns)));
+        let link = format!("</v2/{name}/referrers/{digest}?{}>; rel=\"next\"", encode_query(&query));
+        headers.insert(header::LINK, header_value(link));
     }
     response
 }

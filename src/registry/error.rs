@@ -68,6 +68,9 @@ pub enum RegistryError {
     Store(Arc<StoreError>),
     #[error("stored manifest {digest} cannot be used: {reason}")]
     CorruptManifest { digest: Digest, reason: String },
+    /// A `last` the client sent that no page of ours named.
+    #[error("{0}")]
+    PageTokenInvalid(String),
 }
 
 impl From<StoreError> for RegistryError {
@@ -86,6 +89,7 @@ impl RegistryError {
             RegistryError::ManifestUnknown { .. } | RegistryError::NotAcceptable(_) | RegistryError::UpstreamManifestUnknown { .. } => (Client, Code::ManifestUnknown),
             RegistryError::BlobUnknown { .. } => (Client, Code::BlobUnknown),
             RegistryError::Denied(_) => (Client, Code::Denied),
+            RegistryError::PageTokenInvalid(_) => (Client, Code::ParameterInvalid),
             RegistryError::InvalidSpec(_) => (Client, Code::ManifestInvalid),
             RegistryError::SharedState(_) => (Upstream, Code::Unavailable),
             RegistryError::Upstream { error, .. } | RegistryError::Fill(FillError::Upstream(error)) => return upstream_verdict(error),

@@ -1,7 +1,7 @@
 //! The facade's rules, and the only door below `http`: which source a name is, which manifest a
-//! request means, which blobs may be served, fills, specs. Each part owns its file (`Remote`,
-//! `Images`, `Composer`, `LocalRepositories`, `Content`); failures are `RegistryError`, whose
-//! `verdict` gives their class and wire code. Knows nothing of HTTP.
+//! request means, which blobs may be served, fills, referrers, specs. Each part owns its file
+//! (`Remote`, `Images`, `Composer`, `LocalRepositories`, `Content`, `referrers`); failures are
+//! `RegistryError`, whose `verdict` gives their class and wire code. Knows nothing of HTTP.
 
 mod blocking;
 mod budget;
@@ -17,6 +17,7 @@ mod mirror;
 mod prefetch;
 mod publish;
 mod remote;
+mod referrers;
 mod shared;
 mod single_flight;
 pub mod static_layers;
@@ -35,6 +36,7 @@ pub use mirror::MirrorSettings;
 pub use prefetch::{ImageStatus, PrefetchJob, PrefetchRef, PrefetchState, DEFAULT_PREFETCH_CONCURRENCY};
 use prefetch::PrefetchJobs;
 
+pub use referrers::ReferrersPage;
 use crate::clock::Clock;
 use crate::ipfs::Ipfs;
 use crate::oci::accept::AcceptList;

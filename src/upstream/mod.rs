@@ -7,6 +7,7 @@ mod blob;
 mod connection;
 mod endpoint;
 mod error;
+mod referrers;
 mod retry;
 mod tags;
 
@@ -23,6 +24,7 @@ pub use auth::Secret;
 pub use blob::{redact_url, BlobDownload, BlobLocation};
 pub use endpoint::{repository_path, RegistryConfig};
 pub use error::UpstreamError;
+pub use referrers::{referrers_path, UpstreamReferrers};
 pub use retry::RetryPolicy;
 pub use tags::TagPage;
 

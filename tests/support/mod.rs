@@ -13,6 +13,7 @@ pub mod multipart;
 pub mod nginx;
 pub mod proxy;
 pub mod redis;
+pub mod referrers;
 pub mod registry;
 pub mod server;
 pub mod token;
