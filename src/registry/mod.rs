@@ -9,6 +9,7 @@ pub mod compose;
 mod composed;
 mod content;
 mod error;
+mod far_range;
 mod fill;
 mod images;
 mod join;
@@ -16,8 +17,8 @@ mod local;
 mod mirror;
 mod prefetch;
 mod publish;
-mod remote;
 mod referrers;
+mod remote;
 mod shared;
 mod single_flight;
 pub mod static_layers;
@@ -34,9 +35,9 @@ pub use error::{FailureClass, RegistryError, Verdict};
 pub use fill::{BlobChunk, FillError};
 pub use mirror::MirrorSettings;
 pub use prefetch::{ImageStatus, PrefetchJob, PrefetchRef, PrefetchState, DEFAULT_PREFETCH_CONCURRENCY};
+pub use referrers::ReferrersPage;
 use prefetch::PrefetchJobs;
 
-pub use referrers::ReferrersPage;
 use crate::clock::Clock;
 use crate::ipfs::Ipfs;
 use crate::oci::accept::AcceptList;
@@ -123,9 +124,10 @@ impl FillingBlob {
         self.fill.finished().await.map_err(RegistryError::Fill)
     }
 
-    /// `range` of the blob as it arrives; an error ends the stream (and the response).
+    /// `range` of the blob as it arrives (or, far ahead of the fill, on its own: see
+    /// `far_range`); an error ends the stream (and the response).
     pub fn stream(&self, range: Range<u64>) -> Pin<Box<dyn Stream<Item = std::io::Result<BlobChunk>>>> {
-        self.fill.reader(range, self.upstream.clone())
+        far_range::stream(&self.fill, &self.upstream, range)
     }
 }
 

@@ -224,6 +224,15 @@ impl Upstream {
         BlobDownload::start(self.clone(), location, offset).await
     }
 
+    /// Starts downloading bytes `range` of a blob from `location` (asked for with exactly that
+    /// `Range`); see `BlobDownload`.
+    ///
+    /// # Errors
+    /// As `manifest`, for the first response head.
+    pub async fn download_range(&self, location: BlobLocation, range: std::ops::Range<u64>) -> Result<BlobDownload, UpstreamError> {
+        BlobDownload::start_range(self.clone(), location, range.start, Some(range.end)).await
+    }
+
     /// One exchange with a plain URL (no registry credentials), redirects followed.
     async fn url_exchange(&self, url: &str, method: &Method, headers: HeaderMap) -> Result<Exchange, AttemptError> {
         let uri: http::Uri = url.parse().map_err(|_| AttemptError::Invalid(format!("`{}` is not a URL", redact_url(url))))?;
