@@ -9,9 +9,10 @@ use std::process::{Command, Stdio};
 
 use sha2::Digest as _;
 
-/// A mounted view: its snapshot key and where it is mounted.
+/// A mounted view: its snapshotter, its snapshot key and where it is mounted.
 #[derive(Debug)]
 pub struct View {
+    pub snapshotter: String,
     pub key: String,
     pub mount: PathBuf,
 }
@@ -46,7 +47,7 @@ impl View {
         let mut ctr = ctr;
         let target = mount.to_string_lossy().into_owned();
         let printed = output(ctr.args(["snapshots", "--snapshotter", snapshotter, "view", "--target", &target, key, chain_id]), "ctr snapshots view")?;
-        let view = View { key: key.to_owned(), mount: mount.to_owned() };
+        let view = View { snapshotter: snapshotter.to_owned(), key: key.to_owned(), mount: mount.to_owned() };
         // One line per mount, `mount -t TYPE SOURCE TARGET -o OPTIONS`: a view of several layers
         // is one overlay mount.
         for line in printed.lines().filter(|l| !l.trim().is_empty()) {
@@ -66,7 +67,7 @@ impl View {
             eprintln!("pullstorm: {e}");
         }
         let _ = std::fs::remove_dir(&self.mount);
-        if let Err(e) = output(ctr.args(["snapshots", "rm", &self.key]), "ctr snapshots rm") {
+        if let Err(e) = output(ctr.args(["snapshots", "--snapshotter", &self.snapshotter, "rm", &self.key]), "ctr snapshots rm") {
             eprintln!("pullstorm: {e}");
         }
     }
