@@ -208,11 +208,11 @@ fn write_outputs(args: &Args, report: &Report) -> Result<(), MainError> {
         let times: Vec<Vec<f64>> = report.targets.iter().map(|t| report::sorted_times(&t.runs)).collect();
         let series: Vec<svg::Series> = report.targets.iter().zip(&times).map(|(t, sorted)| svg::Series { name: &t.name, sorted_ms: sorted, workspaces: t.workspaces }).collect();
         let title = args.title.clone().unwrap_or_else(|| format!("pullstorm: {} workspaces, {}", report.workspaces, report.image));
-        let axis = match args.read_files.is_empty() {
-            true => svg::TIME_TO_IMAGE,
-            false => svg::TIME_TO_FILES,
+        let axes = match args.read_files.is_empty() {
+            true => &svg::TIME_TO_IMAGE,
+            false => &svg::TIME_TO_FILES,
         };
-        write(path, svg::cdf(&title, axis, &series).as_bytes())?;
+        write(path, svg::cdf(&title, axes, &series).as_bytes())?;
     }
     Ok(())
 }
