@@ -28,8 +28,9 @@ fi
 # (tests/support/kubo/README.md); fetched once and cached under the user's cache directory.
 tests/support/kubo/install.sh >/dev/null
 
-# The stargz snapshotter daemon, built once into target/ (about 80 s cold on 2 cores; then Go's
-# build cache in /var/tmp makes it a second, and an unchanged binary is not rebuilt at all).
+# The stargz snapshotter daemon, built once into target/ (35 s cold on 2 idle cores, 75–90 s
+# beside other builds; then Go's build cache in /var/tmp makes it a second, and an unchanged
+# binary is not rebuilt at all).
 # The tests would build it themselves; doing it here keeps that time out of a test's.
 tests/support/stargz/ensure.sh >/dev/null
 

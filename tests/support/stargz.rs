@@ -116,7 +116,7 @@ impl Drop for Stargz {
 
 /// The daemon's binary: `$STARGZ_GRPC` if set, else `<target>/stargz-grpc/stargz-grpc` as
 /// tests/support/stargz/ensure.sh leaves it (built when missing or older than its sources:
-/// about 80 s cold on 2 cores, a second with Go's build cache; under a lock, so concurrent
+/// 35–90 s cold on 2 cores, a second with Go's build cache; under a lock, so concurrent
 /// tests build it once).
 pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("STARGZ_GRPC") {
