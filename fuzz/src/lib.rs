@@ -244,6 +244,11 @@ fn check_composition(composed: &compose::Composition, base: &ResolvedImage, addo
     assert_eq!(config.len() as u64, manifest.config.size);
     let config: Value = serde_json::from_slice(config).expect("composed config is JSON");
     let added = manifest.layers.len() - base.manifest.layers.len();
+    assert_eq!(&manifest.layers[..base.manifest.layers.len()], &base.manifest.layers[..], "the base's layer descriptors are kept as they are");
+    for layer in manifest.layers.iter().skip(base.manifest.layers.len()) {
+        let from_addon = addons.iter().flat_map(|a| &a.manifest.layers).any(|l| l.digest == layer.digest);
+        assert!(!from_addon || addons.iter().flat_map(|a| &a.manifest.layers).any(|l| l == layer), "an addon's layer {} keeps its descriptor", layer.digest);
+    }
     assert!(added <= 1 + addons.iter().map(|a| a.manifest.layers.len()).sum::<usize>());
     for layer in &manifest.layers {
         assert!(composed.blobs.contains_key(&layer.digest), "layer {} has no source", layer.digest);

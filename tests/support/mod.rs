@@ -1,6 +1,7 @@
 //! Shared test support: the server started in-process, a raw HTTP/1.1 client, deterministic
-//! OCI image layouts, and harnesses for the real tools and peers (containerd, skopeo, the
-//! reference registry, its token service, a fault-injecting proxy). Nothing here needs `../shared`.
+//! OCI image layouts, and harnesses for the real tools and peers (containerd and its stargz
+//! snapshotter, skopeo, the reference registry, its token service, a fault-injecting proxy).
+//! Nothing here needs `../shared`.
 #![allow(dead_code)]
 
 pub mod client;
@@ -16,6 +17,7 @@ pub mod redis;
 pub mod referrers;
 pub mod registry;
 pub mod server;
+pub mod stargz;
 pub mod token;
 pub mod tls;
 pub mod tools;
