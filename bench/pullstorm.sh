@@ -19,6 +19,17 @@
 #   ctr     (CLIENT=containerd) the shared storm again with real `ctr image pull` (unpack
 #           included) per workspace, a fresh facade and a fresh containerd namespace per target;
 #           then the warm targets again in reverse order (ctr-again).
+#   lazy    (CLIENT=containerd, or SCENARIOS=lazy) CTR_WORKSPACES workspaces at once, each
+#           pulling remote/lz-<i> (an eStargz base 3 × 20 MiB of 40 files each + an eStargz IDE
+#           image 4 MiB of 8 files, converted by ctr-remote, + a small content layer of its own)
+#           and reading one 512 KiB file of the base and one of the IDE from its mounted rootfs;
+#           time until both are read, on a fresh node (containerd + stargz snapshotter,
+#           bench/lazy-node.sh) for every target:
+#             lazy-*  stargz snapshotter, `ctr-remote image rpull` (layers fetched by Range as read)
+#             full-*  overlayfs, `ctr image pull` (every layer downloaded and unpacked first)
+#           each from a cold facade, the same facade warm, and the registry holding the same
+#           composed images; bytes the servers sent (facade metrics, registry access log) and
+#           what the facades fetched upstream.
 # The pre-composed images come from a separate facade (compositions are deterministic, so
 # every facade serves the same digests; the script checks it): skopeo copies each composed
 # image into the registry (--preserve-digests) and into an OCI layout that nginx serves.
@@ -40,7 +51,7 @@ WARM_ROUNDS="${WARM_ROUNDS:-4}"
 CPU_PROBE="${CPU_PROBE:-$([ "$(nproc)" -ge 2 ] && echo 1 || echo 0)}"
 [[ "$WARM_ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench: WARM_ROUNDS must be a positive number, not '$WARM_ROUNDS'" >&2; exit 2; }
 SCENARIOS="${SCENARIOS:-shared rss mixed}"
-[ "$CLIENT" = containerd ] && SCENARIOS="$SCENARIOS ctr"
+[ "$CLIENT" = containerd ] && SCENARIOS="$SCENARIOS ctr lazy"
 want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 # Real pulls with unpack take seconds each on 2 cores: 100 per target would take most of an hour.
 CTR_WORKSPACES="${CTR_WORKSPACES:-$(( WORKSPACES < 10 ? WORKSPACES : 10 ))}"
@@ -49,7 +60,8 @@ OUT="target/pullstorm/$(date -u +%Y%m%dT%H%M%SZ)"
 LOAD_AT_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 [ "${1:-}" = "--out" ] && OUT="${2:?--out needs a directory}"
 TOOLS=(docker-registry skopeo nginx curl python3)
-[ "$CLIENT" = containerd ] && TOOLS+=(containerd ctr)
+{ [ "$CLIENT" = containerd ] || want lazy; } && TOOLS+=(containerd ctr)
+want lazy && TOOLS+=(ctr-remote mount umount)
 . bench/lib.sh
 bench_begin rf-pullstorm -p pullstorm "${TOOLS[@]}"
 BIN="${CARGO_TARGET_DIR:-target}/release"
@@ -118,17 +130,23 @@ copy_image() {  # repo: facade -> registry and -> the OCI layout (the layout's i
   skopeo --insecure-policy copy -q --preserve-digests --src-tls-verify=false --dest-tls-verify=false "$src" "docker://$HOST/$1:latest"
   skopeo --insecure-policy copy -q --preserve-digests --src-tls-verify=false "$src" "oci:$WORK/layout:$1"
 }
-echo "bench: copying $((2 * WORKSPACES)) composed images into the registry and the nginx layout" >&2
+if want shared || want rss || want ctr || want mixed; then
+  echo "bench: copying the composed images into the registry and the nginx layout" >&2
+fi
 for i in $(seq "$WORKSPACES"); do
   if want shared || want rss || want ctr; then copy_image "remote/ws-$i"; fi
   if want mixed; then copy_image "remote/mix-$i"; fi
 done
 stop_facade "$FACADE_PID"
-NGX_PORT="$(free_port)"
-start_nginx_layout nginx "$NGX_PORT" "$WORK/layout"
-NGX_PID=$NGINX_PID
 REGISTRY_URL="http://$HOST"
-NGINX_URL="http://127.0.0.1:$NGX_PORT"
+# nginx serves the layout the copies above wrote; the lazy scenario compares the facade with the
+# registry only, so without the other scenarios there is nothing for nginx to serve.
+if want shared || want rss || want mixed || want ctr; then
+  NGX_PORT="$(free_port)"
+  start_nginx_layout nginx "$NGX_PORT" "$WORK/layout"
+  NGX_PID=$NGINX_PID
+  NGINX_URL="http://127.0.0.1:$NGX_PORT"
+fi
 
 storm() {  # name args... : runs pullstorm, output in $OUT/<name>.{json,svg,txt}
   local name="$1"; shift
@@ -215,6 +233,82 @@ TOML
   stop_facade "$FACADE_PID"
 fi
 
+# ---- lazy: a lazy pull through the stargz snapshotter vs a full pull, facade vs registry
+if want lazy; then
+  LZ="$WORK/lazy"
+  mkdir -p "$LZ"
+  export STARGZ_GRPC="${STARGZ_GRPC:-$(tests/support/stargz/ensure.sh)}"
+  NODE="$LZ/node"
+  trap 'bench/lazy-node.sh "$NODE" stop; bench_cleanup' EXIT INT TERM
+  "$BIN/rf-bench-image" "$LZ/base" --layers 20M,20M,20M --files 40 --file-prefix base --seed 71 > "$LZ/base.json"
+  "$BIN/rf-bench-image" "$LZ/ide" --layers 4M --files 8 --file-prefix ide --seed 72 > "$LZ/ide.json"
+  push_layout "$LZ/base" bench/lz-base:latest
+  push_layout "$LZ/ide" bench/lz-ide:latest
+  # eStargz copies (:esgz), converted by the stargz project's own ctr-remote in a node of their own.
+  bench/lazy-node.sh "$NODE" restart
+  for img in lz-base lz-ide; do
+    ctr -a "$NODE/containerd.sock" -n convert image pull --plain-http "$HOST/bench/$img:latest" >/dev/null
+    ctr-remote -a "$NODE/containerd.sock" -n convert image convert --estargz --oci "$HOST/bench/$img:latest" "$HOST/bench/$img:esgz" >/dev/null
+    ctr -a "$NODE/containerd.sock" -n convert image push --plain-http "$HOST/bench/$img:esgz" >/dev/null
+  done
+  esgz_ref() {  # the :esgz image by digest
+    echo "$HOST/bench/$1@$(curl -fsSI -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$HOST/v2/bench/$1/manifests/esgz" | tr -d '\r' | awk -F': ' 'tolower($1) == "docker-content-digest" {print $2}')"
+  }
+  # Each workspace also gets a small content layer of its own (as Gitpod's do), so no two
+  # workspaces share a manifest or a config: containerd pulls of one namespace that write the
+  # same config at once wait for each other's ingest lock with random backoff up to 2 s, which
+  # would time containerd's lock, not the pull. Shared layers still meet that lock (full pulls).
+  python3 - "$LZ" "$CTR_WORKSPACES" "$(esgz_ref lz-base)" "$(esgz_ref lz-ide)" <<'PY'
+import base64, io, json, sys, tarfile
+out, n, base, ide = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+for i in range(1, n + 1):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        data = f"workspace {i}\n".encode()
+        info = tarfile.TarInfo("workspace/id"); info.size = len(data); info.mtime = 0
+        tar.addfile(info, io.BytesIO(data))
+    layer = {"direct": {"content": base64.b64encode(buf.getvalue()).decode()}}
+    json.dump({"baseRef": base, "ideRef": ide, "contentLayer": [layer]}, open(f"{out}/spec-{i}.json", "w"))
+PY
+  put_lazy_specs() { local i; for i in $(seq "$CTR_WORKSPACES"); do curl -fsS -o /dev/null -X PUT --data-binary "@$LZ/spec-$i.json" "http://127.0.0.1:$ADMIN_PORT/admin/specs/lz-$i"; done; }
+  # The registry's copies of the composed images (compositions are deterministic).
+  start_facade lz-composer
+  put_lazy_specs
+  for i in $(seq "$CTR_WORKSPACES"); do
+    skopeo --insecure-policy copy -q --preserve-digests --src-tls-verify=false --dest-tls-verify=false \
+      "docker://127.0.0.1:$FACADE_PORT/remote/lz-$i:latest" "docker://$HOST/remote/lz-$i:latest"
+  done
+  stop_facade "$FACADE_PID"
+  # Two fresh facades: one for the lazy pulls (cold, then warm), one for the full pulls.
+  start_facade lz-lazy; put_lazy_specs
+  LAZY_URL="http://127.0.0.1:$FACADE_PORT"; LAZY_METRICS="metrics:http://127.0.0.1:$ADMIN_PORT/metrics"; LAZY_PID=$FACADE_PID
+  start_facade lz-full; put_lazy_specs
+  FULL_URL="http://127.0.0.1:$FACADE_PORT"; FULL_METRICS="metrics:http://127.0.0.1:$ADMIN_PORT/metrics"; FULL_PID=$FACADE_PID
+  lazy_targets=()
+  for mode in lazy full; do
+    for where in facade-cold facade-warm registry; do
+      t="$mode-$where"
+      if [ "$where" = registry ]; then
+        lazy_targets+=(--target "$t=$REGISTRY_URL" --served-bytes "$t=log:$REG_LOG" --server-pid "$t=$REG_PID")
+      elif [ "$mode" = lazy ]; then
+        lazy_targets+=(--target "$t=$LAZY_URL" --served-bytes "$t=$LAZY_METRICS" --upstream-bytes "$t=$LAZY_METRICS" --server-pid "$t=$LAZY_PID")
+      else
+        lazy_targets+=(--target "$t=$FULL_URL" --served-bytes "$t=$FULL_METRICS" --upstream-bytes "$t=$FULL_METRICS" --server-pid "$t=$FULL_PID")
+      fi
+      [ "$mode" = lazy ] && lazy_targets+=(--snapshotter "$t=stargz")
+    done
+  done
+  BASE_FILE="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["layers"][1]["files"][7])' "$LZ/base.json")"
+  IDE_FILE="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["layers"][0]["files"][3])' "$LZ/ide.json")"
+  storm lazy --title "$CTR_WORKSPACES workspaces at once: eStargz 64 MiB image, until a base file and an IDE file are read" \
+    --client containerd --containerd-socket "$NODE/containerd.sock" \
+    --before-each "bench/lazy-node.sh '$NODE' restart" \
+    --image 'remote/lz-{i}:latest' --workspaces "$CTR_WORKSPACES" \
+    --read-file "$BASE_FILE" --read-file "$IDE_FILE" "${lazy_targets[@]}"
+  bench/lazy-node.sh "$NODE" stop
+  stop_facade "$LAZY_PID"; stop_facade "$FULL_PID"
+fi
+
 # ---- the targets' ratios, checks, and the record of the machine
 python3 - "$OUT" "$WORKSPACES" "$RSS_WORKSPACES" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src bench || echo -dirty)" \
   "$LOAD_AT_START" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nice)" "$WARM_ROUNDS" <<'PY'
@@ -292,9 +386,21 @@ if ctr_again:
     context["ctr 2nd round (reverse order): facade p99 / registry p99"] = ratio(ctr_again["facade-warm"], ctr_again["registry"])
     context["ctr 2nd round (reverse order): facade p99 / nginx p99"] = ratio(ctr_again["facade-warm"], ctr_again["nginx"])
 
+lazy = load("lazy")
+if lazy:
+    def served_ratio(a, b):
+        return a["served_bytes"] / b["served_bytes"] if a and b and a.get("served_bytes") and b.get("served_bytes") else None
+    for where in ("facade-cold", "facade-warm", "registry"):
+        pair = (lazy.get(f"lazy-{where}"), lazy.get(f"full-{where}"))
+        context[f"lazy {where}: p99 until the files are read, lazy / full"] = ratio(*pair)
+        context[f"lazy {where}: bytes served, lazy / full"] = served_ratio(*pair)
+    for mode in ("lazy", "full"):
+        context[f"lazy scenario, {mode}: facade-cold p99 / registry p99"] = ratio(lazy.get(f"{mode}-facade-cold"), lazy.get(f"{mode}-registry"))
+        context[f"lazy scenario, {mode}: facade-warm p99 / registry p99"] = ratio(lazy.get(f"{mode}-facade-warm"), lazy.get(f"{mode}-registry"))
+
 # Every target must have served the same images (same digest per workspace), without errors.
 errors = []
-for run_name, run in named_rounds + [("rss", rss), ("mixed", mixed), ("ctr", ctr), ("ctr-again", ctr_again)]:
+for run_name, run in named_rounds + [("rss", rss), ("mixed", mixed), ("ctr", ctr), ("ctr-again", ctr_again), ("lazy", lazy)]:
     if not run:
         continue
     digests = {name: [r["manifest_digest"] for r in t["runs"]] for name, t in run.items()}

@@ -1,6 +1,7 @@
-//! `import`: copies an OCI image layout into the cache as a local repository.
-//! Every blob is checked (size and sha256) on the way in; the repository record is written
-//! last and atomically, so a failed import leaves nothing visible.
+//! `import`: copies an OCI image layout into the cache as a local repository, with the
+//! referrers of what it imports (manifests whose `subject` names it: signatures, SBOMs, lazy-pull
+//! indexes). Every blob is checked (size and sha256) on the way in; the repository record is
+//! written last and atomically, so a failed import leaves nothing visible.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::oci::digest::Algorithm;
 use crate::oci::manifest::{Descriptor, ImageIndex, Manifest, MAX_MANIFEST_BYTES};
 use crate::oci::media_type;
+use crate::oci::referrers::referrer_of;
 use crate::oci::{Digest, RepositoryName, Tag};
 use crate::store::{CacheDir, RepositoryRecord, StoreError};
 
@@ -35,7 +37,7 @@ pub struct ImportSummary {
 
 /// Imports the layout at `layout` as repository `name`. With `tag`: the entry tagged so, or
 /// the only entry of a one-image layout (re-tagged). Without: every tagged entry, or the
-/// only entry as `latest`.
+/// only entry as `latest`. Then the referrers (`import_referrers`).
 ///
 /// # Errors
 /// A missing or malformed layout file, a blob whose size or digest is wrong (naming the file),
@@ -52,6 +54,7 @@ pub fn import_layout(cache: &CacheDir, layout: &Path, name: &RepositoryName, tag
         walk.import(entry)?;
         walk.record.tags.insert(tag.clone(), entry.digest.clone());
     }
+    walk.import_referrers(&index, tag.is_none())?;
     let Walk { record, bytes, .. } = walk;
     let summary = ImportSummary {
         tags: record.tags.iter().map(|(t, d)| (t.clone(), d.clone())).collect(),
@@ -142,9 +145,68 @@ impl Walk<'_> {
         for child in manifest.children() {
             self.import(child)?;
         }
+        // The stored bytes are the layout's, `subject` and all; the record keeps the relation.
         self.cache.put_verified(&descriptor.digest, &bytes)?;
         self.record.manifests.insert(descriptor.digest.clone(), descriptor.media_type.clone());
+        if let Some((subject, listed)) = referrer_of(&descriptor.media_type, &descriptor.digest, &bytes) {
+            self.record.referrers.entry(subject).or_default().insert(descriptor.digest.clone(), listed);
+        }
         Ok(())
+    }
+
+    /// Imports the entries of the layout's `index.json` that were not selected but belong with
+    /// what was: manifests whose `subject` is an imported manifest (and so on, for a signature
+    /// of an SBOM), and entries tagged with the referrers tag schema of an imported manifest
+    /// (`sha256-<hex>`, and cosign's `sha256-<hex>.sig`/`.att`/`.sbom`), with their tags. A whole
+    /// layout (`every_subject`) brings every manifest with a `subject`, also one whose subject
+    /// is not in the layout: the spec lists a referrer whether or not its subject exists.
+    /// Entries that cannot be read are left out here (they are extras); one that is chosen is
+    /// verified like any other.
+    fn import_referrers(&mut self, index: &ImageIndex, every_subject: bool) -> Result<(), ImportError> {
+        let mut pending: Vec<(&Descriptor, Option<Digest>, Option<Tag>)> = index
+            .manifests
+            .iter()
+            .filter(|entry| media_type::manifest_kind(&entry.media_type).is_some())
+            .map(|entry| (entry, self.peek_subject(entry), entry_tag(entry)))
+            .collect();
+        loop {
+            let before = pending.len();
+            let mut left = Vec::with_capacity(pending.len());
+            for (entry, subject, tag) in pending {
+                let companion = tag.as_ref().filter(|t| self.names_an_imported_manifest(t));
+                let referrer = subject.as_ref().is_some_and(|s| every_subject || self.record.manifests.contains_key(s));
+                if self.seen.contains(&entry.digest) && companion.is_none() {
+                    continue;
+                }
+                if !(referrer || companion.is_some()) {
+                    left.push((entry, subject, tag));
+                    continue;
+                }
+                self.import(entry)?;
+                if let Some(tag) = companion {
+                    self.record.tags.insert(tag.clone(), entry.digest.clone());
+                }
+            }
+            if left.len() == before {
+                return Ok(());
+            }
+            pending = left;
+        }
+    }
+
+    /// The `subject` of the manifest an index entry names, if it can be read and has one.
+    fn peek_subject(&self, entry: &Descriptor) -> Option<Digest> {
+        let path = self.blob_path(&entry.digest).ok()?;
+        let bytes = read_limited(&path, MAX_MANIFEST_BYTES).ok()?;
+        referrer_of(&entry.media_type, &entry.digest, &bytes).map(|(subject, _)| subject)
+    }
+
+    /// Whether `tag` is the referrers tag schema of an imported manifest (or cosign's suffixed
+    /// form of it). Imported content is sha256 (`blob_path`), whose hex the schema keeps whole.
+    fn names_an_imported_manifest(&self, tag: &Tag) -> bool {
+        let Some(hex) = tag.as_str().strip_prefix("sha256-") else { return false };
+        let hex = hex.split_once('.').map_or(hex, |(hex, _)| hex);
+        format!("sha256:{hex}").parse::<Digest>().is_ok_and(|digest| self.record.manifests.contains_key(&digest))
     }
 
     /// Streams a layer or config into the cache, verifying size and digest; when the cache

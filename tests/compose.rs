@@ -150,7 +150,10 @@ fn skopeo_copies_fixed_and_remote_composed_images_with_true_diff_ids() {
         }
         let env: Vec<&str> = config["config"]["Env"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
         assert!(env.contains(&"PATH=/ide/bin:/usr/bin:/bin") && env.contains(&"EDITOR=code"), "{name}: {env:?}");
-        assert_eq!(manifest["mediaType"], "application/vnd.docker.distribution.manifest.v2+json", "the base's type");
+        assert_eq!(manifest["mediaType"], image::OCI_MANIFEST, "a Docker base with OCI addon layers: schema2 cannot list them");
+        let types: Vec<&str> = manifest["layers"].as_array().unwrap().iter().map(|l| l["mediaType"].as_str().unwrap()).collect();
+        assert_eq!(&types[..3], [image::DOCKER_LAYER_GZIP, image::DOCKER_LAYER_GZIP, image::OCI_LAYER_GZIP], "{name}: the base's layers keep their Docker type; the static layer is OCI like the manifest");
+        assert_eq!(types[3], image::OCI_LAYER_GZIP, "{name}: the IDE's layer keeps its own type");
         assert_eq!(manifest["annotations"]["io.gitpod.workspace-image.ref"], format!("{}/base/img:latest", setup.host()));
     }
 }
@@ -172,8 +175,8 @@ fn manifest_by_digest_is_manifest_by_tag_and_head_and_config_agree() {
     let config_digest = manifest["config"]["digest"].as_str().unwrap();
     let config = get(facade.addr, &format!("/v2/fixed/ws1/blobs/{config_digest}"));
     assert_eq!((config.status, sha256(&config.body)), (200, config_digest.to_owned()));
-    let oci_only = request(facade.addr, "GET", "/v2/fixed/ws1/manifests/latest", &[("Accept", "application/vnd.oci.image.manifest.v1+json")]);
-    assert_eq!((oci_only.status, oci_only.error_code().as_str()), (404, "MANIFEST_UNKNOWN"), "a docker-typed composition for an OCI-only client");
+    let docker_only = request(facade.addr, "GET", "/v2/fixed/ws1/manifests/latest", &[("Accept", image::DOCKER_MANIFEST)]);
+    assert_eq!((docker_only.status, docker_only.error_code().as_str()), (404, "MANIFEST_UNKNOWN"), "an OCI composition for a schema2-only client");
 }
 
 #[test]

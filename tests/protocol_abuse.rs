@@ -657,6 +657,10 @@ fn stalled_reader(fixture: &Fixture) -> TcpStream {
 /// watchdog; one before only restarts its stall clock, as bytes still moved), then expects
 /// the answer cut short of the blob.
 fn assert_closed_while_stalled(fixture: &Fixture, mut stream: TcpStream) {
+    // The answer has begun (its first bytes wait in our socket): the connection is the
+    // server's to judge from now on, and its gauge counts it.
+    let mut first = [0u8; 1];
+    assert_eq!(stream.peek(&mut first).expect("the answer begins"), 1);
     let closed = (0..50).any(|_| {
         fixture.server.advance(Duration::from_millis(STALL_IDLE_MS));
         let looked_until = std::time::Instant::now() + Duration::from_millis(200);

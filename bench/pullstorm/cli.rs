@@ -1,11 +1,14 @@
 //! The command line: targets (`--registry URL`, or `--target NAME=URL` repeated), the image
-//! template whose `{i}` becomes the workspace number, arrival, the server pids measured for
-//! each target, outputs, and the client pulls are made with.
+//! template whose `{i}` becomes the workspace number, arrival, what is measured for each target
+//! (server pids, bytes the servers sent), outputs, and the client pulls are made with
+//! (containerd: with which snapshotter, and which files of the rootfs are read).
 
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use crate::bytes::{ByteSource, BytesError, FILLED_COUNTER, SERVED_COUNTER};
+use crate::ctr::{ParseSnapshotterError, Snapshotter};
 use crate::manifest::host_platform;
 use crate::storm::Plan;
 
@@ -75,6 +78,31 @@ pub struct Args {
     /// storm and report it per target: on a VM it shows where the host ran the vCPUs.
     #[arg(long)]
     pub cpu_probe: bool,
+    /// The snapshotter a target's workspaces pull into (--client containerd): `overlayfs`
+    /// (`ctr images pull`: every layer downloaded and unpacked) or `stargz` (`ctr-remote images
+    /// rpull` through containerd's proxy snapshotter named stargz: layers mounted lazily).
+    /// `NAME=` for one target. Repeatable.
+    #[arg(long = "snapshotter", value_name = "[NAME=]overlayfs|stargz")]
+    pub snapshotters: Vec<String>,
+    #[arg(long, default_value = "ctr-remote")]
+    pub ctr_remote: PathBuf,
+    /// A file of the image's rootfs each workspace reads whole after its pull (--client
+    /// containerd; a view of the image's snapshot is mounted for it): a workspace's time then
+    /// ends when its files are read. Repeatable.
+    #[arg(long = "read-file", value_name = "PATH")]
+    pub read_files: Vec<PathBuf>,
+    /// Bytes a target's server sent during its storm: `metrics:URL` (the facade's served-bytes
+    /// counter) or `log:PATH` (an access log in combined format). Repeatable.
+    #[arg(long = "served-bytes", value_name = "NAME=metrics:URL|log:PATH")]
+    pub served_bytes: Vec<String>,
+    /// Bytes a target fetched upstream during its storm: `metrics:URL` (the facade's fill
+    /// counter) or `log:PATH` (its upstream's access log). Repeatable.
+    #[arg(long = "upstream-bytes", value_name = "NAME=metrics:URL|log:PATH")]
+    pub upstream_bytes: Vec<String>,
+    /// A shell command run before each target's storm, untimed, with PULLSTORM_TARGET set to
+    /// the target's name (e.g. to restart containerd and its snapshotter with empty state).
+    #[arg(long, value_name = "COMMAND")]
+    pub before_each: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,6 +116,15 @@ pub struct Target {
     pub name: String,
     pub url: String,
     pub pids: Vec<i32>,
+    pub snapshotter: Option<Snapshotter>,
+    pub served: Option<ByteSource>,
+    pub upstream: Option<ByteSource>,
+}
+
+impl Target {
+    fn new(name: &str, url: &str) -> Target {
+        Target { name: name.to_owned(), url: url.to_owned(), pids: Vec::new(), snapshotter: None, served: None, upstream: None }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -110,16 +147,25 @@ pub enum CliError {
     BadPlatform(String),
     #[error("--client containerd needs --containerd-socket")]
     NoSocket,
+    #[error(transparent)]
+    Snapshotter(#[from] ParseSnapshotterError),
+    /// A byte source that does not parse (`BytesError`'s message: that type holds I/O errors,
+    /// which do not compare).
+    #[error("{0}")]
+    Bytes(String),
+    #[error("--{0} needs --client containerd")]
+    ContainerdOnly(&'static str),
 }
 
 impl Args {
     /// The targets in run order, each with the pids measured for it.
     ///
     /// # Errors
-    /// No target, a malformed or duplicate one, a malformed pid list or one for no target.
+    /// No target, a malformed or duplicate one, a malformed pid list, snapshotter or byte
+    /// source, or one for no target; containerd options without --client containerd.
     pub fn targets(&self) -> Result<Vec<Target>, CliError> {
         let mut targets = match &self.registry {
-            Some(url) => vec![Target { name: authority(url).to_owned(), url: url.clone(), pids: Vec::new() }],
+            Some(url) => vec![Target::new(authority(url), url)],
             None => self.targets.iter().map(|t| parse_target(t)).collect::<Result<Vec<_>, _>>()?,
         };
         if targets.is_empty() {
@@ -131,13 +177,31 @@ impl Args {
             }
         }
         for text in &self.server_pids {
-            let (name, list) = text.split_once('=').map_or((None, text.as_str()), |(n, l)| (Some(n), l));
+            let (name, list) = split_name(text);
             let pids = list.split(',').map(|p| p.trim().parse::<i32>().ok().filter(|p| *p > 0)).collect::<Option<Vec<_>>>().ok_or_else(|| CliError::BadPid(text.clone()))?;
-            let chosen: Vec<&mut Target> = targets.iter_mut().filter(|t| name.is_none_or(|n| n == t.name)).collect();
-            if chosen.is_empty() {
-                return Err(CliError::UnknownTarget(name.unwrap_or_default().to_owned()));
+            chosen(&mut targets, name)?.into_iter().for_each(|t| t.pids.extend(&pids));
+        }
+        if self.client != ClientKind::Containerd {
+            if !self.snapshotters.is_empty() {
+                return Err(CliError::ContainerdOnly("snapshotter"));
             }
-            chosen.into_iter().for_each(|t| t.pids.extend(&pids));
+            if !self.read_files.is_empty() {
+                return Err(CliError::ContainerdOnly("read-file"));
+            }
+        }
+        for text in &self.snapshotters {
+            let (name, value) = split_name(text);
+            let snapshotter: Snapshotter = value.parse()?;
+            chosen(&mut targets, name)?.into_iter().for_each(|t| t.snapshotter = Some(snapshotter));
+        }
+        for (texts, counter, upstream) in [(&self.served_bytes, SERVED_COUNTER, false), (&self.upstream_bytes, FILLED_COUNTER, true)] {
+            for text in texts {
+                let (name, value) = text.split_once('=').ok_or_else(|| CliError::BadTarget(text.clone()))?;
+                let source = ByteSource::parse(value, counter).map_err(|e: BytesError| CliError::Bytes(e.to_string()))?;
+                for target in chosen(&mut targets, Some(name))? {
+                    *(if upstream { &mut target.upstream } else { &mut target.served }) = Some(source.clone());
+                }
+            }
         }
         Ok(targets)
     }
@@ -172,9 +236,23 @@ impl Args {
 
 fn parse_target(text: &str) -> Result<Target, CliError> {
     match text.split_once('=') {
-        Some((name, url)) if !name.is_empty() && !url.is_empty() => Ok(Target { name: name.to_owned(), url: url.to_owned(), pids: Vec::new() }),
+        Some((name, url)) if !name.is_empty() && !url.is_empty() => Ok(Target::new(name, url)),
         _ => Err(CliError::BadTarget(text.to_owned())),
     }
+}
+
+/// `NAME=VALUE`, or `VALUE` for every target.
+fn split_name(text: &str) -> (Option<&str>, &str) {
+    text.split_once('=').map_or((None, text), |(name, value)| (Some(name), value))
+}
+
+/// The targets `name` picks (`None`: all of them).
+fn chosen<'a>(targets: &'a mut [Target], name: Option<&str>) -> Result<Vec<&'a mut Target>, CliError> {
+    let picked: Vec<&mut Target> = targets.iter_mut().filter(|t| name.is_none_or(|n| n == t.name)).collect();
+    if picked.is_empty() {
+        return Err(CliError::UnknownTarget(name.unwrap_or_default().to_owned()));
+    }
+    Ok(picked)
 }
 
 /// `host:port` of a URL, the single target's name.
@@ -195,7 +273,7 @@ mod tests {
     #[test]
     fn targets_and_pids() {
         let single = args(&["--registry", "http://127.0.0.1:5000", "--server-pid", "10,11"]).targets().unwrap();
-        assert_eq!(single, vec![Target { name: "127.0.0.1:5000".into(), url: "http://127.0.0.1:5000".into(), pids: vec![10, 11] }]);
+        assert_eq!(single, vec![Target { pids: vec![10, 11], ..Target::new("127.0.0.1:5000", "http://127.0.0.1:5000") }]);
         let many = args(&["--target", "facade=http://a:1", "--target", "nginx=http://b:2", "--server-pid", "nginx=20,21", "--server-pid", "facade=10"]).targets().unwrap();
         assert_eq!((many[0].pids.clone(), many[1].pids.clone()), (vec![10], vec![20, 21]));
         assert_eq!(args(&[]).targets(), Err(CliError::NoTarget));
@@ -204,6 +282,21 @@ mod tests {
         assert_eq!(args(&["--target", "a=http://x", "--server-pid", "b=1"]).targets(), Err(CliError::UnknownTarget("b".into())));
         assert_eq!(args(&["--target", "a=http://x", "--server-pid", "a=x"]).targets(), Err(CliError::BadPid("a=x".into())));
         assert!(Args::try_parse_from(["pullstorm", "--image", "i", "--registry", "http://x", "--target", "a=http://y"]).is_err());
+    }
+
+    #[test]
+    fn snapshotters_and_byte_sources_per_target() {
+        let ctr = ["--client", "containerd", "--target", "lazy=http://a:1", "--target", "full=http://b:2"];
+        let parsed = args(&[&ctr[..], &["--snapshotter", "overlayfs", "--snapshotter", "lazy=stargz", "--served-bytes", "lazy=metrics:http://a:9/metrics", "--upstream-bytes", "lazy=metrics:http://a:9/metrics", "--served-bytes", "full=log:/tmp/reg.log"]].concat()).targets().unwrap();
+        assert_eq!((parsed[0].snapshotter, parsed[1].snapshotter), (Some(Snapshotter::Stargz), Some(Snapshotter::Overlayfs)), "a named value after the one for all");
+        assert_eq!(parsed[0].served, Some(ByteSource::Metrics { url: "http://a:9/metrics".into(), counter: SERVED_COUNTER }));
+        assert_eq!(parsed[0].upstream, Some(ByteSource::Metrics { url: "http://a:9/metrics".into(), counter: FILLED_COUNTER }));
+        assert_eq!((parsed[1].served.clone(), parsed[1].upstream.clone()), (Some(ByteSource::AccessLog("/tmp/reg.log".into())), None));
+        assert!(matches!(args(&[&ctr[..], &["--snapshotter", "lazy=native"]].concat()).targets(), Err(CliError::Snapshotter(_))));
+        assert!(matches!(args(&[&ctr[..], &["--served-bytes", "lazy=file:/x"]].concat()).targets(), Err(CliError::Bytes(_))));
+        assert!(matches!(args(&[&ctr[..], &["--served-bytes", "other=log:/x"]].concat()).targets(), Err(CliError::UnknownTarget(_))));
+        assert_eq!(args(&["--registry", "http://a:1", "--snapshotter", "stargz"]).targets(), Err(CliError::ContainerdOnly("snapshotter")));
+        assert_eq!(args(&["--registry", "http://a:1", "--read-file", "x"]).targets(), Err(CliError::ContainerdOnly("read-file")));
     }
 
     #[test]

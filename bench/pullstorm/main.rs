@@ -1,7 +1,9 @@
 //! `pullstorm`: N simulated workspaces start at once (or at a rate), each pulling its image the
-//! way containerd does, against one or more registries in turn; reports time-to-image
-//! percentiles, throughput, errors and server cost as a table, JSON and an SVG of the CDFs.
+//! way containerd does (or with containerd itself, lazily or not), against one or more
+//! registries in turn; reports time-to-image percentiles, throughput, errors, server cost and
+//! bytes as a table, JSON and an SVG of the CDFs.
 
+mod bytes;
 mod cli;
 mod cpu_distance;
 mod ctr;
@@ -12,6 +14,7 @@ mod procstat;
 mod progress;
 mod pull;
 mod report;
+mod rootfs;
 mod sha_ni;
 mod storm;
 mod svg;
@@ -25,14 +28,15 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use bytes::{ByteSource, BytesError, Mark};
 use cli::{Args, ClientKind, CliError, Target};
 use cpu_distance::Probe;
-use ctr::{CtrError, CtrPuller, CtrSettings};
+use ctr::{CtrError, CtrPuller, CtrSettings, Snapshotter};
 use http::{Client, Gauge};
 use procstat::Sampler;
 use progress::{Bar, Counters};
 use pull::{HttpPuller, ImageName, Pull, PullSettings};
-use report::{ClientCost, Machine, Report, TargetReport};
+use report::{ClientCost, Machine, Measured, Report, TargetReport};
 use storm::{Outcome, Plan};
 use url::{ParseUrlError, Url};
 
@@ -48,6 +52,10 @@ enum MainError {
     NoProbe,
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("target {target}: {source}")]
+    Bytes { target: String, source: BytesError },
+    #[error("--before-each for target {target}: {reason}")]
+    Hook { target: String, reason: String },
 }
 
 fn main() -> ExitCode {
@@ -97,6 +105,12 @@ fn run(args: &Args) -> Result<Report, MainError> {
 }
 
 fn run_target(args: &Args, plan: &Plan, settings: &PullSettings, target: &Target) -> Result<TargetReport, MainError> {
+    if let Some(command) = &args.before_each {
+        before_each(command, &target.name)?;
+    }
+    let bytes_error = |source| MainError::Bytes { target: target.name.clone(), source };
+    let mark = |source: &Option<ByteSource>| source.as_ref().map(ByteSource::mark).transpose();
+    let (served_mark, upstream_mark) = (mark(&target.served).map_err(bytes_error)?, mark(&target.upstream).map_err(bytes_error)?);
     let counters = Arc::new(Counters::default());
     let show_bar = args.progress || std::io::stderr().is_terminal();
     let bar = Bar::start(show_bar, target.name.clone(), plan.workspaces.len(), Arc::clone(&counters));
@@ -119,6 +133,11 @@ fn run_target(args: &Args, plan: &Plan, settings: &PullSettings, target: &Target
                 hosts_dir: args.hosts_dir.clone(),
                 concurrent_layers: args.concurrent_layers,
                 keep: args.keep_images,
+                ctr_remote: args.ctr_remote.clone(),
+                snapshotter: target.snapshotter.unwrap_or(Snapshotter::Overlayfs),
+                read_files: args.read_files.clone(),
+                pull_settings: settings.clone(),
+                timeout,
             };
             let puller = CtrPuller::new(ctr_settings, &target.name, &target.url)?;
             (storm::run(plan, &puller, &counters), None, Some(puller))
@@ -134,11 +153,31 @@ fn run_target(args: &Args, plan: &Plan, settings: &PullSettings, target: &Target
     };
     let server = sampler.map(Sampler::finish);
     bar.finish();
+    // Read before anything else talks to the servers (describing the images below does).
+    let since = |source: &Option<ByteSource>, mark: Option<Mark>| match (source, mark) {
+        (Some(source), Some(mark)) => source.since(mark).map(Some),
+        _ => Ok(None),
+    };
+    let measured = Measured {
+        snapshotter: (args.client == ClientKind::Containerd).then(|| target.snapshotter.unwrap_or(Snapshotter::Overlayfs)),
+        served_bytes: since(&target.served, served_mark).map_err(bytes_error)?,
+        upstream_bytes: since(&target.upstream, upstream_mark).map_err(bytes_error)?,
+    };
     if let Some(puller) = ctr_puller {
         describe_pulled(&target.url, settings, timeout, &mut outcome);
         puller.clean_up(&outcome.runs.iter().filter(|r| r.ms.is_some()).map(|r| r.image.clone()).collect::<Vec<_>>());
     }
-    Ok(report::summarize(&target.name, &target.url, outcome, client, server))
+    Ok(report::summarize(&target.name, &target.url, outcome, client, server, measured))
+}
+
+/// Runs `command` with `sh -c`, PULLSTORM_TARGET set; its output goes to ours.
+fn before_each(command: &str, target: &str) -> Result<(), MainError> {
+    let hook_error = |reason: String| MainError::Hook { target: target.to_owned(), reason };
+    let status = std::process::Command::new("sh").arg("-c").arg(command).env("PULLSTORM_TARGET", target).status().map_err(|e| hook_error(e.to_string()))?;
+    if !status.success() {
+        return Err(hook_error(format!("exited with {status}")));
+    }
+    Ok(())
 }
 
 /// For pulls another client made (containerd): the image's digest and size from its
@@ -169,7 +208,11 @@ fn write_outputs(args: &Args, report: &Report) -> Result<(), MainError> {
         let times: Vec<Vec<f64>> = report.targets.iter().map(|t| report::sorted_times(&t.runs)).collect();
         let series: Vec<svg::Series> = report.targets.iter().zip(&times).map(|(t, sorted)| svg::Series { name: &t.name, sorted_ms: sorted, workspaces: t.workspaces }).collect();
         let title = args.title.clone().unwrap_or_else(|| format!("pullstorm: {} workspaces, {}", report.workspaces, report.image));
-        write(path, svg::cdf(&title, &series).as_bytes())?;
+        let axes = match args.read_files.is_empty() {
+            true => &svg::TIME_TO_IMAGE,
+            false => &svg::TIME_TO_FILES,
+        };
+        write(path, svg::cdf(&title, axes, &series).as_bytes())?;
     }
     Ok(())
 }

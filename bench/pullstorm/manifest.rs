@@ -54,6 +54,8 @@ pub enum ManifestError {
     NotJson(String),
     #[error("an image manifest without a config")]
     NoConfig,
+    #[error("an image config without rootfs.diff_ids")]
+    NoDiffIds,
     #[error("no {0} entry in the index")]
     NoPlatform(String),
     #[error("unsupported digest `{0}` (sha256 only)")]

@@ -63,6 +63,8 @@ pub struct Pulled {
     pub bytes: u64,
     /// Bodies whose sha256 and size were checked.
     pub verified_blobs: usize,
+    /// For a pull followed by reads of its rootfs (containerd): how long the pull itself took.
+    pub pull_ms: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,27 @@ impl Pull<'_> {
         pulled.bytes += config.size + layers.iter().map(|l| l.size).sum::<u64>();
         pulled.verified_blobs += 1 + layers.len();
         Ok(pulled)
+    }
+
+    /// The image's `rootfs.diff_ids`, from its manifest and config (both verified): to name the
+    /// snapshot containerd made of it.
+    ///
+    /// # Errors
+    /// As `run`, for the manifests and the config; a config without diff_ids.
+    pub fn diff_ids(&self) -> Result<Vec<String>, PullError> {
+        let (_, config, _) = self.documents()?;
+        let url = self.registry.with_path(&format!("/v2/{}/blobs/{}", self.image.repository, config.digest));
+        let mut body = Vec::new();
+        self.client.fetch(Method::Get, &url, &[], &mut collect_up_to(&mut body, MAX_MANIFEST_BYTES))?;
+        let mut verifier = Verifier::new(&config.digest).map_err(|source| PullError::Document { what: "config", digest: config.digest.clone(), source })?;
+        verifier.update(&body);
+        verifier.finish().map_err(|actual| PullError::DigestMismatch { what: "config", expected: config.digest.clone(), actual })?;
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let diff_ids: Vec<String> = parsed.pointer("/rootfs/diff_ids").and_then(|v| v.as_array()).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+        if diff_ids.is_empty() {
+            return Err(PullError::Document { what: "config", digest: config.digest, source: ManifestError::NoDiffIds });
+        }
+        Ok(diff_ids)
     }
 
     /// Resolves the reference and fetches the manifest (through an index if one comes back):

@@ -1,6 +1,6 @@
 //! What a storm comes to: per-target time-to-image percentiles (nearest rank), throughput,
-//! errors and server cost, the JSON report (whose top-level summary is the first target's),
-//! and the table printed at the end.
+//! errors, server cost and the bytes servers sent, the JSON report (whose top-level summary is
+//! the first target's), and the table printed at the end.
 
 use std::collections::BTreeMap;
 use std::time::UNIX_EPOCH;
@@ -8,6 +8,7 @@ use std::time::UNIX_EPOCH;
 use serde::Serialize;
 
 use crate::cpu_distance::CpuDistance;
+use crate::ctr::Snapshotter;
 use crate::procstat::ServerStats;
 use crate::storm::{Outcome, Run};
 
@@ -42,6 +43,15 @@ pub struct TargetReport {
     pub server: Option<ServerStats>,
     /// `--cpu-probe`: how far apart the first two CPUs were while the storm ran.
     pub cpu_distance: Option<CpuDistance>,
+    /// containerd's snapshotter for this target (--client containerd).
+    pub snapshotter: Option<Snapshotter>,
+    /// With --read-file: percentiles of the pull alone (the rest is mount and reads).
+    pub pull_p50_ms: Option<f64>,
+    pub pull_p99_ms: Option<f64>,
+    /// Bytes the target's server said it sent during the storm (--served-bytes).
+    pub served_bytes: Option<u64>,
+    /// Bytes the target fetched upstream during the storm (--upstream-bytes).
+    pub upstream_bytes: Option<u64>,
     /// Distinct error messages, first few, with how many workspaces failed so.
     pub error_samples: Vec<ErrorSample>,
     pub runs: Vec<Run>,
@@ -104,6 +114,13 @@ pub fn sorted_times(runs: &[Run]) -> Vec<f64> {
     times
 }
 
+/// What was measured of a target besides the runs and the cost.
+pub struct Measured {
+    pub snapshotter: Option<Snapshotter>,
+    pub served_bytes: Option<u64>,
+    pub upstream_bytes: Option<u64>,
+}
+
 /// What the client measured besides the runs.
 pub struct ClientCost {
     pub peak_connections: Option<usize>,
@@ -112,8 +129,10 @@ pub struct ClientCost {
     pub cpu_distance: Option<CpuDistance>,
 }
 
-pub fn summarize(name: &str, url: &str, outcome: Outcome, client: ClientCost, server: Option<ServerStats>) -> TargetReport {
+pub fn summarize(name: &str, url: &str, outcome: Outcome, client: ClientCost, server: Option<ServerStats>, measured: Measured) -> TargetReport {
     let times = sorted_times(&outcome.runs);
+    let mut pulls: Vec<f64> = outcome.runs.iter().filter(|r| r.ms.is_some()).filter_map(|r| r.pull_ms).collect();
+    pulls.sort_by(f64::total_cmp);
     let ok = times.len();
     let bytes: u64 = outcome.runs.iter().filter(|r| r.ms.is_some()).map(|r| r.bytes).sum();
     let wall_s = outcome.wall.as_secs_f64();
@@ -140,6 +159,11 @@ pub fn summarize(name: &str, url: &str, outcome: Outcome, client: ClientCost, se
         client_paired_hash_bytes: client.paired_hash_bytes,
         server,
         cpu_distance: client.cpu_distance,
+        snapshotter: measured.snapshotter,
+        pull_p50_ms: percentile(&pulls, 50.0),
+        pull_p99_ms: percentile(&pulls, 99.0),
+        served_bytes: measured.served_bytes,
+        upstream_bytes: measured.upstream_bytes,
         error_samples: error_samples(&outcome.runs),
         runs: outcome.runs,
     }
@@ -167,6 +191,14 @@ pub fn table(targets: &[TargetReport]) -> String {
     if probed {
         out.insert_str(out.len() - 1, &format!(" {:>9}", "cpu rt ns"));
     }
+    let read = targets.iter().any(|t| t.pull_p50_ms.is_some());
+    if read {
+        out.insert_str(out.len() - 1, &format!(" {:>11}", "pull p50 ms"));
+    }
+    let counted = targets.iter().any(|t| t.served_bytes.is_some() || t.upstream_bytes.is_some());
+    if counted {
+        out.insert_str(out.len() - 1, &format!(" {:>10} {:>10}", "served MiB", "upstrm MiB"));
+    }
     for t in targets {
         let ratio = match (t.p99_ms, first_p99) {
             (Some(p99), Some(first)) if first > 0.0 => format!("{:.2}", p99 / first),
@@ -193,6 +225,13 @@ pub fn table(targets: &[TargetReport]) -> String {
         if probed {
             let median = t.cpu_distance.as_ref().and_then(|d| d.median_ns);
             out.insert_str(out.len() - 1, &format!(" {:>9}", ms(median)));
+        }
+        if read {
+            out.insert_str(out.len() - 1, &format!(" {:>11}", ms(t.pull_p50_ms)));
+        }
+        if counted {
+            let mib = |b: Option<u64>| b.map_or("-".to_owned(), |b| format!("{:.1}", b as f64 / f64::from(1u32 << 20)));
+            out.insert_str(out.len() - 1, &format!(" {:>10} {:>10}", mib(t.served_bytes), mib(t.upstream_bytes)));
         }
     }
     for t in targets.iter().filter(|t| !t.error_samples.is_empty()) {

@@ -52,6 +52,8 @@ pub struct Run {
     pub bytes: u64,
     pub manifest_digest: Option<String>,
     pub verified_blobs: usize,
+    /// When the workspace also read files of its rootfs: how long its pull alone took.
+    pub pull_ms: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -103,7 +105,8 @@ pub fn run(plan: &Plan, puller: &dyn Puller, counters: &Counters) -> Outcome {
                     .name(format!("ws-{workspace}"))
                     .stack_size(WORKSPACE_THREAD_STACK_BYTES)
                     .spawn_scoped(scope, move || one(*workspace, image, gate.wait() + offset, offset, puller, counters));
-                spawned.map_err(|e| failed_to_start(*workspace, image, offset, &e, counters))
+                // Boxed: a `Run` is large beside a join handle, and a thread rarely fails to start.
+                spawned.map_err(|e| Box::new(failed_to_start(*workspace, image, offset, &e, counters)))
             })
             .collect();
         let start = gate.open();
@@ -112,7 +115,7 @@ pub fn run(plan: &Plan, puller: &dyn Puller, counters: &Counters) -> Outcome {
             .into_iter()
             .map(|handle| match handle {
                 Ok(thread) => thread.join().expect("a workspace thread panicked"),
-                Err(not_started) => not_started,
+                Err(not_started) => *not_started,
             })
             .collect();
         (runs, start.elapsed(), started)
@@ -126,13 +129,14 @@ fn one(workspace: usize, image: &str, scheduled: Instant, offset: Duration, pull
     }
     let result = puller.pull(image, counters);
     let elapsed = scheduled.elapsed();
-    let mut run = Run { workspace, image: image.to_owned(), start_ms: offset.as_secs_f64() * 1e3, ms: None, bytes: 0, manifest_digest: None, verified_blobs: 0, error: None };
+    let mut run = Run { workspace, image: image.to_owned(), start_ms: offset.as_secs_f64() * 1e3, ms: None, bytes: 0, manifest_digest: None, verified_blobs: 0, pull_ms: None, error: None };
     match result {
         Ok(pulled) => {
             run.ms = Some(elapsed.as_secs_f64() * 1e3);
             run.bytes = pulled.bytes;
             run.manifest_digest = Some(pulled.manifest_digest).filter(|d| !d.is_empty());
             run.verified_blobs = pulled.verified_blobs;
+            run.pull_ms = pulled.pull_ms;
             counters.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Err(error) => {
@@ -146,7 +150,7 @@ fn one(workspace: usize, image: &str, scheduled: Instant, offset: Duration, pull
 fn failed_to_start(workspace: usize, image: &str, offset: Duration, error: &std::io::Error, counters: &Counters) -> Run {
     counters.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let error = Some(format!("cannot start the workspace thread: {error}"));
-    Run { workspace, image: image.to_owned(), start_ms: offset.as_secs_f64() * 1e3, ms: None, bytes: 0, manifest_digest: None, verified_blobs: 0, error }
+    Run { workspace, image: image.to_owned(), start_ms: offset.as_secs_f64() * 1e3, ms: None, bytes: 0, manifest_digest: None, verified_blobs: 0, pull_ms: None, error }
 }
 
 #[cfg(test)]
@@ -162,7 +166,7 @@ mod tests {
             if image == "bad" {
                 return Err("no such image".into());
             }
-            Ok(Pulled { manifest_digest: "sha256:00".into(), bytes: 10, verified_blobs: 2 })
+            Ok(Pulled { manifest_digest: "sha256:00".into(), bytes: 10, verified_blobs: 2, pull_ms: None })
         }
     }
 

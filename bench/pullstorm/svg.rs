@@ -20,7 +20,18 @@ pub struct Series<'a> {
     pub workspaces: usize,
 }
 
-pub fn cdf(title: &str, series: &[Series]) -> String {
+/// What the axes say: the time measured, and what the share of workspaces have.
+pub struct Axes {
+    pub time: &'static str,
+    pub share: &'static str,
+}
+
+/// A storm that ends with the image (the HTTP client, `ctr images pull`).
+pub const TIME_TO_IMAGE: Axes = Axes { time: "time to image (ms, from the workspace's start to its last verified byte)", share: "workspaces with their image" };
+/// A storm whose workspaces read files of their rootfs (`--read-file`).
+pub const TIME_TO_FILES: Axes = Axes { time: "time until the files are read (ms, from the workspace's start: pull, mount, read)", share: "workspaces with their files read" };
+
+pub fn cdf(title: &str, axes: &Axes, series: &[Series]) -> String {
     let x_max = nice_ceiling(series.iter().filter_map(|s| s.sorted_ms.last().copied()).fold(0.0, f64::max));
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
@@ -30,7 +41,7 @@ pub fn cdf(title: &str, series: &[Series]) -> String {
     let _ = writeln!(svg, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#);
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(svg, r#"<text x="{}" y="24" text-anchor="middle" font-size="14">{}</text>"#, LEFT + plot_w / 2.0, escape(title));
-    axes(&mut svg, x_max, &x, &y);
+    draw_axes(&mut svg, axes, x_max, &x, &y);
     for (i, s) in series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let _ = writeln!(svg, r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#, steps(s, &x, &y));
@@ -40,7 +51,7 @@ pub fn cdf(title: &str, series: &[Series]) -> String {
     svg
 }
 
-fn axes(svg: &mut String, x_max: f64, x: &dyn Fn(f64) -> f64, y: &dyn Fn(f64) -> f64) {
+fn draw_axes(svg: &mut String, axes: &Axes, x_max: f64, x: &dyn Fn(f64) -> f64, y: &dyn Fn(f64) -> f64) {
     let step = x_max / 5.0;
     for i in 0..=5 {
         let ms = step * f64::from(i);
@@ -53,8 +64,8 @@ fn axes(svg: &mut String, x_max: f64, x: &dyn Fn(f64) -> f64, y: &dyn Fn(f64) ->
         let _ = writeln!(svg, r##"<line x1="{0:.1}" y1="{1:.1}" x2="{2:.1}" y2="{1:.1}" stroke="#999" stroke-dasharray="4 3"/><text x="{3:.1}" y="{4:.1}" fill="#666">{label}</text>"##, x(0.0), y(fraction), x(x_max), x(x_max) + 4.0, y(fraction) + 4.0);
     }
     let _ = writeln!(svg, r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="black"/>"#, x(0.0), y(1.0), x(x_max) - x(0.0), y(0.0) - y(1.0));
-    let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">time to image (ms, from the workspace's start to its last verified byte)</text>"#, (x(0.0) + x(x_max)) / 2.0, HEIGHT - 14.0);
-    let _ = writeln!(svg, r#"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">workspaces with their image</text>"#, (y(0.0) + y(1.0)) / 2.0);
+    let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, (x(0.0) + x(x_max)) / 2.0, HEIGHT - 14.0, escape(axes.time));
+    let _ = writeln!(svg, r#"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#, (y(0.0) + y(1.0)) / 2.0, escape(axes.share));
 }
 
 /// The empirical CDF as a step line, starting at 0% on the time axis.
@@ -108,10 +119,11 @@ mod tests {
     fn draws_each_series() {
         let a = [10.0, 20.0, 30.0];
         let b = [15.0];
-        let svg = cdf("t <1>", &[Series { name: "facade", sorted_ms: &a, workspaces: 3 }, Series { name: "nginx & co", sorted_ms: &b, workspaces: 2 }]);
+        let svg = cdf("t <1>", &TIME_TO_FILES, &[Series { name: "facade", sorted_ms: &a, workspaces: 3 }, Series { name: "nginx & co", sorted_ms: &b, workspaces: 2 }]);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("t &lt;1&gt;") && svg.contains("nginx &amp; co") && svg.contains("1 failed"));
+        assert!(svg.contains("time until the files are read") && svg.contains("workspaces with their files read"));
         assert_eq!(nice_ceiling(31.0), 50.0);
         assert_eq!(nice_ceiling(0.0), 1.0);
         assert_eq!(nice_ceiling(1000.0), 1000.0);

@@ -6,7 +6,7 @@
 use registry_facade::oci::accept::AcceptList;
 use registry_facade::oci::manifest::{sniff_media_type, Descriptor, ImageManifest, Manifest, Platform};
 use registry_facade::oci::media_type::{self, manifest_kind, ManifestKind};
-use registry_facade::oci::range::{parse_range, ByteRange, RangeRequest};
+use registry_facade::oci::range::{parse_range, ByteRange, RangeRequest, Selection, COALESCE_GAP_BYTES, MAX_RANGES};
 use registry_facade::oci::route::{self, Route};
 use registry_facade::oci::{Digest, ImageRef, Reference, RepositoryName, Tag};
 use registry_facade::registry::compose::{self, Addon, BlobSource, LoneLayer, ResolvedImage, SKIP_N_LABEL};
@@ -43,6 +43,7 @@ pub fn route(data: &[u8]) {
         Route::Manifest { name, reference } => format!("/v2/{name}/manifests/{reference}"),
         Route::Blob { name, digest } => format!("/v2/{name}/blobs/{digest}"),
         Route::TagsList { name } => format!("/v2/{name}/tags/list"),
+        Route::Referrers { name, digest } => format!("/v2/{name}/referrers/{digest}"),
     };
     assert_eq!(rendered, path, "route does not render back to its path");
     assert_eq!(route::parse_path(&rendered).as_ref(), Ok(&parsed));
@@ -96,15 +97,22 @@ where
 }
 
 /// The first line is a `Range` header value, the others `Accept` header values. A resolved
-/// range must lie inside the content; Accept matching must not depend on ASCII case.
+/// range must lie inside the content, and what a set of ranges selects must be ascending,
+/// apart and within the cap; Accept matching must not depend on ASCII case.
 pub fn range_accept(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let mut lines = text.split('\n');
     let range = lines.next().unwrap_or("");
     let accept: Vec<&str> = lines.collect();
-    match parse_range(Some(range)) {
-        RangeRequest::Part(part) => check_range(part, data.len() as u64),
-        RangeRequest::Whole | RangeRequest::Malformed => {}
+    let request = parse_range(Some(range));
+    if let RangeRequest::Parts(parts) = &request {
+        assert!(!parts.is_empty() && parts.len() <= MAX_RANGES, "{} parts", parts.len());
+        for part in parts {
+            check_range(*part, data.len() as u64);
+        }
+    }
+    for len in [0, 1, data.len() as u64, 2048, u64::MAX] {
+        check_selection(&request, len);
     }
     let list = AcceptList::parse(accept.iter().copied());
     let upper: Vec<String> = accept.iter().map(|v| v.to_ascii_uppercase()).collect();
@@ -124,6 +132,20 @@ fn check_range(part: ByteRange, data_len: u64) {
             ByteRange::FromTo(first, last) => assert!(selected.start == first && selected.end - 1 <= last),
             ByteRange::From(first) => assert!(selected.start == first && selected.end == len),
             ByteRange::Suffix(n) => assert!(selected.end == len && selected.end - selected.start <= n),
+        }
+    }
+}
+
+fn check_selection(request: &RangeRequest, len: u64) {
+    match request.select(len) {
+        Selection::Whole | Selection::Unsatisfiable => {}
+        Selection::Single(part) => assert!(part.start < part.end && part.end <= len, "{part:?} of {len}"),
+        Selection::Multiple(parts) => {
+            assert!(parts.len() >= 2 && parts.len() <= MAX_RANGES);
+            for pair in parts.windows(2) {
+                assert!(pair[0].end.saturating_add(COALESCE_GAP_BYTES) < pair[1].start, "{pair:?} should be one part");
+            }
+            assert!(parts.iter().all(|p| p.start < p.end && p.end <= len), "{parts:?} of {len}");
         }
     }
 }
@@ -222,6 +244,11 @@ fn check_composition(composed: &compose::Composition, base: &ResolvedImage, addo
     assert_eq!(config.len() as u64, manifest.config.size);
     let config: Value = serde_json::from_slice(config).expect("composed config is JSON");
     let added = manifest.layers.len() - base.manifest.layers.len();
+    assert_eq!(&manifest.layers[..base.manifest.layers.len()], &base.manifest.layers[..], "the base's layer descriptors are kept as they are");
+    for layer in manifest.layers.iter().skip(base.manifest.layers.len()) {
+        let from_addon = addons.iter().flat_map(|a| &a.manifest.layers).any(|l| l.digest == layer.digest);
+        assert!(!from_addon || addons.iter().flat_map(|a| &a.manifest.layers).any(|l| l == layer), "an addon's layer {} keeps its descriptor", layer.digest);
+    }
     assert!(added <= 1 + addons.iter().map(|a| a.manifest.layers.len()).sum::<usize>());
     for layer in &manifest.layers {
         assert!(composed.blobs.contains_key(&layer.digest), "layer {} has no source", layer.digest);

@@ -1,6 +1,6 @@
 //! From a request to a response: method check, route parsing, the registry call, and the
-//! response or error document; each request in its own span (route, repository, reference,
-//! digest) and counted in the request metrics.
+//! response or error document (`Range` honoured for GET only); each request in its own span
+//! (route, repository, reference, digest) and counted in the request metrics.
 
 use http::{HeaderMap, Method, Request, Response};
 use tracing::{Instrument, Span};
@@ -11,7 +11,7 @@ use super::failure::Failure;
 use super::response;
 use super::HttpContext;
 use crate::oci::accept::AcceptList;
-use crate::oci::range::parse_range;
+use crate::oci::range::{parse_range, RangeRequest};
 use crate::oci::route::{self, Route};
 use crate::oci::Reference;
 use crate::metrics;
@@ -59,6 +59,7 @@ fn request_span(method: &Method, route: Option<&Route>) -> Span {
         Some(Route::Manifest { name, reference }) => tracing::info_span!("request", %method, route = %"manifest", repo = %name, reference = %reference),
         Some(Route::Blob { name, digest }) => tracing::info_span!("request", %method, route = %"blob", repo = %name, digest = %digest),
         Some(Route::TagsList { name }) => tracing::info_span!("request", %method, route = %"tags", repo = %name),
+        Some(Route::Referrers { name, digest }) => tracing::info_span!("request", %method, route = %"referrers", repo = %name, digest = %digest),
     }
 }
 
@@ -68,6 +69,7 @@ fn metrics_route(route: &Route) -> metrics::Route {
         Route::Manifest { .. } => metrics::Route::Manifest,
         Route::Blob { .. } => metrics::Route::Blob,
         Route::TagsList { .. } => metrics::Route::Tags,
+        Route::Referrers { .. } => metrics::Route::Referrers,
     }
 }
 
@@ -99,13 +101,21 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Option<Result
             Ok(response::manifest(&manifest, head))
         }
         Route::Blob { name, digest } => {
-            let range = parse_range(request.headers().get(http::header::RANGE).and_then(|v| v.to_str().ok()));
+            // RFC 9110 §14.2: "A server MUST ignore a Range header field received with a request
+            // method that is unrecognized or for which range handling is not defined. For this
+            // specification, GET is the only method for which range handling is defined." The
+            // spec agrees: "A HEAD request to an existing blob or manifest URL MUST return `200
+            // OK`."
+            let range = match head {
+                true => RangeRequest::Whole,
+                false => parse_range(request.headers().get(http::header::RANGE).and_then(|v| v.to_str().ok())),
+            };
             match registry.blob(&name, &digest, query.ns.as_deref(), head).await? {
                 BlobReply::Cached(blob) => response::blob(&blob, range, head),
                 BlobReply::Remote { size, digest_text } => Ok(response::remote_blob_head(size, &digest_text)),
                 BlobReply::Filling(filling) => {
                     let size = filling.size().await?;
-                    response::filling_blob(&filling, size, range, head)
+                    response::filling_blob(filling, size, range, head)
                 }
                 BlobReply::Inline { bytes, digest_text } => response::inline_blob(bytes, &digest_text, range, head),
                 BlobReply::Redirect(url) => Ok(response::redirect(&url)),
@@ -114,6 +124,11 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Option<Result
         Route::TagsList { name } => {
             let page = registry.tags(&name, query.n, query.last.as_deref(), query.ns.as_deref()).await?;
             Ok(response::tags(&page, query.n, query.ns.as_deref(), head))
+        }
+        Route::Referrers { name, digest } => {
+            let (artifact_type, ns) = (query.artifact_type.as_deref(), query.ns.as_deref());
+            let page = registry.referrers(&name, &digest, artifact_type, query.last.as_deref(), ns).await?;
+            Ok(response::referrers(page, &name, &digest, artifact_type, ns, head))
         }
     }
 }

@@ -45,11 +45,16 @@ impl Failure {
         match self {
             Failure::Registry(e) => e.verdict(),
             Failure::AnswerTooSlow(_) => Verdict { class: FailureClass::Upstream, code: ErrorCode::UpstreamTimeout },
-            Failure::Route(RouteError::NotFound) => client(ErrorCode::NotFound),
+            Failure::Route(RouteError::NotFound) => client(ErrorCode::EndpointUnknown),
+            Failure::Route(RouteError::UploadUnknown) => client(ErrorCode::UploadUnknown),
             Failure::Route(RouteError::NameInvalid(_)) => client(ErrorCode::NameInvalid),
             Failure::Route(RouteError::DigestInvalid(_)) => client(ErrorCode::DigestInvalid),
-            Failure::Route(RouteError::TagInvalid(_)) => client(ErrorCode::TagInvalid),
-            Failure::Route(RouteError::PaginationNumberInvalid) => client(ErrorCode::PaginationNumberInvalid),
+            // A reference that is neither a digest nor a tag names no manifest: the spec's
+            // end-3 fails only with 404 ("If the manifest is not found in the repository, the
+            // response code MUST be `404 Not Found`"), and the conformance suite asks for
+            // `.INVALID_MANIFEST_NAME` expecting exactly that.
+            Failure::Route(RouteError::TagInvalid(_)) => client(ErrorCode::ManifestUnknown),
+            Failure::Route(RouteError::PaginationNumberInvalid) => client(ErrorCode::ParameterInvalid),
             Failure::MethodNotAllowed(_) => client(ErrorCode::Unsupported),
             Failure::RangeNotSatisfiable { .. } => client(ErrorCode::RangeNotSatisfiable),
             Failure::AmbiguousFraming => client(ErrorCode::FramingInvalid),

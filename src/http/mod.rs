@@ -9,6 +9,7 @@ mod body;
 mod connection;
 mod dispatch;
 mod failure;
+mod multipart;
 mod protocol;
 mod reload;
 mod response;

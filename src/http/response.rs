@@ -1,4 +1,5 @@
-//! Building responses: the exact headers of each pull endpoint, ranges, and error documents.
+//! Building responses: the exact headers of each pull and discovery endpoint, ranges (one part,
+//! or `multipart/byteranges`), and error documents.
 
 use std::sync::Arc;
 
@@ -6,13 +7,17 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
-use super::body::ResponseBody;
+use super::body::{ChunkStream, ResponseBody};
 use super::failure::{Failure, WireError};
+use super::multipart::{multipart, PartOpener};
 use crate::metrics::ByteSource;
 use crate::oci::error_code::error_body;
-use crate::oci::range::RangeRequest;
+use crate::oci::media_type::OCI_INDEX;
+use crate::oci::range::{RangeRequest, Selection};
+use crate::oci::referrers::FILTERS_APPLIED_HEADER;
 use crate::oci::route::encode_query;
-use crate::registry::{DigestText, FillingBlob, MappedBlob, StoredManifest, TagsPage};
+use crate::oci::{Digest, RepositoryName};
+use crate::registry::{BlobChunk, DigestText, FillingBlob, MappedBlob, ReferrersPage, StoredManifest, TagsPage};
 
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 pub const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
@@ -21,6 +26,8 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 const BYTES: HeaderValue = HeaderValue::from_static("bytes");
 const READ_ONLY_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD");
+const INDEX: HeaderValue = HeaderValue::from_static(OCI_INDEX);
+const ARTIFACT_TYPE_FILTER: HeaderValue = HeaderValue::from_static("artifactType");
 
 /// A response with the API version header every registry answer carries.
 fn respond(status: StatusCode, body: ResponseBody) -> Response<ResponseBody> {
@@ -71,33 +78,33 @@ pub fn manifest(manifest: &StoredManifest, head: bool) -> Response<ResponseBody>
     response
 }
 
-/// The part of a blob of `len` bytes a `Range` header selects: `None` for all of it (200),
-/// `Some` for a part (206).
-///
-/// # Errors
-/// `RangeNotSatisfiable` when the range selects nothing of the blob.
-fn select(range: RangeRequest, len: u64) -> Result<Option<std::ops::Range<u64>>, Failure> {
-    match range {
-        RangeRequest::Whole => Ok(None),
-        RangeRequest::Malformed => Err(Failure::RangeNotSatisfiable { len }),
-        RangeRequest::Part(part) => part.resolve(len).map(Some).ok_or(Failure::RangeNotSatisfiable { len }),
-    }
-}
-
-/// A cached blob, whole or the one range asked for.
+/// A cached blob, whole or the ranges asked for.
 ///
 /// # Errors
 /// `RangeNotSatisfiable` when the range selects nothing of the blob.
 pub fn blob(blob: &Arc<MappedBlob>, range: RangeRequest, head: bool) -> Result<Response<ResponseBody>, Failure> {
     let len = blob.body.len() as u64;
     // Offsets are below `len`, which is a usize-sized mapping.
-    let response = match select(range, len)? {
-        None => blob_body(StatusCode::OK, blob, 0..blob.body.len(), head),
-        Some(part) => with_content_range(blob_body(StatusCode::PARTIAL_CONTENT, blob, part.start as usize..part.end as usize, head), &part, len),
+    let response = match range.select(len) {
+        Selection::Whole => blob_body(StatusCode::OK, blob, 0..blob.body.len(), head),
+        Selection::Single(part) => with_content_range(blob_body(StatusCode::PARTIAL_CONTENT, blob, part.start as usize..part.end as usize, head), &part, len),
+        Selection::Multiple(parts) => {
+            let blob = Arc::clone(blob);
+            multipart_response(parts, len, Box::new(move |part| cached_part(&blob, part)))
+        }
+        Selection::Unsatisfiable => return Err(Failure::RangeNotSatisfiable { len }),
     };
     let mut response = blob_headers(response, &blob.digest_text);
     response.body_mut().count_as(ByteSource::Cache);
     Ok(response)
+}
+
+/// One part of a cached blob: a slice of its mapping, by sendfile where that pays. (The
+/// opener that calls this holds the blob, so it stays leased while the body is sent.)
+fn cached_part(blob: &MappedBlob, part: std::ops::Range<u64>) -> ChunkStream {
+    let data = blob.body.slice(part.start as usize..part.end as usize);
+    let file = (data.len() >= SENDFILE_MIN_BYTES).then(|| (Arc::clone(&blob.file), part.start));
+    Box::pin(futures_lite::stream::once(Ok(BlobChunk { data, file, just_written: false, source: ByteSource::Cache })))
 }
 
 /// A blob arriving from upstream (`len`: its size, if upstream said it). Without a size, a
@@ -105,34 +112,58 @@ pub fn blob(blob: &Arc<MappedBlob>, range: RangeRequest, head: bool) -> Result<R
 ///
 /// # Errors
 /// `RangeNotSatisfiable` when the range selects nothing of the blob.
-pub fn filling_blob(filling: &FillingBlob, len: Option<u64>, range: RangeRequest, head: bool) -> Result<Response<ResponseBody>, Failure> {
+pub fn filling_blob(filling: FillingBlob, len: Option<u64>, range: RangeRequest, head: bool) -> Result<Response<ResponseBody>, Failure> {
     let body = |part: std::ops::Range<u64>| match head {
         true => ResponseBody::empty(),
         false => ResponseBody::stream(filling.stream(part.clone()), len.map(|_| part.end - part.start)),
     };
     let response = match len {
         None => respond(StatusCode::OK, body(0..u64::MAX)),
-        Some(len) => match select(range, len)? {
-            None => sized(StatusCode::OK, len, body(0..len)),
-            Some(part) => with_content_range(sized(StatusCode::PARTIAL_CONTENT, part.end - part.start, body(part.clone())), &part, len),
+        Some(len) => match range.select(len) {
+            Selection::Whole => sized(StatusCode::OK, len, body(0..len)),
+            Selection::Single(part) => with_content_range(sized(StatusCode::PARTIAL_CONTENT, part.end - part.start, body(part.clone())), &part, len),
+            Selection::Multiple(parts) => {
+                let digest_text = filling.digest_text.clone();
+                let response = multipart_response(parts, len, Box::new(move |part| filling.stream(part)));
+                return Ok(blob_headers(response, &digest_text));
+            }
+            Selection::Unsatisfiable => return Err(Failure::RangeNotSatisfiable { len }),
         },
     };
     Ok(blob_headers(response, &filling.digest_text))
 }
 
-/// A blob held in memory (a composed config, a direct content layer), whole or a range.
+/// A blob held in memory (a composed config, a direct content layer), whole or the ranges.
 ///
 /// # Errors
 /// `RangeNotSatisfiable` when the range selects nothing of the blob.
 pub fn inline_blob(bytes: Bytes, digest_text: &DigestText, range: RangeRequest, head: bool) -> Result<Response<ResponseBody>, Failure> {
     let len = bytes.len() as u64;
-    let response = match select(range, len)? {
-        None => with_body(StatusCode::OK, bytes, head),
-        Some(part) => with_content_range(with_body(StatusCode::PARTIAL_CONTENT, bytes.slice(part.start as usize..part.end as usize), head), &part, len),
+    let response = match range.select(len) {
+        Selection::Whole => with_body(StatusCode::OK, bytes, head),
+        Selection::Single(part) => with_content_range(with_body(StatusCode::PARTIAL_CONTENT, bytes.slice(part.start as usize..part.end as usize), head), &part, len),
+        Selection::Multiple(parts) => multipart_response(
+            parts,
+            len,
+            Box::new(move |part| {
+                let data = bytes.slice(part.start as usize..part.end as usize);
+                Box::pin(futures_lite::stream::once(Ok(BlobChunk { data, file: None, just_written: false, source: ByteSource::Composed })))
+            }),
+        ),
+        Selection::Unsatisfiable => return Err(Failure::RangeNotSatisfiable { len }),
     };
     let mut response = blob_headers(response, digest_text);
     response.body_mut().count_as(ByteSource::Composed);
     Ok(response)
+}
+
+/// 206 `multipart/byteranges` of `parts` of a blob of `len` bytes. Only GET gets here: a HEAD
+/// ignores `Range`.
+fn multipart_response(parts: Vec<std::ops::Range<u64>>, len: u64, open: PartOpener) -> Response<ResponseBody> {
+    let body = multipart(parts, len, open);
+    let mut response = sized(StatusCode::PARTIAL_CONTENT, body.len, ResponseBody::stream(body.stream, Some(body.len)));
+    response.headers_mut().insert(header::CONTENT_TYPE, header_value(body.content_type));
+    response
 }
 
 /// A blob the client fetches elsewhere (a remote content layer): 307 to its URL.
@@ -159,7 +190,8 @@ fn with_content_range(mut response: Response<ResponseBody>, part: &std::ops::Ran
 
 fn blob_headers(mut response: Response<ResponseBody>, digest_text: &DigestText) -> Response<ResponseBody> {
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, OCTET_STREAM);
+    // A multipart answer has its own type; each part says the blob's.
+    headers.entry(header::CONTENT_TYPE).or_insert(OCTET_STREAM);
     insert_digest(headers, digest_text);
     headers.insert(header::ACCEPT_RANGES, BYTES);
     response
@@ -194,13 +226,33 @@ pub fn tags(page: &TagsPage, n: Option<usize>, ns: Option<&str>, head: bool) -> 
     response
 }
 
+/// A page of referrers: an image index (the spec: "The `Content-Type` header MUST be set to
+/// `application/vnd.oci.image.index.v1+json`"), `OCI-Filters-Applied` when the filter was
+/// applied, and a `Link` to the next page carrying the client's filter and `ns`.
+pub fn referrers(page: ReferrersPage, name: &RepositoryName, digest: &Digest, artifact_type: Option<&str>, ns: Option<&str>, head: bool) -> Response<ResponseBody> {
+    let mut response = with_body(StatusCode::OK, page.index, head);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, INDEX);
+    if page.filtered {
+        headers.insert(HeaderName::from_static(FILTERS_APPLIED_HEADER), ARTIFACT_TYPE_FILTER);
+    }
+    if let Some(next) = &page.next {
+        let mut query: Vec<(&str, &str)> = artifact_type.map(|t| ("artifactType", t)).into_iter().collect();
+        query.push(("last", next));
+        query.extend(ns.map(|ns| ("ns", ns)));
+        let link = format!("</v2/{name}/referrers/{digest}?{}>; rel=\"next\"", encode_query(&query));
+        headers.insert(header::LINK, header_value(link));
+    }
+    response
+}
+
 pub fn error(failure: &Failure, method: &http::Method, path: &str) -> Response<ResponseBody> {
     let WireError { code, message } = failure.to_wire(method, path);
     let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = Bytes::from(error_body(code, message.as_deref(), None));
-    let mut response = with_body(status, body, *method == http::Method::HEAD);
+    let document = error_body(code, message.as_deref(), None);
+    let mut response = with_body(status, Bytes::from(document.body), *method == http::Method::HEAD);
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, JSON);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(document.content_type));
     match failure {
         Failure::MethodNotAllowed(_) => {
             headers.insert(header::ALLOW, READ_ONLY_METHODS);

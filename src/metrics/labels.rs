@@ -45,6 +45,8 @@ label_enum! {
         Manifest => "manifest",
         Blob => "blob",
         Tags => "tags",
+        /// `/v2/<name>/referrers/<digest>`.
+        Referrers => "referrers",
         /// A path that is no route of its listener (or does not parse).
         Unknown => "unknown",
         /// Admin listener: `/live`.
@@ -321,7 +323,7 @@ mod tests {
         for (i, source) in ByteSource::ALL.iter().enumerate() {
             assert_eq!(source.index(), i);
         }
-        assert_eq!(Route::COUNT, 11);
+        assert_eq!(Route::COUNT, 12);
         assert_eq!(Method::of(&http::Method::PATCH), Method::Other);
     }
 }

@@ -1,6 +1,6 @@
 //! Pure protocol types of the OCI distribution and image specs: digests, names, references,
-//! media types, manifests, error codes, routes, `Range` and `Accept`. No I/O, and nothing of
-//! ours is imported here.
+//! media types, manifests, referrers, error codes, routes, `Range` and `Accept`. No I/O, and
+//! nothing of ours is imported here.
 
 /// Serialises a type through its `Display` and deserialises it through its `FromStr`, so that
 /// JSON documents can only ever hold validated values.
@@ -31,6 +31,7 @@ pub mod media_type;
 pub mod name;
 pub mod range;
 pub mod reference;
+pub mod referrers;
 pub mod route;
 
 pub use digest::Digest;

@@ -1,4 +1,4 @@
-//! Request paths of the pull API, parsed once into a typed `Route`.
+//! Request paths of the pull and content-discovery APIs, parsed once into a typed `Route`.
 //! Paths are split from the right (the reference never contains `/`), so names of any depth
 //! work; the path is not percent-decoded, so `%2e%2e` simply fails the name grammar.
 
@@ -13,6 +13,8 @@ pub enum Route {
     Manifest { name: RepositoryName, reference: Reference },
     Blob { name: RepositoryName, digest: Digest },
     TagsList { name: RepositoryName },
+    /// `/v2/<name>/referrers/<digest>` (end-12): the manifests whose `subject` is `digest`.
+    Referrers { name: RepositoryName, digest: Digest },
 }
 
 impl Route {
@@ -23,15 +25,14 @@ impl Route {
             Route::Manifest { .. } => "manifest",
             Route::Blob { .. } => "blob",
             Route::TagsList { .. } => "tags",
+            Route::Referrers { .. } => "referrers",
         }
     }
 
     pub fn name(&self) -> Option<&RepositoryName> {
         match self {
             Route::Base => None,
-            Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::TagsList { name } => {
-                Some(name)
-            }
+            Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::TagsList { name } | Route::Referrers { name, .. } => Some(name),
         }
     }
 }
@@ -41,8 +42,11 @@ impl Route {
 pub struct Query {
     /// `tags/list` page size.
     pub n: Option<usize>,
-    /// `tags/list`: return tags lexically after this one.
+    /// `tags/list`: return tags lexically after this one. `referrers`: the page token of our
+    /// own `Link` (opaque to clients).
     pub last: Option<String>,
+    /// `referrers`: list only referrers of this `artifactType` (end-12b). Empty is no filter.
+    pub artifact_type: Option<String>,
     /// containerd's mirror convention: the registry host the client really wants.
     pub ns: Option<String>,
 }
@@ -51,6 +55,9 @@ pub struct Query {
 pub enum RouteError {
     #[error("no such endpoint")]
     NotFound,
+    /// `/v2/<name>/blobs/uploads/…`: an upload session, which a read-only registry never has.
+    #[error("no such upload: this registry is read-only")]
+    UploadUnknown,
     #[error("{0}")]
     NameInvalid(#[from] ParseNameError),
     #[error("{0}")]
@@ -78,8 +85,8 @@ pub fn is_api_path(path: &str) -> bool {
 /// Parses a request path (without the query) into a route.
 ///
 /// # Errors
-/// `NotFound` for paths that are not pull endpoints; the grammar errors of the name, digest or
-/// tag otherwise.
+/// `NotFound` for paths that are no endpoint, `UploadUnknown` for upload sessions; the grammar
+/// errors of the name, digest or tag otherwise.
 pub fn parse_path(path: &str) -> Result<Route, RouteError> {
     let rest = match path {
         "/v2" | "/v2/" => return Ok(Route::Base),
@@ -99,6 +106,13 @@ pub fn parse_path(path: &str) -> Result<Route, RouteError> {
             let name = name.parse()?;
             Ok(Route::Blob { name, digest: last.parse()? })
         }
+        "referrers" => {
+            let name = name.parse()?;
+            Ok(Route::Referrers { name, digest: last.parse()? })
+        }
+        // `<name>/blobs/uploads/<reference>` (and `…/uploads/` itself): end-13 and the push
+        // endpoints; the name itself is not checked, as nothing is looked up.
+        "uploads" if name.ends_with("/blobs") => Err(RouteError::UploadUnknown),
         _ => Err(RouteError::NotFound),
     }
 }
@@ -129,6 +143,7 @@ pub fn parse_query(query: Option<&str>) -> Result<Query, RouteError> {
         match key {
             "n" => parsed.n = Some(value.parse().map_err(|_| RouteError::PaginationNumberInvalid)?),
             "last" => parsed.last = Some(value),
+            "artifactType" => parsed.artifact_type = Some(value).filter(|v| !v.is_empty()),
             "ns" => parsed.ns = Some(value),
             _ => {}
         }
@@ -192,13 +207,23 @@ mod tests {
         assert!(matches!(r, Route::Blob { ref digest, .. } if digest.to_string() == D));
         let r = parse_path("/v2/a/b/tags/list").unwrap();
         assert_eq!(r, Route::TagsList { name: "a/b".parse().unwrap() });
+        let r = parse_path(&format!("/v2/a/referrers/b/referrers/{D}")).unwrap();
+        assert_eq!(r, Route::Referrers { name: "a/referrers/b".parse().unwrap(), digest: D.parse().unwrap() });
+        assert_eq!(r.kind(), "referrers");
+        let r = parse_path("/v2/a/blobs/uploads/manifests/v1").unwrap();
+        assert_eq!(r.name().unwrap().as_str(), "a/blobs/uploads", "the rightmost endpoint wins");
     }
 
     #[test]
     fn bad_paths() {
         assert_eq!(parse_path("/"), Err(RouteError::NotFound));
         assert_eq!(parse_path("/v3/a/manifests/x"), Err(RouteError::NotFound));
-        assert_eq!(parse_path("/v2/a/referrers/x"), Err(RouteError::NotFound));
+        assert!(matches!(parse_path("/v2/a/referrers/x"), Err(RouteError::DigestInvalid(_))));
+        assert_eq!(parse_path("/v2/a/referrers"), Err(RouteError::NotFound));
+        assert_eq!(parse_path("/v2/a/b/blobs/uploads/"), Err(RouteError::UploadUnknown));
+        assert_eq!(parse_path("/v2/a/blobs/uploads/1f2e-33"), Err(RouteError::UploadUnknown));
+        assert_eq!(parse_path("/v2/a/uploads/x"), Err(RouteError::NotFound));
+        assert_eq!(parse_path("/v2/_catalog"), Err(RouteError::NotFound));
         assert_eq!(parse_path("/v2/manifests/latest"), Err(RouteError::NotFound));
         assert!(matches!(parse_path("/v2/A/manifests/x"), Err(RouteError::NameInvalid(_))));
         assert!(matches!(parse_path("/v2/%2e%2e/manifests/x"), Err(RouteError::NameInvalid(_))));
@@ -219,6 +244,9 @@ mod tests {
         assert_eq!(q.n, Some(10));
         assert_eq!(q.last.as_deref(), Some("v1"));
         assert_eq!(q.ns.as_deref(), Some("registry.example:5000"));
+        let q = parse_query(Some("artifactType=application%2Fvnd.example%2Bjson")).unwrap();
+        assert_eq!(q.artifact_type.as_deref(), Some("application/vnd.example+json"));
+        assert_eq!(parse_query(Some("artifactType=")).unwrap().artifact_type, None, "an empty filter is none");
         assert_eq!(parse_query(Some("n=-1")), Err(RouteError::PaginationNumberInvalid));
         assert_eq!(parse_query(Some("n=abc")), Err(RouteError::PaginationNumberInvalid));
         assert_eq!(parse_query(None).unwrap(), Query::default());

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use crate::oci::manifest::{Descriptor, ImageManifest};
-use crate::oci::media_type::{self, DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR, OCI_LAYER_GZIP, OCI_LAYER_TAR};
+use crate::oci::media_type::{self, DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR};
 use crate::oci::Digest;
 use crate::upstream::RemoteRepository;
 
@@ -85,9 +85,8 @@ pub enum ComposeError {
 /// # Errors
 /// An addon with a bad skip-n label, or a config whose diff_ids do not match its layers.
 pub fn compose(base: &ResolvedImage, base_ref: &str, addons: &[Addon<'_>]) -> Result<Composition, ComposeError> {
-    let docker = base.manifest_media_type == media_type::DOCKER_MANIFEST;
-    let mut layers = base.manifest.layers.clone();
-    let mut blobs: HashMap<Digest, BlobSource> = layers.iter().map(|l| (l.digest.clone(), base.source.clone())).collect();
+    let mut layers: Vec<(Descriptor, Origin)> = base.manifest.layers.iter().map(|l| (l.clone(), Origin::Image)).collect();
+    let mut blobs: HashMap<Digest, BlobSource> = layers.iter().map(|(l, _)| (l.digest.clone(), base.source.clone())).collect();
     let mut added = Vec::new();
     let mut env = EnvDirectives::default();
     for addon in addons {
@@ -96,12 +95,12 @@ pub fn compose(base: &ResolvedImage, base_ref: &str, addons: &[Addon<'_>]) -> Re
                 env.collect(image)?;
                 for (descriptor, diff_id) in kept_layers(image)? {
                     blobs.entry(descriptor.digest.clone()).or_insert_with(|| image.source.clone());
-                    added.push((descriptor, diff_id, format!("registry-facade: {role} layer from {}", image.reference)));
+                    added.push((descriptor, diff_id, format!("registry-facade: {role} layer from {}", image.reference), Origin::Image));
                 }
             }
             Addon::Layer(layer) => {
                 blobs.entry(layer.descriptor.digest.clone()).or_insert_with(|| layer.source.clone());
-                added.push((layer.descriptor.clone(), layer.diff_id.clone(), layer.created_by.clone()));
+                added.push((layer.descriptor.clone(), layer.diff_id.clone(), layer.created_by.clone(), Origin::Lone));
             }
         }
     }
@@ -109,29 +108,34 @@ pub fn compose(base: &ResolvedImage, base_ref: &str, addons: &[Addon<'_>]) -> Re
     let config_object = config.as_object_mut().ok_or_else(|| ComposeError::BadConfig { image: base.reference.clone(), reason: "config is not a JSON object".into() })?;
     append_diff_ids_and_history(config_object, &added);
     env.apply(config_object);
-    layers.extend(added.into_iter().map(|(descriptor, _, _)| descriptor));
-    let layers = layers.into_iter().map(|descriptor| family_layer(descriptor, docker)).collect();
+    layers.extend(added.into_iter().map(|(descriptor, _, _, origin)| (descriptor, origin)));
+    let family = Family::of(base, &layers);
+    let layers = layers.into_iter().map(|(descriptor, origin)| family.layer(descriptor, origin)).collect();
 
     // Serialising a Value whose maps are sorted (BTreeMap) gives the same bytes every time.
     let config_bytes = Bytes::from(serde_json::to_vec(&config).unwrap_or_default());
     let config_digest = Digest::sha256_of(&config_bytes);
     blobs.insert(config_digest.clone(), BlobSource::Inline(config_bytes.clone()));
     let config_size = config_bytes.len() as u64;
-    let manifest = composed_manifest(base, base_ref, layers, &config_digest, config_size);
+    let manifest = composed_manifest(base, base_ref, family, layers, &config_digest, config_size);
     let manifest_bytes = Bytes::from(serde_json::to_vec(&manifest).unwrap_or_default());
     Ok(Composition {
         manifest_digest: Digest::sha256_of(&manifest_bytes),
         manifest: manifest_bytes,
-        manifest_media_type: base.manifest_media_type.clone(),
+        manifest_media_type: family.manifest_media_type().to_owned(),
         blobs,
     })
 }
 
-fn composed_manifest(base: &ResolvedImage, base_ref: &str, layers: Vec<Descriptor>, config_digest: &Digest, config_size: u64) -> ImageManifest {
+fn composed_manifest(base: &ResolvedImage, base_ref: &str, family: Family, layers: Vec<Descriptor>, config_digest: &Digest, config_size: u64) -> ImageManifest {
     let mut config = base.manifest.config.clone();
     config.digest = config_digest.clone();
     config.size = config_size;
     config.urls = None;
+    if family == Family::Oci && config.media_type == DOCKER_CONFIG {
+        // The same JSON document; an OCI manifest names it with the OCI type.
+        config.media_type = OCI_CONFIG.to_owned();
+    }
     let mut annotations = base.manifest.annotations.clone().unwrap_or_default();
     let original_size: u64 = base.manifest.layers.iter().map(|l| l.size).sum();
     annotations.insert(SIZE_ANNOTATION.to_owned(), original_size.to_string());
@@ -142,11 +146,81 @@ fn composed_manifest(base: &ResolvedImage, base_ref: &str, layers: Vec<Descripto
     ImageManifest {
         schema_version: 2,
         // Always present: Docker clients reject a schema2 manifest without it.
-        media_type: Some(base.manifest_media_type.clone()),
+        media_type: Some(family.manifest_media_type().to_owned()),
         config,
         layers,
         annotations: Some(annotations),
         extra,
+    }
+}
+
+/// Where a layer's descriptor comes from, which decides whether its media type is its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A layer of the base or of an addon image: its descriptor is kept byte for byte (media
+    /// type, annotations such as eStargz's TOC digest, unknown fields), or lazy pulling and
+    /// anything else that reads them would break.
+    Image,
+    /// A static or content layer: a descriptor the facade wrote, whose plain tar or tar+gzip
+    /// type only states the format, so it is written in the manifest's family.
+    Lone,
+}
+
+/// The composed manifest's family. Docker schema2 can carry only Docker layer types
+/// (containers/image, i.e. skopeo, podman and CRI-O, refuses a schema2 manifest listing an OCI
+/// layer type), while OCI manifests may list Docker layer types (the image spec calls them
+/// compatible; containerd and containers/image read them). So: the base's family, unless the
+/// base is Docker and a layer whose type is its own is not a Docker type; then OCI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Docker,
+    Oci,
+}
+
+impl Family {
+    fn of(base: &ResolvedImage, layers: &[(Descriptor, Origin)]) -> Family {
+        let own_type = |(descriptor, origin): &&(Descriptor, Origin)| *origin == Origin::Image || twin(&descriptor.media_type).is_none();
+        let schema2_can_carry = |(descriptor, _): &(Descriptor, Origin)| descriptor.media_type.starts_with(DOCKER_PREFIX);
+        if base.manifest_media_type == media_type::DOCKER_MANIFEST && layers.iter().filter(own_type).all(schema2_can_carry) {
+            Family::Docker
+        } else {
+            Family::Oci
+        }
+    }
+
+    fn manifest_media_type(self) -> &'static str {
+        match self {
+            Family::Docker => media_type::DOCKER_MANIFEST,
+            Family::Oci => media_type::OCI_MANIFEST,
+        }
+    }
+
+    /// The descriptor as the manifest lists it: an image layer's as it is, a lone layer's plain
+    /// type in this family (the bytes are the same format either way).
+    fn layer(self, mut descriptor: Descriptor, origin: Origin) -> Descriptor {
+        if origin == Origin::Lone {
+            if let Some((docker, oci)) = twin(&descriptor.media_type) {
+                descriptor.media_type = match self {
+                    Family::Docker => docker,
+                    Family::Oci => oci,
+                }
+                .to_owned();
+            }
+        }
+        descriptor
+    }
+}
+
+/// Every Docker media type, layers (plain, gzip, foreign) included, starts so.
+const DOCKER_PREFIX: &str = "application/vnd.docker.";
+
+/// The (Docker, OCI) pair of a plain tar or tar+gzip layer type; `None` for types without a
+/// twin (zstd, foreign, encrypted, anything unknown).
+fn twin(media_type: &str) -> Option<(&'static str, &'static str)> {
+    match media_type {
+        DOCKER_LAYER_GZIP | OCI_LAYER_GZIP => Some((DOCKER_LAYER_GZIP, OCI_LAYER_GZIP)),
+        DOCKER_LAYER_TAR | OCI_LAYER_TAR => Some((DOCKER_LAYER_TAR, OCI_LAYER_TAR)),
+        _ => None,
     }
 }
 
@@ -172,32 +246,18 @@ fn kept_layers(image: &ResolvedImage) -> Result<Vec<(Descriptor, Digest)>, Compo
     Ok(layers.iter().cloned().zip(diff_ids).skip(skip).collect())
 }
 
-fn append_diff_ids_and_history(config: &mut Map<String, Value>, added: &[(Descriptor, Digest, String)]) {
+fn append_diff_ids_and_history(config: &mut Map<String, Value>, added: &[(Descriptor, Digest, String, Origin)]) {
     let rootfs = config.entry("rootfs").or_insert_with(|| json!({"type": "layers", "diff_ids": []}));
     if let Some(rootfs) = rootfs.as_object_mut() {
         let diff_ids = rootfs.entry("diff_ids").or_insert_with(|| json!([]));
         if let Some(ids) = diff_ids.as_array_mut() {
-            ids.extend(added.iter().map(|(_, diff_id, _)| Value::String(diff_id.to_string())));
+            ids.extend(added.iter().map(|(_, diff_id, _, _)| Value::String(diff_id.to_string())));
         }
     }
     let history = config.entry("history").or_insert_with(|| json!([]));
     if let Some(history) = history.as_array_mut() {
-        history.extend(added.iter().map(|(_, _, created_by)| json!({"created_by": created_by, "comment": "added by registry-facade"})));
+        history.extend(added.iter().map(|(_, _, created_by, _)| json!({"created_by": created_by, "comment": "added by registry-facade"})));
     }
-}
-
-/// Layer media types in the manifest's own family (Docker or OCI); the bytes are the same
-/// format either way. Types without a twin (zstd, foreign layers) stay as they are.
-fn family_layer(mut descriptor: Descriptor, docker: bool) -> Descriptor {
-    let renamed = match (docker, descriptor.media_type.as_str()) {
-        (true, OCI_LAYER_GZIP) => DOCKER_LAYER_GZIP,
-        (true, OCI_LAYER_TAR) => DOCKER_LAYER_TAR,
-        (false, DOCKER_LAYER_GZIP) => OCI_LAYER_GZIP,
-        (false, DOCKER_LAYER_TAR) => OCI_LAYER_TAR,
-        _ => return descriptor,
-    };
-    descriptor.media_type = renamed.to_owned();
-    descriptor
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! and the rules one by one.
 
 use super::*;
-use crate::oci::media_type::{DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST};
+use crate::oci::media_type::{DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_ZSTD, OCI_MANIFEST};
 
 fn digest(label: &str) -> Digest {
     Digest::sha256_of(label.as_bytes())
@@ -141,8 +141,14 @@ fn layer_order_media_types_and_diff_ids() {
     let got: Vec<Digest> = manifest.layers.iter().map(|l| l.digest.clone()).collect();
     assert_eq!(&got[..6], &labels[..], "base, static, ide, supervisor (first layer skipped)");
     assert_eq!(got[6], Digest::sha256_of(b"content tar"), "content last");
-    assert!(manifest.layers.iter().all(|l| l.media_type.starts_with("application/vnd.docker.")), "one family in a docker manifest");
-    assert_eq!(manifest.media_type.as_deref(), Some(DOCKER_MANIFEST));
+    let types: Vec<&str> = manifest.layers.iter().map(|l| l.media_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [DOCKER_LAYER_GZIP, DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_GZIP, OCI_LAYER_TAR],
+        "image layers keep their own types; the static and content layers are written in the manifest's family"
+    );
+    assert_eq!(manifest.media_type.as_deref(), Some(OCI_MANIFEST), "schema2 cannot list the IDE's OCI layers");
+    assert_eq!(manifest.config.media_type, OCI_CONFIG);
     let config: Value = serde_json::from_slice(&config_of(&composed)).unwrap();
     let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
     assert_eq!(diff_ids.len(), manifest.layers.len());
@@ -237,4 +243,95 @@ fn deterministic_over_a_hundred_runs_on_two_threads() {
             assert_eq!((&manifest, &config), (&first.manifest, &config_of(&first)));
         }
     }
+}
+
+/// The annotations `ctr-remote image convert --estargz` puts on each layer it converts.
+fn estargz(mut descriptor: Descriptor, label: &str) -> Descriptor {
+    descriptor.annotations = Some(
+        [
+            ("containerd.io/snapshot/stargz/toc.digest".to_owned(), digest(&format!("{label}-toc")).to_string()),
+            ("io.containers.estargz.uncompressed-size".to_owned(), "123456".to_owned()),
+        ]
+        .into(),
+    );
+    // A field no spec knows yet rides along too.
+    descriptor.extra.insert("x-future".to_owned(), json!({"kept": [1, 2]}));
+    descriptor
+}
+
+/// `image` with every layer's descriptor made eStargz-like.
+fn lazy(mut image: ResolvedImage) -> ResolvedImage {
+    let labels: Vec<String> = image.manifest.layers.iter().map(|l| l.digest.to_string()).collect();
+    image.manifest.layers = image.manifest.layers.into_iter().zip(labels).map(|(l, label)| estargz(l, &label)).collect();
+    image
+}
+
+fn manifest_of(composed: &Composition) -> Value {
+    serde_json::from_slice(&composed.manifest).unwrap()
+}
+
+#[test]
+fn estargz_layers_keep_their_descriptors_byte_for_byte_and_their_diff_ids() {
+    let base = lazy(image("base", OCI_MANIFEST, &[("b-0", OCI_LAYER_GZIP), ("b-1", OCI_LAYER_GZIP)], json!({})));
+    let ide = lazy(image("ide", OCI_MANIFEST, &[("i-0", OCI_LAYER_GZIP)], json!({})));
+    let composed = compose(&base, "b", &[Addon::Image { image: &ide, role: "ide" }]).unwrap();
+    let manifest = manifest_of(&composed);
+    let expected: Vec<Value> = base.manifest.layers.iter().chain(&ide.manifest.layers).map(|l| serde_json::to_value(l).unwrap()).collect();
+    assert_eq!(manifest["layers"].as_array().unwrap(), &expected, "every field of every layer, annotations and unknown fields too");
+    assert_eq!(manifest["layers"][2]["annotations"]["containerd.io/snapshot/stargz/toc.digest"], digest(&format!("{}-toc", digest("i-0"))).to_string());
+    assert_eq!(manifest["mediaType"], OCI_MANIFEST, "an OCI base stays OCI");
+    assert_eq!(composed.manifest_media_type, OCI_MANIFEST);
+    let config: Value = serde_json::from_slice(&config_of(&composed)).unwrap();
+    let diff_ids: Vec<&Value> = base.config["rootfs"]["diff_ids"].as_array().unwrap().iter().chain(ide.config["rootfs"]["diff_ids"].as_array().unwrap()).collect();
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().iter().collect::<Vec<_>>(), diff_ids, "each layer's uncompressed digest, from its own image's config");
+}
+
+#[test]
+fn a_docker_base_with_docker_addons_stays_docker_and_its_own_layers_follow() {
+    let base = lazy(docker_base());
+    let ide = lazy(image("ide", DOCKER_MANIFEST, &[("i-0", DOCKER_LAYER_GZIP)], json!({})));
+    let (file, content) = (static_file(), content());
+    let addons = [Addon::Layer(&file), Addon::Image { image: &ide, role: "ide" }, Addon::Layer(&content)];
+    let composed = compose(&base, "b", &addons).unwrap();
+    let manifest: ImageManifest = serde_json::from_slice(&composed.manifest).unwrap();
+    assert_eq!((manifest.media_type.as_deref(), composed.manifest_media_type.as_str()), (Some(DOCKER_MANIFEST), DOCKER_MANIFEST));
+    assert_eq!(manifest.config.media_type, DOCKER_CONFIG);
+    assert_eq!(&manifest.layers[..2], &base.manifest.layers[..], "eStargz converted without --oci: Docker types, annotations kept");
+    assert_eq!(manifest.layers[3], ide.manifest.layers[0]);
+    assert_eq!((manifest.layers[2].media_type.as_str(), manifest.layers[4].media_type.as_str()), (DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR), "the facade's own layers in Docker's names");
+}
+
+#[test]
+fn a_docker_base_with_an_oci_addon_becomes_oci_and_every_layer_keeps_its_type() {
+    let base = docker_base();
+    let ide = lazy(image("ide", OCI_MANIFEST, &[("i-0", OCI_LAYER_GZIP)], json!({})));
+    let composed = compose(&base, "b", &[Addon::Image { image: &ide, role: "ide" }]).unwrap();
+    let manifest: ImageManifest = serde_json::from_slice(&composed.manifest).unwrap();
+    assert_eq!((manifest.media_type.as_deref(), composed.manifest_media_type.as_str()), (Some(OCI_MANIFEST), OCI_MANIFEST));
+    assert_eq!(manifest.config.media_type, OCI_CONFIG, "the same config JSON under its OCI name");
+    assert_eq!(&manifest.layers[..2], &base.manifest.layers[..], "the base's Docker layer types, unchanged");
+    assert_eq!(manifest.layers[2], ide.manifest.layers[0]);
+}
+
+#[test]
+fn an_oci_base_with_docker_addons_stays_oci() {
+    let base = image("base", OCI_MANIFEST, &[("b-0", OCI_LAYER_GZIP)], json!({}));
+    let ide = image("ide", DOCKER_MANIFEST, &[("i-0", DOCKER_LAYER_GZIP), ("i-1", DOCKER_LAYER_TAR)], json!({}));
+    let composed = compose(&base, "b", &[Addon::Image { image: &ide, role: "ide" }]).unwrap();
+    let manifest: ImageManifest = serde_json::from_slice(&composed.manifest).unwrap();
+    assert_eq!(manifest.media_type.as_deref(), Some(OCI_MANIFEST));
+    assert_eq!(manifest.config.media_type, OCI_CONFIG);
+    assert_eq!(&manifest.layers[1..], &ide.manifest.layers[..], "Docker layer types in an OCI manifest, as the image spec allows");
+}
+
+#[test]
+fn a_lone_layer_without_a_docker_twin_makes_a_docker_base_oci() {
+    let base = docker_base();
+    let mut zstd = content();
+    zstd.descriptor.media_type = OCI_LAYER_ZSTD.to_owned();
+    let composed = compose(&base, "b", &[Addon::Layer(&zstd)]).unwrap();
+    let manifest: ImageManifest = serde_json::from_slice(&composed.manifest).unwrap();
+    assert_eq!((manifest.media_type.as_deref(), manifest.layers[2].media_type.as_str()), (Some(OCI_MANIFEST), OCI_LAYER_ZSTD));
+    let plain = compose(&base, "b", &[Addon::Layer(&content())]).unwrap();
+    assert_eq!(plain.manifest_media_type, DOCKER_MANIFEST, "a plain tar has a Docker name");
 }

@@ -69,6 +69,9 @@ pub enum RegistryError {
     Store(Arc<StoreError>),
     #[error("stored manifest {digest} cannot be used: {reason}")]
     CorruptManifest { digest: Digest, reason: String },
+    /// A `last` the client sent that no page of ours named.
+    #[error("{0}")]
+    PageTokenInvalid(String),
     #[error("blobserve is not configured")]
     BlobserveOff,
     #[error("no file `{path}` in the image")]
@@ -104,6 +107,7 @@ impl RegistryError {
             RegistryError::ManifestUnknown { .. } | RegistryError::NotAcceptable(_) | RegistryError::UpstreamManifestUnknown { .. } => (Client, Code::ManifestUnknown),
             RegistryError::BlobUnknown { .. } => (Client, Code::BlobUnknown),
             RegistryError::Denied(_) => (Client, Code::Denied),
+            RegistryError::PageTokenInvalid(_) => (Client, Code::ParameterInvalid),
             RegistryError::InvalidSpec(_) => (Client, Code::ManifestInvalid),
             RegistryError::SharedState(_) => (Upstream, Code::Unavailable),
             RegistryError::Upstream { error, .. } | RegistryError::Fill(FillError::Upstream(error)) => return upstream_verdict(error),
@@ -119,7 +123,8 @@ impl RegistryError {
                 (inner.class, code)
             }
             RegistryError::Composition(error) | RegistryError::Prepare { error, .. } => return error.verdict(),
-            RegistryError::BlobserveOff | RegistryError::FileUnknown { .. } | RegistryError::NotPrepared(_) => (Client, Code::NotFound),
+            // Blobserve answers in plain text: the code gives the status (404) and our message the rest.
+            RegistryError::BlobserveOff | RegistryError::FileUnknown { .. } | RegistryError::NotPrepared(_) => (Client, Code::EndpointUnknown),
             RegistryError::Unservable { .. } => (Upstream, Code::UpstreamInvalid),
             RegistryError::BlobNotKept(_) => (Internal, Code::Unavailable),
             // A spec writer is trusted: a stored spec that does not validate is our problem.
@@ -158,7 +163,7 @@ fn upstream_verdict(error: &UpstreamError) -> Verdict {
         UpstreamError::BadStatus { .. } | UpstreamError::Invalid { .. } => (Upstream, Code::UpstreamInvalid),
         // Upstream answered fine; the client can have the list by paging with `n` (as
         // distribution answers an `n` above its limit).
-        UpstreamError::TooManyTagPages { .. } => (Client, Code::PaginationNumberInvalid),
+        UpstreamError::TooManyTagPages { .. } => (Client, Code::ParameterInvalid),
         UpstreamError::Config(_) => (Internal, Code::Unknown),
     };
     Verdict { class, code }
@@ -177,7 +182,7 @@ mod tests {
         let config = RegistryError::Upstream { remote: host(), error: UpstreamError::Config("no such CA file".into()) };
         assert_eq!(config.verdict(), Verdict { class: FailureClass::Internal, code: ErrorCode::Unknown }, "our own configuration is our fault");
         let pages = RegistryError::Upstream { remote: host(), error: UpstreamError::TooManyTagPages { host: host(), pages: 100 } };
-        assert_eq!(pages.verdict(), Verdict { class: FailureClass::Client, code: ErrorCode::PaginationNumberInvalid });
+        assert_eq!(pages.verdict(), Verdict { class: FailureClass::Client, code: ErrorCode::ParameterInvalid });
         let cache = RegistryError::Fill(FillError::Cache(Arc::new(StoreError::DigestMismatch { expected: Digest::sha256_of(b"a"), actual: Digest::sha256_of(b"b") })));
         assert_eq!(cache.class(), FailureClass::Internal, "a cache failure during a fill is ours, not upstream's");
     }

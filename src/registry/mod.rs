@@ -1,7 +1,7 @@
 //! The facade's rules, and the only door below `http`: which source a name is, which manifest a
-//! request means, which blobs may be served, fills, specs. Each part owns its file (`Remote`,
-//! `Images`, `Composer`, `LocalRepositories`, `Content`); failures are `RegistryError`, whose
-//! `verdict` gives their class and wire code. Knows nothing of HTTP.
+//! request means, which blobs may be served, fills, referrers, specs. Each part owns its file
+//! (`Remote`, `Images`, `Composer`, `LocalRepositories`, `Content`, `referrers`); failures are
+//! `RegistryError`, whose `verdict` gives their class and wire code. Knows nothing of HTTP.
 
 pub mod blobserve;
 mod blocking;
@@ -10,6 +10,7 @@ pub mod compose;
 mod composed;
 mod content;
 mod error;
+mod far_range;
 mod fill;
 mod images;
 mod join;
@@ -17,6 +18,7 @@ mod local;
 mod mirror;
 mod prefetch;
 mod publish;
+mod referrers;
 mod remote;
 mod shared;
 mod single_flight;
@@ -34,6 +36,7 @@ pub use error::{FailureClass, RegistryError, Verdict};
 pub use fill::{BlobChunk, FillError};
 pub use mirror::MirrorSettings;
 pub use prefetch::{ImageStatus, PrefetchJob, PrefetchRef, PrefetchState, DEFAULT_PREFETCH_CONCURRENCY};
+pub use referrers::ReferrersPage;
 use prefetch::PrefetchJobs;
 
 use crate::clock::Clock;
@@ -124,9 +127,10 @@ impl FillingBlob {
         self.fill.finished().await.map_err(RegistryError::Fill)
     }
 
-    /// `range` of the blob as it arrives; an error ends the stream (and the response).
+    /// `range` of the blob as it arrives (or, far ahead of the fill, on its own: see
+    /// `far_range`); an error ends the stream (and the response).
     pub fn stream(&self, range: Range<u64>) -> Pin<Box<dyn Stream<Item = std::io::Result<BlobChunk>>>> {
-        self.fill.reader(range, self.upstream.clone())
+        far_range::stream(&self.fill, &self.upstream, range)
     }
 }
 

@@ -1,5 +1,5 @@
-//! The per-repository record on disk: tags, the manifests (with media types) and the blobs a
-//! repository may serve. Replaced atomically under an exclusive `flock`, so concurrent imports
+//! The per-repository record on disk: tags, the manifests (with media types), the blobs a
+//! repository may serve, and which of its manifests refer to which (`subject`). Replaced atomically under an exclusive `flock`, so concurrent imports
 //! merge and a crash leaves either the old or the new record, never half of one.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::StoreError;
 use super::write_file_atomically;
+use crate::oci::manifest::Descriptor;
 use crate::oci::{Digest, RepositoryName, Tag};
 
 const RECORD_FILE: &str = "_repository.json";
@@ -25,6 +26,12 @@ pub struct RepositoryRecord {
     pub manifests: BTreeMap<Digest, String>,
     /// Every config and layer the repository's manifests refer to.
     pub blobs: BTreeSet<Digest>,
+    /// Subject digest → the manifests of this repository whose `subject` it is, by digest, each
+    /// as the referrers API lists it. Kept when the manifests are imported, so answering reads
+    /// no manifest. Left out of records without referrers, so that those stay readable by
+    /// earlier versions (the record denies unknown fields).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub referrers: BTreeMap<Digest, BTreeMap<Digest, Descriptor>>,
 }
 
 impl RepositoryRecord {
@@ -33,6 +40,9 @@ impl RepositoryRecord {
         self.tags.extend(other.tags);
         self.manifests.extend(other.manifests);
         self.blobs.extend(other.blobs);
+        for (subject, referrers) in other.referrers {
+            self.referrers.entry(subject).or_default().extend(referrers);
+        }
     }
 }
 

@@ -65,13 +65,21 @@ pub struct BlobDownload {
     body: Option<UpstreamBody>,
     /// Bytes of the current body to drop: a server that ignored our `Range` resends them.
     skip: u64,
+    /// Where a download of part of the blob stops (exclusive); `None`: at the blob's end.
+    end: Option<u64>,
     /// Breaks in a row without a byte of progress.
     failures: u32,
 }
 
 impl BlobDownload {
     pub(super) async fn start(upstream: Upstream, location: BlobLocation, offset: u64) -> Result<BlobDownload, UpstreamError> {
-        let mut download = BlobDownload { upstream, location, received: offset, total: None, max_bytes: None, body: None, skip: 0, failures: 0 };
+        BlobDownload::start_range(upstream, location, offset, None).await
+    }
+
+    /// A download of the blob's bytes from `offset` up to `end` (exclusive; `None`: its end),
+    /// asked for as exactly that range and resumed the same way.
+    pub(super) async fn start_range(upstream: Upstream, location: BlobLocation, offset: u64, end: Option<u64>) -> Result<BlobDownload, UpstreamError> {
+        let mut download = BlobDownload { upstream, location, received: offset, total: None, max_bytes: None, body: None, skip: 0, end, failures: 0 };
         download.open().await?;
         Ok(download)
     }
@@ -102,7 +110,7 @@ impl BlobDownload {
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
         let stall = self.upstream.settings().read_timeout;
         loop {
-            if self.total.is_some_and(|total| self.received >= total) {
+            if self.total.is_some_and(|total| self.received >= total) || self.end.is_some_and(|end| self.received >= end) {
                 return Ok(None);
             }
             let Some(body) = self.body.as_mut() else {
@@ -111,9 +119,13 @@ impl BlobDownload {
             };
             match body.chunk(stall).await {
                 Ok(Some(chunk)) => {
-                    let chunk = self.drop_skipped(chunk);
+                    let mut chunk = self.drop_skipped(chunk);
                     if chunk.is_empty() {
                         continue;
+                    }
+                    // A server that ignored the range's end sends more than was asked.
+                    if let Some(end) = self.end {
+                        chunk.truncate(usize::try_from(end.saturating_sub(self.received)).unwrap_or(usize::MAX));
                     }
                     self.received += chunk.len() as u64;
                     if self.total.is_some_and(|total| self.received > total) {
@@ -160,9 +172,13 @@ impl BlobDownload {
     async fn open(&mut self) -> Result<(), UpstreamError> {
         let from = self.received;
         let mut headers = HeaderMap::new();
-        if from > 0 {
-            let range = HeaderValue::try_from(format!("bytes={from}-")).map_err(|_| self.invalid("range"))?;
-            headers.insert(header::RANGE, range);
+        let range = match self.end {
+            Some(end) => Some(format!("bytes={from}-{}", end.saturating_sub(1))),
+            None if from > 0 => Some(format!("bytes={from}-")),
+            None => None,
+        };
+        if let Some(range) = range {
+            headers.insert(header::RANGE, HeaderValue::try_from(range).map_err(|_| self.invalid("range"))?);
         }
         let (upstream, location) = (self.upstream.clone(), self.location.clone());
         let exchange = upstream

@@ -7,6 +7,7 @@ mod blob;
 mod connection;
 mod endpoint;
 mod error;
+mod referrers;
 mod retry;
 mod tags;
 
@@ -23,6 +24,7 @@ pub use auth::Secret;
 pub use blob::{redact_url, BlobDownload, BlobLocation};
 pub use endpoint::{repository_path, RegistryConfig};
 pub use error::UpstreamError;
+pub use referrers::{referrers_path, UpstreamReferrers};
 pub use retry::RetryPolicy;
 pub use tags::TagPage;
 
@@ -220,6 +222,15 @@ impl Upstream {
     /// As `manifest`, for the first response head.
     pub async fn download(&self, location: BlobLocation, offset: u64) -> Result<BlobDownload, UpstreamError> {
         BlobDownload::start(self.clone(), location, offset).await
+    }
+
+    /// Starts downloading bytes `range` of a blob from `location` (asked for with exactly that
+    /// `Range`); see `BlobDownload`.
+    ///
+    /// # Errors
+    /// As `manifest`, for the first response head.
+    pub async fn download_range(&self, location: BlobLocation, range: std::ops::Range<u64>) -> Result<BlobDownload, UpstreamError> {
+        BlobDownload::start_range(self.clone(), location, range.start, Some(range.end)).await
     }
 
     /// One exchange with a plain URL (no registry credentials), redirects followed.

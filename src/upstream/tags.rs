@@ -76,7 +76,7 @@ fn tags_path(repo: &RemoteRepository, n: usize, last: Option<&str>) -> String {
 }
 
 /// The target of `Link: <…>; rel="next"`, as a path.
-fn next_link(link: &str) -> Option<String> {
+pub(super) fn next_link(link: &str) -> Option<String> {
     let target = link.split(';').next()?.trim().strip_prefix('<')?.strip_suffix('>')?;
     let uri: http::Uri = target.parse().ok()?;
     uri.path_and_query().map(|p| p.as_str().to_owned())

@@ -1,10 +1,12 @@
 //! A private containerd (root, state and socket in a temp dir) and its `ctr` client: the
-//! runtime our users pull with, unpacking included.
+//! runtime our users pull with, unpacking included; optionally with the stargz snapshotter as
+//! a proxy plugin and `ctr-remote` for lazy pulls.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use super::stargz::{Stargz, SNAPSHOTTER};
 use super::tools::{require, run};
 
 pub struct Containerd {
@@ -15,16 +17,30 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Containerd {
+        Containerd::start_with_proxy(None)
+    }
+
+    /// containerd with `stargz` (tests/support/stargz.rs, already started) as its proxy
+    /// snapshotter, for `ctr-remote image rpull`.
+    pub fn start_with_stargz(stargz: &Stargz) -> Containerd {
+        require("ctr-remote");
+        Containerd::start_with_proxy(Some(stargz.socket()))
+    }
+
+    fn start_with_proxy(stargz_socket: Option<&Path>) -> Containerd {
         require("containerd");
         require("ctr");
         let dir = tempfile::Builder::new().prefix("ctrd").tempdir_in("/tmp").expect("temp dir");
         let socket = dir.path().join("containerd.sock");
-        let config = format!(
+        let mut config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n",
             root = dir.path().join("root").display(),
             state = dir.path().join("state").display(),
             sock = socket.display()
         );
+        if let Some(proxy) = stargz_socket {
+            config.push_str(&format!("[proxy_plugins.{SNAPSHOTTER}]\n  type = \"snapshot\"\n  address = \"{}\"\n", proxy.display()));
+        }
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).expect("containerd config");
         let log = std::fs::File::create(dir.path().join("containerd.log")).expect("log file");
@@ -75,6 +91,26 @@ impl Containerd {
         output
     }
 
+    /// `ctr-remote` on this containerd, in the tests' namespace.
+    pub fn ctr_remote(&self) -> Command {
+        let mut command = Command::new("ctr-remote");
+        command.arg("-a").arg(&self.socket).arg("--namespace").arg("rf-test");
+        command
+    }
+
+    /// Runs `ctr-remote <args>`, failing the test (with containerd's log) if it fails.
+    pub fn ctr_remote_ok(&self, args: &[&str]) -> Output {
+        let output = self.ctr_remote().args(args).output().expect("run ctr-remote");
+        assert!(
+            output.status.success(),
+            "ctr-remote {args:?} failed:\n{}\n{}\ncontainerd log tail:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.log().lines().rev().take(30).collect::<Vec<_>>().join("\n")
+        );
+        output
+    }
+
     /// Mounts the unpacked image at a new directory, runs `inspect` on it, unmounts.
     pub fn with_mounted<T>(&self, image: &str, inspect: impl FnOnce(&Path) -> T) -> T {
         let mount = self.dir.path().join(format!("mnt-{}", self.dir.path().read_dir().map_or(0, |d| d.count())));
@@ -89,20 +125,14 @@ impl Containerd {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
 }
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::tools::stop_gracefully(&mut self.child);
     }
 }

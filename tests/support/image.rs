@@ -32,8 +32,12 @@ pub struct ImageOptions {
     pub platforms: Vec<String>,
     pub env: Vec<String>,
     pub labels: Vec<(String, String)>,
-    /// Each layer holds `<prefix><index>/data.bin`.
+    /// Each layer holds `<prefix><index>/data.bin`, or with several files per layer
+    /// `<prefix><index>/data-<k>.bin`.
     pub file_prefix: String,
+    /// Files each layer's payload is split into (at least 1): a lazy puller reads one of them
+    /// without the rest.
+    pub files_per_layer: usize,
 }
 
 impl Default for ImageOptions {
@@ -48,6 +52,7 @@ impl Default for ImageOptions {
             env: Vec::new(),
             labels: Vec::new(),
             file_prefix: "layer".into(),
+            files_per_layer: 1,
         }
     }
 }
@@ -72,8 +77,10 @@ pub struct BuiltImage {
     pub config: Desc,
     pub layers: Vec<Desc>,
     pub diff_ids: Vec<String>,
-    /// For each layer: the path of its file and the file's bytes.
+    /// For each layer: the path of its (first) file and the file's bytes.
     pub files: Vec<(String, Vec<u8>)>,
+    /// For each layer: every file, in the tar's order.
+    pub layer_files: Vec<Vec<(String, Vec<u8>)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,10 +142,10 @@ fn build_image(dir: &Path, options: &ImageOptions, seed: String, platform: (Stri
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
     let mut files = Vec::new();
+    let mut layer_files = Vec::new();
     for (index, &size) in options.layers.iter().enumerate() {
-        let path = format!("{}{index}/data.bin", options.file_prefix);
-        let payload = pseudo_random(&format!("{seed}:{index}"), size);
-        let tar = tar_with_file(&path, &payload);
+        let entries = layer_entries(&options.file_prefix, &seed, index, size, options.files_per_layer);
+        let tar = tar_with_files(&entries);
         diff_ids.push(format!("sha256:{}", hex::encode(sha2::Sha256::digest(&tar))));
         let (bytes, media_type) = if options.gzip {
             (gzip(&tar), mt(OCI_LAYER_GZIP, DOCKER_LAYER_GZIP))
@@ -146,7 +153,8 @@ fn build_image(dir: &Path, options: &ImageOptions, seed: String, platform: (Stri
             (tar, mt(OCI_LAYER_TAR, DOCKER_LAYER_TAR))
         };
         layers.push(write_blob(dir, media_type, &bytes));
-        files.push((path, payload));
+        files.push(entries[0].clone());
+        layer_files.push(entries);
     }
     let mut env: Vec<String> = Vec::new();
     if !options.env.iter().any(|e| e.starts_with("PATH=")) {
@@ -169,7 +177,23 @@ fn build_image(dir: &Path, options: &ImageOptions, seed: String, platform: (Stri
         "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
     });
     let manifest = write_blob(dir, manifest_type, &to_json(&manifest));
-    BuiltImage { platform, manifest, config, layers, diff_ids, files }
+    BuiltImage { platform, manifest, config, layers, diff_ids, files, layer_files }
+}
+
+/// The files of layer `index`: one `data.bin` of `size` bytes, or `size` split over `count`
+/// files `data-<k>.bin` (the first file's bytes are the single file's first bytes).
+fn layer_entries(prefix: &str, seed: &str, index: usize, size: usize, count: usize) -> Vec<(String, Vec<u8>)> {
+    if count <= 1 {
+        return vec![(format!("{prefix}{index}/data.bin"), pseudo_random(&format!("{seed}:{index}"), size))];
+    }
+    let each = size / count;
+    (0..count)
+        .map(|k| {
+            let len = if k + 1 == count { size - each * k } else { each };
+            let stream = if k == 0 { format!("{seed}:{index}") } else { format!("{seed}:{index}:{k}") };
+            (format!("{prefix}{index}/data-{k}.bin"), pseudo_random(&stream, len))
+        })
+        .collect()
 }
 
 pub fn to_json(value: &Value) -> Vec<u8> {
@@ -198,15 +222,22 @@ pub fn pseudo_random(seed: &str, len: usize) -> Vec<u8> {
 }
 
 pub fn tar_with_file(path: &str, payload: &[u8]) -> Vec<u8> {
-    let mut header = tar::Header::new_ustar();
-    header.set_size(payload.len() as u64);
-    header.set_mode(0o644);
-    header.set_mtime(0);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_entry_type(tar::EntryType::Regular);
+    tar_with_files(&[(path.to_owned(), payload.to_vec())])
+}
+
+/// A tar of regular files (mode 0644, owner 0, mtime 0), in the order given.
+pub fn tar_with_files(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
-    builder.append_data(&mut header, path, payload).expect("tar entry");
+    for (path, payload) in entries {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(payload.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, path, payload.as_slice()).expect("tar entry");
+    }
     builder.into_inner().expect("tar")
 }
 
@@ -319,7 +350,8 @@ pub fn layer_tar(entries: &[Entry]) -> Vec<u8> {
     builder.into_inner().expect("tar")
 }
 
-/// An OCI image layout of the given layer archives (gzipped here) with `labels`, tagged `tag`.
+/// An OCI image layout of the given layer archives (gzipped here) with `labels`, tagged `tag`
+/// (`files` and `layer_files` stay empty: the archives are given as they are).
 pub fn write_layout_of_layers(dir: &Path, tag: &str, layers: &[Vec<u8>], labels: &[(&str, &str)]) -> Layout {
     std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dir");
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
@@ -343,6 +375,6 @@ pub fn write_layout_of_layers(dir: &Path, tag: &str, layers: &[Vec<u8>], labels:
         "mediaType": manifest.media_type, "digest": manifest.digest, "size": manifest.size,
         "annotations": {"org.opencontainers.image.ref.name": tag}}]});
     std::fs::write(dir.join("index.json"), to_json(&layout_index)).expect("index.json");
-    let image = BuiltImage { platform: ("linux".into(), "amd64".into()), manifest: manifest.clone(), config, layers: descs, diff_ids, files: Vec::new() };
+    let image = BuiltImage { platform: ("linux".into(), "amd64".into()), manifest: manifest.clone(), config, layers: descs, diff_ids, files: Vec::new(), layer_files: Vec::new() };
     Layout { dir: dir.to_owned(), tag: tag.to_owned(), top: manifest, images: vec![image] }
 }

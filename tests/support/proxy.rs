@@ -1,6 +1,6 @@
 //! A TCP proxy that injects faults into the server-to-client direction, one planned fault per
-//! accepted connection (cut, stall, reset, or a canned answer in place of the server's), for
-//! testing how a client survives a bad upstream.
+//! accepted connection (cut, stall, reset, a bandwidth limit, or a canned answer in place of
+//! the server's), for testing how a client survives a bad or slow upstream.
 //! Plain threads; dropping the proxy closes every connection and joins every thread.
 
 use std::io::{Read, Write};
@@ -23,6 +23,8 @@ pub enum Fault {
     /// Read the request head and answer these raw bytes instead of the server (which is not
     /// contacted), then close: e.g. a `429` with `Retry-After` from a rate limiter in front.
     Respond(&'static str),
+    /// Forward everything, at most this many bytes a second (an upstream far away).
+    Throttle(u64),
 }
 
 pub struct FaultProxy {
@@ -199,8 +201,10 @@ fn copy_responses(upstream: &TcpStream, client: &TcpStream, fault: Fault, shared
     let mut left = match fault {
         Fault::Pass => None,
         Fault::CutAfter(n) | Fault::StallAfter(n, _) | Fault::ResetAfter(n) => Some(n),
-        Fault::Respond(_) => None,
+        Fault::Respond(_) | Fault::Throttle(_) => None,
     };
+    let started = std::time::Instant::now();
+    let mut sent: u64 = 0;
     let mut buffer = vec![0; BUFFER_BYTES];
     let mut chunk: &[u8] = &[];
     loop {
@@ -221,6 +225,15 @@ fn copy_responses(upstream: &TcpStream, client: &TcpStream, fault: Fault, shared
         if (&*client).write_all(&chunk[..take]).is_err() {
             return Ending::Aborted;
         }
+        sent += take as u64;
+        if let Fault::Throttle(bytes_per_second) = fault {
+            let due = Duration::from_secs_f64(sent as f64 / bytes_per_second.max(1) as f64);
+            if let Some(early) = due.checked_sub(started.elapsed()) {
+                if !stall_unless_stopped(early, shared) {
+                    return Ending::Aborted;
+                }
+            }
+        }
         chunk = &chunk[take..];
         left = left.map(|left| left - take as u64);
     }
@@ -229,7 +242,7 @@ fn copy_responses(upstream: &TcpStream, client: &TcpStream, fault: Fault, shared
 /// Acts at the fault point: `Some` ends the copy, `None` carries on (after a stall).
 fn apply(fault: Fault, shared: &Shared) -> Option<Ending> {
     match fault {
-        Fault::Pass | Fault::Respond(_) => None,
+        Fault::Pass | Fault::Respond(_) | Fault::Throttle(_) => None,
         Fault::CutAfter(_) => Some(Ending::Cut),
         Fault::ResetAfter(_) => Some(Ending::Reset),
         Fault::StallAfter(_, stall) => (!stall_unless_stopped(stall, shared)).then_some(Ending::Aborted),

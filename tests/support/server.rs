@@ -73,7 +73,8 @@ impl TestServer {
         self.metrics().sum("registry_facade_open_connections", &[("listener", listener)])
     }
 
-    fn metrics(&self) -> super::exposition::Exposition {
+    /// The server's metrics, parsed (the config must name an admin listener).
+    pub fn metrics(&self) -> super::exposition::Exposition {
         let admin = self.admin.expect("the config names an admin listener");
         let text = String::from_utf8(super::client::get(admin, "/metrics").body).expect("UTF-8 exposition");
         super::exposition::parse(&text).unwrap_or_else(|why| panic!("{why}\n{text}"))

@@ -51,6 +51,22 @@ pub fn facade_binary() -> Command {
     }
 }
 
+/// Stops a daemon the way its init would: SIGTERM, up to 10 s to exit (unmounting, closing its
+/// socket), then SIGKILL.
+pub fn stop_gracefully(child: &mut std::process::Child) {
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A child process that is killed when the test ends, pass or fail.
 pub struct ChildGuard(pub std::process::Child);
 

@@ -1,8 +1,10 @@
 //! The `pullstorm` benchmark binary against the facade started in-process: composed images
 //! (a base and an IDE image in the reference registry, a distinct content layer per
 //! workspace, specs through the admin API) pulled by 5 workspaces against two targets, the
-//! JSON checked byte for byte against the facade's manifests, the SVG drawn; and a blob the
-//! registry lacks and bytes that do not hash to their digest must both count as errors.
+//! JSON checked byte for byte against the facade's manifests, the SVG drawn; a blob the
+//! registry lacks and bytes that do not hash to their digest must both count as errors; and
+//! real containerd workspaces reading files of their rootfs after a lazy pull (the stargz
+//! snapshotter) and a full one, with the bytes the facade served and fetched.
 
 // The root package's test support, shared rather than copied: the in-process facade, the
 // reference registry, nginx and the image builder.
@@ -15,10 +17,12 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use sha2::Digest as _;
 use support::client::{get, send};
+use support::containerd::Containerd;
 use support::image::{self, ImageOptions};
 use support::nginx::Nginx;
 use support::registry::{ReferenceRegistry, RegistryAuth};
 use support::server::TestServer;
+use support::stargz::{self, Stargz};
 
 const WORKSPACES: usize = 5;
 
@@ -176,4 +180,55 @@ fn a_missing_blob_and_bytes_that_miss_their_digest_are_errors() {
     assert!(runs.iter().all(|r| r["ms"].is_null()), "a failed workspace has no time-to-image");
     assert_eq!(report["targets"][0]["error_samples"].as_array().map(Vec::len), Some(2));
     assert!(String::from_utf8_lossy(&output.stdout).contains("digest mismatch"), "the table lists the errors");
+}
+
+#[test]
+fn containerd_workspaces_read_their_files_after_a_lazy_and_a_full_pull() {
+    let snapshotter = Stargz::start();
+    let containerd = Containerd::start_with_stargz(&snapshotter);
+    let setup = Setup::new();
+    let host = setup.registry.host();
+    for (name, layers, files, seed) in [("lz-base", vec![1 << 20, 256 << 10], 8, 54), ("lz-ide", vec![512 << 10], 4, 55)] {
+        let options = ImageOptions { layers, files_per_layer: files, seed, file_prefix: name.into(), ..ImageOptions::default() };
+        let layout = image::write_layout(&setup.dir.path().join(name), &options);
+        setup.registry.push(&layout, &format!("{name}/img"), "latest");
+        stargz::convert(&containerd, &format!("{host}/{name}/img:latest"), &format!("{host}/{name}/img:esgz"));
+    }
+    let spec = json!({"baseRef": format!("{host}/lz-base/img:esgz"), "ideRef": format!("{host}/lz-ide/img:esgz")});
+    setup.put_spec("lz-1", &spec);
+    setup.put_spec("lz-2", &spec);
+    let (_, image_bytes, _) = setup.image_size("remote/lz-1");
+
+    let url = format!("http://{}", setup.facade.addr);
+    let metrics = format!("metrics:http://{}/metrics", setup.facade.admin.expect("admin listener"));
+    let svg = setup.dir.path().join("lazy.svg");
+    let args = [
+        "--client", "containerd", "--containerd-socket", containerd.socket().to_str().expect("utf-8 path"),
+        "--image", "remote/lz-{i}:latest", "--workspaces", "2",
+        "--target", &format!("lazy={url}"), "--snapshotter", "lazy=stargz", "--target", &format!("full={url}"),
+        "--served-bytes", &format!("lazy={metrics}"), "--served-bytes", &format!("full={metrics}"),
+        "--upstream-bytes", &format!("lazy={metrics}"), "--upstream-bytes", &format!("full={metrics}"),
+        "--read-file", "lz-base0/data-5.bin", "--read-file", "/lz-ide0/data-2.bin",
+        "--before-each", "test -n \"$PULLSTORM_TARGET\"", "--svg", svg.to_str().expect("utf-8 path"),
+    ];
+    let (output, report) = setup.pullstorm(&args);
+    assert!(output.status.success(), "{}\n{}\nsnapshotter log:\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr), snapshotter.log());
+    let targets = report["targets"].as_array().expect("targets");
+    let (lazy, full) = (&targets[0], &targets[1]);
+    assert_eq!((lazy["snapshotter"].as_str(), full["snapshotter"].as_str()), (Some("stargz"), Some("overlayfs")));
+    for target in targets {
+        assert_eq!((target["ok"].as_u64(), target["errors"].as_u64()), (Some(2), Some(0)), "{target}");
+        let (pull, ready) = (target["pull_p50_ms"].as_f64().expect("pull time"), target["p50_ms"].as_f64().expect("time to the files"));
+        assert!(0.0 < pull && pull <= ready, "the pull is part of the time until the files are read: {target}");
+    }
+    let bytes = |t: &Value, key: &str| t[key].as_u64().unwrap_or_else(|| panic!("{key} in {t}"));
+    // Lazy first, on a cold facade: the snapshotter read a part of the image, while the facade
+    // filled its cache with whole layers (a fill downloads a blob whole). Then the full pulls,
+    // served from that cache.
+    assert!(bytes(lazy, "served_bytes") < image_bytes, "lazy: {} bytes served of a {image_bytes}-byte image", bytes(lazy, "served_bytes"));
+    assert!(bytes(lazy, "upstream_bytes") >= image_bytes - 4096, "the facade fetched the layers whole: {lazy}");
+    assert!(bytes(full, "served_bytes") >= image_bytes - 4096, "full: every layer served: {full}");
+    assert_eq!(bytes(full, "upstream_bytes"), 0, "full pulls came from the cache");
+    assert!(std::fs::read_to_string(&svg).expect("SVG written").contains("time until the files are read"));
+    assert_eq!(String::from_utf8_lossy(&containerd.ctr_ok(&["namespaces", "ls", "-q"]).stdout).trim(), "rf-test", "pullstorm removed its namespaces");
 }

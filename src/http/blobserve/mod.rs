@@ -20,7 +20,7 @@ use super::failure::{Failure, WireError};
 use super::HttpContext;
 use crate::clock::within;
 use crate::metrics::{self, ByteSource, Route};
-use crate::oci::range::{parse_range, RangeRequest};
+use crate::oci::range::{parse_range, RangeRequest, Selection};
 use crate::registry::blobserve::{Blobserved, FileBytes, FileOptions, FilePath, InlineReplacement, ServedFile};
 use crate::registry::RegistryError;
 use headers::{accepts_gzip, content_type, inline, none_match, InlineVars, INLINE_VARS, READ_ONLY};
@@ -166,13 +166,11 @@ fn file_response(served: ServedFile, answer: &Answer, range: RangeRequest) -> Re
         return response;
     }
     let len = chosen.bytes.body.len() as u64;
-    let part = match range {
-        RangeRequest::Whole => None,
-        RangeRequest::Part(part) => match part.resolve(len) {
-            Some(part) => Some(part),
-            None => return unsatisfiable(response, len),
-        },
-        RangeRequest::Malformed => return unsatisfiable(response, len),
+    let part = match range.select(len) {
+        Selection::Single(part) => Some(part),
+        // Several ranges: the whole file, which RFC 9110 §14.2 allows (browsers ask for one).
+        Selection::Whole | Selection::Multiple(_) => None,
+        Selection::Unsatisfiable => return unsatisfiable(response, len),
     };
     let selected = part.clone().unwrap_or(0..len);
     let out = response.headers_mut();

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -93,6 +93,8 @@ pub struct Fill {
     written: AtomicU64,
     state: Mutex<FillState>,
     changed: Event,
+    /// Ranges far ahead of this fill being fetched on their own now (`far_range.rs`).
+    direct_ranges: AtomicUsize,
 }
 
 impl Fill {
@@ -103,7 +105,22 @@ impl Fill {
             written: AtomicU64::new(0),
             state: Mutex::new(FillState { total: None, file: None, outcome: Outcome::Running }),
             changed: Event::new(),
+            direct_ranges: AtomicUsize::new(0),
         }
+    }
+
+    /// Bytes written so far (readers may have up to this many).
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    pub fn location(&self) -> &BlobLocation {
+        &self.location
+    }
+
+    /// The count of this blob's ranges fetched on their own right now.
+    pub fn direct_ranges(&self) -> &AtomicUsize {
+        &self.direct_ranges
     }
 
     fn update(&self, change: impl FnOnce(&mut FillState)) {

