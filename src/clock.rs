@@ -93,12 +93,13 @@ pub async fn within_on<T>(clock: &Clock, limit: Duration, future: impl Future<Ou
     let deadline_ms = clock.now_ms().saturating_add(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX));
     let mut future = std::pin::pin!(future);
     loop {
+        // Listening before reading the time: a move in between wakes this wait, not the next.
+        let mut moved = clock.moved();
         let left = Duration::from_millis(deadline_ms.saturating_sub(clock.now_ms()));
         if left.is_zero() {
             return None;
         }
         let mut timer = glommio::timer::Timer::new(left);
-        let mut moved = clock.moved();
         let woke = std::future::poll_fn(|cx| {
             if let Poll::Ready(value) = future.as_mut().poll(cx) {
                 return Poll::Ready(Some(value));

@@ -28,6 +28,8 @@ pub fn run(registry: Arc<Registry>, refs: Vec<PrefetchRef>, concurrency: usize) 
         .name("rf-prefetch")
         .spawn(move || async move {
             registry.prefetch(&refs, &running, concurrency).await;
+            // What this node fetched from upstream, it publishes for the fleet before it exits.
+            registry.publications_settled().await;
             drop(done);
         })
         .map_err(|e| format!("cannot start an executor: {e}"))?;

@@ -59,7 +59,7 @@ impl Upstream {
         TestServer::start(&format!(
             r#""adminListen": "127.0.0.1:0", "registries": {{"{h}": {{"endpoint": "http://{h}"}}}}, "mirrors": {{"up": "{h}"}},
             "upstream": {{"retry": {{"attempts": 3, "initialDelayMs": 20, "maxDelayMs": 100}}}},
-            "redis": {{"url": "{redis}", "timeoutMs": 500}}, "ipfs": {ipfs}"#,
+            "redis": {{"url": "{redis}", "timeoutMs": 500}}, "mirrorTagTtlMs": 600000, "ipfs": {ipfs}"#,
             h = self.registry.host(),
             redis = self.redis.url()
         ))
@@ -223,8 +223,11 @@ fn a_stalled_gateway_is_given_up_on_in_bounded_time_and_a_cut_one_is_resumed_wit
     let stalling = FaultProxy::start(node.http, vec![Fault::StallAfter(200, Duration::from_secs(120)); 4]);
     let slow = upstream.facade(&format!(r#"{{"gateway": "http://{}", "gatewayTimeoutMs": 1000}}"#, stalling.addr()));
     let stalled_layer = &image.layers[2];
+    let asked = Instant::now();
     let served = get(slow.addr, &blob_path(&stalled_layer.digest));
     assert_eq!((served.status, sha256(&served.body)), (200, stalled_layer.digest.clone()), "served from upstream");
+    // The gateway stalls for 120 s per connection; only the 1 s bound gets the answer out sooner.
+    assert!(asked.elapsed() < Duration::from_secs(60), "the stalled gateway was given up on after ipfs.gatewayTimeoutMs, not waited out ({:?})", asked.elapsed());
     assert_eq!(upstream.registry.blob_gets(&stalled_layer.digest), 2, "the publisher's GET and this fallback");
     assert!(upstream.record(&stalled_layer.digest).is_some(), "a stalled gateway does not cost the record");
 
@@ -280,4 +283,41 @@ fn a_fleet_starting_the_same_image_at_once_fetches_each_blob_from_upstream_once(
     for (digest, _) in upstream.digests().iter().skip(1) {
         assert_eq!(upstream.registry.blob_gets(digest), 1, "{digest}: one node claimed it, the others read its publication");
     }
+}
+
+#[test]
+fn a_node_that_reads_no_gateway_never_waits_on_a_peer_s_claim() {
+    let upstream = Upstream::new();
+    let node = KuboNode::start(&[]);
+    let layer = upstream.layout.image().layers[1].clone();
+    // Another node claims the blob and never publishes it.
+    upstream.redis.cli(&["SET", &format!("rf:fill:{}", layer.digest), "another-node", "PX", "600000"]);
+    let publish_only = upstream.facade(&format!(r#"{{"api": "{}"}}"#, node.url()));
+    let asked = Instant::now();
+    let served = get(publish_only.addr, &blob_path(&layer.digest));
+    assert_eq!((served.status, sha256(&served.body)), (200, layer.digest.clone()));
+    // peerWaitMs is 60 s by default: a node that cannot read IPFS has nothing to wait for.
+    assert!(asked.elapsed() < Duration::from_secs(30), "waited {:?} for a publication it could not read", asked.elapsed());
+    assert_eq!(upstream.redis.cli(&["GET", &format!("rf:fill:{}", layer.digest)]), "another-node", "the other node's claim is its own");
+}
+
+#[test]
+fn the_prefetch_command_publishes_what_it_fetched_before_it_exits() {
+    let upstream = Upstream::new();
+    let node = KuboNode::start(&[]);
+    let cache = upstream.dir.path().join("prefetched");
+    let config = upstream.dir.path().join("prefetch.json");
+    let keys = format!(
+        r#""registries": {{"{h}": {{"endpoint": "http://{h}"}}}}, "mirrors": {{"up": "{h}"}}, "redis": {{"url": "{r}"}}, "ipfs": {{"gateway": "{n}", "api": "{n}"}}"#,
+        h = upstream.registry.host(),
+        r = upstream.redis.url(),
+        n = node.url()
+    );
+    std::fs::write(&config, format!(r#"{{"cacheDir": {:?}, {keys}}}"#, cache.display().to_string())).unwrap();
+    let output = support::tools::facade_binary().arg("prefetch").arg("--config").arg(&config).arg(format!("mirror/up/{REPO}:v1")).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    for (digest, size) in upstream.digests() {
+        assert_eq!(upstream.record(&digest).and_then(|r| r["size"].as_u64()), Some(size), "{digest} published before the command exited");
+    }
+    assert_eq!(upstream.redis.cli(&["KEYS", "rf:fill:*"]), "", "no claim is left behind");
 }

@@ -71,26 +71,48 @@ fn forbidden(from: &str, to: &str) -> Option<String> {
 }
 
 /// The `<root>::<name>` paths a source text refers to (`crate::` for modules, `super::` for
-/// sibling files), with their 1-based line numbers; comments are skipped.
+/// sibling files), with their 1-based line numbers; comments are skipped, and a `use` group
+/// may span lines and nest (`crate::{a::{X, Y}, b}` names `a` and `b`).
 fn references(source: &str, root: &str) -> Vec<(usize, String)> {
     let prefix = format!("{root}::");
+    let code: String = source.lines().map(|line| line.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
     let mut found = Vec::new();
-    for (index, line) in source.lines().enumerate() {
-        let code = line.split("//").next().unwrap_or("");
-        for (at, _) in code.match_indices(&prefix) {
-            // `crate::` inside `$crate::` or a longer name is not ours.
-            if code[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
-                continue;
-            }
-            let rest = &code[at + prefix.len()..];
-            let names: Vec<String> = match rest.strip_prefix('{') {
-                Some(group) => group.split('}').next().unwrap_or("").split(',').filter_map(|item| first_ident(item.trim())).collect(),
-                None => first_ident(rest).into_iter().collect(),
-            };
-            found.extend(names.into_iter().map(|name| (index + 1, name)));
+    for (at, _) in code.match_indices(&prefix) {
+        // `crate::` inside `$crate::` or a longer name is not ours.
+        if code[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
+            continue;
         }
+        let line = code[..at].matches('\n').count() + 1;
+        let rest = &code[at + prefix.len()..];
+        let names: Vec<String> = match rest.strip_prefix('{') {
+            Some(group) => top_level_items(group).into_iter().filter_map(|item| first_ident(item.trim())).collect(),
+            None => first_ident(rest).into_iter().collect(),
+        };
+        found.extend(names.into_iter().map(|name| (line, name)));
     }
     found
+}
+
+/// The comma-separated items of a `{…}` group (given without its opening brace), up to the
+/// brace that closes it; nested groups stay inside their item.
+fn top_level_items(group: &str) -> Vec<&str> {
+    let (mut items, mut depth, mut start) = (Vec::new(), 0usize, 0usize);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                items.push(&group[start..i]);
+                return items;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&group[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items
 }
 
 fn first_ident(text: &str) -> Option<String> {
@@ -196,6 +218,8 @@ fn the_checker_finds_each_kind_of_forbidden_import_with_its_line() {
     assert_eq!(offences("src/store/a.rs", "store", "use crate::brand_new::X;"), ["src/store/a.rs:1: uses crate::brand_new (brand_new is in no row)"]);
     assert!(offences("src/http/a.rs", "http", "// crate::store in a comment\nuse crate::transport::HyperIo;\nuse crate::registry::Registry;").is_empty());
     assert!(offences("src/cli.rs", "cli", "use crate::app;\nuse crate::config::Config;").is_empty(), "the top row uses itself");
+    let spread = "use crate::{\n    oci::Digest,\n    registry::{Registry, RegistryError},\n    store::CacheDir,\n};";
+    assert_eq!(offences("src/http/z.rs", "http", spread), ["src/http/z.rs:1: uses crate::store (http never imports store)"], "a group over several lines, nested");
 }
 
 #[test]

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use support::client::{get, send};
 use support::exposition;
 use support::image::{self, ImageOptions, Layout};
+use support::proxy::{Fault, FaultProxy};
 use support::registry::{ReferenceRegistry, RegistryAuth};
 use support::server::TestServer;
 use support::tools::{facade_binary, run, skopeo};
@@ -114,9 +115,22 @@ fn the_command_fills_the_cache_resumes_and_names_what_failed() {
 #[test]
 fn the_config_prefetches_at_start_without_holding_up_readiness() {
     let mut setup = Setup::new();
+    // An upstream that never answers: the prefetch cannot finish, and the server is up and
+    // ready all the same.
+    let stalled = FaultProxy::start(setup.registry.addr(), vec![Fault::StallAfter(0, Duration::from_secs(120)); 8]);
+    let stuck = TestServer::start(&format!(
+        r#""adminListen": "127.0.0.1:0", "registries": {{"{h}": {{"endpoint": "http://{h}"}}}}, "mirrors": {{"up": "{h}"}}, "prefetch": ["mirror/up/{REPO}:v1"]"#,
+        h = stalled.addr()
+    ));
+    let admin = stuck.admin.unwrap();
+    assert_eq!(get(admin, "/ready").status, 200, "ready while the prefetch waits on upstream");
+    let job = get(admin, "/admin/prefetch/1").json();
+    assert_eq!((job["finished"].as_bool(), job["images"][0]["state"].as_str()), (Some(false), Some("resolving")), "{job}");
+    assert_eq!(get(stuck.addr, "/v2/").status, 200, "and it serves");
+    drop(stuck);
+
     let facade = TestServer::start(&setup.config_keys(&format!(r#""prefetch": ["mirror/up/{REPO}:v1"]"#)));
     let admin = facade.admin.unwrap();
-    assert_eq!(get(admin, "/ready").status, 200, "ready while the prefetch runs");
     let job = wait_for_job(admin, 1);
     assert_eq!(job["images"][0]["state"], "done", "{job}");
     assert_eq!(job["images"][0]["blobsDone"], 3);

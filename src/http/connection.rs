@@ -170,6 +170,9 @@ where
     let header_ms = ctx.settings.header_read_timeout.as_millis() as u64;
     let mut closing = false;
     loop {
+        // A clock a test moves forward: its move is a reason to look again, as the timer is.
+        // Listening before the check, so that a move in between is not missed.
+        let mut clock_moved = activity.clock().moved();
         let wait = match activity.check(idle_ms, header_ms) {
             Timeout::Wait(ms) => ms,
             Timeout::HeadTooSlow => return tracing::debug!("closing a connection whose request head is too slow"),
@@ -187,8 +190,6 @@ where
         let deadline = Instant::now() + step;
         let mut timer = pin!(glommio::timer::Timer::new(step));
         let mut timer_armed = false;
-        // A clock a test moves forward: its move is a reason to look again, as the timer is.
-        let mut clock_moved = activity.clock().moved();
         let event = std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = connection.as_mut().poll(cx) {
                 return Poll::Ready(Event::Closed(result));

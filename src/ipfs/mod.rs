@@ -11,6 +11,7 @@ use std::time::Duration;
 pub use api::{BlobStream, IpfsApi, ADD_OPTIONS};
 pub use record::{CidRecord, ParseCidRecordError};
 
+
 use crate::oci::Digest;
 use crate::redis_client::{RedisClient, RedisError};
 
@@ -57,6 +58,20 @@ pub enum IpfsError {
     TimedOut(&'static str),
     #[error("recording the CID in Redis: {0}")]
     Redis(#[from] RedisError),
+}
+
+/// This node's claim on bringing a blob in from upstream for the fleet; given back (only if
+/// still this node's) when dropped: after the publication, a failed fetch, or a shutdown.
+pub struct Claim {
+    key: String,
+    node: String,
+    redis: RedisClient,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.redis.delete_if_equals_detached(&self.key, std::mem::take(&mut self.node).into_bytes());
+    }
 }
 
 /// Where a blob can be read from IPFS.
@@ -138,28 +153,20 @@ impl Ipfs {
     }
 
     /// Claims, for every node, bringing `digest` in from upstream (this node then publishes
-    /// it and gives the claim back): `false` if another node holds the claim, or Redis cannot
-    /// say (then nobody waits for this node).
-    pub async fn claim(&self, digest: &Digest) -> bool {
+    /// it): the claim, given back when it is dropped; `None` if another node holds it, or
+    /// Redis cannot say (then nobody waits for this node).
+    pub async fn claim(&self, digest: &Digest) -> Option<Claim> {
         let key = self.redis.keys().fill_lease(&digest.to_string());
-        self.redis.set_if_absent(&key, self.node.clone().into_bytes(), self.settings.claim_ttl).await.unwrap_or(false)
-    }
-
-    /// Gives back this node's claim on `digest`.
-    pub async fn release(&self, digest: &Digest) {
-        let key = self.redis.keys().fill_lease(&digest.to_string());
-        if let Ok(Some(holder)) = self.redis.get(&key).await {
-            if holder == self.node.as_bytes() {
-                let _ = self.redis.delete(&key).await;
-            }
-        }
+        let taken = self.redis.set_if_absent(&key, self.node.clone().into_bytes(), self.settings.claim_ttl).await.unwrap_or(false);
+        taken.then(|| Claim { key, node: self.node.clone(), redis: self.redis.clone() })
     }
 
     /// While another node holds the claim on `digest` (it is bringing it in from upstream to
     /// publish it), waits for its record, at most `peer_wait`: where to read it once it
-    /// appears; `None` when no node holds a claim, the claim went without a record, or the
-    /// wait ran out (the caller then asks upstream itself).
+    /// appears; `None` when this node reads no gateway, no node holds a claim, the claim went
+    /// without a record, or the wait ran out (the caller then asks upstream itself).
     pub async fn wait_for_peer(&self, digest: &Digest) -> Option<Located> {
+        self.gateway.as_ref()?;
         let claim = self.redis.keys().fill_lease(&digest.to_string());
         let started = std::time::Instant::now();
         loop {

@@ -72,7 +72,13 @@ enum Command {
     /// `SET … NX PX`: only if the key is absent.
     SetIfAbsent(String, Vec<u8>, Duration),
     Delete(String),
+    /// Deletes the key only if it holds the value (one script, so atomic).
+    DeleteIfEquals(String, Vec<u8>),
 }
+
+/// Compare and delete: a claim is given back only by its holder, even if it expired and
+/// another node took it meanwhile.
+const DELETE_IF_EQUALS: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
 enum Answer {
     Value(Option<Vec<u8>>),
@@ -247,6 +253,13 @@ impl RedisClient {
         }
     }
 
+    /// Deletes `key` if it holds `value`, without waiting for the answer: usable where nothing
+    /// can wait (a `Drop`). A Redis that is down is simply not asked.
+    pub fn delete_if_equals_detached(&self, key: &str, value: Vec<u8>) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.jobs.send((Command::DeleteIfEquals(key.to_owned(), value), reply));
+    }
+
     /// Whether the key existed.
     ///
     /// # Errors
@@ -331,6 +344,11 @@ async fn execute(connection: &mut Connection, command: Command) -> Result<Answer
             connection.query::<Option<String>>(&cmd).await.map(|set| Answer::Done(set.is_some())).map_err(failed)
         }
         Command::Delete(key) => connection.query::<i64>(redis::cmd("DEL").arg(key)).await.map(|n| Answer::Done(n > 0)).map_err(failed),
+        Command::DeleteIfEquals(key, value) => {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(DELETE_IF_EQUALS).arg(1).arg(key).arg(value);
+            connection.query::<i64>(&cmd).await.map(|n| Answer::Done(n > 0)).map_err(failed)
+        }
     }
 }
 

@@ -199,6 +199,14 @@ impl Registry {
         job
     }
 
+    /// Waits until what this executor offered for publication to IPFS is published or given
+    /// up (see `Publisher::settled`); at once when nothing is published.
+    pub async fn publications_settled(&self) {
+        if let Some(publisher) = self.remote.publisher() {
+            publisher.settled().await;
+        }
+    }
+
     /// The last prefetch runs, oldest first.
     pub fn prefetch_jobs(&self) -> Vec<Arc<PrefetchJob>> {
         self.prefetches.all()
@@ -215,7 +223,8 @@ impl Registry {
             match self.blobs_of(reference).await {
                 Ok(blobs) => {
                     progress.blobs_total.store(blobs.len() as u64, Ordering::Relaxed);
-                    progress.bytes_total.store(blobs.iter().map(|(_, size, _)| size).sum(), Ordering::Relaxed);
+                    // Sizes come from upstream's manifests: summed without overflowing.
+                    progress.bytes_total.store(blobs.iter().fold(0u64, |sum, (_, size, _)| sum.saturating_add(*size)), Ordering::Relaxed);
                     progress.set(PrefetchState::Fetching, None);
                     wanted.extend(blobs.into_iter().map(|(digest, size, fetch)| Wanted { image, digest, size, fetch }));
                 }

@@ -12,18 +12,21 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::blocking::run_blocking;
-use crate::ipfs::{BlobStream, Ipfs};
+use crate::ipfs::{BlobStream, Claim, Ipfs};
 use crate::metrics::{self, Publication};
 use crate::oci::Digest;
 use crate::store::CacheDir;
 use crate::table::SharedMap;
 
+/// How often `settled` looks at the queue.
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Bytes read from the cache file per read on the blocking pool.
 const READ_BYTES: usize = 1 << 20;
 
-/// A blob waiting for publication: its digest, size, and whether this node holds the
-/// fleet's claim on it (given back once published or given up).
-type Offered = (Digest, u64, bool);
+/// A blob waiting for publication: its digest, size, and this node's claim on it for the
+/// fleet, if it holds one (given back when dropped: once published, or given up).
+type Offered = (Digest, u64, Option<Claim>);
 
 /// Blobs waiting on one executor for a publisher.
 #[derive(Default)]
@@ -50,9 +53,9 @@ impl Publisher {
     }
 
     /// Queues `digest` (`size` bytes, verified and in the cache) for publication on this
-    /// executor; never waits. A full queue skips it. `claimed`: this node holds the fleet's
-    /// claim on it, which the publication gives back.
-    pub fn offer(self: &Arc<Self>, digest: &Digest, size: u64, claimed: bool) {
+    /// executor; never waits. A full queue skips it. `claim`: this node's claim on it for the
+    /// fleet, given back when the publication ends.
+    pub fn offer(self: &Arc<Self>, digest: &Digest, size: u64, claim: Option<Claim>) {
         let key = Arc::as_ptr(self) as usize;
         let start = QUEUES.with(|queues| {
             let mut queues = queues.borrow_mut();
@@ -60,23 +63,30 @@ impl Publisher {
             if queue.waiting.len() >= self.ipfs.settings().publish_queue {
                 return None;
             }
-            queue.waiting.push_back((digest.clone(), size, claimed));
+            queue.waiting.push_back((digest.clone(), size, claim));
             Some(!std::mem::replace(&mut queue.draining, true))
         });
         match start {
             None => {
                 tracing::debug!(%digest, "not published: this core's publication queue is full");
                 metrics::ipfs_publication(Publication::QueueFull, 0);
-                if claimed {
-                    let (ipfs, digest) = (self.ipfs.clone(), digest.clone());
-                    glommio::spawn_local(async move { ipfs.release(&digest).await }).detach();
-                }
             }
             Some(true) => {
                 let publisher = Arc::clone(self);
                 glommio::spawn_local(async move { publisher.drain(key).await }).detach();
             }
             Some(false) => {}
+        }
+    }
+
+    /// Waits until this executor has published (or given up on) everything offered on it:
+    /// for a process that is about to end (the `prefetch` command), whose publications would
+    /// otherwise be dropped with their claims. Each publication is bounded by
+    /// `ipfs.publishTimeoutMs`.
+    pub async fn settled(self: &Arc<Self>) {
+        let key = Arc::as_ptr(self) as usize;
+        while QUEUES.with(|queues| queues.borrow().get(&key).is_some_and(|queue| queue.draining)) {
+            glommio::timer::sleep(SETTLE_POLL).await;
         }
     }
 
@@ -90,12 +100,10 @@ impl Publisher {
                 queue.draining = next.is_some();
                 next
             });
-            let Some((digest, size, claimed)) = next else { return };
+            let Some((digest, size, claim)) = next else { return };
             let (outcome, bytes) = self.publish(&digest, size).await;
             metrics::ipfs_publication(outcome, bytes);
-            if claimed {
-                self.ipfs.release(&digest).await;
-            }
+            drop(claim);
         }
     }
 

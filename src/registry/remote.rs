@@ -176,10 +176,15 @@ impl Remote {
         Ok(stored)
     }
 
+    /// Where what came from upstream is offered for publication, if anywhere.
+    pub fn publisher(&self) -> Option<&Arc<super::publish::Publisher>> {
+        self.fills.publisher.as_ref()
+    }
+
     /// Offers content that came from upstream, verified and cached, for publication to IPFS.
     pub fn offer(&self, digest: &Digest, size: u64) {
         if let Some(publisher) = &self.fills.publisher {
-            publisher.offer(digest, size, false);
+            publisher.offer(digest, size, None);
         }
     }
 

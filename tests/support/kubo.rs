@@ -55,8 +55,14 @@ impl KuboNode {
         let mut child = command.current_dir(repo.path()).stdout(Stdio::piped()).stderr(log_file).spawn().expect("start kubo_node.py");
         let stdout = child.stdout.take().expect("stdout");
         let mut guard = ChildGuard(child);
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("the node's ready line");
+        // The ready line, or a failed test rather than a hung run if the node never says it.
+        let (sender, ready_line) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = sender.send(line);
+        });
+        let line = ready_line.recv_timeout(std::time::Duration::from_secs(60)).unwrap_or_default();
         let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
             let status = guard.0.try_wait().ok().flatten();
             panic!("kubo node did not start ({e}; exit {status:?}): {line:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default())

@@ -285,24 +285,32 @@ impl FillContext {
     /// the upstream fetch for the fleet; the others wait for its publication (bounded) rather
     /// than fetch the same blob from upstream at the same time.
     async fn fetch(&self, fill: &Arc<Fill>) -> Outcome {
-        let mut claimed = false;
+        let mut claim = None;
         if let Some(ipfs) = &self.ipfs {
-            if let Some(outcome) = self.read_from_ipfs(fill, ipfs, ipfs.locate(&fill.digest).await).await {
-                return outcome;
-            }
-            claimed = self.publisher.is_some() && ipfs.claim(&fill.digest).await;
-            if !claimed {
-                if let Some(outcome) = self.read_from_ipfs(fill, ipfs, ipfs.wait_for_peer(&fill.digest).await).await {
-                    return outcome;
+            match ipfs.locate(&fill.digest).await {
+                // Read once; a record whose gateway failed us is not waited on again.
+                Some(located) => {
+                    if let Some(outcome) = self.read_from_ipfs(fill, ipfs, Some(located)).await {
+                        return outcome;
+                    }
+                }
+                None => {
+                    if self.publisher.is_some() {
+                        claim = ipfs.claim(&fill.digest).await;
+                    }
+                    if claim.is_none() {
+                        if let Some(outcome) = self.read_from_ipfs(fill, ipfs, ipfs.wait_for_peer(&fill.digest).await).await {
+                            return outcome;
+                        }
+                    }
                 }
             }
         }
         let attempt = Attempt { location: fill.location.clone(), source: FillSource::Upstream, deadline: None, expected_size: None };
         let outcome = self.fetch_from(fill, attempt).await;
-        match (&outcome, &self.publisher, &self.ipfs) {
-            (Outcome::Published, Some(publisher), _) => publisher.offer(&fill.digest, fill.written.load(Ordering::Acquire), claimed),
-            (_, _, Some(ipfs)) if claimed => ipfs.release(&fill.digest).await,
-            _ => {}
+        // The claim goes with the publication (given back when it ends), or now.
+        if let (Outcome::Published, Some(publisher)) = (&outcome, &self.publisher) {
+            publisher.offer(&fill.digest, fill.written.load(Ordering::Acquire), claim);
         }
         outcome
     }
