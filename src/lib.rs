@@ -9,11 +9,13 @@
 //! cli, config, app, setup,  command line, configuration, assembly of the parts, node set-up,
 //!   import, demo, prefetch  the import and prefetch commands, the built-in demo image
 //! runtime                   executors, listeners, connection limits, shutdown and drain
-//! http                      routes and answers: dispatch, responses, bodies, auth, admin
+//! http                      routes and answers: dispatch, responses, bodies, auth, admin,
+//!                           blobserve's routes, multipart ranges
 //! registry                  the facade's rules and the only door below http: names → sources,
-//!                           composition, fills, specs; failures as its own verdicts
+//!                           composition, fills, referrers, specs, IPFS publication, prefetch,
+//!                           blobserve images; failures as its own verdicts
 //! store, spec, upstream,    the cache on disk; image specs and their stores; the upstream
-//!   ipfs                    client; the IPFS source
+//!   ipfs                    client; IPFS both ways (gateway reads, kubo API adds, CID records)
 //! redis_client              the cluster's shared state (Redis on its own thread)
 //! transport                 hyper on glommio: streams, sendfile, TLS and h2 batching,
 //!                           connection timeouts, runtime hooks (server and client alike)

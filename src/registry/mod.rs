@@ -4,6 +4,7 @@
 //! `RegistryError`, whose `verdict` gives their class and wire code. Knows nothing of HTTP.
 
 pub mod blobserve;
+mod answers;
 mod blocking;
 mod budget;
 pub mod compose;
@@ -24,13 +25,10 @@ mod shared;
 mod single_flight;
 pub mod static_layers;
 
-use std::ops::Range;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_lite::Stream;
-
+pub use answers::{BlobReply, FillingBlob, SpecWritten, TagsPage};
 pub use content::{DigestText, MappedBlob, StoredManifest};
 pub use error::{FailureClass, RegistryError, Verdict};
 pub use fill::{BlobChunk, FillError};
@@ -52,7 +50,7 @@ use crate::upstream::{BlobLocation, RemoteRepository, TagPage, Upstream};
 use compose::BlobSource;
 use composed::{Composer, ComposerParts, Compositions};
 use content::Content;
-use fill::{Fill, FillContext, Fills};
+use fill::{FillContext, Fills};
 use images::Images;
 use local::{LocalRepositories, LocalRepository};
 use mirror::MirrorRoutes;
@@ -78,69 +76,6 @@ pub struct RegistrySettings {
     pub redirect_content_layers: bool,
     /// The files inside images, for browsers; `None`: off.
     pub blobserve: Option<blobserve::BlobserveSettings>,
-}
-
-/// One page of `tags/list`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TagsPage {
-    pub name: RepositoryName,
-    pub tags: Vec<String>,
-    /// Set when more tags follow: the `last` of the next page.
-    pub next_last: Option<String>,
-}
-
-/// Where a blob comes from for one request.
-pub enum BlobReply {
-    /// In the cache: mapped, zero-copy.
-    Cached(Arc<MappedBlob>),
-    /// Being fetched from upstream; readers follow the fill.
-    Filling(FillingBlob),
-    /// HEAD of a blob not cached: its size as upstream says.
-    Remote { size: Option<u64>, digest_text: DigestText },
-    /// Bytes a composition carries (its config, direct content layers).
-    Inline { bytes: bytes::Bytes, digest_text: DigestText },
-    /// A remote content layer: the client fetches it from this URL.
-    Redirect(String),
-}
-
-/// A blob that a fill is bringing in.
-pub struct FillingBlob {
-    fill: Arc<Fill>,
-    upstream: Upstream,
-    pub digest_text: DigestText,
-}
-
-impl FillingBlob {
-    /// The blob's size once upstream answered (`None`: upstream does not say).
-    ///
-    /// # Errors
-    /// The fill failed before upstream answered.
-    pub async fn size(&self) -> Result<Option<u64>, RegistryError> {
-        self.fill.size().await.map_err(RegistryError::Fill)
-    }
-
-    /// Waits until the blob is verified and in the cache.
-    ///
-    /// # Errors
-    /// The fill failed, or served the blob without caching it.
-    pub async fn finished(&self) -> Result<(), RegistryError> {
-        self.fill.finished().await.map_err(RegistryError::Fill)
-    }
-
-    /// `range` of the blob as it arrives (or, far ahead of the fill, on its own: see
-    /// `far_range`); an error ends the stream (and the response).
-    pub fn stream(&self, range: Range<u64>) -> Pin<Box<dyn Stream<Item = std::io::Result<BlobChunk>>>> {
-        far_range::stream(&self.fill, &self.upstream, range)
-    }
-}
-
-/// A spec as the admin API hands it out, and what writing one did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpecWritten {
-    /// The spec's identity (its key), which names its compositions.
-    pub key: String,
-    /// An earlier spec of this id was replaced.
-    pub replaced: bool,
 }
 
 /// Where a name's content comes from.
@@ -409,7 +344,7 @@ impl Registry {
             // Any tag names a composed image's current manifest; `latest` is the one to list.
             Source::Composed(_) => TagPage { tags: vec![Tag::latest().to_string()], more: false },
         };
-        Ok(tags_page(name, listed, n, last))
+        Ok(answers::tags_page(name, listed, n, last))
     }
 
     async fn source(&self, name: &RepositoryName, ns: Option<&str>) -> Result<Source, RegistryError> {
@@ -500,36 +435,4 @@ fn spec_store_error(error: SpecError) -> RegistryError {
 
 fn manifest_unknown(name: &RepositoryName, reference: &Reference) -> RegistryError {
     RegistryError::ManifestUnknown { name: name.clone(), reference: reference.to_string() }
-}
-
-/// The page of `listed` after `last`, sorted, at most `n`. Trimmed here for every source: an
-/// upstream may ignore `n` or `last` and send more than was asked for.
-fn tags_page(name: &RepositoryName, listed: TagPage, n: Option<usize>, last: Option<&str>) -> TagsPage {
-    let mut tags: Vec<String> = listed.tags.into_iter().filter(|t| last.is_none_or(|last| t.as_str() > last)).collect();
-    tags.sort();
-    let limit = n.unwrap_or(usize::MAX);
-    let more = listed.more || tags.len() > limit;
-    tags.truncate(limit);
-    let next_last = if more { tags.last().cloned() } else { None };
-    TagsPage { name: name.clone(), tags, next_last }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn page(tags: &[&str], more: bool, n: Option<usize>, last: Option<&str>) -> (Vec<String>, Option<String>) {
-        let listed = TagPage { tags: tags.iter().map(|t| t.to_string()).collect(), more };
-        let page = tags_page(&"up/app".parse().unwrap(), listed, n, last);
-        (page.tags, page.next_last)
-    }
-
-    #[test]
-    fn tag_pages_are_trimmed_to_n_and_say_whether_more_follow() {
-        let strings = |tags: &[&str]| tags.iter().map(|t| t.to_string()).collect::<Vec<_>>();
-        assert_eq!(page(&["b", "a"], false, None, None), (strings(&["a", "b"]), None));
-        assert_eq!(page(&["a", "b"], true, Some(2), None), (strings(&["a", "b"]), Some("b".into())), "upstream links a next page");
-        assert_eq!(page(&["c", "a", "b"], false, Some(2), None), (strings(&["a", "b"]), Some("b".into())), "upstream ignored n");
-        assert_eq!(page(&["a", "b", "c"], false, Some(2), Some("a")), (strings(&["b", "c"]), None), "upstream ignored last");
-    }
 }
