@@ -6,6 +6,7 @@
 mod files;
 mod prepare;
 mod reference;
+mod scan;
 mod space;
 mod tree;
 mod unpack;
