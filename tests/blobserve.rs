@@ -219,9 +219,16 @@ fn bad_paths_and_bad_archives_are_refused_and_nothing_half_unpacked_is_left() {
     let raw = |name: &'static str, kind, link: Option<&'static str>| Entry::Raw { name, kind, link, data: b"" };
     refused("bad/escape", layer_tar(&[Entry::File("ide/code/index.html", b"x"), raw("../../etc/cron.d/evil", tar::EntryType::Regular, None)]), "points outside the image");
     refused("bad/hardlink", layer_tar(&[raw("ide/code/index.html", tar::EntryType::Link, Some("../../etc/shadow"))]), "points outside the image");
-    // A tar bomb: 16 MiB of zeros compress to a few KiB; the cap is 8 MiB.
-    let zeros = vec![0u8; 16 << 20];
-    refused("bad/bomb", layer_tar(&[Entry::File("ide/code/index.html", &zeros)]), "8388608");
+    // A tar bomb: 8 MiB of zeros compress to a few KiB. Two files of half the 8 MiB cap: no
+    // entry (nor their sum) is over it, the stream with its headers is.
+    let zeros = vec![0u8; 4 << 20];
+    refused("bad/bomb", layer_tar(&[Entry::File("ide/code/index.html", &zeros), Entry::File("ide/code/app.js", &zeros)]), "8388608");
+    // What the tar reader would hold in memory whole (a long name), or fill with zeros no
+    // stream cap counts (a sparse file): refused at their header.
+    let name = vec![b'n'; 1 << 20];
+    let long_name = Entry::Raw { name: "././@LongLink", kind: tar::EntryType::GNULongName, link: None, data: &name };
+    refused("bad/longname", layer_tar(&[long_name, Entry::File("ide/code/index.html", b"x")]), "extension entry");
+    refused("bad/sparse", layer_tar(&[Entry::Raw { name: "ide/code/index.html", kind: tar::EntryType::GNUSparse, link: None, data: &[0u8; 512] }]), "sparse");
     refused("bad/garbage", b"this is no tar archive, only some text long enough to look at".repeat(20), "cannot be read");
     assert_eq!(std::fs::read_dir(facade.cache_dir.join("blobserve/tmp")).unwrap().count(), 0, "refused unpacks leave nothing behind");
     assert_eq!(get(bs, "/team/ide:1.0/out/app.js").status, 200, "still serving");
