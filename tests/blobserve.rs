@@ -126,6 +126,11 @@ fn etags_304_ranges_gzip_and_caching_by_reference_kind() {
     assert_eq!(part.body, &vendor[100..200]);
     let beyond = request(bs, "GET", "/team/ide:1.0/out/vendor.js", &[("Range", "bytes=99999999-")]);
     assert_eq!((beyond.status, beyond.header("content-range")), (416, Some(&*format!("bytes */{VENDOR_BYTES}"))));
+    for range in ["bytes=100-199", "bytes=99999999-", "bytes=abc"] {
+        // RFC 9110 §14.2: only a GET has ranges; a HEAD is answered as the whole file's.
+        let head = request(bs, "HEAD", "/team/ide:1.0/out/vendor.js", &[("Range", range)]);
+        assert_eq!((head.status, head.header("content-length"), head.header("content-range")), (200, Some(&*VENDOR_BYTES.to_string()), None), "{range}");
+    }
 
     let by_digest = get(bs, &format!("/team/ide@{}/out/vendor.js", layout.image().manifest.digest));
     assert_eq!((by_digest.status, by_digest.header("cache-control")), (200, Some("public, max-age=31536000, immutable")));

@@ -116,7 +116,11 @@ impl<'a> Answer<'a> {
             _ => "index.html",
         };
         let (mime, compressible) = content_type(name);
-        let range = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
+        // RFC 9110 §14.2: range handling is defined for GET only; a HEAD ignores `Range`.
+        let range = match head {
+            true => RangeRequest::Whole,
+            false => parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok())),
+        };
         let vars = inline_vars(headers);
         let options = FileOptions {
             read_only: headers.get(READ_ONLY).is_some_and(|v| v.as_bytes() == b"true"),
