@@ -121,6 +121,8 @@ fn etags_304_ranges_gzip_and_caching_by_reference_kind() {
     let png = request(bs, "GET", "/team/ide:1.0/img/logo.png", &[("Accept-Encoding", "gzip")]);
     assert_eq!(png.header("content-encoding"), None, "images are not compressed again");
 
+    let resumed = request(bs, "GET", "/team/ide:1.0/out/vendor.js", &[("Range", "bytes=100-199"), ("If-Range", &etag)]);
+    assert_eq!((resumed.status, resumed.body.as_slice()), (206, &vendor[100..200]), "If-Range names this file");
     let part = request(bs, "GET", "/team/ide:1.0/out/vendor.js", &[("Range", "bytes=100-199"), ("Accept-Encoding", "gzip")]);
     assert_eq!((part.status, part.header("content-range"), part.header("content-encoding")), (206, Some(&*format!("bytes 100-199/{VENDOR_BYTES}")), None));
     assert_eq!(part.body, &vendor[100..200]);
@@ -146,6 +148,10 @@ fn etags_304_ranges_gzip_and_caching_by_reference_kind() {
     });
     assert_ne!(last.header("etag"), Some(etag.as_str()));
     assert_eq!(request(bs, "GET", "/team/ide:1.0/out/vendor.js", &[("If-None-Match", &etag)]).status, 200, "the old ETag no longer matches");
+    // A download resumed across the move gets the new file whole, not its part after the old one.
+    let resumed = request(bs, "GET", "/team/ide:1.0/out/vendor.js", &[("Range", "bytes=100-199"), ("If-Range", &etag)]);
+    assert_eq!((resumed.status, resumed.header("content-range")), (200, None));
+    assert!(resumed.body == moved);
 }
 
 #[test]
