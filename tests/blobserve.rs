@@ -284,6 +284,20 @@ fn unpacked_layers_survive_a_crash_and_a_restart_and_damaged_units_are_unpacked_
     assert!(reply.body == vendor, "the damaged file is found by its hash and never served; its layer is unpacked again");
     let metrics = String::from_utf8(get(third.admin.unwrap(), "/metrics").body).unwrap();
     assert!(metrics.contains("registry_facade_blobserve_unpacked_layers_total 2"), "both layers unpacked again:\n{metrics}");
+    drop(third);
+
+    // The file a replacement rewrites, damaged: it is hashed before it is rewritten, and its
+    // layer unpacked again, rather than its damage served under a new name.
+    let files = ide::frontend_files();
+    let original = &files.iter().find(|(p, _)| p == "out/app.js").unwrap().1;
+    let name = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(original));
+    let damaged = std::fs::read_dir(cache.join("blobserve/units")).unwrap().flatten().map(|e| e.path().join("files").join(&name)).find(|p| p.exists()).expect("app.js in its unit");
+    std::fs::write(&damaged, original.iter().map(|_| b'x').collect::<Vec<u8>>()).unwrap();
+    let fourth = TestServer::start_on(&cache, &format!(r#""adminListen": "127.0.0.1:0", {config}"#));
+    let app = get(fourth.blobserve.unwrap(), "/team/ide:1.0/out/app.js");
+    assert_eq!((app.status, String::from_utf8(app.body).unwrap()), (200, app_js()));
+    let metrics = String::from_utf8(get(fourth.admin.unwrap(), "/metrics").body).unwrap();
+    assert!(metrics.contains("registry_facade_blobserve_unpacked_layers_total 1"), "its layer unpacked again:\n{metrics}");
 }
 
 #[test]
