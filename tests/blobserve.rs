@@ -121,11 +121,18 @@ fn etags_304_ranges_gzip_and_caching_by_reference_kind() {
     let png = request(bs, "GET", "/team/ide:1.0/img/logo.png", &[("Accept-Encoding", "gzip")]);
     assert_eq!(png.header("content-encoding"), None, "images are not compressed again");
 
+    let resumed = request(bs, "GET", "/team/ide:1.0/out/vendor.js", &[("Range", "bytes=100-199"), ("If-Range", &etag)]);
+    assert_eq!((resumed.status, resumed.body.as_slice()), (206, &vendor[100..200]), "If-Range names this file");
     let part = request(bs, "GET", "/team/ide:1.0/out/vendor.js", &[("Range", "bytes=100-199"), ("Accept-Encoding", "gzip")]);
     assert_eq!((part.status, part.header("content-range"), part.header("content-encoding")), (206, Some(&*format!("bytes 100-199/{VENDOR_BYTES}")), None));
     assert_eq!(part.body, &vendor[100..200]);
     let beyond = request(bs, "GET", "/team/ide:1.0/out/vendor.js", &[("Range", "bytes=99999999-")]);
     assert_eq!((beyond.status, beyond.header("content-range")), (416, Some(&*format!("bytes */{VENDOR_BYTES}"))));
+    for range in ["bytes=100-199", "bytes=99999999-", "bytes=abc"] {
+        // RFC 9110 §14.2: only a GET has ranges; a HEAD is answered as the whole file's.
+        let head = request(bs, "HEAD", "/team/ide:1.0/out/vendor.js", &[("Range", range)]);
+        assert_eq!((head.status, head.header("content-length"), head.header("content-range")), (200, Some(&*VENDOR_BYTES.to_string()), None), "{range}");
+    }
 
     let by_digest = get(bs, &format!("/team/ide@{}/out/vendor.js", layout.image().manifest.digest));
     assert_eq!((by_digest.status, by_digest.header("cache-control")), (200, Some("public, max-age=31536000, immutable")));
@@ -141,6 +148,10 @@ fn etags_304_ranges_gzip_and_caching_by_reference_kind() {
     });
     assert_ne!(last.header("etag"), Some(etag.as_str()));
     assert_eq!(request(bs, "GET", "/team/ide:1.0/out/vendor.js", &[("If-None-Match", &etag)]).status, 200, "the old ETag no longer matches");
+    // A download resumed across the move gets the new file whole, not its part after the old one.
+    let resumed = request(bs, "GET", "/team/ide:1.0/out/vendor.js", &[("Range", "bytes=100-199"), ("If-Range", &etag)]);
+    assert_eq!((resumed.status, resumed.header("content-range")), (200, None));
+    assert!(resumed.body == moved);
 }
 
 #[test]
@@ -219,9 +230,16 @@ fn bad_paths_and_bad_archives_are_refused_and_nothing_half_unpacked_is_left() {
     let raw = |name: &'static str, kind, link: Option<&'static str>| Entry::Raw { name, kind, link, data: b"" };
     refused("bad/escape", layer_tar(&[Entry::File("ide/code/index.html", b"x"), raw("../../etc/cron.d/evil", tar::EntryType::Regular, None)]), "points outside the image");
     refused("bad/hardlink", layer_tar(&[raw("ide/code/index.html", tar::EntryType::Link, Some("../../etc/shadow"))]), "points outside the image");
-    // A tar bomb: 16 MiB of zeros compress to a few KiB; the cap is 8 MiB.
-    let zeros = vec![0u8; 16 << 20];
-    refused("bad/bomb", layer_tar(&[Entry::File("ide/code/index.html", &zeros)]), "8388608");
+    // A tar bomb: 8 MiB of zeros compress to a few KiB. Two files of half the 8 MiB cap: no
+    // entry (nor their sum) is over it, the stream with its headers is.
+    let zeros = vec![0u8; 4 << 20];
+    refused("bad/bomb", layer_tar(&[Entry::File("ide/code/index.html", &zeros), Entry::File("ide/code/app.js", &zeros)]), "8388608");
+    // What the tar reader would hold in memory whole (a long name), or fill with zeros no
+    // stream cap counts (a sparse file): refused at their header.
+    let name = vec![b'n'; 1 << 20];
+    let long_name = Entry::Raw { name: "././@LongLink", kind: tar::EntryType::GNULongName, link: None, data: &name };
+    refused("bad/longname", layer_tar(&[long_name, Entry::File("ide/code/index.html", b"x")]), "extension entry");
+    refused("bad/sparse", layer_tar(&[Entry::Raw { name: "ide/code/index.html", kind: tar::EntryType::GNUSparse, link: None, data: &[0u8; 512] }]), "sparse");
     refused("bad/garbage", b"this is no tar archive, only some text long enough to look at".repeat(20), "cannot be read");
     assert_eq!(std::fs::read_dir(facade.cache_dir.join("blobserve/tmp")).unwrap().count(), 0, "refused unpacks leave nothing behind");
     assert_eq!(get(bs, "/team/ide:1.0/out/app.js").status, 200, "still serving");
@@ -266,6 +284,20 @@ fn unpacked_layers_survive_a_crash_and_a_restart_and_damaged_units_are_unpacked_
     assert!(reply.body == vendor, "the damaged file is found by its hash and never served; its layer is unpacked again");
     let metrics = String::from_utf8(get(third.admin.unwrap(), "/metrics").body).unwrap();
     assert!(metrics.contains("registry_facade_blobserve_unpacked_layers_total 2"), "both layers unpacked again:\n{metrics}");
+    drop(third);
+
+    // The file a replacement rewrites, damaged: it is hashed before it is rewritten, and its
+    // layer unpacked again, rather than its damage served under a new name.
+    let files = ide::frontend_files();
+    let original = &files.iter().find(|(p, _)| p == "out/app.js").unwrap().1;
+    let name = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(original));
+    let damaged = std::fs::read_dir(cache.join("blobserve/units")).unwrap().flatten().map(|e| e.path().join("files").join(&name)).find(|p| p.exists()).expect("app.js in its unit");
+    std::fs::write(&damaged, original.iter().map(|_| b'x').collect::<Vec<u8>>()).unwrap();
+    let fourth = TestServer::start_on(&cache, &format!(r#""adminListen": "127.0.0.1:0", {config}"#));
+    let app = get(fourth.blobserve.unwrap(), "/team/ide:1.0/out/app.js");
+    assert_eq!((app.status, String::from_utf8(app.body).unwrap()), (200, app_js()));
+    let metrics = String::from_utf8(get(fourth.admin.unwrap(), "/metrics").body).unwrap();
+    assert!(metrics.contains("registry_facade_blobserve_unpacked_layers_total 1"), "its layer unpacked again:\n{metrics}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `Range` the way lazy clients send it, against cached and composed blobs: several ranges in
 //! one request answered `multipart/byteranges` (a snapshotter's prefetch), overlapping ones
-//! coalesced, too many of them answered with the whole blob, ranges past the end, and HEAD,
-//! which ignores `Range` (RFC 9110 §14.2). Every byte checked.
+//! coalesced, too many of them answered with the whole blob, ranges past the end, HEAD, which
+//! ignores `Range` (RFC 9110 §14.2), and `If-Range` (§13.1.5). Every byte checked.
 
 mod support;
 
@@ -115,6 +115,21 @@ fn a_head_with_range_is_answered_like_a_head() {
         // The spec: "A HEAD request to an existing blob or manifest URL MUST return `200 OK`".
         assert_eq!((head.status, head.header("content-length"), head.header("content-range")), (200, Some(bytes.len().to_string().as_str()), None), "{range}");
         assert!(head.header("content-type") == Some("application/octet-stream"), "{range}");
+    }
+}
+
+#[test]
+fn a_range_under_an_if_range_for_other_content_gets_the_whole_blob() {
+    let f = fixture();
+    let (path, bytes) = f.layer();
+    let etag = request(f.server.addr, "HEAD", &path, &[]).header("etag").unwrap().to_owned();
+    let resumed = request(f.server.addr, "GET", &path, &[("Range", "bytes=100-"), ("If-Range", &etag)]);
+    assert_eq!((resumed.status, resumed.header("content-range")), (206, Some(format!("bytes 100-{}/{}", bytes.len() - 1, bytes.len()).as_str())));
+    assert!(resumed.body == bytes[100..]);
+    for other in ["\"sha256:0000000000000000000000000000000000000000000000000000000000000000\"", &format!("W/{etag}"), "Sat, 01 Jan 2000 00:00:00 GMT"] {
+        let whole = request(f.server.addr, "GET", &path, &[("Range", "bytes=100-"), ("If-Range", other)]);
+        assert_eq!((whole.status, whole.header("content-range")), (200, None), "{other}");
+        assert!(whole.body == bytes, "{other}: the whole blob");
     }
 }
 

@@ -162,7 +162,7 @@ impl CtrPuller {
         let diff_ids = pull.diff_ids().map_err(|e| format!("the chain ID of {image}: {e}"))?;
         let chain_id = rootfs::chain_id(&diff_ids).map_err(|e| e.to_string())?;
         let key = format!("pullstorm-view-{}", self.next_view.fetch_add(1, Ordering::Relaxed));
-        let view = View::open(self.ctr(), self.settings.snapshotter.name(), &chain_id, &key, &self.mounts.join(&key)).map_err(|e| e.to_string())?;
+        let view = View::open(|| self.ctr(), self.settings.snapshotter.name(), &chain_id, &key, &self.mounts.join(&key)).map_err(|e| e.to_string())?;
         let root = view.mount.clone();
         self.views.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(view);
         rootfs::read_files(&root, &self.settings.read_files).map(drop).map_err(|e| e.to_string())

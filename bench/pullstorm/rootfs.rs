@@ -37,25 +37,21 @@ pub fn chain_id(diff_ids: &[String]) -> Result<String, RootfsError> {
 }
 
 impl View {
-    /// Makes view `key` of snapshot `chain_id` on `snapshotter` with `ctr` (a command with its
-    /// socket and namespace set) and mounts it at `mount` (created).
+    /// Makes view `key` of snapshot `chain_id` on `snapshotter` with `ctr` (which makes a
+    /// command with its socket and namespace set) and mounts it at `mount` (created). If the
+    /// view cannot be mounted, it is closed (unmounted, its snapshot removed) before the error
+    /// is returned: nothing else knows of it to clean it up.
     ///
     /// # Errors
     /// ctr or mount fail, or ctr prints no mount command.
-    pub fn open(ctr: Command, snapshotter: &str, chain_id: &str, key: &str, mount: &Path) -> Result<View, RootfsError> {
+    pub fn open(ctr: impl Fn() -> Command, snapshotter: &str, chain_id: &str, key: &str, mount: &Path) -> Result<View, RootfsError> {
         std::fs::create_dir_all(mount).map_err(|source| RootfsError::Read { path: mount.to_owned(), source })?;
-        let mut ctr = ctr;
         let target = mount.to_string_lossy().into_owned();
-        let printed = output(ctr.args(["snapshots", "--snapshotter", snapshotter, "view", "--target", &target, key, chain_id]), "ctr snapshots view")?;
+        let printed = output(ctr().args(["snapshots", "--snapshotter", snapshotter, "view", "--target", &target, key, chain_id]), "ctr snapshots view")?;
         let view = View { snapshotter: snapshotter.to_owned(), key: key.to_owned(), mount: mount.to_owned() };
-        // One line per mount, `mount -t TYPE SOURCE TARGET -o OPTIONS`: a view of several layers
-        // is one overlay mount.
-        for line in printed.lines().filter(|l| !l.trim().is_empty()) {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            if words.first() != Some(&"mount") {
-                return Err(RootfsError::Command { what: "ctr snapshots view".into(), reason: format!("printed `{line}`, not a mount command") });
-            }
-            output(Command::new("mount").args(&words[1..]), "mount")?;
+        if let Err(error) = mount_all(&printed) {
+            view.close(ctr());
+            return Err(error);
         }
         Ok(view)
     }
@@ -71,6 +67,19 @@ impl View {
             eprintln!("pullstorm: {e}");
         }
     }
+}
+
+/// Runs the mount commands `ctr snapshots view` printed: one line per mount, `mount -t TYPE
+/// SOURCE TARGET -o OPTIONS` (a view of several layers is one overlay mount).
+fn mount_all(printed: &str) -> Result<(), RootfsError> {
+    for line in printed.lines().filter(|l| !l.trim().is_empty()) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() != Some(&"mount") {
+            return Err(RootfsError::Command { what: "ctr snapshots view".into(), reason: format!("printed `{line}`, not a mount command") });
+        }
+        output(Command::new("mount").args(&words[1..]), "mount")?;
+    }
+    Ok(())
 }
 
 /// Reads `files` (relative to `root`) whole; their total size.
@@ -116,6 +125,22 @@ mod tests {
         let three = chain_id(&[one, "sha256:bb".into(), "sha256:cc".into()]).unwrap();
         assert_eq!(three, format!("sha256:{}", hex::encode(sha2::Sha256::digest(format!("{two} sha256:cc")))));
         assert!(matches!(chain_id(&[]), Err(RootfsError::NoLayers)));
+    }
+
+    #[test]
+    fn a_view_that_cannot_be_mounted_is_removed() {
+        // A stand-in for ctr that logs its arguments and, asked for a view, prints a mount
+        // command that fails (an unknown file system type mounts nothing).
+        let dir = tempfile::tempdir().unwrap();
+        let (script, log) = (dir.path().join("ctr"), dir.path().join("calls"));
+        let body = format!("#!/bin/sh\necho \"$*\" >> '{}'\ncase \"$*\" in *\" view \"*) echo 'mount -t rf-no-such-fs none {}' ;; esac\n", log.display(), dir.path().join("mnt").display());
+        std::fs::write(&script, body).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let opened = View::open(|| Command::new(&script), "overlayfs", "sha256:aa", "view-1", &dir.path().join("mnt"));
+        assert!(matches!(opened, Err(RootfsError::Command { ref what, .. }) if what == "mount"), "{opened:?}");
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert!(calls.lines().any(|l| l == "snapshots --snapshotter overlayfs rm view-1"), "the view's snapshot is removed: {calls}");
+        assert!(!dir.path().join("mnt").exists(), "and its mount point");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! From a request to a response: method check, route parsing, the registry call, and the
-//! response or error document (`Range` honoured for GET only); each request in its own span
-//! (route, repository, reference, digest) and counted in the request metrics.
+//! response or error document (`Range` honoured for GET only, and only under a matching
+//! `If-Range`); each request in its own span (route, repository, reference, digest) and
+//! counted in the request metrics.
 
 use http::{HeaderMap, Method, Request, Response};
 use tracing::{Instrument, Span};
@@ -11,7 +12,7 @@ use super::failure::Failure;
 use super::response;
 use super::HttpContext;
 use crate::oci::accept::AcceptList;
-use crate::oci::range::{parse_range, RangeRequest};
+use crate::oci::range::{if_range_matches, parse_range, RangeRequest};
 use crate::oci::route::{self, Route};
 use crate::oci::Reference;
 use crate::metrics;
@@ -108,7 +109,7 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Option<Result
             // OK`."
             let range = match head {
                 true => RangeRequest::Whole,
-                false => parse_range(request.headers().get(http::header::RANGE).and_then(|v| v.to_str().ok())),
+                false => blob_range(request.headers(), &digest),
             };
             match registry.blob(&name, &digest, query.ns.as_deref(), head).await? {
                 BlobReply::Cached(blob) => response::blob(&blob, range, head),
@@ -131,6 +132,17 @@ async fn answer<B>(request: &Request<B>, ctx: &HttpContext, route: Option<Result
             Ok(response::referrers(page, &name, &digest, artifact_type, ns, head))
         }
     }
+}
+
+/// The `Range` of a blob GET, unless an `If-Range` names other content than the blob's (its
+/// ETag is the quoted digest): then the whole blob (RFC 9110 §13.1.5).
+fn blob_range(headers: &HeaderMap, digest: &crate::oci::Digest) -> RangeRequest {
+    if let Some(if_range) = headers.get(http::header::IF_RANGE) {
+        if !if_range_matches(if_range.to_str().unwrap_or_default(), &format!("\"{digest}\"")) {
+            return RangeRequest::Whole;
+        }
+    }
+    parse_range(headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()))
 }
 
 /// Whether the request's body framing is one that front proxies and hyper may read

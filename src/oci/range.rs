@@ -1,7 +1,8 @@
 //! The `Range` request header (RFC 9110 §14): one byte range or several, resolved against the
 //! content's length into what the answer holds (sorted, overlaps coalesced, capped in number).
 //! Another unit, or more ranges than the cap, is not an error: the header is ignored and the
-//! whole content sent, as RFC 9110 §14.2 allows.
+//! whole content sent, as RFC 9110 §14.2 allows; so is a range under an `If-Range` that does
+//! not name the current content (§13.1.5).
 
 use std::ops::Range;
 
@@ -52,6 +53,15 @@ pub enum Selection {
     Multiple(Vec<Range<u64>>),
     /// 416: no range selects any byte.
     Unsatisfiable,
+}
+
+/// Whether an `If-Range` value lets a `Range` be honoured for content whose `ETag` is `etag`
+/// (quoted, as sent). RFC 9110 §13.1.5: the range applies only if the validator matches with
+/// the strong comparison; otherwise "the recipient MUST ignore the Range header field" and
+/// sends the whole content. A weak tag never matches strongly, and a date never matches here:
+/// our answers carry no `Last-Modified`.
+pub fn if_range_matches(if_range: &str, etag: &str) -> bool {
+    if_range.trim() == etag && !etag.starts_with("W/")
 }
 
 /// Reads a `Range` header value.
@@ -173,6 +183,17 @@ mod tests {
         assert_eq!(select("bytes=0-9,,  ,-10", len), Selection::Multiple(vec![0..10, 9990..10_000]), "empty list elements are ignored");
         let overlapping = format!("bytes={}", vec!["0-"; MAX_RANGES].join(","));
         assert_eq!(select(&overlapping, len), Selection::Single(0..len), "the same range many times is one part");
+    }
+
+    #[test]
+    fn if_range_needs_the_same_strong_tag() {
+        assert!(if_range_matches("\"sha256:ab\"", "\"sha256:ab\""));
+        assert!(if_range_matches(" \"x\" ", "\"x\""));
+        assert!(!if_range_matches("\"sha256:cd\"", "\"sha256:ab\""), "another version");
+        assert!(!if_range_matches("W/\"x\"", "\"x\""), "weak");
+        assert!(!if_range_matches("W/\"x\"", "W/\"x\""), "weak on both sides");
+        assert!(!if_range_matches("Sat, 01 Jan 2000 00:00:00 GMT", "\"x\""), "a date: there is no Last-Modified");
+        assert!(!if_range_matches("", "\"x\""));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The blobserve listener's answers, Gitpod's blobserve compatible: `GET|HEAD /<ref>/<path>`
-//! served from the image's files (sendfile for large ones), with `ETag`/304, `Range`, gzip
+//! served from the image's files (sendfile for large ones), with `ETag`/304, `Range` (and
+//! `If-Range`), gzip
 //! for text, inline variables in `index.html`, and plain-text errors. Reaches images only
 //! through `Registry::blobserve_file`.
 
@@ -20,7 +21,7 @@ use super::failure::{Failure, WireError};
 use super::HttpContext;
 use crate::clock::within;
 use crate::metrics::{self, ByteSource, Route};
-use crate::oci::range::{parse_range, RangeRequest, Selection};
+use crate::oci::range::{if_range_matches, parse_range, RangeRequest, Selection};
 use crate::registry::blobserve::{Blobserved, FileBytes, FileOptions, FilePath, InlineReplacement, ServedFile};
 use crate::registry::RegistryError;
 use headers::{accepts_gzip, content_type, inline, none_match, InlineVars, INLINE_VARS, READ_ONLY};
@@ -116,7 +117,11 @@ impl<'a> Answer<'a> {
             _ => "index.html",
         };
         let (mime, compressible) = content_type(name);
-        let range = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
+        // RFC 9110 §14.2: range handling is defined for GET only; a HEAD ignores `Range`.
+        let range = match head {
+            true => RangeRequest::Whole,
+            false => parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok())),
+        };
         let vars = inline_vars(headers);
         let options = FileOptions {
             read_only: headers.get(READ_ONLY).is_some_and(|v| v.as_bytes() == b"true"),
@@ -165,6 +170,12 @@ fn file_response(served: ServedFile, answer: &Answer, range: RangeRequest) -> Re
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return response;
     }
+    // RFC 9110 §13.1.5: a range is for the representation `If-Range` names; for any other
+    // (a moved tag changes the ETag) the whole one, not a part of it spliced onto the old.
+    let range = match answer.headers.get(header::IF_RANGE) {
+        Some(if_range) if !chosen.etag.to_str().is_ok_and(|etag| if_range_matches(if_range.to_str().unwrap_or_default(), etag)) => RangeRequest::Whole,
+        _ => range,
+    };
     let len = chosen.bytes.body.len() as u64;
     let part = match range.select(len) {
         Selection::Single(part) => Some(part),

@@ -72,13 +72,13 @@ pub struct Files {
     open: SharedMap<FileKey, Arc<OpenFile>>,
     /// Files whose compression does not pay.
     incompressible: SharedMap<(Arc<str>, Sha), ()>,
-    compressing: SingleFlight<(Arc<str>, Sha), Result<bool, Arc<FileError>>>,
+    compressing: Arc<SingleFlight<(Arc<str>, Sha), Result<bool, Arc<FileError>>>>,
     max_open: usize,
 }
 
 impl Files {
     pub fn new(max_open: usize) -> Files {
-        Files { open: SharedMap::new(), incompressible: SharedMap::new(), compressing: SingleFlight::default(), max_open: max_open.max(16) }
+        Files { open: SharedMap::new(), incompressible: SharedMap::new(), compressing: Arc::default(), max_open: max_open.max(16) }
     }
 
     /// The file `sha` of `unit`, mapped. A table lookup when it is open; else opened on the
@@ -110,13 +110,15 @@ impl Files {
         if let Some(found) = self.hit(&key, now_ms) {
             return Ok(Some(found));
         }
-        let made = self
-            .compressing
-            .run((Arc::clone(&unit.id), *sha), || {
-                let (space, unit, sha, body) = (Arc::clone(space), Arc::clone(unit), *sha, plain.body.clone());
-                async move { run_blocking(move || make_gzip(&space, &unit, &sha, &body)).await.map_err(Arc::new) }
-            })
-            .await?;
+        // A task of its own: a leader whose client leaves does not abandon the flight, which
+        // would make its waiters compress the same file again meanwhile.
+        let (flights, space, unit_owned, sha_owned, body) = (Arc::clone(&self.compressing), Arc::clone(space), Arc::clone(unit), *sha, plain.body.clone());
+        let flight = glommio::spawn_local(async move {
+            let key = (Arc::clone(&unit_owned.id), sha_owned);
+            flights.run(key, || async move { run_blocking(move || make_gzip(&space, &unit_owned, &sha_owned, &body)).await.map_err(Arc::new) }).await
+        })
+        .detach();
+        let made = flight.await.ok_or_else(|| Arc::new(FileError::Space(space_error("compress", &unit.dir)(std::io::Error::other("the compression was cancelled")))))??;
         if !made {
             self.incompressible.insert((Arc::clone(&unit.id), *sha), ());
             return Ok(None);

@@ -6,6 +6,7 @@
 mod files;
 mod prepare;
 mod reference;
+mod scan;
 mod space;
 mod tree;
 mod unpack;
@@ -326,6 +327,8 @@ impl Registry {
             let task = glommio::spawn_local(Arc::clone(self).blobserve_prepare_once(image.clone(), Arc::clone(&manifest), Arc::clone(repo), Arc::clone(&key))).detach();
             match task.await {
                 Some(Ok(())) => continue,
+                // A unit found damaged was discarded: the next round unpacks its layer again.
+                Some(Err(error)) if matches!(&*error, RegistryError::BlobSpace(e) if e.unit().is_some()) => continue,
                 Some(Err(error)) => return Err(RegistryError::Prepare { image: image.to_string(), error }),
                 None => return Err(RegistryError::PrepareAbandoned),
             }

@@ -280,11 +280,17 @@ fn merge(space: &Space, units: &[Arc<Unit>], repo: &RepoConfig, cap: u64, label:
             tracing::error!(image = label, path = %replacement.path, "blobserve: a replacement names no file of the image");
             continue;
         };
-        let source = match usize::from(*unit) {
-            i if i < units.len() => units[i].dir.join(FILES_DIR).join(hex::encode(sha)),
-            _ => files.join(hex::encode(sha)),
+        let (source, found) = match units.get(usize::from(*unit)) {
+            Some(unit) => (unit.dir.join(FILES_DIR).join(hex::encode(sha)), (!unit.fresh).then_some(unit)),
+            None => (files.join(hex::encode(sha)), None),
         };
         let content = std::fs::read(&source).map_err(|e| disk(space_error("read", &source)(e)))?;
+        // A unit found on disk is not trusted blindly (see `Space::publish`): a file damaged by
+        // a crash would be rewritten here under a new, valid-looking name and served.
+        if let Some(unit) = found.filter(|_| <[u8; 32]>::from(Sha256::digest(&content)) != *sha) {
+            space.discard(&unit.id);
+            return Err(RegistryError::BlobSpace(Arc::new(FileError::Corrupt { unit: Arc::clone(&unit.id), path: source })));
+        }
         let replaced = replace_all(&content, replacement.search.as_bytes(), replacement.replacement.as_bytes());
         let new_sha: [u8; 32] = Sha256::digest(&replaced).into();
         let target = files.join(hex::encode(new_sha));

@@ -1,15 +1,17 @@
 //! One layer (tar, gzip or plain) unpacked into a unit directory: every regular file stored
 //! under its sha256, the entries listed in `index.json`. Refuses names and hard links that
-//! leave the image, archives past the size or entry cap, and anything it cannot read; keeps
-//! no device node, FIFO or socket. Synchronous: runs on the blocking pool, never panics.
+//! leave the image, archives past the size, entry or name caps, sparse files, and anything it
+//! cannot read; keeps no device node, FIFO or socket. Synchronous: runs on the blocking pool,
+//! never panics.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use super::scan::{refusal, refusal_in, HeaderScan};
 use super::space::{space_error, SpaceError};
 use super::tree::{LayerEntry, Sha};
 
@@ -19,8 +21,28 @@ pub const INDEX_FILE: &str = "index.json";
 pub const FILES_DIR: &str = "files";
 /// Entries one layer may have: a tar bomb of empty files costs index memory, not bytes.
 pub const MAX_ENTRIES: usize = 1_000_000;
+/// Bytes of all entry names and link targets of one layer: the index is held in memory while
+/// it is written and again while layers are merged (a million PATH_MAX names would be 4 GiB).
+pub const MAX_PATH_BYTES: u64 = 64 << 20;
 /// Bytes of one name or link target: PATH_MAX.
 const MAX_NAME_BYTES: usize = 4096;
+
+/// What one layer may hold.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Uncompressed archive bytes, and bytes of files written (duplicates included).
+    bytes: u64,
+    entries: usize,
+    path_bytes: u64,
+}
+
+/// What a layer has used of its limits so far.
+#[derive(Debug, Default)]
+struct Used {
+    /// Bytes of files written to disk, a duplicate's too (it is written before it is known).
+    written: u64,
+    path_bytes: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
@@ -74,15 +96,19 @@ pub fn read_index(dir: &Path) -> Result<LayerIndex, SpaceError> {
 /// # Errors
 /// `Refused` for content that cannot be served; `Io` for our own disk.
 pub fn unpack_layer(layer: &[u8], dir: &Path, limit: u64) -> Result<Unpacked, UnpackError> {
+    unpack_within(layer, dir, Limits { bytes: limit, entries: MAX_ENTRIES, path_bytes: MAX_PATH_BYTES })
+}
+
+fn unpack_within(layer: &[u8], dir: &Path, limits: Limits) -> Result<Unpacked, UnpackError> {
     // The tar reader is third-party code fed by whoever built the image: a panic in it must
     // become a refusal, not a panic on the executor that awaits this.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unpack_inner(layer, dir, limit))) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unpack_inner(layer, dir, limits))) {
         Ok(result) => result,
         Err(_) => Err(UnpackError::Refused("the archive could not be read (the reader failed)".into())),
     }
 }
 
-fn unpack_inner(layer: &[u8], dir: &Path, limit: u64) -> Result<Unpacked, UnpackError> {
+fn unpack_inner(layer: &[u8], dir: &Path, limits: Limits) -> Result<Unpacked, UnpackError> {
     let files = dir.join(FILES_DIR);
     std::fs::create_dir_all(&files).map_err(io_error("create directory", &files))?;
     let decompressed: Box<dyn Read + '_> = match layer {
@@ -90,18 +116,21 @@ fn unpack_inner(layer: &[u8], dir: &Path, limit: u64) -> Result<Unpacked, Unpack
         [0x28, 0xb5, 0x2f, 0xfd, ..] => return Err(UnpackError::Refused("zstd layers are not supported by blobserve".into())),
         _ => Box::new(layer),
     };
-    let mut counted = Capped { inner: decompressed, read: 0, limit };
+    // The stream is capped (a gzip bomb stops there) and its headers are checked before the
+    // tar reader reads what they describe (it reads long names and PAX records whole).
+    let mut scanned = HeaderScan::new(Capped { inner: decompressed, read: 0, limit: limits.bytes });
     let mut unpacked = Unpacked { entries: Vec::new(), archive_bytes: 0, stored_bytes: 0, skipped: 0 };
     let mut stored = std::collections::HashSet::new();
+    let mut used = Used::default();
     {
-        let mut archive = tar::Archive::new(&mut counted);
+        let mut archive = tar::Archive::new(&mut scanned);
         let entries = archive.entries().map_err(|e| refused_read(&e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| refused_read(&e))?;
-            if unpacked.entries.len() >= MAX_ENTRIES {
-                return Err(UnpackError::Refused(format!("more than {MAX_ENTRIES} entries")));
+            if unpacked.entries.len() >= limits.entries {
+                return Err(UnpackError::Refused(format!("more than {} entries", limits.entries)));
             }
-            if let Some(item) = read_entry(&mut entry, &files, limit, &mut stored, &mut unpacked)? {
+            if let Some(item) = read_entry(&mut entry, &files, limits, &mut used, &mut stored, &mut unpacked)? {
                 unpacked.entries.push(item);
             } else {
                 unpacked.skipped += 1;
@@ -109,27 +138,56 @@ fn unpack_inner(layer: &[u8], dir: &Path, limit: u64) -> Result<Unpacked, Unpack
         }
     }
     // The rest of the stream (tar's end blocks) counts too, and a cap hit there is a bomb.
+    let mut counted = scanned.into_inner();
     let _ = io::copy(&mut counted, &mut io::sink());
-    if counted.read > limit {
-        return Err(too_large(limit));
+    if counted.read > limits.bytes {
+        return Err(too_large(limits.bytes));
     }
     unpacked.archive_bytes = counted.read;
-    let index_path = dir.join(INDEX_FILE);
     let index = LayerIndex { archive_bytes: unpacked.archive_bytes, entries: std::mem::take(&mut unpacked.entries) };
-    let text = serde_json::to_vec(&index).map_err(|e| io_error("encode", &index_path)(io::Error::other(e)))?;
-    std::fs::write(&index_path, &text).map_err(io_error("write", &index_path))?;
-    unpacked.stored_bytes += text.len() as u64;
+    unpacked.stored_bytes += write_index(dir, &index)?;
     unpacked.entries = index.entries;
     Ok(unpacked)
 }
 
+/// Writes `index` into `dir` as it is encoded (not built whole in memory first); its bytes.
+fn write_index(dir: &Path, index: &LayerIndex) -> Result<u64, UnpackError> {
+    let path = dir.join(INDEX_FILE);
+    let file = File::create(&path).map_err(io_error("create", &path))?;
+    let mut out = CountingWriter { inner: BufWriter::new(file), written: 0 };
+    serde_json::to_writer(&mut out, index).map_err(|e| io_error("write", &path)(io::Error::other(e)))?;
+    out.inner.flush().map_err(io_error("write", &path))?;
+    Ok(out.written)
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn too_large(limit: u64) -> UnpackError {
-    UnpackError::Refused(format!("the image unpacks to more than {limit} bytes (blobserve.maxUnpackedBytes)"))
+    UnpackError::Refused(too_large_text(limit))
+}
+
+fn too_large_text(limit: u64) -> String {
+    format!("the image unpacks to more than {limit} bytes (blobserve.maxUnpackedBytes)")
 }
 
 fn refused_read(error: &io::Error) -> UnpackError {
-    if error.kind() == io::ErrorKind::FileTooLarge {
-        return UnpackError::Refused(error.to_string());
+    if let Some(refusal) = refusal_in(error) {
+        return UnpackError::Refused(refusal.to_string());
     }
     UnpackError::Refused(format!("the archive cannot be read: {error}"))
 }
@@ -138,11 +196,13 @@ fn refused_read(error: &io::Error) -> UnpackError {
 fn read_entry<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     files: &Path,
-    limit: u64,
+    limits: Limits,
+    used: &mut Used,
     stored: &mut std::collections::HashSet<Sha>,
     unpacked: &mut Unpacked,
 ) -> Result<Option<LayerEntry>, UnpackError> {
     let raw = entry.path_bytes().into_owned();
+    count_path_bytes(used, raw.len(), limits)?;
     let Some(path) = entry_path(&raw)? else { return Ok(None) };
     let kind = entry.header().entry_type();
     if let Some(item) = whiteout(&path)? {
@@ -152,25 +212,30 @@ fn read_entry<R: Read>(
         return Ok(None);
     }
     let item = match kind {
-        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
             let size = entry.size();
-            if size > limit {
-                return Err(UnpackError::Refused(format!("`{path}` claims {size} bytes, more than the image may unpack to ({limit})")));
+            // Refused before a byte is written when the sizes alone say so; `store_file`
+            // counts what is actually written.
+            if used.written.saturating_add(size) > limits.bytes {
+                return Err(UnpackError::Refused(format!("`{path}` claims {size} bytes, more than the image may unpack to ({})", limits.bytes)));
             }
-            let (sha, written) = store_file(entry, files, stored)?;
+            let (sha, written) = store_file(entry, files, stored, used, limits.bytes)?;
             unpacked.stored_bytes += written;
             LayerEntry::File { path, sha, size }
         }
+        // The header scan refuses these first; the tar reader would fill their holes with
+        // zeros that no stream cap counts.
+        tar::EntryType::GNUSparse => return Err(UnpackError::Refused(format!("`{path}` is a sparse file (not supported)"))),
         tar::EntryType::Directory => LayerEntry::Dir { path },
         tar::EntryType::Symlink => {
-            let Some(target) = link_text(entry)? else { return Ok(None) };
+            let Some(target) = link_text(entry, used, limits)? else { return Ok(None) };
             if target.is_empty() {
                 return Err(UnpackError::Refused(format!("symlink `{path}` has an empty target")));
             }
             LayerEntry::Symlink { path, target }
         }
         tar::EntryType::Link => {
-            let Some(target) = link_text(entry)? else { return Ok(None) };
+            let Some(target) = link_text(entry, used, limits)? else { return Ok(None) };
             // A hard link names an archive path, relative to the root like any entry name.
             match entry_path(target.as_bytes())? {
                 Some(target) if !target.is_empty() => LayerEntry::Link { path, target },
@@ -181,6 +246,14 @@ fn read_entry<R: Read>(
         _ => return Ok(None),
     };
     Ok(Some(item))
+}
+
+fn count_path_bytes(used: &mut Used, len: usize, limits: Limits) -> Result<(), UnpackError> {
+    used.path_bytes = used.path_bytes.saturating_add(len as u64);
+    if used.path_bytes > limits.path_bytes {
+        return Err(UnpackError::Refused(format!("its entry names and link targets exceed {} bytes", limits.path_bytes)));
+    }
+    Ok(())
 }
 
 /// An entry name normalised: relative to the image root, without `.` or empty components.
@@ -219,8 +292,9 @@ fn whiteout(path: &str) -> Result<Option<LayerEntry>, UnpackError> {
     Ok(Some(LayerEntry::Whiteout { path }))
 }
 
-fn link_text<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Option<String>, UnpackError> {
+fn link_text<R: Read>(entry: &tar::Entry<'_, R>, used: &mut Used, limits: Limits) -> Result<Option<String>, UnpackError> {
     let raw = entry.link_name_bytes().map(|name| name.into_owned()).unwrap_or_default();
+    count_path_bytes(used, raw.len(), limits)?;
     if raw.len() > MAX_NAME_BYTES || raw.contains(&0) {
         return Err(UnpackError::Refused("a link target is longer than PATH_MAX or holds a NUL".into()));
     }
@@ -228,8 +302,9 @@ fn link_text<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Option<String>, Unpac
 }
 
 /// Writes an entry's bytes to `files/<sha256>` (once per content); returns the sha and the
-/// bytes written to disk (0 when the content was already there).
-fn store_file(entry: &mut impl Read, files: &Path, stored: &mut std::collections::HashSet<Sha>) -> Result<(Sha, u64), UnpackError> {
+/// bytes written to disk (0 when the content was already there). Every byte written counts in
+/// `used.written`, refused past `limit` whatever the reader yields.
+fn store_file(entry: &mut impl Read, files: &Path, stored: &mut std::collections::HashSet<Sha>, used: &mut Used, limit: u64) -> Result<(Sha, u64), UnpackError> {
     let partial = files.join(".partial");
     let mut out = File::create(&partial).map_err(io_error("create", &partial))?;
     let mut hasher = Sha256::new();
@@ -242,6 +317,10 @@ fn store_file(entry: &mut impl Read, files: &Path, stored: &mut std::collections
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(refused_read(&e)),
         };
+        used.written += n as u64;
+        if used.written > limit {
+            return Err(too_large(limit));
+        }
         hasher.update(&buffer[..n]);
         out.write_all(&buffer[..n]).map_err(io_error("write", &partial))?;
         written += n as u64;
@@ -269,128 +348,12 @@ impl<R: Read> Read for Capped<R> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
         if self.read > self.limit {
-            return Err(io::Error::new(io::ErrorKind::FileTooLarge, too_large(self.limit).to_string()));
+            return Err(refusal(too_large_text(self.limit)));
         }
         Ok(n)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn header(kind: tar::EntryType, size: u64) -> tar::Header {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(kind);
-        header.set_size(size);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        header
-    }
-
-    /// Writes a raw name into the header, bypassing the tar builder's own checks (which refuse
-    /// `..`), as a crafted archive would.
-    fn raw_entry(builder: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8]) {
-        let mut h = header(kind, data.len() as u64);
-        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        if let Some(link) = link {
-            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-        }
-        h.set_cksum();
-        builder.append(&h, data).unwrap();
-    }
-
-    fn archive(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        build(&mut builder);
-        builder.into_inner().unwrap()
-    }
-
-    fn unpack(layer: &[u8], limit: u64) -> (tempfile::TempDir, Result<Unpacked, UnpackError>) {
-        let dir = tempfile::tempdir().unwrap();
-        let result = unpack_layer(layer, dir.path(), limit);
-        (dir, result)
-    }
-
-    #[test]
-    fn files_are_stored_by_content_and_listed_in_order() {
-        let layer = archive(|b| {
-            raw_entry(b, "./ide/", tar::EntryType::Directory, None, b"");
-            raw_entry(b, "./ide/a.js", tar::EntryType::Regular, None, b"same");
-            raw_entry(b, "ide/b.js", tar::EntryType::Regular, None, b"same");
-            raw_entry(b, "ide/.wh.old", tar::EntryType::Regular, None, b"");
-            raw_entry(b, "ide/sub/.wh..wh..opq", tar::EntryType::Regular, None, b"");
-            raw_entry(b, "ide/l", tar::EntryType::Symlink, Some("a.js"), b"");
-            raw_entry(b, "ide/h", tar::EntryType::Link, Some("./ide/a.js"), b"");
-            raw_entry(b, "dev/null", tar::EntryType::Char, None, b"");
-            raw_entry(b, "fifo", tar::EntryType::Fifo, None, b"");
-        });
-        let gz = {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            encoder.write_all(&layer).unwrap();
-            encoder.finish().unwrap()
-        };
-        let (dir, result) = unpack(&gz, 1 << 20);
-        let unpacked = result.unwrap();
-        let sha: Sha = Sha256::digest(b"same").into();
-        assert_eq!(unpacked.entries, vec![
-            LayerEntry::Dir { path: "ide".into() },
-            LayerEntry::File { path: "ide/a.js".into(), sha, size: 4 },
-            LayerEntry::File { path: "ide/b.js".into(), sha, size: 4 },
-            LayerEntry::Whiteout { path: "ide/old".into() },
-            LayerEntry::Opaque { path: "ide/sub".into() },
-            LayerEntry::Symlink { path: "ide/l".into(), target: "a.js".into() },
-            LayerEntry::Link { path: "ide/h".into(), target: "ide/a.js".into() },
-        ]);
-        assert_eq!(unpacked.skipped, 2, "devices and FIFOs skipped");
-        let index_bytes = std::fs::metadata(dir.path().join(INDEX_FILE)).unwrap().len();
-        assert_eq!(unpacked.stored_bytes, 4 + index_bytes, "one copy of the content, and the index");
-        assert_eq!(std::fs::read(dir.path().join(FILES_DIR).join(hex::encode(sha))).unwrap(), b"same");
-        let index = read_index(dir.path()).unwrap();
-        assert_eq!((index.entries, index.archive_bytes), (unpacked.entries, unpacked.archive_bytes));
-    }
-
-    #[test]
-    fn names_and_hard_links_that_leave_the_image_are_refused() {
-        for (name, kind, link) in [
-            ("../etc/passwd", tar::EntryType::Regular, None),
-            ("a/../../x", tar::EntryType::Regular, None),
-            ("h", tar::EntryType::Link, Some("../../etc/shadow")),
-            ("w/.wh..", tar::EntryType::Regular, None),
-        ] {
-            let layer = archive(|b| raw_entry(b, name, kind, link, b""));
-            let (_dir, result) = unpack(&layer, 1 << 20);
-            assert!(matches!(result, Err(UnpackError::Refused(_))), "{name}: {result:?}");
-        }
-    }
-
-    #[test]
-    fn archives_past_the_cap_are_refused_however_they_claim_it() {
-        let big = archive(|b| raw_entry(b, "big", tar::EntryType::Regular, None, &vec![0u8; 64 * 1024]));
-        let (_dir, result) = unpack(&big, 32 * 1024);
-        assert!(matches!(&result, Err(UnpackError::Refused(m)) if m.contains("32768")), "{result:?}");
-        // A gzip bomb: a few KiB that inflate past the cap.
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        encoder.write_all(&big).unwrap();
-        let bomb = encoder.finish().unwrap();
-        assert!(bomb.len() < 1024);
-        let (_dir, result) = unpack(&bomb, 32 * 1024);
-        assert!(matches!(result, Err(UnpackError::Refused(_))), "{result:?}");
-        // A header claiming an absurd size.
-        let mut absurd = archive(|b| raw_entry(b, "huge", tar::EntryType::Regular, None, b""));
-        let mut h = header(tar::EntryType::Regular, 1 << 50);
-        h.as_old_mut().name[..4].copy_from_slice(b"huge");
-        h.set_cksum();
-        absurd[..512].copy_from_slice(h.as_bytes());
-        let (_dir, result) = unpack(&absurd, 1 << 20);
-        assert!(matches!(result, Err(UnpackError::Refused(_))), "{result:?}");
-    }
-
-    #[test]
-    fn garbage_is_refused_not_a_panic() {
-        for garbage in [&b"not a tar at all, just some text that is long enough"[..], &[0x1f, 0x8b, 0, 0, 0], &[0x28, 0xb5, 0x2f, 0xfd, 1]] {
-            let (_dir, result) = unpack(garbage, 1 << 20);
-            assert!(matches!(result, Err(UnpackError::Refused(_))), "{result:?}");
-        }
-    }
-}
+#[path = "unpack_tests.rs"]
+mod tests;
