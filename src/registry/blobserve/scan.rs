@@ -177,7 +177,7 @@ mod tests {
     #[test]
     fn headers_are_found_after_data_and_pax_sizes_however_the_stream_is_read() {
         let mut builder = tar::Builder::new(Vec::new());
-        builder.append_data(&mut header(tar::EntryType::Regular, 0), "a", &[7u8; 700][..]).unwrap();
+        builder.append_data(&mut header(tar::EntryType::Regular, 700), "a", &[7u8; 700][..]).unwrap();
         // A PAX `size` record overrides the next header's size field: the data is 1000 bytes,
         // the header says 0, and a scan that believed it would take data for a header.
         let mut stream = builder.into_inner().unwrap();
@@ -193,7 +193,7 @@ mod tests {
         data[..512].copy_from_slice(header(tar::EntryType::GNULongName, 1 << 30).as_bytes());
         stream.extend_from_slice(&data);
         let mut tail = tar::Builder::new(Vec::new());
-        tail.append_data(&mut header(tar::EntryType::Regular, 0), "b", &b"b"[..]).unwrap();
+        tail.append_data(&mut header(tar::EntryType::Regular, 1), "b", &b"b"[..]).unwrap();
         stream.extend_from_slice(&tail.into_inner().unwrap());
         for chunk in [1, 511, 512, 4096, 1 << 20] {
             scan(&stream, chunk).unwrap_or_else(|e| panic!("read by {chunk}: {e}"));
