@@ -55,11 +55,16 @@ pub struct Space {
     units: SharedMap<Arc<str>, Arc<Unit>>,
     used_bytes: AtomicU64,
     next_temp: AtomicU64,
+    /// Held while a unit's directory is renamed into or out of place and the table follows:
+    /// without it, a unit published while another of the same id is being deleted could be
+    /// renamed away with it, or dropped from the table in its place.
+    membership: Mutex<()>,
 }
 
 impl Space {
-    /// Opens (creating) the blob space at `root`: empties `tmp/` and counts the units there.
-    /// Blocking: call before the executors start.
+    /// Opens (creating) the blob space at `root`: removes what dead processes left in `tmp/`
+    /// (another process sharing the space, e.g. the `prefetch` command beside a server, keeps
+    /// its work) and counts the units there. Blocking: call before the executors start.
     ///
     /// # Errors
     /// The directories cannot be created, listed or cleaned.
@@ -70,10 +75,13 @@ impl Space {
             std::fs::create_dir_all(dir).map_err(space_error("create directory", dir))?;
         }
         for entry in std::fs::read_dir(&tmp_dir).map_err(space_error("list", &tmp_dir))?.flatten() {
+            if entry.file_name().to_str().is_some_and(made_by_another_live_process) {
+                continue;
+            }
             let path = entry.path();
             remove_any(&path).map_err(space_error("remove", &path))?;
         }
-        let space = Space { units_dir, tmp_dir, units: SharedMap::new(), used_bytes: AtomicU64::new(0), next_temp: AtomicU64::new(0) };
+        let space = Space { units_dir, tmp_dir, units: SharedMap::new(), used_bytes: AtomicU64::new(0), next_temp: AtomicU64::new(0), membership: Mutex::new(()) };
         for entry in std::fs::read_dir(&space.units_dir).map_err(space_error("list", &space.units_dir))?.flatten() {
             let Some(id) = entry.file_name().to_str().map(Arc::<str>::from) else { continue };
             let dir = entry.path();
@@ -139,6 +147,7 @@ impl Space {
     /// # Errors
     /// The sync or the rename fails (`built` is removed).
     pub fn publish(&self, id: &str, built: &Path, bytes: u64) -> Result<(), SpaceError> {
+        let _membership = self.membership.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.units.get(id).is_some_and(|unit| unit.holders.lock().is_ok_and(|h| !h.gone)) {
             let _ = remove_any(built);
             return Ok(());
@@ -156,7 +165,7 @@ impl Space {
             // A directory is only ever renamed into place whole: the one there is complete.
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {
                 let _ = remove_any(built);
-                self.adopt(id).map(drop)
+                self.adopt_locked(id).map(drop)
             }
             Err(source) => {
                 let _ = remove_any(built);
@@ -172,6 +181,11 @@ impl Space {
     /// # Errors
     /// The directory exists but cannot be measured.
     pub fn adopt(&self, id: &str) -> Result<bool, SpaceError> {
+        let _membership = self.membership.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.adopt_locked(id)
+    }
+
+    fn adopt_locked(&self, id: &str) -> Result<bool, SpaceError> {
         if self.units.get(id).is_some_and(|unit| unit.holders.lock().is_ok_and(|h| !h.gone)) {
             return Ok(true);
         }
@@ -194,26 +208,10 @@ impl Space {
     /// find its files missing and are prepared again. Blocking.
     pub fn discard(&self, id: &str) {
         let Some(unit) = self.units.get(id) else { return };
-        if let Ok(mut holders) = unit.holders.lock() {
-            if holders.gone {
-                return;
-            }
-            holders.gone = true;
+        if let Some(away) = self.take_out(&unit, |_| true) {
+            tracing::warn!(unit = %id, "blobserve: a damaged unit is deleted, to be unpacked again");
+            remove_moved(&unit, &away);
         }
-        tracing::warn!(unit = %id, "blobserve: a damaged unit is deleted, to be unpacked again");
-        self.delete(&unit);
-    }
-
-    fn delete(&self, unit: &Unit) {
-        // Out of the way first (one rename), so that a new unit of the same id can take the
-        // name while the old files are removed.
-        let away = self.tmp_dir.join(format!("gone-{}-{}", std::process::id(), self.next_temp.fetch_add(1, Ordering::Relaxed)));
-        let removed = std::fs::rename(&unit.dir, &away).and_then(|()| std::fs::remove_dir_all(&away));
-        if let Err(error) = removed {
-            tracing::warn!(unit = %unit.id, %error, "blobserve: cannot delete a unit");
-        }
-        self.units.remove(&unit.id);
-        self.used_bytes.fetch_sub(unit.bytes(), Ordering::Relaxed);
     }
 
     /// Deletes the least recently used unit that no image holds; `None` if every unit is
@@ -223,31 +221,79 @@ impl Space {
             self.units.entries().into_iter().map(|(_, unit)| unit).filter(|unit| unit.holders.lock().is_ok_and(|h| h.count == 0 && !h.gone)).collect();
         unheld.sort_by_key(|unit| unit.last_used_ms.load(Ordering::Relaxed));
         for unit in unheld {
-            {
-                let Ok(mut holders) = unit.holders.lock() else { continue };
-                if holders.count > 0 || holders.gone {
-                    continue;
-                }
-                holders.gone = true;
+            if let Some(away) = self.take_out(&unit, |holders| holders.count == 0) {
+                remove_moved(&unit, &away);
+                return Some(unit);
             }
-            self.delete(&unit);
-            return Some(unit);
         }
         None
     }
+
+    /// Marks `unit` gone (if it is not yet, and `may_go` agrees), takes it out of the table
+    /// and renames its directory out of place, all under the membership lock: a unit of the
+    /// same id published meanwhile is neither renamed away nor dropped from the table. Where
+    /// its directory went, to be removed outside the lock; `None` if it stays, or was already
+    /// taken out.
+    fn take_out(&self, unit: &Arc<Unit>, may_go: impl FnOnce(&Holders) -> bool) -> Option<PathBuf> {
+        let _membership = self.membership.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        {
+            let mut holders = unit.holders.lock().ok()?;
+            if holders.gone || !may_go(&holders) {
+                return None;
+            }
+            holders.gone = true;
+        }
+        if !self.units.remove_if(&unit.id, |current| Arc::ptr_eq(current, unit)) {
+            return None;
+        }
+        self.used_bytes.fetch_sub(unit.bytes(), Ordering::Relaxed);
+        let away = self.tmp_dir.join(format!("{}-gone-{}", std::process::id(), self.next_temp.fetch_add(1, Ordering::Relaxed)));
+        match std::fs::rename(&unit.dir, &away) {
+            Ok(()) => Some(away),
+            Err(error) => {
+                tracing::warn!(unit = %unit.id, %error, "blobserve: cannot delete a unit");
+                None
+            }
+        }
+    }
 }
 
-/// Bytes of the regular files under `dir`; leftovers of an interrupted write (`.tmp-*`,
-/// `.partial`) are removed on the way.
+/// Removes the directory of `unit`, moved to `away` by `take_out`.
+fn remove_moved(unit: &Unit, away: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(away) {
+        tracing::warn!(unit = %unit.id, %error, "blobserve: cannot remove a deleted unit's files");
+    }
+}
+
+/// Whether `name` (in `tmp/`, or a variant being written in a unit: `<pid>-…`, `.tmp-<pid>-…`)
+/// is the work of another process that is still running. Our own pid at start is a dead
+/// process's that the kernel reused.
+pub fn made_by_another_live_process(name: &str) -> bool {
+    let digits = name.strip_prefix(".tmp-").unwrap_or(name);
+    let Some(pid) = digits.split('-').next().and_then(|pid| pid.parse::<libc::pid_t>().ok()) else { return false };
+    if pid <= 0 || u32::try_from(pid).is_ok_and(|pid| pid == std::process::id()) {
+        return false;
+    }
+    // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Bytes of the regular files under `dir`; what an interrupted process left half-written
+/// (`.tmp-*`) is removed on the way, what a live one is writing is neither removed nor counted.
 fn tree_bytes(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir)?.flatten() {
         let kind = entry.file_type()?;
         let path = entry.path();
+        let name = entry.file_name();
+        let being_written = name.to_str().and_then(|n| n.starts_with(".tmp-").then_some(n));
         if kind.is_dir() {
             total += tree_bytes(&path)?;
-        } else if entry.file_name().to_str().is_some_and(|n| n.starts_with(".tmp-") || n == ".partial") {
-            std::fs::remove_file(&path)?;
+        } else if let Some(name) = being_written {
+            if !made_by_another_live_process(name) {
+                std::fs::remove_file(&path)?;
+            }
         } else {
             total += entry.metadata()?.len();
         }
@@ -305,15 +351,65 @@ mod tests {
             let half = space.temp_dir().unwrap();
             std::fs::write(half.join("f"), b"partial").unwrap();
             std::fs::create_dir_all(root.path().join("units/image-b/gz")).unwrap();
-            std::fs::write(root.path().join("units/image-b/gz/.tmp-1"), b"half a variant").unwrap();
+            std::fs::write(root.path().join(format!("units/image-b/gz/.tmp-{}-x", dead_pid())), b"half a variant").unwrap();
         }
         let space = Space::open(root.path()).unwrap();
         assert_eq!(std::fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
-        assert!(!root.path().join("units/image-b/gz/.tmp-1").exists());
+        assert_eq!(std::fs::read_dir(root.path().join("units/image-b/gz")).unwrap().count(), 0);
         assert!(!root.path().join("units/layer-c").exists() && space.acquire("layer-c").is_none());
         let unit = space.acquire("image-b").unwrap();
         assert!(!unit.fresh);
         assert_eq!(space.used_bytes(), 3);
+    }
+
+    /// The pid of a process that has exited.
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        child.id()
+    }
+
+    #[test]
+    fn what_a_live_process_is_writing_is_left_alone_and_its_leftovers_removed_once_it_died() {
+        let root = tempfile::tempdir().unwrap();
+        drop(Space::open(root.path()).unwrap());
+        std::fs::create_dir_all(root.path().join("units/image-b/gz")).unwrap();
+        std::fs::write(root.path().join("units/image-b/f"), b"abc").unwrap();
+        let mut other = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let (work, variant) = (root.path().join(format!("tmp/{}-0-00000000", other.id())), root.path().join(format!("units/image-b/gz/.tmp-{}-x", other.id())));
+        std::fs::create_dir(&work).unwrap();
+        std::fs::write(&variant, b"being written").unwrap();
+        let space = Space::open(root.path()).unwrap();
+        assert!(work.exists() && variant.exists(), "another live process's work is kept");
+        assert_eq!(space.used_bytes(), 3, "and not counted");
+        other.kill().unwrap();
+        other.wait().unwrap();
+        drop(Space::open(root.path()).unwrap());
+        assert!(!work.exists() && !variant.exists(), "removed once that process died");
+    }
+
+    #[test]
+    fn a_unit_published_again_after_a_discard_is_whole_and_known() {
+        let root = tempfile::tempdir().unwrap();
+        let space = Space::open(root.path()).unwrap();
+        let publish = |content: &[u8]| {
+            let built = space.temp_dir().unwrap();
+            std::fs::write(built.join("f"), content).unwrap();
+            space.publish("layer-a", &built, content.len() as u64).unwrap();
+        };
+        publish(b"old");
+        let old = space.acquire("layer-a").unwrap();
+        space.discard("layer-a");
+        assert!(space.acquire("layer-a").is_none() && !old.dir.exists());
+        publish(b"newer");
+        let new = space.acquire("layer-a").unwrap();
+        assert_eq!(std::fs::read(new.dir.join("f")).unwrap(), b"newer");
+        // Taking the old unit out again (a late eviction of it) leaves the new one in place.
+        assert!(space.take_out(&old, |_| true).is_none());
+        old.holders.lock().unwrap().gone = false; // as if its eviction had only just begun
+        assert!(space.take_out(&old, |_| true).is_none(), "not the unit in the table");
+        assert!(space.acquire("layer-a").is_some() && new.dir.join("f").exists());
+        assert_eq!(std::fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]
