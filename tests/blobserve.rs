@@ -206,6 +206,24 @@ fn layers_are_applied_with_whiteouts_and_links_resolved_inside_the_image_only() 
 }
 
 #[test]
+fn only_files_of_a_useful_size_are_compressed() {
+    let temp = tempfile::tempdir().unwrap();
+    let text = |bytes: usize| "const answer = 42; // the same line again and again\n".bytes().cycle().take(bytes).collect::<Vec<u8>>();
+    let (tiny, mid, huge) = (text(100), text(1 << 20), text((8 << 20) + 1));
+    let layer = layer_tar(&[Entry::File("ide/code/tiny.js", &tiny), Entry::File("ide/code/mid.js", &mid), Entry::File("ide/code/huge.js", &huge)]);
+    let layout = write_layout_of_layers(&temp.path().join("sizes"), "1", &[layer], &[ide::IDE_LABEL]);
+    let facade = blobserve_server(json!({}), json!({"allowAnyRepo": true}), "");
+    import(&facade.cache_dir, &layout.dir, "team/sizes", Some("1"));
+    let bs = facade.blobserve.unwrap();
+    for (name, body, compressed) in [("tiny.js", &tiny, false), ("mid.js", &mid, true), ("huge.js", &huge, false)] {
+        let reply = request(bs, "GET", &format!("/team/sizes:1/{name}"), &[("Accept-Encoding", "gzip")]);
+        assert_eq!((reply.status, reply.header("content-encoding").is_some()), (200, compressed), "{name}");
+        let sent = if compressed { gunzip(&reply.body) } else { reply.body };
+        assert!(&sent == body, "{name}: the file's bytes");
+    }
+}
+
+#[test]
 fn bad_paths_and_bad_archives_are_refused_and_nothing_half_unpacked_is_left() {
     let temp = tempfile::tempdir().unwrap();
     let facade = blobserve_server(json!({"team/ide": ide::ide_repo()}), json!({"allowAnyRepo": true, "maxUnpackedBytes": 8 << 20}), "");

@@ -24,6 +24,9 @@ use crate::table::SharedMap;
 const GZIP_DIR: &str = "gz";
 /// Smaller files are sent as they are: a few hundred bytes gain nothing from compression.
 const MIN_GZIP_BYTES: usize = 256;
+/// Larger files are sent as they are: a variant is compressed in memory on the blocking pool,
+/// and a browser's large downloads (archives, images, wasm) are mostly compressed already.
+const MAX_GZIP_BYTES: usize = 8 << 20;
 /// A variant is kept only if it saves at least a tenth.
 const MIN_GZIP_SAVING_PERCENT: usize = 10;
 /// A file's last use is recorded at most this often.
@@ -72,7 +75,7 @@ pub struct Files {
     open: SharedMap<FileKey, Arc<OpenFile>>,
     /// Files whose compression does not pay.
     incompressible: SharedMap<(Arc<str>, Sha), ()>,
-    compressing: Arc<SingleFlight<(Arc<str>, Sha), Result<bool, Arc<FileError>>>>,
+    compressing: Arc<Compressions>,
     max_open: usize,
 }
 
@@ -98,12 +101,13 @@ impl Files {
     }
 
     /// The gzip variant of the file `sha` of `unit` (whose bytes are `plain`): `None` when the
-    /// file is too small or compresses too little. Made once, on the blocking pool.
+    /// file is too small or too large, compresses too little, or its unit was deleted meanwhile.
+    /// Made once, on the blocking pool.
     ///
     /// # Errors
     /// The variant cannot be written or read back.
     pub async fn gzip(&self, space: &Arc<Space>, unit: &Arc<Unit>, sha: &Sha, plain: &FileBytes, now_ms: u64) -> Result<Option<FileBytes>, Arc<FileError>> {
-        if plain.body.len() < MIN_GZIP_BYTES || self.incompressible.get(&(Arc::clone(&unit.id), *sha)).is_some() {
+        if !(MIN_GZIP_BYTES..=MAX_GZIP_BYTES).contains(&plain.body.len()) || self.incompressible.get(&(Arc::clone(&unit.id), *sha)).is_some() {
             return Ok(None);
         }
         let key = (Arc::clone(&unit.id), *sha, true);
@@ -119,9 +123,13 @@ impl Files {
         })
         .detach();
         let made = flight.await.ok_or_else(|| Arc::new(FileError::Space(space_error("compress", &unit.dir)(std::io::Error::other("the compression was cancelled")))))??;
-        if !made {
-            self.incompressible.insert((Arc::clone(&unit.id), *sha), ());
-            return Ok(None);
+        match made {
+            Variant::Made => {}
+            Variant::NotWorth => {
+                self.incompressible.insert((Arc::clone(&unit.id), *sha), ());
+                return Ok(None);
+            }
+            Variant::UnitGone => return Ok(None),
         }
         let (path, id) = (unit.dir.join(GZIP_DIR).join(hex::encode(sha)), Arc::clone(&unit.id));
         let opened = run_blocking(move || map_file(&id, &path, None)).await.map_err(Arc::new)?;
@@ -196,30 +204,60 @@ fn map_file(unit: &Arc<str>, path: &Path, verify: Option<Sha>) -> Result<FileByt
     Ok(FileBytes { body: Bytes::from_owner(map), file: Some(Arc::new(file)) })
 }
 
-/// Writes the gzip variant of `body` into `unit` (or the marker that it does not pay);
-/// whether a variant exists now.
-fn make_gzip(space: &Space, unit: &Unit, sha: &Sha, body: &[u8]) -> Result<bool, FileError> {
+/// The gzip variants being made, by unit and file.
+type Compressions = SingleFlight<(Arc<str>, Sha), Result<Variant, Arc<FileError>>>;
+
+/// What `make_gzip` found or did.
+#[derive(Clone, Copy)]
+enum Variant {
+    Made,
+    /// Compressing saves too little (a marker says so on disk).
+    NotWorth,
+    /// The unit was deleted (evicted, or discarded) meanwhile: nothing is written, so that its
+    /// directory is not made again as a unit without files.
+    UnitGone,
+}
+
+/// Writes the gzip variant of `body` into `unit` (or the marker that it does not pay).
+fn make_gzip(space: &Space, unit: &Unit, sha: &Sha, body: &[u8]) -> Result<Variant, FileError> {
     let dir = unit.dir.join(GZIP_DIR);
     let name = hex::encode(sha);
     let (target, marker) = (dir.join(&name), dir.join(format!("{name}.none")));
     if target.exists() {
-        return Ok(true);
+        return Ok(Variant::Made);
     }
     if marker.exists() {
-        return Ok(false);
+        return Ok(Variant::NotWorth);
     }
-    std::fs::create_dir_all(&dir).map_err(space_error("create directory", &dir))?;
-    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 3), flate2::Compression::best());
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Variant::UnitGone),
+        Err(e) => return Err(space_error("create directory", &dir)(e).into()),
+    }
+    // The default level: `best` costs several times the CPU to save a few percent more.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 3), flate2::Compression::default());
     let compressed = encoder.write_all(body).and_then(|()| encoder.finish()).map_err(space_error("compress", &target))?;
     if compressed.len() * 100 > body.len() * (100 - MIN_GZIP_SAVING_PERCENT) {
-        std::fs::write(&marker, b"").map_err(space_error("write", &marker))?;
-        return Ok(false);
+        return match std::fs::write(&marker, b"") {
+            Ok(()) => Ok(Variant::NotWorth),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Variant::UnitGone),
+            Err(e) => Err(space_error("write", &marker)(e).into()),
+        };
     }
-    // Synced before the rename: after a crash the name holds the whole variant or nothing.
-    let partial = dir.join(format!(".tmp-{name}-{:08x}", fastrand::u32(..)));
-    let mut out = File::create(&partial).map_err(space_error("create", &partial))?;
-    out.write_all(&compressed).and_then(|()| out.sync_all()).map_err(space_error("write", &partial))?;
-    std::fs::rename(&partial, &target).map_err(space_error("rename", &target))?;
-    space.grew(unit, compressed.len() as u64);
-    Ok(true)
+    // Synced before the rename: after a crash the name holds the whole variant or nothing. The
+    // name says which process writes it, so that another one opening the space leaves it be.
+    let partial = dir.join(format!(".tmp-{}-{name}-{:08x}", std::process::id(), fastrand::u32(..)));
+    let written = File::create(&partial).and_then(|mut out| out.write_all(&compressed).and_then(|()| out.sync_all())).and_then(|()| std::fs::rename(&partial, &target));
+    match written {
+        Ok(()) => {
+            space.grew(unit, compressed.len() as u64);
+            Ok(Variant::Made)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Variant::UnitGone),
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(space_error("write", &partial)(e).into())
+        }
+    }
 }
