@@ -130,7 +130,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
 fn prefetch(args: PrefetchArgs) -> Result<(), String> {
     let overrides = Overrides { cache_dir: args.cache_dir, ..Overrides::default() };
-    let config = Config::load(args.config.as_deref(), &overrides).map_err(|e| e.to_string())?;
+    let mut config = Config::load(args.config.as_deref(), &overrides).map_err(|e| e.to_string())?;
+    // A server may share the blob space: it alone evicts, since only it knows which units
+    // its images hold. Units made here count there once its images take them.
+    if let Some(blobserve) = config.registry.blobserve.as_mut() {
+        blobserve.max_size_bytes = None;
+    }
     init_logging(&config.log);
     let refs = args.refs.iter().map(|r| r.parse::<PrefetchRef>().map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>()?;
     let (_, registry) = app::open_registry(&config, &Clock::system()).map_err(|e| e.to_string())?;
