@@ -59,6 +59,9 @@ pub enum FileError {
     /// Evicted meanwhile, or damaged: the image is prepared again.
     #[error("blob space: {} is gone from unit {unit}", path.display())]
     Missing { unit: Arc<str>, path: PathBuf },
+    /// The task compressing a file ended without an answer (the executor is stopping).
+    #[error("blob space: the compression of a file was abandoned")]
+    Abandoned,
 }
 
 impl FileError {
@@ -66,7 +69,7 @@ impl FileError {
     pub fn unit(&self) -> Option<&Arc<str>> {
         match self {
             FileError::Missing { unit, .. } | FileError::Corrupt { unit, .. } => Some(unit),
-            FileError::Space(_) => None,
+            FileError::Space(_) | FileError::Abandoned => None,
         }
     }
 }
@@ -122,7 +125,7 @@ impl Files {
             flights.run(key, || async move { run_blocking(move || make_gzip(&space, &unit_owned, &sha_owned, &body)).await.map_err(Arc::new) }).await
         })
         .detach();
-        let made = flight.await.ok_or_else(|| Arc::new(FileError::Space(space_error("compress", &unit.dir)(std::io::Error::other("the compression was cancelled")))))??;
+        let made = flight.await.ok_or_else(|| Arc::new(FileError::Abandoned))??;
         match made {
             Variant::Made => {}
             Variant::NotWorth => {

@@ -30,7 +30,7 @@ use crate::store::{CacheDir, StoreError};
 use crate::table::SharedMap;
 use crate::upstream::{BlobDownload, BlobLocation, Upstream, UpstreamError};
 use reader::FillReader;
-use writer::BatchWriter;
+use writer::{BatchWriter, WriteFailure};
 
 /// Bytes gathered before they are written to the temp file (and shown to readers).
 const WRITE_BATCH: usize = 1 << 20;
@@ -55,7 +55,8 @@ pub enum FillError {
     Corrupt(Arc<StoreError>),
     #[error("cache: {0}")]
     Cache(Arc<StoreError>),
-    /// A reader found the fill's state poisoned (a panic while it was held).
+    /// A reader found the fill's state poisoned (a panic while it was held), or its write
+    /// task ended without an answer (the executor is stopping).
     #[error("the fill was abandoned")]
     Abandoned,
     /// Served without caching (no room): what waits for the blob in the cache waits in vain.
@@ -406,7 +407,7 @@ impl FillContext {
             match within_deadline(attempt.deadline, download.next_chunk()).await {
                 Some(Ok(Some(chunk))) => {
                     if let Err(e) = writer.push(chunk, fill).await {
-                        return store_failure(e);
+                        return write_failure(e);
                     }
                 }
                 Some(Ok(None)) => break,
@@ -416,7 +417,7 @@ impl FillContext {
         }
         let ingest = match writer.finish(fill).await {
             Ok(ingest) => ingest,
-            Err(e) => return store_failure(e),
+            Err(e) => return write_failure(e),
         };
         let digest = fill.digest.clone();
         let cache = Arc::clone(&self.cache);
@@ -460,6 +461,13 @@ fn source_too_slow(location: &BlobLocation) -> FillError {
         BlobLocation::Registry { repo, .. } => repo.host.clone(),
     };
     FillError::Upstream(UpstreamError::TimedOut { host, attempts: 1, what: "ipfs.gatewayTimeoutMs" })
+}
+
+fn write_failure(failure: WriteFailure) -> Outcome {
+    match failure {
+        WriteFailure::Store(error) => store_failure(error),
+        WriteFailure::Lost => Outcome::Failed(FillError::Abandoned),
+    }
 }
 
 fn store_failure(error: StoreError) -> Outcome {

@@ -2,8 +2,6 @@
 //! one batch in flight while the next is gathered, its bytes shown to readers once in the file.
 
 use std::future::Future;
-use std::io;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,6 +11,16 @@ use bytes::Bytes;
 use super::{Exposure, Fill, WRITE_BATCH};
 use crate::registry::blocking::run_blocking;
 use crate::store::{Ingest, StoreError};
+
+/// Why a fill's writes stopped.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WriteFailure {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The task writing a batch ended without an answer (the executor is stopping).
+    #[error("the cache write was lost")]
+    Lost,
+}
 
 /// A batch being written: `None` if its task was lost (the executor is stopping).
 type PendingWrite = Pin<Box<dyn Future<Output = Option<(Ingest, Result<u64, StoreError>)>>>>;
@@ -33,7 +41,7 @@ impl BatchWriter {
         BatchWriter { ingest: Some(ingest), in_flight: None, batch: Vec::new(), batch_bytes: 0, exposure }
     }
 
-    pub(super) async fn push(&mut self, chunk: Bytes, fill: &Arc<Fill>) -> Result<(), StoreError> {
+    pub(super) async fn push(&mut self, chunk: Bytes, fill: &Arc<Fill>) -> Result<(), WriteFailure> {
         self.batch_bytes += chunk.len();
         self.batch.push(chunk);
         if self.batch_bytes >= WRITE_BATCH {
@@ -48,7 +56,7 @@ impl BatchWriter {
     /// in the file: readers of a range in it are answered then, not a batch later. The task is
     /// detached, so a fill that fails meanwhile does not cancel it: it ends, and the ingest it
     /// returns is dropped, deleting the temp file (a cancelled wait would leak both).
-    async fn flush(&mut self, fill: &Arc<Fill>) -> Result<(), StoreError> {
+    async fn flush(&mut self, fill: &Arc<Fill>) -> Result<(), WriteFailure> {
         self.settle().await?;
         let Some(mut ingest) = self.ingest.take() else { return Ok(()) };
         let batch = std::mem::take(&mut self.batch);
@@ -66,23 +74,18 @@ impl BatchWriter {
         Ok(())
     }
 
-    async fn settle(&mut self) -> Result<(), StoreError> {
+    async fn settle(&mut self) -> Result<(), WriteFailure> {
         if let Some(write) = self.in_flight.take() {
-            let lost = || StoreError::Io { op: "write", path: PathBuf::new(), source: io::Error::other("the batch's write was cancelled") };
-            let (ingest, written) = write.await.ok_or_else(lost)?;
+            let (ingest, written) = write.await.ok_or(WriteFailure::Lost)?;
             self.ingest = Some(ingest);
             written?;
         }
         Ok(())
     }
 
-    pub(super) async fn finish(mut self, fill: &Arc<Fill>) -> Result<Ingest, StoreError> {
+    pub(super) async fn finish(mut self, fill: &Arc<Fill>) -> Result<Ingest, WriteFailure> {
         self.flush(fill).await?;
         self.settle().await?;
-        self.ingest.take().ok_or_else(|| StoreError::Io {
-            op: "finish",
-            path: PathBuf::new(),
-            source: io::Error::other("ingest lost"),
-        })
+        self.ingest.take().ok_or(WriteFailure::Lost)
     }
 }
