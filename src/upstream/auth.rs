@@ -169,14 +169,23 @@ impl CredentialStore {
         Ok(store)
     }
 
-    /// The credential for `host`, re-reading the file first if it changed.
-    pub fn get(&self, host: &str, now_ms: u64) -> Option<Credential> {
+    /// Whether the file is due a look at `now_ms` (at most once a second); the caller that
+    /// is told so then calls `refresh`, off the executor.
+    pub fn check_due(&self, now_ms: u64) -> bool {
         let last = self.checked_ms.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(last) >= RELOAD_CHECK_MS && self.checked_ms.compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-            if let Err(e) = self.reload() {
-                tracing::warn!(error = %e, "keeping the previous credentials");
-            }
+        self.path.is_some() && now_ms.saturating_sub(last) >= RELOAD_CHECK_MS && self.checked_ms.compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    /// Re-reads the file if it changed; a file that cannot be read or parsed keeps the
+    /// previous credentials, with a warning. Blocking.
+    pub fn refresh(&self) {
+        if let Err(e) = self.reload() {
+            tracing::warn!(error = %e, "keeping the previous credentials");
         }
+    }
+
+    /// The credential for `host`, as last read.
+    pub fn get(&self, host: &str) -> Option<Credential> {
         let loaded = self.loaded.read().ok()?;
         loaded.credentials.get(host).cloned()
     }
@@ -342,19 +351,27 @@ mod tests {
         assert!(!wrong.contains("hunter2") && wrong.contains("auths"), "{wrong}");
     }
 
+    /// What the upstream client does: a look at the file when one is due, then the lookup.
+    fn get_at(store: &CredentialStore, host: &str, now_ms: u64) -> Option<Credential> {
+        if store.check_due(now_ms) {
+            store.refresh();
+        }
+        store.get(host)
+    }
+
     #[test]
     fn credentials_are_reloaded_when_the_file_changes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         let store = CredentialStore::open(Some(&path)).unwrap();
-        assert_eq!(store.get("h", 0), None, "a missing file is no credentials");
+        assert_eq!(get_at(&store, "h", 0), None, "a missing file is no credentials");
         std::fs::write(&path, br#"{"auths":{"h":{"username":"a","password":"b"}}}"#).unwrap();
-        assert_eq!(store.get("h", 500), None, "not looked at again within a second");
-        assert!(store.get("h", 1_500).is_some());
+        assert_eq!(get_at(&store, "h", 500), None, "not looked at again within a second");
+        assert!(get_at(&store, "h", 1_500).is_some());
         std::fs::write(&path, br#"{"auths":{"other":{"username":"a","password":"bb"}}}"#).unwrap();
-        assert!(store.get("h", 3_000).is_none());
+        assert!(get_at(&store, "h", 3_000).is_none());
         std::fs::write(&path, b"garbage").unwrap();
-        assert!(store.get("other", 4_500).is_some(), "a broken file keeps the previous credentials");
+        assert!(get_at(&store, "other", 4_500).is_some(), "a broken file keeps the previous credentials");
     }
 
     #[test]
@@ -362,12 +379,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         let (store, warnings) = logged(|| CredentialStore::open(Some(&path)));
-        assert!(store.is_ok_and(|s| s.get("h", 0).is_none()));
+        assert!(store.is_ok_and(|s| get_at(&s, "h", 0).is_none()));
         assert!(warnings.contains("WARN") && warnings.contains(&path.display().to_string()) && warnings.contains("No such file"), "{warnings}");
         // Once it is there the warning is not repeated at every check.
         std::fs::write(&path, br#"{"auths":{"h":{"username":"a","password":"b"}}}"#).unwrap();
         let (store, warnings) = logged(|| CredentialStore::open(Some(&path)).unwrap());
-        assert!(store.get("h", 0).is_some() && !warnings.contains("WARN"), "{warnings}");
+        assert!(get_at(&store, "h", 0).is_some() && !warnings.contains("WARN"), "{warnings}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::clock::{within, Clock};
 use crate::metrics::{self, RetryKind};
 use crate::oci::route::encode_query;
 use crate::oci::Digest;
-use auth::{Challenge, CredentialStore, TokenCache};
+use auth::{Challenge, Credential, CredentialStore, TokenCache};
 use connection::{ConnectSettings, RequestBody, UpstreamBody};
 use endpoint::{Endpoint, Endpoints};
 use error::AttemptError;
@@ -119,7 +119,7 @@ struct Shared {
     settings: UpstreamSettings,
     connect: ConnectSettings,
     endpoints: Endpoints,
-    credentials: CredentialStore,
+    credentials: Arc<CredentialStore>,
     tokens: TokenCache,
     /// Hosts that answered a Basic challenge: later requests carry Basic at once instead of
     /// costing a 401 round trip each.
@@ -143,7 +143,7 @@ impl Upstream {
     /// A registry's settings or the docker credentials cannot be used.
     pub fn new(settings: UpstreamSettings, clock: Clock) -> Result<Upstream, UpstreamError> {
         let endpoints = Endpoints::new(&settings.registries)?;
-        let credentials = CredentialStore::open(settings.docker_config.as_deref()).map_err(|e| UpstreamError::Config(format!("dockerConfig: {e}")))?;
+        let credentials = Arc::new(CredentialStore::open(settings.docker_config.as_deref()).map_err(|e| UpstreamError::Config(format!("dockerConfig: {e}")))?);
         let connect = ConnectSettings {
             connect_timeout: settings.connect_timeout,
             tls_timeout: settings.tls_timeout,
@@ -280,7 +280,7 @@ impl Upstream {
     async fn registry_exchange(&self, repo: &RemoteRepository, method: &Method, path: &str, headers: HeaderMap) -> Result<Exchange, AttemptError> {
         let endpoint = self.shared.endpoints.for_registry(&repo.host);
         let scope = repo.pull_scope();
-        let mut authorization = self.cached_authorization(&repo.host, &scope);
+        let mut authorization = self.cached_authorization(&repo.host, &scope).await;
         let mut challenged = false;
         loop {
             let mut request_headers = headers.clone();
@@ -307,15 +307,27 @@ impl Upstream {
         }
     }
 
-    fn cached_authorization(&self, host: &str, scope: &str) -> Option<HeaderValue> {
+    async fn cached_authorization(&self, host: &str, scope: &str) -> Option<HeaderValue> {
         if let Some(token) = self.shared.tokens.get(host, scope, self.shared.clock.now_ms()) {
             return auth::bearer_header(&token);
         }
         let wants_basic = self.shared.basic_hosts.read().is_ok_and(|hosts| hosts.contains(host));
         if wants_basic {
-            return self.shared.credentials.get(host, self.shared.clock.now_ms()).and_then(|c| c.basic_header());
+            return self.credential(host).await.and_then(|c| c.basic_header());
         }
         None
+    }
+
+    /// The credential for `host`, the docker config file re-read first (on the blocking pool)
+    /// if it is due a look. The wait is a detached task, so a request that gives up meanwhile
+    /// does not leave the read half-awaited.
+    async fn credential(&self, host: &str) -> Option<Credential> {
+        let store = &self.shared.credentials;
+        if store.check_due(self.shared.clock.now_ms()) {
+            let refreshing = Arc::clone(store);
+            glommio::spawn_local(async move { glommio::executor().spawn_blocking(move || refreshing.refresh()).await }).detach().await;
+        }
+        store.get(host)
     }
 
     /// Turns a 401's challenge into an `Authorization` value: a bearer token fetched from the
@@ -327,7 +339,7 @@ impl Upstream {
             .filter_map(|v| v.to_str().ok())
             .find_map(auth::parse_challenge)
             .ok_or(AttemptError::Unauthorized)?;
-        let credential = self.shared.credentials.get(&repo.host, self.shared.clock.now_ms());
+        let credential = self.credential(&repo.host).await;
         match challenge {
             Challenge::Basic => {
                 let header = credential.and_then(|c| c.basic_header()).ok_or(AttemptError::Unauthorized)?;
