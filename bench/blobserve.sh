@@ -126,27 +126,11 @@ for i in $(seq "$COLD"); do
 done
 
 python3 - "$RESULTS" "$COLD_RESULTS" "$CORES" "$DURATION" "$JSON_OUT" <<'PY'
-import base64, json, re, statistics, sys
+import json, statistics, sys
+sys.path.insert(0, "bench")
+from wrk_report import wrk_row
 path, cold_path, cores, duration, json_out = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
-UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
-def seconds(text):
-    value, unit = re.match(r"([\d.]+)(us|ms|s|m)", text).groups()
-    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60}[unit]
-rows = []
-for line in open(path):
-    rnd, server, obj, cpu, raw = line.rstrip("\n").split("\t")
-    out = base64.b64decode(raw).decode()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    num, unit = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out).groups()
-    gib = float(num) * UNITS[unit] / (1 << 30)
-    p99 = seconds(re.search(r"99%\s+(\S+)", out).group(1))
-    bad = int((re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out) or [0, 0])[1])
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    bad += sum(int(x) for x in errors.groups()) if errors else 0
-    requests = rps * duration
-    cpu = float(cpu)
-    rows.append(dict(round=int(rnd), server=server, object=obj, rps=rps, gib_s=gib, p99_ms=p99 * 1e3, errors=bad, cpu_s=cpu,
-                     cpu_us_per_req=cpu / requests * 1e6 if requests else None, cpu_s_per_gib=cpu / (gib * duration) if gib else None))
+rows = [wrk_row(*line.rstrip("\n").split("\t"), duration) for line in open(path)]
 print(f"{'round':>5} {'server':<10} {'object':<6} {'req/s':>10} {'GiB/s':>7} {'p99 ms':>8} {'cpu us/req':>10} {'cpu s/GiB':>9} {'errors':>6}")
 for r in rows:
     print(f"{r['round']:>5} {r['server']:<10} {r['object']:<6} {r['rps']:>10.0f} {r['gib_s']:>7.2f} {r['p99_ms']:>8.2f} {r['cpu_us_per_req']:>10.1f} {r['cpu_s_per_gib']:>9.3f} {r['errors']:>6}")

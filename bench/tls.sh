@@ -134,21 +134,18 @@ for round in $(seq "$ROUNDS"); do
 done
 
 python3 - "$RESULTS" "$CORES" "$DURATION" "$JSON_OUT" <<'PY'
-import base64, json, re, statistics, sys
+import json, statistics, sys
+sys.path.insert(0, "bench")
+from wrk_report import wrk_row
 path, cores, duration, json_out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
 wrk, one, bad = [], [], 0
 for line in open(path):
     fields = line.rstrip("\n").split("\t")
     if fields[1] == "wrk":
         rnd, _, server, obj, cpu, raw = fields
-        out = base64.b64decode(raw).decode()
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-        num, unit = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out).groups()
-        errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-        bad += int((re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out) or [0, 0])[1]) + (sum(map(int, errors.groups())) if errors else 0)
-        wrk.append(dict(round=int(rnd), server=server, object=obj, rps=rps, gib_s=float(num) * UNITS[unit] / (1 << 30),
-                        cpu_s=float(cpu), p99_ms=None))
+        row = wrk_row(rnd, server, obj, cpu, raw, duration)
+        bad += row["errors"]
+        wrk.append(row)
     else:
         rnd, _, label, proto, mbs, failed = fields
         bad += int(failed or 0)
