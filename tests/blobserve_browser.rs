@@ -7,9 +7,8 @@
 
 mod support;
 
-use std::path::Path;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::chromium;
 use support::client::{get, send};
 use support::ide::{self, BUILD_ID};
@@ -17,7 +16,7 @@ use support::nginx::Nginx;
 use support::redis::RedisServer;
 use support::registry::{ReferenceRegistry, RegistryAuth};
 use support::server::{import, TestServer};
-use support::tools::run;
+use support::tools::ipfs_cid;
 
 const MARKER: &str = "BLOBSERVE-MARKER css=true img=true";
 
@@ -87,15 +86,6 @@ fn chromium_renders_the_front_end_of_a_mirrored_image_and_of_a_composed_one() {
     assert_eq!((from_base.status, from_base.body.as_slice()), (200, &b"from the base layer\n"[..]), "every layer of the composed image is applied");
 }
 
-/// The CIDv1 `ipfs_cid` computes for a file.
-fn cid_of(path: &Path) -> String {
-    support::tools::require("ipfs_cid");
-    let output = run(std::process::Command::new("ipfs_cid").arg(path));
-    let text = String::from_utf8_lossy(&output.stdout);
-    let json: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    json["CIDv1"].as_str().unwrap().to_owned()
-}
-
 #[test]
 fn chromium_renders_the_front_end_of_an_image_whose_layers_come_from_ipfs() {
     let temp = tempfile::tempdir().unwrap();
@@ -110,7 +100,7 @@ fn chromium_renders_the_front_end_of_an_image_whose_layers_come_from_ipfs() {
     let mut cids = Vec::new();
     for layer in &layers {
         let blob = layout.blob_path(&layer.digest);
-        let cid = cid_of(&blob);
+        let cid = ipfs_cid(&blob);
         std::fs::copy(&blob, gateway_dir.join("ipfs").join(&cid)).unwrap();
         redis.cli(&["SET", &format!("rf:cid:{}", layer.digest), &cid]);
         cids.push(cid);

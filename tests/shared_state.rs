@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -15,7 +14,7 @@ use support::nginx::Nginx;
 use support::redis::{RedisCluster, RedisServer};
 use support::registry::{ReferenceRegistry, RegistryAuth};
 use support::server::{spawn_binary_with_admin, TestServer};
-use support::tools::run;
+use support::tools::ipfs_cid;
 
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
@@ -189,15 +188,6 @@ fn with_redis_down_the_facade_serves_what_it_can_and_recovers() {
     assert_eq!(digest_of(facade.addr, "remote/ws-new").body, hot.body);
 }
 
-/// The CIDv1 `ipfs_cid` computes for a file.
-fn cid_of(path: &Path) -> String {
-    support::tools::require("ipfs_cid");
-    let output = run(std::process::Command::new("ipfs_cid").arg(path));
-    let text = String::from_utf8_lossy(&output.stdout);
-    let json: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    json["CIDv1"].as_str().unwrap().to_owned()
-}
-
 #[test]
 fn ipfs_gateways_are_used_first_and_verified() {
     let mut images = Images::new();
@@ -207,9 +197,9 @@ fn ipfs_gateways_are_used_first_and_verified() {
     std::fs::create_dir_all(gateway_dir.join("ipfs")).unwrap();
     // Layer 0's CID serves its bytes; layer 1's CID serves layer 0's bytes (a lying gateway).
     let good = images.layout.blob_path(&layers[0].digest);
-    let good_cid = cid_of(&good);
+    let good_cid = ipfs_cid(&good);
     std::fs::copy(&good, gateway_dir.join("ipfs").join(&good_cid)).unwrap();
-    let lying_cid = cid_of(&images.layout.blob_path(&layers[1].digest));
+    let lying_cid = ipfs_cid(&images.layout.blob_path(&layers[1].digest));
     std::fs::copy(&good, gateway_dir.join("ipfs").join(&lying_cid)).unwrap();
     redis.cli(&["SET", &format!("rf:cid:{}", layers[0].digest), &good_cid]);
     redis.cli(&["SET", &format!("rf:cid:{}", layers[1].digest), &lying_cid]);

@@ -23,6 +23,16 @@ pub fn run(command: &mut Command) -> Output {
     output
 }
 
+/// The CIDv1 of a file, as the `ipfs_cid` tool (Debian's `ipfs-cid`) computes it.
+pub fn ipfs_cid(path: &Path) -> String {
+    require("ipfs_cid");
+    let output = run(Command::new("ipfs_cid").arg(path));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("ipfs_cid printed {first:?}: {e}"));
+    json["CIDv1"].as_str().unwrap_or_else(|| panic!("ipfs_cid printed no CIDv1: {first}")).to_owned()
+}
+
 pub fn skopeo() -> Command {
     require("skopeo");
     let mut command = Command::new("skopeo");
