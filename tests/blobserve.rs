@@ -7,13 +7,14 @@ mod support;
 
 use std::io::Read;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use support::client::{get, request, send_raw, Reply};
 use support::ide::{self, BUILD_ID, VENDOR_BYTES};
 use support::image::{layer_tar, write_layout_of_layers, Entry, Layout};
 use support::server::{import, TestServer};
+use support::wait_until;
 
 fn blobserve_server(repos: serde_json::Value, extra: serde_json::Value, more: &str) -> TestServer {
     let key = ide::blobserve_key(repos, extra);
@@ -36,14 +37,6 @@ fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(bytes).read_to_end(&mut out).expect("gzip");
     out
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn app_js() -> String {
@@ -142,7 +135,7 @@ fn etags_304_ranges_gzip_and_caching_by_reference_kind() {
     facade.advance(Duration::from_secs(2));
     let moved = ide::vendor_bundle("b", VENDOR_BYTES);
     let mut last = Reply { status: 0, headers: Vec::new(), body: Vec::new() };
-    wait_for("the moved tag is served", || {
+    wait_until("the moved tag is served", Duration::from_secs(30), || {
         last = get(bs, "/team/ide:1.0/out/vendor.js");
         last.body == moved
     });
@@ -331,7 +324,7 @@ fn pre_pull_prepares_at_start_and_the_blob_space_evicts_the_least_recently_used_
     let key = ide::blobserve_key(repos, json!({"blobSpace": {"maxSizeBytes": 5 << 20}}));
     let facade = TestServer::start_on(&cache, &format!(r#""adminListen": "127.0.0.1:0", {key}"#));
     let bs = facade.blobserve.unwrap();
-    wait_for("team/a is pre-pulled", || request(bs, "GET", "/team/a:1.0/", &[("X-BlobServe-ReadOnly", "true")]).status == 200);
+    wait_until("team/a is pre-pulled", Duration::from_secs(30), || request(bs, "GET", "/team/a:1.0/", &[("X-BlobServe-ReadOnly", "true")]).status == 200);
     let metrics = String::from_utf8(get(facade.admin.unwrap(), "/metrics").body).unwrap();
     assert!(metrics.contains(r#"registry_facade_blobserve_prepull{state="ready"} 1"#), "{metrics}");
     let layer_of = |layout: &Layout| format!("layer-{}", layout.image().layers[1].hex());
@@ -375,6 +368,6 @@ fn a_prefetch_also_prepares_the_images_blobserve_serves() {
     let facade = TestServer::start_on(&cache, &format!(r#""prefetch": ["team/ide:1.0"], {key}"#));
     let bs = facade.blobserve.unwrap();
     // Read-only requests never prepare: a 200 means the prefetch did.
-    wait_for("the prefetched image is prepared for blobserve", || request(bs, "GET", "/team/ide:1.0/out/app.js", &[("X-BlobServe-ReadOnly", "true")]).status == 200);
+    wait_until("the prefetched image is prepared for blobserve", Duration::from_secs(30), || request(bs, "GET", "/team/ide:1.0/out/app.js", &[("X-BlobServe-ReadOnly", "true")]).status == 200);
     assert!(units(&facade).contains(&format!("layer-{}", layout.image().layers[1].hex())));
 }

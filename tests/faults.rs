@@ -17,6 +17,7 @@ use support::image::{self, ImageOptions, Layout};
 use support::proxy::{Fault, FaultProxy};
 use support::registry::{ReferenceRegistry, RegistryAuth};
 use support::server::TestServer;
+use support::wait_until;
 
 const REPO: &str = "team/app";
 
@@ -65,14 +66,6 @@ fn temp_files(cache: &Path) -> usize {
 
 fn published(cache: &Path, digest: &str) -> bool {
     cache.join("blobs/sha256").join(digest.trim_start_matches("sha256:")).exists()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Sends a GET and reads until the server closes: the status, the announced length and the

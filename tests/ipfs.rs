@@ -21,20 +21,13 @@ use support::redis::RedisServer;
 use support::registry::{ReferenceRegistry, RegistryAuth};
 use support::server::TestServer;
 use support::tools::{run, skopeo};
+use support::wait_until;
 
 const REPO: &str = "team/app";
 
 /// Layers of one block (under kubo's 256 KiB chunks), of several, and a larger one.
 fn image_options() -> ImageOptions {
     ImageOptions { layers: vec![100 << 10, 600 << 10, 2 << 20], seed: 91, tag: "v1".into(), file_prefix: "app".into(), ..ImageOptions::default() }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The upstream registry holding the image, and Redis.
@@ -128,7 +121,7 @@ fn a_fleet_fetches_each_blob_from_upstream_once_and_from_each_other_after() {
     run(skopeo().args(["copy", "--src-tls-verify=false", &format!("docker://{}/mirror/up/{REPO}:v1", facade_a.addr), &format!("dir:{}", from_a.display())]));
     image::assert_dir_copy(&from_a, &image);
     for (digest, size) in upstream.digests() {
-        wait_until(&format!("{digest} is published"), || upstream.record(&digest).is_some());
+        wait_until(&format!("{digest} is published"), Duration::from_secs(60), || upstream.record(&digest).is_some());
         let record = upstream.record(&digest).unwrap();
         assert_eq!(record["size"].as_u64(), Some(size), "{digest}: the record carries the size");
         let cid = record["cid"].as_str().unwrap();
@@ -138,7 +131,7 @@ fn a_fleet_fetches_each_blob_from_upstream_once_and_from_each_other_after() {
     let one_block = &image.layers[0];
     let one_block_bytes = std::fs::read(upstream.layout.blob_path(&one_block.digest)).unwrap();
     assert_eq!(upstream.record(&one_block.digest).unwrap()["cid"], raw_leaf_cid(&one_block_bytes), "the CID depends only on the bytes");
-    wait_until("A counted its publications", || publications(&facade_a, "published") == 5.0);
+    wait_until("A counted its publications", Duration::from_secs(60), || publications(&facade_a, "published") == 5.0);
 
     // Upstream stops; B and C serve the same image from IPFS to skopeo and to containerd.
     upstream.registry.kill();
@@ -165,7 +158,7 @@ fn a_fleet_fetches_each_blob_from_upstream_once_and_from_each_other_after() {
         image.manifest.digest
     ));
     let admin = warmed.admin.unwrap();
-    wait_until("the prefetch at start finished", || get(admin, "/admin/prefetch/1").json()["finished"] == true);
+    wait_until("the prefetch at start finished", Duration::from_secs(60), || get(admin, "/admin/prefetch/1").json()["finished"] == true);
     let job = get(admin, "/admin/prefetch/1").json();
     assert_eq!((job["images"][0]["state"].as_str(), job["images"][0]["blobsDone"].as_u64()), (Some("done"), Some(4)), "{job}");
     for (digest, _) in upstream.digests().iter().skip(1) {
@@ -189,7 +182,7 @@ fn bad_records_and_bad_gateways_fall_back_to_upstream_and_are_cleaned_up() {
     // A record that is no CID, and one whose CID names other bytes (published by a first facade).
     let publisher = upstream.facade(&format!(r#"{{"gateway": "{n}", "api": "{n}"}}"#, n = node.url()));
     assert_eq!(sha256(&get(publisher.addr, &blob_path(&other.digest)).body), other.digest);
-    wait_until("the other layer is published", || upstream.record(&other.digest).is_some());
+    wait_until("the other layer is published", Duration::from_secs(60), || upstream.record(&other.digest).is_some());
     let other_cid = upstream.record(&other.digest).unwrap()["cid"].as_str().unwrap().to_owned();
     let reader = upstream.facade(&format!(r#"{{"gateway": "{}"}}"#, node.url()));
     upstream.redis.cli(&["SET", &format!("rf:cid:{}", small.digest), "../../etc/passwd"]);
@@ -215,7 +208,7 @@ fn a_stalled_gateway_is_given_up_on_in_bounded_time_and_a_cut_one_is_resumed_wit
         assert_eq!(sha256(&get(publisher.addr, &blob_path(&layer.digest)).body), layer.digest);
     }
     for layer in &image.layers {
-        wait_until("published", || upstream.record(&layer.digest).is_some());
+        wait_until("published", Duration::from_secs(60), || upstream.record(&layer.digest).is_some());
     }
 
     // A gateway that sends the head and then nothing: upstream after ipfs.gatewayTimeoutMs; the
@@ -252,7 +245,7 @@ fn an_ipfs_api_that_is_down_or_answers_garbage_costs_a_pull_nothing() {
         let facade = upstream.facade(&format!(r#"{{"api": "{api}"}}"#));
         let served = get(facade.addr, &blob_path(&layer.digest));
         assert_eq!((served.status, sha256(&served.body)), (200, layer.digest.clone()), "{api}: the pull is served");
-        wait_until(&format!("{api}: the failed publication is counted"), || publications(&facade, "failed") >= 1.0);
+        wait_until(&format!("{api}: the failed publication is counted"), Duration::from_secs(60), || publications(&facade, "failed") >= 1.0);
         assert!(upstream.record(&layer.digest).is_none(), "{api}: nothing recorded");
     }
 }

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::client::{connect, get, read_reply, request};
 use support::containerd::Containerd;
@@ -17,6 +17,7 @@ use support::image::{self, ImageOptions};
 use support::server::{import, TestServer};
 use support::tls::TestCa;
 use support::tools::{facade_binary, require, run};
+use support::wait_until;
 
 const DEMO: &str = "/v2/demo/manifests/latest";
 
@@ -35,14 +36,6 @@ fn curl_status(args: &[&str], url: &str) -> String {
     all.extend(["-o", "/dev/null", "-w", "%{http_code} %{http_version}", url]);
     let output = curl(&all);
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

@@ -15,6 +15,7 @@ use support::redis::{RedisCluster, RedisServer};
 use support::registry::{ReferenceRegistry, RegistryAuth};
 use support::server::{spawn_binary_with_admin, TestServer};
 use support::tools::ipfs_cid;
+use support::wait_until;
 
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
@@ -128,7 +129,7 @@ fn a_redis_cluster_holds_the_shared_state_across_its_nodes() {
     let redis = format!(r#""redis": {{"url": "{}", "cluster": true, "timeoutMs": 1000}}"#, cluster.url());
     let facade = TestServer::start(&images.config(None, &redis));
     let admin = facade.admin.unwrap();
-    wait_for("ready", || get(admin, "/ready").status == 200);
+    wait_until("ready", Duration::from_secs(20), || get(admin, "/ready").status == 200);
     spec_store_conformance(&facade, &images);
     let mut digests = Vec::new();
     for n in 0..6 {
@@ -143,19 +144,11 @@ fn a_redis_cluster_holds_the_shared_state_across_its_nodes() {
     let resolved_before = images.registry.access_entries().len();
     let second = TestServer::start(&images.config(None, &redis));
     // Until it has reached the cluster a node answers 503, as it should; this asks once it has.
-    wait_for("the second node ready", || get(second.admin.unwrap(), "/ready").status == 200);
+    wait_until("the second node ready", Duration::from_secs(20), || get(second.admin.unwrap(), "/ready").status == 200);
     for (n, digest) in digests.iter().enumerate() {
         assert_eq!(&digest_of(second.addr, &format!("remote/ws-{n}")).body, digest, "a second node serves ws-{n} from the cluster");
     }
     assert_eq!(images.registry.access_entries().len(), resolved_before, "without asking upstream for manifests");
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -164,13 +157,13 @@ fn with_redis_down_the_facade_serves_what_it_can_and_recovers() {
     let mut redis = RedisServer::start();
     let facade = TestServer::start(&images.config(Some(&redis), ""));
     let admin = facade.admin.unwrap();
-    wait_for("ready", || get(admin, "/ready").status == 200);
+    wait_until("ready", Duration::from_secs(20), || get(admin, "/ready").status == 200);
     assert_eq!(put(admin, "ws-hot", &images.spec()).status, 201);
     let hot = digest_of(facade.addr, "remote/ws-hot");
     assert_eq!(hot.status, 200);
 
     redis.kill();
-    wait_for("not ready", || get(admin, "/ready").status == 503);
+    wait_until("not ready", Duration::from_secs(20), || get(admin, "/ready").status == 503);
     let ready = get(admin, "/ready");
     assert!(ready.json()["reason"].as_str().unwrap().contains("Redis"), "{:?}", ready.json());
     assert_eq!(get(admin, "/live").status, 200, "alive all the same");
@@ -183,7 +176,7 @@ fn with_redis_down_the_facade_serves_what_it_can_and_recovers() {
     assert!(started.elapsed() < Duration::from_secs(5), "nothing hung: {:?}", started.elapsed());
 
     redis.restart();
-    wait_for("ready again", || get(admin, "/ready").status == 200);
+    wait_until("ready again", Duration::from_secs(20), || get(admin, "/ready").status == 200);
     assert_eq!(put(admin, "ws-new", &images.spec()).status, 201);
     assert_eq!(digest_of(facade.addr, "remote/ws-new").body, hot.body);
 }

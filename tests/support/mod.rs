@@ -23,3 +23,13 @@ pub mod stargz;
 pub mod token;
 pub mod tls;
 pub mod tools;
+
+/// Polls `done` until it holds, failing the test with `what` once `limit` has passed: a wait
+/// for something to happen (a server ready, a background job done), never for time to pass.
+pub fn wait_until(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
