@@ -132,7 +132,8 @@ fn prefetch(args: PrefetchArgs) -> Result<(), String> {
     let overrides = Overrides { cache_dir: args.cache_dir, ..Overrides::default() };
     let mut config = Config::load(args.config.as_deref(), &overrides).map_err(|e| e.to_string())?;
     // A server may share the blob space: it alone evicts, since only it knows which units
-    // its images hold. Units made here count there once its images take them.
+    // its images hold. Units made here count there once its images take them. It may evict
+    // one this command is reading from; the preparation then unpacks that layer again.
     if let Some(blobserve) = config.registry.blobserve.as_mut() {
         blobserve.max_size_bytes = None;
     }

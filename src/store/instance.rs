@@ -1,6 +1,6 @@
-//! The temp directory of one open cache, `tmp/<pid>-<random>/`, owned by whoever holds the `flock`
-//! on its `lock` file. Liveness is that lock, never the pid: pids repeat across restarts and
-//! across containers sharing a volume.
+//! The temp directory of one open cache (or blob space), `tmp/<pid>-<random>/`, owned by
+//! whoever holds the `flock` on its `lock` file. Liveness is that lock, never the pid: pids
+//! repeat across restarts and across containers sharing a volume.
 
 use std::fs::File;
 use std::io::ErrorKind;
@@ -17,7 +17,7 @@ const CREATE_ATTEMPTS: usize = 8;
 
 /// A temp directory held for the life of this value and removed when it is dropped.
 #[derive(Debug)]
-pub(super) struct InstanceDir {
+pub struct InstanceDir {
     path: PathBuf,
     /// Holds the exclusive lock; closing it (on drop, or when the process dies) frees it.
     _lock: File,
@@ -28,7 +28,7 @@ impl InstanceDir {
     ///
     /// # Errors
     /// The directory or its lock file cannot be created or locked.
-    pub(super) fn create(tmp_root: &Path) -> Result<InstanceDir, StoreError> {
+    pub fn create(tmp_root: &Path) -> Result<InstanceDir, StoreError> {
         for _ in 0..CREATE_ATTEMPTS {
             // The random part keeps names apart when pids repeat; `create_dir` (not `_all`)
             // makes the name ours alone even if two draws ever met.
@@ -47,7 +47,7 @@ impl InstanceDir {
         )))
     }
 
-    pub(super) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 }
@@ -100,7 +100,7 @@ fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
 ///
 /// # Errors
 /// `tmp/` cannot be listed, or a stale entry cannot be examined or removed.
-pub(super) fn remove_stale(tmp_root: &Path) -> Result<(), StoreError> {
+pub fn remove_stale(tmp_root: &Path) -> Result<(), StoreError> {
     let entries = std::fs::read_dir(tmp_root).map_err(StoreError::io("list", tmp_root))?;
     for entry in entries {
         let entry = entry.map_err(StoreError::io("list", tmp_root))?;

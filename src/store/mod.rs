@@ -15,6 +15,7 @@ use memmap2::{Advice, Mmap};
 
 pub use error::StoreError;
 pub use ingest::Ingest;
+pub use instance::{remove_stale as remove_stale_instances, InstanceDir};
 pub use record::RepositoryRecord;
 
 use crate::oci::digest::Algorithm;

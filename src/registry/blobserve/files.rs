@@ -248,19 +248,21 @@ fn make_gzip(space: &Space, unit: &Unit, sha: &Sha, body: &[u8]) -> Result<Varia
             Err(e) => Err(space_error("write", &marker)(e).into()),
         };
     }
-    // Synced before the rename: after a crash the name holds the whole variant or nothing. The
-    // name says which process writes it, so that another one opening the space leaves it be.
-    let partial = dir.join(format!(".tmp-{}-{name}-{:08x}", std::process::id(), fastrand::u32(..)));
+    // Written in this process's temp directory and synced before the rename: after a crash the
+    // name holds the whole variant or nothing, and no half-written file is left in the unit.
+    let partial = space.temp_path("gz");
     let written = File::create(&partial).and_then(|mut out| out.write_all(&compressed).and_then(|()| out.sync_all())).and_then(|()| std::fs::rename(&partial, &target));
     match written {
         Ok(()) => {
-            space.grew(unit, compressed.len() as u64);
+            space.grew(&unit.id, compressed.len() as u64);
             Ok(Variant::Made)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Variant::UnitGone),
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
-            Err(space_error("write", &partial)(e).into())
+            match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(Variant::UnitGone),
+                _ => Err(space_error("write", &partial)(e).into()),
+            }
         }
     }
 }

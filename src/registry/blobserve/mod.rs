@@ -317,6 +317,7 @@ impl Registry {
         let blobserve = self.blobserve()?;
         let manifest = self.blobserve_manifest(image).await?;
         let key: Arc<str> = Arc::from(format!("{}-{}", manifest.digest.hex(), repo.id));
+        let mut damaged = None;
         for _ in 0..PREPARE_ROUNDS {
             if let Some(prepared) = blobserve.images.get(&key) {
                 prepared.touch(self.clock.now_ms());
@@ -326,14 +327,19 @@ impl Registry {
             // preparation, which the next request then finds done.
             let task = glommio::spawn_local(Arc::clone(self).blobserve_prepare_once(image.clone(), Arc::clone(&manifest), Arc::clone(repo), Arc::clone(&key))).detach();
             match task.await {
-                Some(Ok(())) => continue,
+                Some(Ok(())) => damaged = None,
                 // A unit found damaged was discarded: the next round unpacks its layer again.
-                Some(Err(error)) if matches!(&*error, RegistryError::BlobSpace(e) if e.unit().is_some()) => continue,
+                Some(Err(error)) if matches!(&*error, RegistryError::BlobSpace(e) if e.unit().is_some()) => damaged = Some(error),
                 Some(Err(error)) => return Err(RegistryError::Prepare { image: image.to_string(), error }),
                 None => return Err(RegistryError::PrepareAbandoned),
             }
         }
-        Err(RegistryError::Unservable { image: image.to_string(), reason: "it was evicted as soon as it was prepared; blobSpace.maxSizeBytes is too small for it".into() })
+        // Every round ended without the image in the table: its units kept being found damaged
+        // (the disk under the blob space), or it was evicted as soon as it was made.
+        match damaged {
+            Some(error) => Err(RegistryError::Prepare { image: image.to_string(), error }),
+            None => Err(RegistryError::Unservable { image: image.to_string(), reason: "it was evicted as soon as it was prepared; blobSpace.maxSizeBytes is too small for it".into() }),
+        }
     }
 
     /// Prepares the image `key` once across all cores (waiting for a run under way), then

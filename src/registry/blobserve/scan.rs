@@ -116,11 +116,18 @@ impl<R: Read> HeaderScan<R> {
         }
         let data = match extension {
             true => size,
-            false => self.pax_size.take().unwrap_or(size),
+            false => self.pax_size.unwrap_or(size),
         };
-        let data_start = at + BLOCK;
-        // The tar reader takes only these as PAX extensions; others are plain entries to it.
+        // The tar reader gathers only recognised long names, long links and PAX extensions for
+        // the entry that follows; any other header (a global `g`, an extension without the
+        // ustar or GNU magic, a file) is an entry it returns, and a PAX `size` pending until
+        // then is dropped with it.
         let recognised = header.as_gnu().is_some() || header.as_ustar().is_some();
+        let gathered = recognised && (kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions());
+        if !gathered {
+            self.pax_size = None;
+        }
+        let data_start = at + BLOCK;
         if kind.is_pax_local_extensions() && recognised {
             self.pax = Some(Pax { start: data_start, data: Vec::with_capacity(size as usize), len: size });
             if size == 0 {
@@ -201,6 +208,47 @@ mod tests {
         // And the tar reader agrees on the entries.
         let names: Vec<String> = tar::Archive::new(&stream[..]).entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
         assert_eq!(names, ["a", "x", "b"]);
+        // The scan is still in step at the end: an oversized long name there is refused.
+        stream.truncate(stream.len() - 1024);
+        stream.extend_from_slice(&oversized_long_name());
+        for chunk in [1, 511, 512, 4096, 1 << 20] {
+            assert!(scan(&stream, chunk).is_err_and(|e| refusal_in(&e).is_some()), "read by {chunk}");
+        }
+    }
+
+    /// A GNU long name larger than the cap, its data, and the archive's end.
+    fn oversized_long_name() -> Vec<u8> {
+        let mut bytes = header(tar::EntryType::GNULongName, 4 << 20).as_bytes().to_vec();
+        bytes.resize(512 + (4 << 20) + 1024, b'n');
+        bytes[512 + (4 << 20)..].fill(0);
+        bytes
+    }
+
+    /// A PAX extension, then `header`, then a file whose header says 0 bytes, then an oversized
+    /// long name: whether the scan refuses it.
+    fn pax_size_then(next: tar::Header) -> bool {
+        let record = b"13 size=2048\n";
+        let mut stream = header(tar::EntryType::XHeader, record.len() as u64).as_bytes().to_vec();
+        let mut padded = record.to_vec();
+        padded.resize(512, 0);
+        stream.extend_from_slice(&padded);
+        stream.extend_from_slice(next.as_bytes());
+        stream.extend_from_slice(header(tar::EntryType::Regular, 0).as_bytes());
+        stream.extend_from_slice(&oversized_long_name());
+        scan(&stream, 4096).is_err_and(|e| refusal_in(&e).is_some())
+    }
+
+    #[test]
+    fn a_pax_size_is_dropped_where_the_tar_reader_drops_it() {
+        // A global extension, or a long name without the ustar/GNU magic, is an entry the tar
+        // reader returns: the pending `size` goes with it, and the file after it is 0 bytes.
+        let global = header(tar::EntryType::XGlobalHeader, 0);
+        assert!(pax_size_then(global), "after a global extension");
+        let mut old_long_name = tar::Header::new_old();
+        old_long_name.set_entry_type(tar::EntryType::GNULongName);
+        old_long_name.set_size(0);
+        old_long_name.set_cksum();
+        assert!(pax_size_then(old_long_name), "after an unrecognised long name");
     }
 
     #[test]

@@ -1,25 +1,29 @@
 //! The blob space on disk: `units/<id>/` are complete units (an unpacked layer, or an image's
-//! replaced files), each renamed into place only once whole; `tmp/` holds work in progress
-//! and is emptied at start. Counts the bytes units hold, and which images hold each unit.
+//! replaced files), each renamed into place only once whole; work in progress is in this
+//! process's own `tmp/<pid>-<random>/` (the store's locked instance directory), so that a
+//! `prefetch` command and a server may share the space, and what a dead process left there
+//! is removed at the next start. Counts the bytes units hold, and which images hold each unit.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::unpack::read_index;
+use crate::store::{remove_stale_instances, InstanceDir, StoreError};
 use crate::table::SharedMap;
 
 /// A failure of the blob space's own disk.
 #[derive(Debug, thiserror::Error)]
-#[error("blob space: {op} {}: {source}", path.display())]
-pub struct SpaceError {
-    pub op: &'static str,
-    pub path: PathBuf,
-    pub source: std::io::Error,
+pub enum SpaceError {
+    #[error("blob space: {op} {}: {source}", path.display())]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    /// This process's temp directory could not be made, or a dead one's removed.
+    #[error("blob space: {0}")]
+    TempDir(#[from] StoreError),
 }
 
 pub fn space_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpaceError + 'a {
-    move |source| SpaceError { op, path: path.to_owned(), source }
+    move |source| SpaceError::Io { op, path: path.to_owned(), source }
 }
 
 #[derive(Debug, Default)]
@@ -51,7 +55,8 @@ impl Unit {
 
 pub struct Space {
     units_dir: PathBuf,
-    tmp_dir: PathBuf,
+    /// This process's work in progress; removed when the space is dropped.
+    instance: InstanceDir,
     units: SharedMap<Arc<str>, Arc<Unit>>,
     used_bytes: AtomicU64,
     next_temp: AtomicU64,
@@ -64,7 +69,8 @@ pub struct Space {
 impl Space {
     /// Opens (creating) the blob space at `root`: removes what dead processes left in `tmp/`
     /// (another process sharing the space, e.g. the `prefetch` command beside a server, keeps
-    /// its work) and counts the units there. Blocking: call before the executors start.
+    /// its work), takes a temp directory of its own there, and counts the units. Blocking:
+    /// call before the executors start.
     ///
     /// # Errors
     /// The directories cannot be created, listed or cleaned.
@@ -74,14 +80,9 @@ impl Space {
         for dir in [&units_dir, &tmp_dir] {
             std::fs::create_dir_all(dir).map_err(space_error("create directory", dir))?;
         }
-        for entry in std::fs::read_dir(&tmp_dir).map_err(space_error("list", &tmp_dir))?.flatten() {
-            if entry.file_name().to_str().is_some_and(made_by_another_live_process) {
-                continue;
-            }
-            let path = entry.path();
-            remove_any(&path).map_err(space_error("remove", &path))?;
-        }
-        let space = Space { units_dir, tmp_dir, units: SharedMap::new(), used_bytes: AtomicU64::new(0), next_temp: AtomicU64::new(0), membership: Mutex::new(()) };
+        remove_stale_instances(&tmp_dir)?;
+        let instance = InstanceDir::create(&tmp_dir)?;
+        let space = Space { units_dir, instance, units: SharedMap::new(), used_bytes: AtomicU64::new(0), next_temp: AtomicU64::new(0), membership: Mutex::new(()) };
         for entry in std::fs::read_dir(&space.units_dir).map_err(space_error("list", &space.units_dir))?.flatten() {
             let Some(id) = entry.file_name().to_str().map(Arc::<str>::from) else { continue };
             let dir = entry.path();
@@ -128,15 +129,20 @@ impl Space {
         }
     }
 
-    /// A new, empty directory under `tmp/` to build a unit in.
+    /// A new, empty directory in this process's temp directory to build a unit in.
     ///
     /// # Errors
     /// It cannot be created.
     pub fn temp_dir(&self) -> Result<PathBuf, SpaceError> {
-        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
-        let dir = self.tmp_dir.join(format!("{}-{n}-{:08x}", std::process::id(), fastrand::u32(..)));
+        let dir = self.temp_path("unit");
         std::fs::create_dir(&dir).map_err(space_error("create directory", &dir))?;
         Ok(dir)
+    }
+
+    /// A path no one uses yet in this process's temp directory (on the space's file system,
+    /// so that what is written there can be renamed into a unit).
+    pub fn temp_path(&self, kind: &str) -> PathBuf {
+        self.instance.path().join(format!("{kind}-{}", self.next_temp.fetch_add(1, Ordering::Relaxed)))
     }
 
     /// Makes the unit built in `built` (`bytes` on disk) the unit `id`: synced to disk, then
@@ -169,7 +175,7 @@ impl Space {
             }
             Err(source) => {
                 let _ = remove_any(built);
-                Err(SpaceError { op: "publish", path: target, source })
+                Err(SpaceError::Io { op: "publish", path: target, source })
             }
         }
     }
@@ -198,10 +204,17 @@ impl Space {
         Ok(true)
     }
 
-    /// Counts `bytes` more in `unit` (a compressed variant written into it).
-    pub fn grew(&self, unit: &Unit, bytes: u64) {
-        unit.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
+    /// Counts `bytes` more in the unit `id` (a compressed variant renamed into its directory).
+    /// Under the membership lock, and on the unit the table holds now: the directory may have
+    /// been taken out meanwhile (its bytes were subtracted already: nothing to count), or taken
+    /// out and published again (the variant landed in the new one).
+    pub fn grew(&self, id: &str, bytes: u64) {
+        let _membership = self.membership.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(unit) = self.units.get(id) else { return };
+        if unit.holders.lock().is_ok_and(|h| !h.gone) {
+            unit.bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
     }
 
     /// Deletes the unit `id` whether or not images hold it: it is damaged. Images that use it
@@ -247,7 +260,7 @@ impl Space {
             return None;
         }
         self.used_bytes.fetch_sub(unit.bytes(), Ordering::Relaxed);
-        let away = self.tmp_dir.join(format!("{}-gone-{}", std::process::id(), self.next_temp.fetch_add(1, Ordering::Relaxed)));
+        let away = self.temp_path("gone");
         match std::fs::rename(&unit.dir, &away) {
             Ok(()) => Some(away),
             Err(error) => {
@@ -265,35 +278,13 @@ fn remove_moved(unit: &Unit, away: &Path) {
     }
 }
 
-/// Whether `name` (in `tmp/`, or a variant being written in a unit: `<pid>-…`, `.tmp-<pid>-…`)
-/// is the work of another process that is still running. Our own pid at start is a dead
-/// process's that the kernel reused.
-pub fn made_by_another_live_process(name: &str) -> bool {
-    let digits = name.strip_prefix(".tmp-").unwrap_or(name);
-    let Some(pid) = digits.split('-').next().and_then(|pid| pid.parse::<libc::pid_t>().ok()) else { return false };
-    if pid <= 0 || u32::try_from(pid).is_ok_and(|pid| pid == std::process::id()) {
-        return false;
-    }
-    // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
-    let alive = unsafe { libc::kill(pid, 0) } == 0;
-    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-/// Bytes of the regular files under `dir`; what an interrupted process left half-written
-/// (`.tmp-*`) is removed on the way, what a live one is writing is neither removed nor counted.
+/// Bytes of the regular files under `dir`.
 fn tree_bytes(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir)?.flatten() {
-        let kind = entry.file_type()?;
         let path = entry.path();
-        let name = entry.file_name();
-        let being_written = name.to_str().and_then(|n| n.starts_with(".tmp-").then_some(n));
-        if kind.is_dir() {
+        if entry.file_type()?.is_dir() {
             total += tree_bytes(&path)?;
-        } else if let Some(name) = being_written {
-            if !made_by_another_live_process(name) {
-                std::fs::remove_file(&path)?;
-            }
         } else {
             total += entry.metadata()?.len();
         }
@@ -337,55 +328,46 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_empties_tmp_and_finds_the_units_again() {
+    fn a_restart_removes_what_a_dead_process_left_and_finds_the_units_again() {
         let root = tempfile::tempdir().unwrap();
         {
             let space = Space::open(root.path()).unwrap();
             let built = space.temp_dir().unwrap();
             std::fs::write(built.join("f"), b"abc").unwrap();
             space.publish("image-b", &built, 3).unwrap();
-            // A layer whose index never reached the disk, and one half-built when the process died.
+            // A layer whose index never reached the disk.
             let unindexed = space.temp_dir().unwrap();
             std::fs::write(unindexed.join("f"), b"abcdef").unwrap();
             space.publish("layer-c", &unindexed, 6).unwrap();
-            let half = space.temp_dir().unwrap();
-            std::fs::write(half.join("f"), b"partial").unwrap();
-            std::fs::create_dir_all(root.path().join("units/image-b/gz")).unwrap();
-            std::fs::write(root.path().join(format!("units/image-b/gz/.tmp-{}-x", dead_pid())), b"half a variant").unwrap();
         }
+        // The temp directory of a process that died with a unit half built: its lock file is
+        // there, but no one holds it.
+        let dead = root.path().join("tmp/1-dead");
+        std::fs::create_dir_all(dead.join("unit-0")).unwrap();
+        std::fs::write(dead.join("lock"), b"").unwrap();
+        std::fs::write(dead.join("unit-0/f"), b"partial").unwrap();
         let space = Space::open(root.path()).unwrap();
-        assert_eq!(std::fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
-        assert_eq!(std::fs::read_dir(root.path().join("units/image-b/gz")).unwrap().count(), 0);
+        assert!(!dead.exists());
+        assert_eq!(std::fs::read_dir(root.path().join("tmp")).unwrap().count(), 1, "only the new process's own");
         assert!(!root.path().join("units/layer-c").exists() && space.acquire("layer-c").is_none());
         let unit = space.acquire("image-b").unwrap();
         assert!(!unit.fresh);
         assert_eq!(space.used_bytes(), 3);
     }
 
-    /// The pid of a process that has exited.
-    fn dead_pid() -> u32 {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        child.wait().unwrap();
-        child.id()
-    }
-
     #[test]
-    fn what_a_live_process_is_writing_is_left_alone_and_its_leftovers_removed_once_it_died() {
+    fn another_process_opening_the_space_leaves_work_in_progress_alone() {
         let root = tempfile::tempdir().unwrap();
-        drop(Space::open(root.path()).unwrap());
-        std::fs::create_dir_all(root.path().join("units/image-b/gz")).unwrap();
-        std::fs::write(root.path().join("units/image-b/f"), b"abc").unwrap();
-        let mut other = std::process::Command::new("sleep").arg("60").spawn().unwrap();
-        let (work, variant) = (root.path().join(format!("tmp/{}-0-00000000", other.id())), root.path().join(format!("units/image-b/gz/.tmp-{}-x", other.id())));
-        std::fs::create_dir(&work).unwrap();
-        std::fs::write(&variant, b"being written").unwrap();
-        let space = Space::open(root.path()).unwrap();
-        assert!(work.exists() && variant.exists(), "another live process's work is kept");
-        assert_eq!(space.used_bytes(), 3, "and not counted");
-        other.kill().unwrap();
-        other.wait().unwrap();
-        drop(Space::open(root.path()).unwrap());
-        assert!(!work.exists() && !variant.exists(), "removed once that process died");
+        let server = Space::open(root.path()).unwrap();
+        let building = server.temp_dir().unwrap();
+        std::fs::write(building.join("f"), b"half a unit").unwrap();
+        // A `prefetch` command beside it: its own lock, its own temp directory.
+        let prefetch = Space::open(root.path()).unwrap();
+        assert!(building.join("f").exists(), "a live process's work is kept");
+        let theirs = prefetch.temp_dir().unwrap();
+        drop(prefetch);
+        assert!(!theirs.exists(), "a space closed in order removes its temp directory");
+        assert!(building.join("f").exists());
     }
 
     #[test]
@@ -409,7 +391,22 @@ mod tests {
         old.holders.lock().unwrap().gone = false; // as if its eviction had only just begun
         assert!(space.take_out(&old, |_| true).is_none(), "not the unit in the table");
         assert!(space.acquire("layer-a").is_some() && new.dir.join("f").exists());
-        assert_eq!(std::fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
+        let left: Vec<_> = std::fs::read_dir(space.instance.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, ["lock"], "the old unit's files are removed once moved away");
+    }
+
+    #[test]
+    fn a_variant_counts_on_the_unit_the_table_holds_and_not_after_its_unit_went() {
+        let root = tempfile::tempdir().unwrap();
+        let space = Space::open(root.path()).unwrap();
+        let built = space.temp_dir().unwrap();
+        std::fs::write(built.join("f"), b"abcd").unwrap();
+        space.publish("layer-a", &built, 4).unwrap();
+        space.grew("layer-a", 2);
+        assert_eq!((space.used_bytes(), space.acquire("layer-a").unwrap().bytes()), (6, 6));
+        space.discard("layer-a");
+        space.grew("layer-a", 2);
+        assert_eq!(space.used_bytes(), 0, "a variant written as its unit was deleted is not counted");
     }
 
     #[test]
