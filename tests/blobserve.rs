@@ -252,7 +252,14 @@ fn bad_paths_and_bad_archives_are_refused_and_nothing_half_unpacked_is_left() {
     refused("bad/longname", layer_tar(&[long_name, Entry::File("ide/code/index.html", b"x")]), "extension entry");
     refused("bad/sparse", layer_tar(&[Entry::Raw { name: "ide/code/index.html", kind: tar::EntryType::GNUSparse, link: None, data: &[0u8; 512] }]), "sparse");
     refused("bad/garbage", b"this is no tar archive, only some text long enough to look at".repeat(20), "cannot be read");
-    assert_eq!(std::fs::read_dir(facade.cache_dir.join("blobserve/tmp")).unwrap().count(), 0, "refused unpacks leave nothing behind");
+    // The server's own temp directory holds its lock file, and nothing else.
+    let left: Vec<String> = std::fs::read_dir(facade.cache_dir.join("blobserve/tmp"))
+        .unwrap()
+        .flatten()
+        .flat_map(|instance| std::fs::read_dir(instance.path()).unwrap().flatten())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["lock"], "refused unpacks leave nothing behind");
     assert_eq!(get(bs, "/team/ide:1.0/out/app.js").status, 200, "still serving");
 }
 
@@ -266,13 +273,15 @@ fn unpacked_layers_survive_a_crash_and_a_restart_and_damaged_units_are_unpacked_
     import(&cache, &layout.dir, "team/ide", Some("1.0"));
     assert_eq!(get(first.blobserve.unwrap(), "/team/ide:1.0/out/app.js").status, 200);
     drop(first);
-    // What a crash in the middle of an unpack leaves: a half-written directory in tmp/.
-    let half = cache.join("blobserve/tmp/999-0-deadbeef");
-    std::fs::create_dir_all(half.join("files")).unwrap();
-    std::fs::write(half.join("files/.partial"), b"half a file").unwrap();
+    // What a crash in the middle of an unpack leaves: the dead process's temp directory, its
+    // lock file held by no one, with a unit half written.
+    let dead = cache.join("blobserve/tmp/999-00000000deadbeef");
+    std::fs::create_dir_all(dead.join("unit-0/files")).unwrap();
+    std::fs::write(dead.join("lock"), b"").unwrap();
+    std::fs::write(dead.join("unit-0/files/.partial"), b"half a file").unwrap();
 
     let second = TestServer::start_on(&cache, &format!(r#""adminListen": "127.0.0.1:0", {config}"#));
-    assert!(!half.exists(), "tmp/ is emptied at start");
+    assert!(!dead.exists(), "what a dead process left in tmp/ is removed at start");
     let app = get(second.blobserve.unwrap(), "/team/ide:1.0/out/app.js");
     assert_eq!(String::from_utf8(app.body).unwrap(), app_js());
     let metrics = String::from_utf8(get(second.admin.unwrap(), "/metrics").body).unwrap();
@@ -370,4 +379,29 @@ fn a_prefetch_also_prepares_the_images_blobserve_serves() {
     // Read-only requests never prepare: a 200 means the prefetch did.
     wait_until("the prefetched image is prepared for blobserve", Duration::from_secs(30), || request(bs, "GET", "/team/ide:1.0/out/app.js", &[("X-BlobServe-ReadOnly", "true")]).status == 200);
     assert!(units(&facade).contains(&format!("layer-{}", layout.image().layers[1].hex())));
+}
+
+#[test]
+fn the_prefetch_command_beside_a_running_server_prepares_into_the_space_they_share() {
+    let temp = tempfile::tempdir().unwrap();
+    let cache = temp.path().join("cache");
+    let layout = ide::ide_layout(&temp.path().join("ide"), "1.0", "a");
+    import(&cache, &layout.dir, "team/ide", Some("1.0"));
+    let key = ide::blobserve_key(json!({"team/ide": ide::ide_repo()}), json!({}));
+    let facade = TestServer::start_on(&cache, &format!(r#""adminListen": "127.0.0.1:0", {key}"#));
+    let server_work = std::fs::read_dir(cache.join("blobserve/tmp")).unwrap().flatten().map(|e| e.path()).collect::<Vec<_>>();
+    assert_eq!(server_work.len(), 1, "the server's own temp directory");
+
+    let config = temp.path().join("config.json");
+    std::fs::write(&config, format!(r#"{{"listen": "127.0.0.1:0", "cacheDir": {:?}, {key}}}"#, cache.display().to_string())).unwrap();
+    let output = support::tools::facade_binary().arg("prefetch").arg("--config").arg(&config).arg("team/ide:1.0").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(server_work[0].join("lock").exists(), "the command left the server's work in progress alone");
+    assert!(units(&facade).contains(&format!("layer-{}", layout.image().layers[1].hex())), "the command unpacked into the shared space");
+
+    // The server takes the command's units as they are, hashing each file as it first opens it.
+    let app = get(facade.blobserve.unwrap(), "/team/ide:1.0/out/app.js");
+    assert_eq!(String::from_utf8(app.body).unwrap(), app_js());
+    let metrics = String::from_utf8(get(facade.admin.unwrap(), "/metrics").body).unwrap();
+    assert!(metrics.contains("registry_facade_blobserve_unpacked_layers_total 0"), "no layer unpacked twice:\n{metrics}");
 }
