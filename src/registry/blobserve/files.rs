@@ -251,17 +251,19 @@ fn make_gzip(space: &Space, unit: &Unit, sha: &Sha, body: &[u8]) -> Result<Varia
     // Written in this process's temp directory and synced before the rename: after a crash the
     // name holds the whole variant or nothing, and no half-written file is left in the unit.
     let partial = space.temp_path("gz");
-    let written = File::create(&partial).and_then(|mut out| out.write_all(&compressed).and_then(|()| out.sync_all())).and_then(|()| std::fs::rename(&partial, &target));
-    match written {
-        Ok(()) => {
-            space.grew(&unit.id, compressed.len() as u64);
-            Ok(Variant::Made)
-        }
+    let written = File::create(&partial).and_then(|mut out| out.write_all(&compressed).and_then(|()| out.sync_all()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(space_error("write", &partial)(e).into());
+    }
+    match space.install_variant(&unit.id, &partial, &target, compressed.len() as u64) {
+        Ok(()) => Ok(Variant::Made),
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
             match e.kind() {
+                // The unit's directory went (evicted or discarded) since the check above.
                 std::io::ErrorKind::NotFound => Ok(Variant::UnitGone),
-                _ => Err(space_error("write", &partial)(e).into()),
+                _ => Err(space_error("rename", &target)(e).into()),
             }
         }
     }

@@ -317,11 +317,15 @@ impl Registry {
         let blobserve = self.blobserve()?;
         let manifest = self.blobserve_manifest(image).await?;
         let key: Arc<str> = Arc::from(format!("{}-{}", manifest.digest.hex(), repo.id));
+        let prepared = || {
+            let found = blobserve.images.get(&key)?;
+            found.touch(self.clock.now_ms());
+            Some(found)
+        };
         let mut damaged = None;
         for _ in 0..PREPARE_ROUNDS {
-            if let Some(prepared) = blobserve.images.get(&key) {
-                prepared.touch(self.clock.now_ms());
-                return Ok(prepared);
+            if let Some(found) = prepared() {
+                return Ok(found);
             }
             // Detached: a client that gives up (or times out) does not abandon the
             // preparation, which the next request then finds done.
@@ -334,8 +338,11 @@ impl Registry {
                 None => return Err(RegistryError::PrepareAbandoned),
             }
         }
-        // Every round ended without the image in the table: its units kept being found damaged
-        // (the disk under the blob space), or it was evicted as soon as it was made.
+        if let Some(found) = prepared() {
+            return Ok(found);
+        }
+        // No round left the image in the table: its units kept being found damaged (the disk
+        // under the blob space), or it was evicted as soon as it was made.
         match damaged {
             Some(error) => Err(RegistryError::Prepare { image: image.to_string(), error }),
             None => Err(RegistryError::Unservable { image: image.to_string(), reason: "it was evicted as soon as it was prepared; blobSpace.maxSizeBytes is too small for it".into() }),

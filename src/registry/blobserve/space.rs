@@ -204,17 +204,21 @@ impl Space {
         Ok(true)
     }
 
-    /// Counts `bytes` more in the unit `id` (a compressed variant renamed into its directory).
-    /// Under the membership lock, and on the unit the table holds now: the directory may have
-    /// been taken out meanwhile (its bytes were subtracted already: nothing to count), or taken
-    /// out and published again (the variant landed in the new one).
-    pub fn grew(&self, id: &str, bytes: u64) {
+    /// Renames `partial` (`bytes`, written in this process's temp directory) to `target` in the
+    /// unit `id`, and counts it there: both under the membership lock, so that the bytes count
+    /// on the unit whose directory received them. Not counted if no unit of that id is in the
+    /// table (one found on disk later is measured whole by `adopt`). Blocking.
+    ///
+    /// # Errors
+    /// The rename fails (`NotFound`: the unit's directory went).
+    pub fn install_variant(&self, id: &str, partial: &Path, target: &Path, bytes: u64) -> std::io::Result<()> {
         let _membership = self.membership.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(unit) = self.units.get(id) else { return };
-        if unit.holders.lock().is_ok_and(|h| !h.gone) {
+        std::fs::rename(partial, target)?;
+        if let Some(unit) = self.units.get(id).filter(|unit| unit.holders.lock().is_ok_and(|h| !h.gone)) {
             unit.bytes.fetch_add(bytes, Ordering::Relaxed);
             self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
+        Ok(())
     }
 
     /// Deletes the unit `id` whether or not images hold it: it is damaged. Images that use it
@@ -396,17 +400,28 @@ mod tests {
     }
 
     #[test]
-    fn a_variant_counts_on_the_unit_the_table_holds_and_not_after_its_unit_went() {
+    fn a_variant_counts_on_the_unit_that_received_it_and_not_after_its_unit_went() {
         let root = tempfile::tempdir().unwrap();
         let space = Space::open(root.path()).unwrap();
         let built = space.temp_dir().unwrap();
+        std::fs::create_dir(built.join("gz")).unwrap();
         std::fs::write(built.join("f"), b"abcd").unwrap();
         space.publish("layer-a", &built, 4).unwrap();
-        space.grew("layer-a", 2);
-        assert_eq!((space.used_bytes(), space.acquire("layer-a").unwrap().bytes()), (6, 6));
+        let unit = space.acquire("layer-a").unwrap();
+        let variant = |name: &str| {
+            let partial = space.temp_path("gz");
+            std::fs::write(&partial, b"gz").unwrap();
+            (partial, unit.dir.join("gz").join(name))
+        };
+        let (partial, target) = variant("x");
+        space.install_variant("layer-a", &partial, &target, 2).unwrap();
+        assert_eq!((space.used_bytes(), unit.bytes(), std::fs::read(&target).unwrap()), (6, 6, b"gz".to_vec()));
         space.discard("layer-a");
-        space.grew("layer-a", 2);
-        assert_eq!(space.used_bytes(), 0, "a variant written as its unit was deleted is not counted");
+        let (partial, target) = variant("y");
+        let error = space.install_variant("layer-a", &partial, &target, 2).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "the unit's directory went");
+        assert!(!unit.dir.exists(), "and is not made again");
+        assert_eq!(space.used_bytes(), 0);
     }
 
     #[test]
