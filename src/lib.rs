@@ -20,7 +20,8 @@
 //! transport                 hyper on glommio: streams, sendfile, TLS and h2 batching,
 //!                           connection timeouts, runtime hooks (server and client alike)
 //! oci, table, metrics,      protocol types; the lock-free shared map; the metrics; the
-//!   clock, file_version     injectable clock; how polled files are told apart
+//!   clock, file_version,    injectable clock; how polled files are told apart; blocking
+//!   blocking                work on the executor's pool, its result never leaked
 //! ```
 //!
 //! Never: `http` → `store`, `upstream`, `spec`, `ipfs`, `redis_client`; `registry` → `http`,
@@ -28,6 +29,7 @@
 //! and Redis clients also run hyper and timers on glommio through it.
 
 pub mod app;
+pub mod blocking;
 pub mod cli;
 pub mod clock;
 pub mod config;

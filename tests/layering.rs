@@ -31,6 +31,7 @@ const ROWS: &[(&str, u8)] = &[
     ("table", 1),
     ("metrics", 1),
     ("clock", 1),
+    ("blocking", 1),
     ("file_version", 1),
 ];
 

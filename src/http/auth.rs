@@ -14,6 +14,7 @@ use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 
 use super::reload::{LocalView, Reloadable};
+use crate::blocking::run_blocking;
 use crate::clock::Clock;
 
 /// How long the verdict on an `Authorization` value stands without checking it again.
@@ -191,7 +192,7 @@ impl Authenticator {
         let password = password.to_owned();
         let _queued = BcryptQueued::enter(&self.bcrypt_queued)?;
         let Ok(_turn) = self.bcrypt_turn.acquire_permit(1).await else { return Ok(false) };
-        Ok(glommio::executor().spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await)
+        Ok(run_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await)
     }
 
     /// The standing verdict on a value, if any: made against these credentials, lately.

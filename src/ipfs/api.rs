@@ -13,6 +13,7 @@ use hyper::body::Frame;
 
 use super::IpfsError;
 use crate::clock::within;
+use crate::blocking::run_blocking;
 use crate::transport::ClientIo;
 
 /// The add options (kubo's names): the same bytes give the same CID on every node and kubo
@@ -102,8 +103,7 @@ impl IpfsApi {
 
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<StreamBody<FrameStream>>, IpfsError> {
         let authority = self.authority.clone();
-        let addrs: Vec<SocketAddr> = glommio::executor()
-            .spawn_blocking(move || authority.to_socket_addrs().map(Iterator::collect))
+        let addrs: Vec<SocketAddr> = run_blocking(move || authority.to_socket_addrs().map(Iterator::collect))
             .await
             .map_err(|e| IpfsError::Connect(format!("{}: {e}", self.authority)))?;
         let addr = addrs.first().ok_or_else(|| IpfsError::Connect(format!("{}: no address", self.authority)))?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::blocking::run_blocking;
+use crate::blocking::run_blocking;
 use super::budget::{Budget, Reservation};
 use super::error::RegistryError;
 use super::single_flight::SingleFlight;

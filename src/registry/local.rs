@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::blocking::run_blocking;
+use crate::blocking::run_blocking;
 use super::content::{Content, StoredManifest};
 use super::error::RegistryError;
 use crate::clock::Clock;

@@ -5,7 +5,6 @@
 
 pub mod blobserve;
 mod answers;
-mod blocking;
 mod budget;
 pub mod compose;
 mod composed;

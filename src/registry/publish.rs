@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::blocking::run_blocking;
+use crate::blocking::run_blocking;
 use crate::ipfs::{BlobStream, Claim, Ipfs};
 use crate::metrics::{self, Publication};
 use crate::oci::Digest;

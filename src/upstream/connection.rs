@@ -17,6 +17,7 @@ use hyper::client::conn::{http1, http2};
 use super::endpoint::{Endpoint, Scheme};
 use super::error::AttemptError;
 use crate::clock::within;
+use crate::blocking::run_blocking;
 use crate::transport::{ClientIo, GlommioTimer, LocalExec};
 
 /// Resolved addresses are reused for this long.
@@ -152,8 +153,7 @@ async fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>, AttemptError> {
     }
     // getaddrinfo blocks: it runs on the blocking pool, never on the executor thread.
     let lookup = key.clone();
-    let addrs = glommio::executor()
-        .spawn_blocking(move || lookup.to_socket_addrs().map(|a| a.collect::<Vec<_>>()))
+    let addrs = run_blocking(move || lookup.to_socket_addrs().map(|a| a.collect::<Vec<_>>()))
         .await
         .map_err(|e| AttemptError::Connect(format!("cannot resolve {}: {e}", endpoint.host)))?;
     if addrs.is_empty() {

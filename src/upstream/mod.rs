@@ -28,6 +28,7 @@ pub use referrers::{referrers_path, UpstreamReferrers};
 pub use retry::RetryPolicy;
 pub use tags::TagPage;
 
+use crate::blocking::run_blocking;
 use crate::clock::{within, Clock};
 use crate::metrics::{self, RetryKind};
 use crate::oci::route::encode_query;
@@ -319,13 +320,12 @@ impl Upstream {
     }
 
     /// The credential for `host`, the docker config file re-read first (on the blocking pool)
-    /// if it is due a look. The wait is a detached task, so a request that gives up meanwhile
-    /// does not leave the read half-awaited.
+    /// if it is due a look.
     async fn credential(&self, host: &str) -> Option<Credential> {
         let store = &self.shared.credentials;
         if store.check_due(self.shared.clock.now_ms()) {
             let refreshing = Arc::clone(store);
-            glommio::spawn_local(async move { glommio::executor().spawn_blocking(move || refreshing.refresh()).await }).detach().await;
+            run_blocking(move || refreshing.refresh()).await;
         }
         store.get(host)
     }

@@ -16,7 +16,7 @@ use sha2::{Digest as _, Sha256};
 use super::space::{space_error, Space, SpaceError, Unit};
 use super::tree::Sha;
 use super::unpack::FILES_DIR;
-use crate::registry::blocking::run_blocking;
+use crate::blocking::run_blocking;
 use crate::registry::single_flight::SingleFlight;
 use crate::table::SharedMap;
 

@@ -24,7 +24,7 @@ pub use prepare::replace_all;
 pub use reference::{BlobserveRef, ParseBlobserveRefError};
 pub use space::SpaceError;
 
-use super::blocking::run_blocking;
+use crate::blocking::run_blocking;
 use super::single_flight::SingleFlight;
 use super::{PrefetchRef, Registry, RegistryError, StoredManifest};
 use crate::metrics;

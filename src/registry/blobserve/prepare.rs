@@ -21,7 +21,7 @@ use crate::oci::manifest::{Descriptor, ImageIndex, ImageManifest, MAX_MANIFEST_B
 use crate::oci::media_type::{self, ManifestKind};
 use crate::oci::{Digest, Reference};
 use crate::oci::accept::AcceptList;
-use crate::registry::blocking::run_blocking;
+use crate::blocking::run_blocking;
 use crate::registry::{BlobReply, Registry, RegistryError, StoredManifest};
 use crate::upstream::BlobLocation;
 

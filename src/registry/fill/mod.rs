@@ -19,7 +19,7 @@ use bytes::Bytes;
 use event_listener::Event;
 use futures_lite::Stream;
 
-use super::blocking::run_blocking;
+use crate::blocking::run_blocking;
 use super::budget::Reservation;
 use super::content::Content;
 use super::publish::Publisher;

@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 use super::{BlobChunk, Fill, Outcome, SourcedFile};
 use crate::metrics::ByteSource;
 use crate::oci::Digest;
-use crate::registry::blocking::run_blocking;
+use crate::blocking::run_blocking;
 use crate::upstream::{BlobDownload, Upstream};
 
 /// Largest chunk a reader sends at a time (one mapping of the file each).

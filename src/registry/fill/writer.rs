@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Exposure, Fill, WRITE_BATCH};
-use crate::registry::blocking::run_blocking;
+use crate::blocking::run_blocking;
 use crate::store::{Ingest, StoreError};
 
 /// Why a fill's writes stopped.

@@ -1,5 +1,5 @@
-//! Runs synchronous work (file system calls) on the executor's blocking pool, so that an
-//! executor thread never waits on the disk.
+//! Runs synchronous work (file system calls, DNS lookups, bcrypt) on the executor's blocking
+//! pool, so that an executor thread never waits on the disk or a resolver.
 
 /// Runs `work` on the current executor's blocking thread pool and awaits its result.
 /// `work` must not panic: glommio would re-raise the panic on the executor.
