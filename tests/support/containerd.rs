@@ -73,37 +73,36 @@ impl Containerd {
     }
 
     pub fn ctr(&self) -> Command {
-        let mut command = Command::new("ctr");
-        command.arg("-a").arg(&self.socket).arg("--namespace").arg("rf-test");
-        command
+        self.client("ctr")
     }
 
     /// Runs `ctr <args>`, failing the test (with containerd's log) if it fails.
     pub fn ctr_ok(&self, args: &[&str]) -> Output {
-        let output = self.ctr().args(args).output().expect("run ctr");
-        assert!(
-            output.status.success(),
-            "ctr {args:?} failed:\n{}\n{}\ncontainerd log tail:\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
-            self.log().lines().rev().take(30).collect::<Vec<_>>().join("\n")
-        );
-        output
+        self.client_ok("ctr", args)
     }
 
     /// `ctr-remote` on this containerd, in the tests' namespace.
     pub fn ctr_remote(&self) -> Command {
-        let mut command = Command::new("ctr-remote");
-        command.arg("-a").arg(&self.socket).arg("--namespace").arg("rf-test");
-        command
+        self.client("ctr-remote")
     }
 
     /// Runs `ctr-remote <args>`, failing the test (with containerd's log) if it fails.
     pub fn ctr_remote_ok(&self, args: &[&str]) -> Output {
-        let output = self.ctr_remote().args(args).output().expect("run ctr-remote");
+        self.client_ok("ctr-remote", args)
+    }
+
+    /// `tool` (`ctr` or `ctr-remote`) on this containerd, in the tests' namespace.
+    fn client(&self, tool: &str) -> Command {
+        let mut command = Command::new(tool);
+        command.arg("-a").arg(&self.socket).arg("--namespace").arg("rf-test");
+        command
+    }
+
+    fn client_ok(&self, tool: &str, args: &[&str]) -> Output {
+        let output = self.client(tool).args(args).output().unwrap_or_else(|e| panic!("run {tool}: {e}"));
         assert!(
             output.status.success(),
-            "ctr-remote {args:?} failed:\n{}\n{}\ncontainerd log tail:\n{}",
+            "{tool} {args:?} failed:\n{}\n{}\ncontainerd log tail:\n{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr),
             self.log().lines().rev().take(30).collect::<Vec<_>>().join("\n")
