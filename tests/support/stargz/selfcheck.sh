@@ -22,7 +22,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-TOOLS="${TOOLS_DIR:-$(cd "$HERE/../../../../shared/tools" 2>/dev/null && pwd || echo /work/shared/tools)}"
+REPO="$(cd "$HERE/../../.." && pwd)"
 MODES="${1:-http}"
 [ "$MODES" = all ] && MODES="http tls"
 
@@ -112,7 +112,8 @@ echo "versions: $(containerd --version | cut -d' ' -f2-); $(ctr-remote --version
 
 # ---- the test image (an OCI layout), made once ---------------------------
 step "making the test image"
-python3 "$TOOLS/make-test-image.py" "$WORK/layout" --layers 64K,2M --seed 7 --file-prefix base >/dev/null
+cargo build -q --release --manifest-path "$REPO/Cargo.toml" -p rf-bench-image
+"$REPO/target/release/rf-bench-image" "$WORK/layout" --layers 64K,2M --seed 7 --file-prefix base >/dev/null
 # Expected bytes of each layer's file, straight from the layout.
 python3 - "$WORK/layout" > "$WORK/expected.txt" <<'EOF'
 import hashlib, json, os, sys, tarfile
