@@ -37,8 +37,7 @@ PIDS+=("$RF_PID")
 wait_http "http://127.0.0.1:$RF_PORT/v2/"
 
 # ---- nginx serving the same files at registry-shaped paths, in two configurations:
-#   nginx       sendfile on, one worker per core: the peer the issue's targets name (the same
-#               settings as ../shared/tools/bench-peers.sh, where the notes' figures come from)
+#   nginx       sendfile on, one worker per core: the peer the issue's targets name
 #   nginx-tuned the same plus SO_REUSEPORT, worker CPU affinity and open_file_cache
 MANIFEST_FILE="$WORK/image/blobs/sha256/${MDIGEST#sha256:}"
 BLOB_FILE="$WORK/image/blobs/sha256/${BDIGEST#sha256:}"
